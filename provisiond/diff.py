@@ -1,0 +1,70 @@
+"""Compare what a target holds with what billing wants: ``Observed`` + desired -> Changes.
+
+Pure. Called by the reconciler once per target; the result goes into a ``Plan``.
+Desired resources whose key is held by an object provisiond does not own become
+``Conflict`` values instead of changes: provisiond never overwrites what it did not create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from provisiond.changes import (
+    ORDER,
+    Change,
+    Conflict,
+    Create,
+    Delete,
+    Key,
+    Observed,
+    Resource,
+    Update,
+)
+
+
+def _sort_key(change: Change) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    r = change.resource
+    return (ORDER[change.action], r.group, r.ident)
+
+
+def diff(
+    observed: Observed, desired: Mapping[Key, Resource]
+) -> tuple[list[Change], list[Conflict]]:
+    """Changes that turn ``observed.owned`` into ``desired``, in apply order."""
+    changes: list[Change] = [Delete(r) for r in observed.surplus]
+    conflicts: list[Conflict] = []
+    for key, have in observed.owned.items():
+        if key not in desired:
+            changes.append(Delete(have))
+    for key, want in desired.items():
+        have_r = observed.owned.get(key)
+        if have_r is None:
+            why = observed.foreign.get(key)
+            if why is not None:
+                conflicts.append(Conflict(want, why))
+            else:
+                changes.append(Create(want))
+        elif have_r.attrs != want.attrs:
+            changes.append(Update(have_r, _with_ref(want, have_r.ref)))
+    changes.sort(key=_sort_key)
+    conflicts.sort(key=lambda c: (c.resource.group, c.resource.ident))
+    return changes, conflicts
+
+
+def _with_ref(r: Resource, ref: str) -> Resource:
+    return Resource(
+        kind=r.kind,
+        group=r.group,
+        ident=r.ident,
+        attrs=r.attrs,
+        account_id=r.account_id,
+        account_name=r.account_name,
+        ref=ref,
+    )
+
+
+def count_by_group(resources: Iterable[Resource]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in resources:
+        counts[r.group] = counts.get(r.group, 0) + 1
+    return counts

@@ -1,0 +1,62 @@
+"""One error tree for provisiond.
+
+Library exceptions are wrapped at the edge that caught them (``raise X(...) from exc``),
+and every class says what the pass should do about it: a ``SourceError`` stops the
+whole pass before any write, a ``TargetError`` stops one target and leaves the others
+alone, a ``PlanRefused`` keeps a plan from being applied until a human looks.
+Messages name the thing: the config key, the router, the account.
+"""
+
+from __future__ import annotations
+
+
+class ProvisiondError(Exception):
+    """Base of every error provisiond raises on purpose."""
+
+
+class ConfigError(ProvisiondError):
+    """The configuration is invalid; ``problems`` lists every problem with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) if self.problems else "invalid configuration")
+
+
+class SourceError(ProvisiondError):
+    """The billing read failed: nothing may be written this pass."""
+
+
+class SuspiciousSnapshot(SourceError):
+    """The billing read succeeded but looks wrong (far fewer accounts than last time)."""
+
+
+class StoreError(ProvisiondError):
+    """provisiond's own state store failed."""
+
+
+class TargetError(ProvisiondError):
+    """One target (router, RADIUS database) failed; the others go on."""
+
+    def __init__(self, target: str, message: str) -> None:
+        self.target = target
+        super().__init__(f"{target}: {message}")
+
+
+class TargetUnavailable(TargetError):
+    """The target could not be reached or timed out: retry on a later pass."""
+
+
+class PlanRefused(ProvisiondError):
+    """A plan may not be applied as it is."""
+
+    def __init__(self, target: str, message: str) -> None:
+        self.target = target
+        super().__init__(f"{target}: {message}")
+
+
+class TooMuchChange(PlanRefused):
+    """A plan exceeds a safety threshold; ``--force`` is the only bypass."""
+
+
+class StalePlan(PlanRefused):
+    """The target changed since the saved plan was made."""

@@ -1,0 +1,102 @@
+"""One target's Changes, the safety check on them, and the checksum that ties an apply
+to what was reviewed.
+
+Built by the reconciler from ``diff``; rendered by ``render``; applied by the target.
+Safety follows octoDNS: the share of deletes and of updates against the managed
+entries that exist in a group (an address list, a RADIUS group) may not exceed the
+configured ratios once that group holds ``min_existing`` entries. ``--force`` is the
+only bypass, and the daemon never forces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisiond.changes import Change, Conflict, change_to_json
+from provisiond.errors import TooMuchChange
+
+
+@dataclass(frozen=True, slots=True)
+class Safety:
+    max_delete_ratio: float = 0.3
+    max_update_ratio: float = 0.3
+    min_existing: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The changes for one target. ``existing`` counts managed entries per group."""
+
+    target: str
+    kind: str
+    changes: tuple[Change, ...]
+    existing: Mapping[str, int] = field(default_factory=dict)
+    observed_checksum: str = ""
+    conflicts: tuple[Conflict, ...] = ()
+    # Follow-up actions a target does after its changes (CoA/Disconnect for RADIUS);
+    # each is a flat JSON object, rendered on its own line.
+    followups: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def counts(self) -> dict[str, int]:
+        out = {"create": 0, "update": 0, "delete": 0}
+        for c in self.changes:
+            out[c.action] += 1
+        return out
+
+    def changes_json(self) -> list[dict[str, Any]]:
+        return [change_to_json(c) for c in self.changes]
+
+    def checksum(self) -> str:
+        blob = json.dumps(
+            {
+                "target": self.target,
+                "observed": self.observed_checksum,
+                "changes": self.changes_json(),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def check_safety(self, safety: Safety) -> None:
+        """Raise ``TooMuchChange`` naming the target, group and numbers when over a threshold."""
+        per_group: dict[str, dict[str, int]] = {}
+        for c in self.changes:
+            g = per_group.setdefault(c.resource.group, {"delete": 0, "update": 0, "create": 0})
+            g[c.action] += 1
+        problems = []
+        for group, n in sorted(per_group.items()):
+            existing = self.existing.get(group, 0)
+            if existing < safety.min_existing:
+                continue
+            for action, limit in (
+                ("delete", safety.max_delete_ratio),
+                ("update", safety.max_update_ratio),
+            ):
+                ratio = n[action] / existing
+                if ratio > limit:
+                    problems.append(
+                        f"{group}: {n[action]} {action}s of {existing} existing entries "
+                        f"({ratio:.1%}) exceeds max_{action}_ratio {limit:.1%}"
+                    )
+        if problems:
+            raise TooMuchChange(
+                self.target, "; ".join(problems) + " (use --force to apply anyway)"
+            )
+
+
+def observed_digest(items: list[tuple[Any, ...]]) -> str:
+    """A stable digest of a target's observed state; order-independent."""
+    h = hashlib.sha256()
+    for item in sorted(json.dumps(i, sort_keys=True, default=str) for i in items):
+        h.update(item.encode())
+        h.update(b"\n")
+    return h.hexdigest()

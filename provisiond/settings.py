@@ -1,0 +1,480 @@
+"""The configuration: one TOML file, overridable by ``PROVISIOND_*`` environment variables.
+
+Read by the CLI and the daemon (``load``); everything downstream gets typed values.
+Unknown keys are errors. Every problem is reported at once with its key path
+(``router[1].port: …``) through ``ConfigError.problems``. Secrets are ``SecretStr``
+and are read from files (``password_file``; a relative path is looked up in systemd's
+``$CREDENTIALS_DIRECTORY``) or the environment, never logged.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fnmatch
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import netaddr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from provisiond.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/provisiond/provisiond.toml")
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: Any) -> float:
+    """``"2s"``, ``"1h30m"``, ``"500ms"`` or a number of seconds -> seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 24h, 1h30m)")
+    else:
+        raise ValueError(f"not a duration: {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _read_secret(path: Path, what: str) -> str:
+    if not path.is_absolute():
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            path = Path(creds) / path
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Model):
+    url: SecretStr
+    query: str
+    password_file: Path | None = None
+    timeout: Duration = 60.0
+    max_account_drop: float = Field(0.5, ge=0.0, le=1.0)
+
+    def resolved_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.url.get_secret_value())
+        if self.password_file is not None:
+            url = url.set(password=_read_secret(self.password_file, "source.password_file"))
+        return url.render_as_string(hide_password=False)
+
+    def display_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+
+
+class StateSettings(_Model):
+    url: SecretStr = SecretStr("sqlite:////var/lib/provisiond/state.db")
+
+
+class RouterSettings(_Model):
+    name: str = Field(min_length=1)
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None
+    tls_verify: bool = True
+    fingerprint: str | None = None  # sha256 of the router's certificate, hex (colons allowed)
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    legacy_login: bool = False  # RouterOS before 6.43: MD5 challenge login
+    connect_timeout: Duration = 10.0
+    timeout: Duration = 60.0  # every read from the router; big lists need a generous one
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        hexed = v.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", hexed):
+            raise ValueError("must be a SHA-256 fingerprint: 64 hex digits, colons allowed")
+        return hexed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            has_pw, has_file = data.get("password") is not None, data.get("password_file") is not None
+            if not has_pw and not has_file:
+                raise ValueError("set password_file (or password)")
+            if has_pw and has_file:
+                raise ValueError("set password_file or password, not both")
+        return data
+
+    @property
+    def api_port(self) -> int:
+        return self.port if self.port is not None else (8729 if self.tls else 8728)
+
+    def secret(self) -> str:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_file is not None
+        return _read_secret(self.password_file, f"router {self.name}: password_file")
+
+
+class _Selector(_Model):
+    """A mapping selects accounts by billing group or by account status, not both."""
+
+    group: str | None = None
+    status: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_selector(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("group") is None) == (data.get("status") is None):
+            raise ValueError("set exactly one of group or status")
+        return data
+
+    def describe(self) -> str:
+        return f"group {self.group!r}" if self.group is not None else f"status {self.status!r}"
+
+
+class AddressListMapping(_Selector):
+    list: str = Field(min_length=1)
+    routers: builtins.list[str] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("list")
+    @classmethod
+    def _list_name(cls, v: str) -> str:
+        if v != v.strip() or any(c in v for c in "\r\n\t"):
+            raise ValueError("list names cannot have surrounding spaces or control characters")
+        return v
+
+
+class SafetySettings(_Model):
+    max_delete_ratio: float = Field(0.3, ge=0.0)
+    max_update_ratio: float = Field(0.3, ge=0.0)
+    min_existing: int = Field(10, ge=0)
+
+
+class RadiusSettings(_Model):
+    url: SecretStr
+    password_file: Path | None = None
+    timeout: Duration = 30.0
+
+    def resolved_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.url.get_secret_value())
+        if self.password_file is not None:
+            url = url.set(password=_read_secret(self.password_file, "radius.password_file"))
+        return url.render_as_string(hide_password=False)
+
+    def display_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+
+
+CoaMode = Literal["coa", "disconnect", "off"]
+
+
+class RadiusGroupMapping(_Selector):
+    radius_group: str = Field(min_length=1)
+    priority: int = 0
+    coa: CoaMode | None = None  # overrides [coa].mode for this group
+
+
+class CoaSettings(_Model):
+    mode: CoaMode = "off"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    nas_secrets: bool = False  # take per-NAS secrets from FreeRADIUS's nas table
+    port: int = Field(3799, ge=1, le=65535)
+    timeout: Duration = 2.0
+    retries: int = Field(3, ge=1)
+
+    def shared_secret(self) -> str | None:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return _read_secret(self.secret_file, "coa.secret_file")
+        return None
+
+
+class PoolSettings(_Model):
+    name: str = Field(min_length=1)
+    group: str
+    networks: list[str] = Field(min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    priority: int = 0
+    hold: Duration = 86400.0
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, net in enumerate(v):
+            try:
+                out.append(str(netaddr.IPNetwork(net, flags=netaddr.NOHOST)))
+            except (netaddr.AddrFormatError, ValueError, TypeError) as exc:
+                raise ValueError(f"networks[{i}]: not a network: {net!r}") from exc
+        return out
+
+    def ipset(self) -> netaddr.IPSet:
+        return netaddr.IPSet(self.networks)
+
+    def excluded(self) -> netaddr.IPSet:
+        out = netaddr.IPSet()
+        for item in self.exclude:
+            out |= _parse_range(item)
+        return out
+
+    @model_validator(mode="after")
+    def _exclusions(self) -> PoolSettings:
+        pool = self.ipset()
+        for i, item in enumerate(self.exclude):
+            try:
+                ex = _parse_range(item)
+            except (netaddr.AddrFormatError, ValueError, TypeError) as exc:
+                raise ValueError(f"exclude[{i}]: not an address, network or range: {item!r}") from exc
+            if not ex.issubset(pool):
+                raise ValueError(f"exclude[{i}]: {item} lies (partly) outside the pool's networks")
+        return self
+
+
+def _parse_range(text: str) -> netaddr.IPSet:
+    if "-" in text:
+        start, end = (p.strip() for p in text.split("-", 1))
+        return netaddr.IPSet(netaddr.IPRange(start, end))
+    return netaddr.IPSet([netaddr.IPNetwork(text.strip())])
+
+
+class DaemonSettings(_Model):
+    interval: Duration = 60.0
+    jitter: Duration = 5.0
+    dry_run: bool = False
+    notify_channel: str | None = None
+    debounce: Duration = 1.0
+    metrics_listen: str | None = None
+    healthz_max_age: Duration | None = None  # default: three intervals
+    log_format: Literal["text", "json"] = "text"
+    retry_max: Duration = 600.0  # back-off ceiling for a failing target
+
+
+_config_path: ContextVar[Path | None] = ContextVar("provisiond_config_path", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with ``load``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROVISIOND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    marker: str = Field("provisiond", pattern=r"^[A-Za-z0-9_.-]+$")
+    source: SourceSettings
+    state: StateSettings = StateSettings()
+    router: list[RouterSettings] = Field(default_factory=list)
+    address_list: list[AddressListMapping] = Field(default_factory=list)
+    safety: SafetySettings = SafetySettings()
+    radius: RadiusSettings | None = None
+    radius_group: list[RadiusGroupMapping] = Field(default_factory=list)
+    coa: CoaSettings = CoaSettings()
+    pool: list[PoolSettings] = Field(default_factory=list)
+    daemon: DaemonSettings = DaemonSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems = list(_cross_problems(self))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def routers_for(self, mapping: AddressListMapping) -> list[RouterSettings]:
+        return [r for r in self.router if any(fnmatch.fnmatchcase(r.name, p) for p in mapping.routers)]
+
+
+def _cross_problems(s: Settings) -> Iterator[str]:
+    seen: dict[str, int] = {}
+    for i, r in enumerate(s.router):
+        if r.name in seen:
+            yield f"router[{i}].name: duplicate router name {r.name!r} (also router[{seen[r.name]}])"
+        seen.setdefault(r.name, i)
+    for i, m in enumerate(s.address_list):
+        for j, pattern in enumerate(m.routers):
+            if not any(fnmatch.fnmatchcase(r.name, pattern) for r in s.router):
+                yield f"address_list[{i}].routers[{j}]: {pattern!r} matches no [[router]]"
+    if s.radius_group and s.radius is None:
+        yield "radius_group: [[radius_group]] mappings need a [radius] section with url"
+    names: dict[str, int] = {}
+    for i, p in enumerate(s.pool):
+        if p.name in names:
+            yield f"pool[{i}].name: duplicate pool name {p.name!r} (also pool[{names[p.name]}])"
+        names.setdefault(p.name, i)
+        usable = p.ipset() - p.excluded()
+        for net in p.networks:
+            n = netaddr.IPNetwork(net)
+            if n.version == 4 and n.prefixlen < 31:
+                usable.remove(n.network)
+                usable.remove(n.broadcast)
+        if usable.size == 0:
+            yield f"pool[{i}]: pool {p.name!r} has no usable address"
+    for i, a in enumerate(s.pool):
+        for j in range(i + 1, len(s.pool)):
+            b = s.pool[j]
+            if a.ipset() & b.ipset():
+                yield f"pool[{j}].networks: pool {b.name!r} overlaps pool {a.name!r} (pool[{i}])"
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+_SUBPATH = re.compile(r"^[a-z_]+(\[\d+\])*: ")
+
+
+def _problems_from(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        where = format_loc(loc)
+        msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        for line in msg.split("\n"):
+            if not where:
+                problems.append(line)
+            elif _SUBPATH.match(line):
+                problems.append(f"{where}.{line}")
+            else:
+                problems.append(f"{where}: {line}")
+    return problems
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("PROVISIOND_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+
+
+def load(path: Path) -> Settings:
+    """Read and validate the config file plus environment overrides."""
+    data = read_toml(path)
+    token = _config_path.set(path)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc)) from None
+    finally:
+        _config_path.reset(token)
+
+
+def warnings(path: Path, settings: Settings) -> list[str]:
+    """Problems that do not stop provisiond but that an operator should fix."""
+    out = []
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    inline = [f"router[{i}].password" for i, r in enumerate(settings.router) if r.password is not None]
+    if settings.coa.secret is not None:
+        inline.append("coa.secret")
+    if settings.source.url.get_secret_value().count("@") and _url_has_password(
+        settings.source.url.get_secret_value()
+    ):
+        inline.append("source.url (password in the URL)")
+    if inline and mode & (stat.S_IROTH | stat.S_IRGRP):
+        out.append(
+            f"{path} is readable by group/others and holds secrets inline: {', '.join(inline)}; "
+            "use password_file / secret_file (systemd LoadCredential=) or chmod 600"
+        )
+    for i, r in enumerate(settings.router):
+        if not r.tls:
+            out.append(
+                f"router[{i}] ({r.name}): plain API on port {r.api_port}: the password crosses "
+                "the network in clear text; prefer tls = true (API-SSL)"
+            )
+        elif not r.tls_verify and r.fingerprint is None:
+            out.append(f"router[{i}] ({r.name}): tls_verify = false without a fingerprint accepts any certificate")
+    return out
+
+
+def _url_has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:  # noqa: BLE001 - a malformed URL is reported elsewhere
+        return False

@@ -1,0 +1,55 @@
+"""The seam between the reconciler and the things provisiond writes.
+
+A Target reads the scope it manages (``observe``) and applies a ``Plan`` to it
+(``apply``). The reconciler calls every target in its own worker, so one failing
+router never holds up the others; a target signals failure by raising
+``TargetError`` (or ``TargetUnavailable`` for "try again later") from ``observe`` and
+by reporting per-change failures in its ``ApplyResult`` from ``apply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from provisiond.changes import Change, Conflict, Key, Observed, Resource
+from provisiond.plan import Plan
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What happened to one target's plan. ``failed`` and ``collisions`` carry messages."""
+
+    target: str
+    applied: list[Change] = field(default_factory=list)
+    failed: list[tuple[Change, str]] = field(default_factory=list)
+    collisions: list[Conflict] = field(default_factory=list)
+    followups: list[Mapping[str, Any]] = field(default_factory=list)  # e.g. CoA results
+    error: str | None = None  # the whole target failed (unreachable, refused, rolled back)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failed
+
+
+class Target(Protocol):
+    name: str
+    kind: str
+
+    def observe(self) -> Observed:
+        """Read what provisiond manages on this target. Raises TargetError."""
+        ...
+
+    def plan_followups(self, plan: Plan) -> Plan:
+        """Add follow-up actions (CoA/Disconnect) to a plan; most targets return it as is."""
+        ...
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply the plan's changes (Delete -> Create -> Update). Never raises for one change."""
+        ...
+
+    def close(self) -> None: ...
+
+
+DesiredState = Mapping[Key, Resource]
