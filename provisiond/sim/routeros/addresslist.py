@@ -1,0 +1,275 @@
+"""The address-list table of one menu (``/ip`` or ``/ipv6``), as data.
+
+``session`` calls it with the attribute words of add/set/unset/remove/
+enable/disable (as a name -> text mapping) and with the rows to print;
+``RouterSim`` calls it to inject or inspect entries. Failures raise
+``Trap`` with the router's wording. Not thread-safe: the caller holds the
+simulator lock.
+
+Entries are frozen ``Entry`` values in insertion (= print) order, indexed by
+id, by the unique key (list, normalised address) and by list, so the common
+``print ?list=X`` and duplicate checks never scan the whole table. Entries
+with a timeout sit in an expiry heap and vanish once the clock passes their
+deadline (checked lazily at every access).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from .address import normalise_address
+from .errors import ALREADY_HAVE, NO_SUCH_ITEM, Trap, invalid_value, unknown_parameter
+from .values import format_bool, format_duration, format_timestamp, parse_bool, parse_duration
+
+Clock = Callable[[], float]
+
+PROPERTIES = ("list", "address", "comment", "disabled", "timeout", "dynamic")
+_SETTABLE = frozenset({"list", "address", "comment", "disabled", "timeout"})
+_UNSETTABLE = frozenset({"comment", "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    list: str
+    address: str
+    created: float
+    comment: str | None = None
+    disabled: bool = False
+    dynamic: bool = False
+    expires: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.list, self.address)
+
+    @property
+    def id_text(self) -> str:
+        return f"*{self.id:X}"
+
+
+@dataclass(frozen=True, slots=True)
+class TableOptions:
+    family: int
+    first_id: int = 1
+    iso_dates: bool = True
+    timeout_marks_dynamic: bool = False
+
+
+class AddressTable:
+    def __init__(self, options: TableOptions, clock: Clock) -> None:
+        self.options = options
+        self._clock = clock
+        self._next_id = options.first_id
+        self._rows: dict[int, Entry] = {}
+        self._by_key: dict[tuple[str, str], int] = {}
+        self._by_list: dict[str, dict[int, None]] = {}
+        self._expiry: list[tuple[float, int]] = []
+
+    # -- reading ---------------------------------------------------------
+
+    def __len__(self) -> int:
+        self.expire()
+        return len(self._rows)
+
+    def entries(self, list_name: str | None = None) -> Iterator[Entry]:
+        """Entries in print order, optionally only those of one list."""
+        self.expire()
+        if list_name is None:
+            return iter(list(self._rows.values()))
+        ids = self._by_list.get(list_name, {})
+        return iter([self._rows[i] for i in ids])
+
+    def render(self, entry: Entry) -> dict[str, str]:
+        """The properties a print shows for ``entry`` (unset ones omitted)."""
+        row = {".id": entry.id_text, "list": entry.list, "address": entry.address}
+        row["creation-time"] = format_timestamp(entry.created, iso=self.options.iso_dates)
+        dynamic = entry.dynamic or (self.options.timeout_marks_dynamic and entry.expires is not None)
+        row["dynamic"] = format_bool(dynamic)
+        row["disabled"] = format_bool(entry.disabled)
+        if entry.expires is not None:
+            row["timeout"] = format_duration(entry.expires - self._clock())
+        if entry.comment is not None:
+            row["comment"] = entry.comment
+        return row
+
+    # -- ids -------------------------------------------------------------
+
+    def resolve(self, selector: str) -> list[int]:
+        """Ids named by a ``.id``/``numbers`` value (``*1A,*1B`` or positions)."""
+        self.expire()
+        found: dict[int, None] = {}
+        missing: list[str] = []
+        order: list[int] | None = None
+        for part in (p.strip() for p in selector.split(",")):
+            ident = self._parse_id(part)
+            if ident is None and part.isdigit():
+                order = order if order is not None else list(self._rows)
+                position = int(part)
+                ident = order[position] if position < len(order) else None
+            if ident is None or ident not in self._rows:
+                missing.append(part)
+            else:
+                found[ident] = None
+        if missing and not found:
+            raise Trap(NO_SUCH_ITEM)
+        if missing:
+            raise PartialSelection(list(found))
+        return list(found)
+
+    @staticmethod
+    def _parse_id(text: str) -> int | None:
+        if not text.startswith("*"):
+            return None
+        try:
+            return int(text[1:], 16)
+        except ValueError:
+            return None
+
+    # -- writing ---------------------------------------------------------
+
+    def add(self, attrs: Mapping[str, str], *, dynamic: bool = False) -> Entry:
+        for name in attrs:
+            if name not in PROPERTIES:
+                raise unknown_parameter(name)
+        missing = [name for name in ("list", "address") if name not in attrs]
+        if missing:
+            raise Trap(f"missing value(s) of argument(s) {', '.join(missing)}", 1)
+        entry = Entry(
+            id=self._next_id,
+            list=self._list_name(attrs["list"]),
+            address=self._address(attrs["address"]),
+            created=self._clock(),
+            dynamic=dynamic,
+        )
+        entry = self._apply(entry, {k: v for k, v in attrs.items() if k not in ("list", "address")})
+        if "dynamic" in attrs:
+            entry = dataclasses.replace(entry, dynamic=_bool(attrs, "dynamic"))
+        if entry.key in self._by_key:
+            raise Trap(ALREADY_HAVE)
+        self._next_id += 1
+        self._store(entry)
+        return entry
+
+    def update(self, ids: Sequence[int], attrs: Mapping[str, str]) -> None:
+        """``set``: all-or-nothing over ``ids``; ``!name`` unsets ``name``."""
+        for name in attrs:
+            if name.lstrip("!") not in _SETTABLE or (name.startswith("!") and name[1:] not in _UNSETTABLE):
+                raise unknown_parameter(name)
+        changed = [self._apply(self._rows[i], attrs) for i in ids]
+        self._replace_all(changed)
+
+    def unset(self, ids: Sequence[int], name: str) -> None:
+        if name not in _UNSETTABLE:
+            raise invalid_value("value-name")
+        self.update(ids, {"!" + name: ""})
+
+    def set_disabled(self, ids: Sequence[int], disabled: bool) -> None:
+        self._replace_all([dataclasses.replace(self._rows[i], disabled=disabled) for i in ids])
+
+    def remove(self, ids: Sequence[int]) -> None:
+        for ident in ids:
+            entry = self._rows.pop(ident)
+            del self._by_key[entry.key]
+            members = self._by_list[entry.list]
+            del members[ident]
+            if not members:
+                del self._by_list[entry.list]
+
+    def expire(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            deadline, ident = heapq.heappop(self._expiry)
+            entry = self._rows.get(ident)
+            if entry is not None and entry.expires == deadline:
+                self.remove([ident])
+
+    # -- helpers ---------------------------------------------------------
+
+    def _list_name(self, value: str) -> str:
+        if not value:
+            raise invalid_value("list")
+        return value
+
+    def _address(self, value: str) -> str:
+        try:
+            return normalise_address(value, self.options.family)
+        except ValueError as exc:
+            raise invalid_value("address") from exc
+
+    def _apply(self, entry: Entry, attrs: Mapping[str, str]) -> Entry:
+        changes: dict[str, object] = {}
+        for name, value in attrs.items():
+            if name == "list":
+                changes["list"] = self._list_name(value)
+            elif name == "address":
+                changes["address"] = self._address(value)
+            elif name == "comment":
+                changes["comment"] = value if value else None
+            elif name == "disabled":
+                changes["disabled"] = _bool(attrs, "disabled")
+            elif name == "timeout":
+                changes.update(self._timeout(value))
+            elif name == "!comment":
+                changes["comment"] = None
+            elif name == "!timeout":
+                changes["expires"] = None
+        return dataclasses.replace(entry, **changes)  # type: ignore[arg-type]
+
+    def _timeout(self, value: str) -> dict[str, object]:
+        if value in ("none-static", "none-dynamic", ""):
+            changes: dict[str, object] = {"expires": None}
+            if value == "none-dynamic":
+                changes["dynamic"] = True
+            return changes
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise invalid_value("timeout") from exc
+        return {"expires": self._clock() + seconds if seconds > 0 else None}
+
+    def _replace_all(self, changed: Sequence[Entry]) -> None:
+        moving = {e.id for e in changed}
+        new_keys: set[tuple[str, str]] = set()
+        for entry in changed:
+            holder = self._by_key.get(entry.key)
+            if (holder is not None and holder not in moving) or entry.key in new_keys:
+                raise Trap(ALREADY_HAVE)
+            new_keys.add(entry.key)
+        for entry in changed:
+            old = self._rows[entry.id]
+            if self._by_key.get(old.key) == old.id:
+                del self._by_key[old.key]
+            if old.list != entry.list:
+                members = self._by_list[old.list]
+                del members[old.id]
+                if not members:
+                    del self._by_list[old.list]
+        for entry in changed:
+            self._store(entry)
+
+    def _store(self, entry: Entry) -> None:
+        self._rows[entry.id] = entry
+        self._by_key[entry.key] = entry.id
+        self._by_list.setdefault(entry.list, {})[entry.id] = None
+        if entry.expires is not None:
+            heapq.heappush(self._expiry, (entry.expires, entry.id))
+
+
+class PartialSelection(Trap):
+    """Some ids of a multi-id selector exist, some do not."""
+
+    def __init__(self, found: list[int]) -> None:
+        super().__init__(NO_SUCH_ITEM)
+        self.found = found
+
+
+def _bool(attrs: Mapping[str, str], name: str) -> bool:
+    try:
+        return parse_bool(attrs[name])
+    except ValueError as exc:
+        raise invalid_value(name) from exc
+

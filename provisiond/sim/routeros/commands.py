@@ -1,0 +1,174 @@
+"""Menu commands of a logged-in session: address lists and /system.
+
+``session`` calls ``run`` with a parsed ``Command`` while holding the state
+lock and gets back a ``Result``: the data sentences (``!re``/``!empty``,
+without tags), the attribute words of ``!done`` and how long to stall before
+answering. Failures raise ``Trap``. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .addresslist import AddressTable, PartialSelection
+from .errors import NO_SUCH_COMMAND, NO_SUCH_ITEM, NO_SUCH_PREFIX, Trap
+from .query import QueryError, compile_query
+from .state import RouterState
+from .values import format_duration
+
+Row = Mapping[str, str]
+
+_KNOWN_MENUS = frozenset(
+    {
+        "/ip",
+        "/ip/firewall",
+        "/ipv6",
+        "/ipv6/firewall",
+        "/system",
+        "/system/identity",
+        "/system/resource",
+        "/ip/firewall/address-list",
+        "/ipv6/firewall/address-list",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    path: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    queries: tuple[str, ...] = ()
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    data: tuple[tuple[str, ...], ...] = ()
+    done: tuple[str, ...] = ()
+    delay: float = 0.0
+
+
+def run(state: RouterState, command: Command) -> Result:
+    menu, _, verb = command.path.rpartition("/")
+    if verb == "getall":
+        verb = "print"
+    table = state.table_for_path(menu)
+    if table is not None:
+        return _table_command(state, table, verb, command)
+    if verb == "print" and menu == "/system/identity":
+        return _print([{"name": state.settings.identity}], command, state=state)
+    if verb == "print" and menu == "/system/resource":
+        return _print([_resource(state)], command, state=state)
+    if menu in _KNOWN_MENUS:
+        raise Trap(NO_SUCH_COMMAND, 0)
+    raise Trap(NO_SUCH_PREFIX, 0)
+
+
+def _resource(state: RouterState) -> dict[str, str]:
+    return {
+        "uptime": format_duration(state.clock() - state.booted),
+        "version": state.settings.version,
+        "build-time": "2025-02-26 12:00:00",
+        "free-memory": "873603072",
+        "total-memory": "1073741824",
+        "cpu": "QEMU",
+        "cpu-count": "1",
+        "cpu-frequency": "2400",
+        "cpu-load": "1",
+        "free-hdd-space": "94851072",
+        "total-hdd-space": "134217728",
+        "architecture-name": "x86_64",
+        "board-name": "CHR",
+        "platform": "MikroTik",
+    }
+
+
+def _print(
+    rows: Iterable[Row] | Callable[[str | None], Iterable[Row]],
+    command: Command,
+    *,
+    state: RouterState,
+    family: int | None = None,
+    scanned: int = 0,
+) -> Result:
+    try:
+        query = compile_query(command.queries, family=family)
+    except QueryError as exc:
+        raise Trap(f"invalid query: {exc}", 1) from exc
+    source = rows(query.list_filter) if callable(rows) else rows
+    selected = [row for row in source if query.matches(row)]
+    delay = state.settings.row_latency * scanned
+    attrs = command.attributes
+    if "count-only" in attrs:
+        return Result(done=(f"=ret={len(selected)}",), delay=delay)
+    proplist = attrs.get(".proplist")
+    data: list[tuple[str, ...]] = []
+    if proplist is None:
+        data = [("!re", *(f"={k}={v}" for k, v in row.items())) for row in selected]
+    else:
+        keys = [k for k in proplist.split(",") if k]
+        data = [("!re", *(f"={k}={row[k]}" for k in keys if k in row)) for row in selected]
+    if not data and state.settings.sends_empty:
+        data = [("!empty",)]
+    return Result(data=tuple(data), delay=delay)
+
+
+def _table_command(state: RouterState, table: AddressTable, verb: str, command: Command) -> Result:
+    attrs = command.attributes
+    if verb == "print":
+        scanned = len(table)
+        return _print(
+            lambda list_name: (table.render(e) for e in table.entries(list_name)),
+            command,
+            state=state,
+            family=table.options.family,
+            scanned=scanned,
+        )
+    values = {k: v for k, v in attrs.items() if not k.startswith(".") and k != "numbers"}
+    if verb == "add":
+        entry = table.add(values)
+        return Result(done=(f"=ret={entry.id_text}",))
+    if verb == "remove":
+        _remove(state, table, attrs)
+        return Result()
+    ids = _select(table, attrs)
+    if verb == "set":
+        table.update(ids, values)
+    elif verb in ("enable", "disable"):
+        table.set_disabled(ids, verb == "disable")
+    elif verb == "comment":
+        table.update(ids, {"comment": attrs.get("comment", "")})
+    elif verb == "unset":
+        if "value-name" not in attrs:
+            raise Trap("missing value(s) of argument(s) value-name", 1)
+        for name in attrs["value-name"].split(","):
+            table.unset(ids, name)
+    else:
+        raise Trap(NO_SUCH_COMMAND, 0)
+    return Result()
+
+
+def _selector(attrs: Mapping[str, str]) -> str:
+    selector = attrs.get(".id", attrs.get("numbers"))
+    if selector is None:
+        raise Trap("missing value(s) of argument(s) numbers", 1)
+    return selector
+
+
+def _select(table: AddressTable, attrs: Mapping[str, str]) -> Sequence[int]:
+    try:
+        return table.resolve(_selector(attrs))
+    except PartialSelection as exc:
+        raise Trap(NO_SUCH_ITEM) from exc
+
+
+def _remove(state: RouterState, table: AddressTable, attrs: Mapping[str, str]) -> None:
+    try:
+        ids = table.resolve(_selector(attrs))
+    except PartialSelection as exc:
+        if not state.settings.atomic_remove:
+            table.remove(exc.found)
+        raise Trap(NO_SUCH_ITEM) from exc
+    table.remove(ids)
+

@@ -1,0 +1,194 @@
+"""The ``print`` query stack machine of ROUTEROS.md 1.7.
+
+``session`` hands the ``?`` words of a print (in order) to ``compile_query``
+and gets back a ``Query``: a frozen value whose ``matches`` takes one row (the
+printed properties of one item, all of them, whatever ``.proplist`` says) and
+tells whether the item is selected. ``Query.list_filter`` exposes the common
+``?list=X`` case so the table can answer it from its per-list index.
+
+Semantics: the stack starts as infinitely many ``true``; an item is kept when
+no ``false`` is left. ``?name`` / ``?-name`` test presence, ``?name=x`` and
+``?=name=x`` equality, ``?<name=x`` / ``?>name=x`` order (numbers
+numerically, addresses by address, booleans and durations by value, strings
+lexically). ``?#`` applies ``!&|.`` and digit indexes to the stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .address import address_sort_key, normalise_address
+from .values import parse_bool, parse_duration
+
+Row = Mapping[str, str]
+Canon = Callable[[str], object]
+
+_BOOLEAN = frozenset({"disabled", "dynamic", "invalid"})
+_DURATION = frozenset({"timeout", "uptime"})
+
+
+class QueryError(ValueError):
+    """A malformed query word (the router answers with a trap)."""
+
+
+def _canonical(name: str, value: str, family: int | None) -> object:
+    """The typed value used to compare property ``name``; falls back to text."""
+    try:
+        if name in _BOOLEAN:
+            return parse_bool(value)
+        if name in _DURATION:
+            return parse_duration(value)
+        if name == "address" and family is not None:
+            return normalise_address(value, family)
+    except ValueError:
+        return value
+    return value
+
+
+def _order_key(name: str, value: str) -> tuple[int, object]:
+    """Sort key of one value: numbers < addresses < other text, by kind."""
+    if name in _DURATION:
+        try:
+            return (0, parse_duration(value))
+        except ValueError:
+            pass
+    if value.lstrip("-").isdigit():
+        return (0, int(value))
+    address = address_sort_key(value)
+    if address is not None:
+        return (1, address)
+    return (2, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Test:
+    """One condition word: ``kind`` is one of ``has``, ``lacks``, ``=``, ``<``, ``>``."""
+
+    kind: str
+    name: str
+    value: str = ""
+
+    def evaluate(self, row: Row, family: int | None) -> bool:
+        present = self.name in row
+        if self.kind == "has":
+            return present
+        if self.kind == "lacks":
+            return not present
+        if self.kind == "=":
+            if not present:
+                return self.value == ""
+            actual = row[self.name]
+            if actual == self.value:
+                return True
+            return _canonical(self.name, actual, family) == _canonical(self.name, self.value, family)
+        if not present:
+            return False
+        left, right = _order_key(self.name, row[self.name]), _order_key(self.name, self.value)
+        if left[0] != right[0]:
+            left, right = (2, row[self.name]), (2, self.value)
+        if self.kind == "<":
+            return left < right
+        return left > right
+
+
+@dataclass(frozen=True, slots=True)
+class StackOps:
+    """One ``?#`` word: the operator characters after ``#``."""
+
+    ops: str
+
+    def apply(self, stack: list[bool]) -> list[bool]:
+        # The stack is a finite list over infinitely many implicit ``true``s,
+        # top at the end; reading past the bottom yields ``true``.
+        def peek(index: int) -> bool:
+            return stack[-1 - index] if index < len(stack) else True
+
+        def pop() -> bool:
+            return stack.pop() if stack else True
+
+        ops, position = self.ops, 0
+        while position < len(ops):
+            char = ops[position]
+            if char.isdigit():
+                end = position
+                while end < len(ops) and ops[end].isdigit():
+                    end += 1
+                value = peek(int(ops[position:end]))
+                if end == len(ops):
+                    stack[:] = [value]
+                    return stack
+                stack.append(value)
+                position = end + 1 if ops[end] == "." else end
+                continue
+            if char == "!":
+                stack.append(not pop())
+            elif char == "&":
+                right, left = pop(), pop()
+                stack.append(left and right)
+            elif char == "|":
+                right, left = pop(), pop()
+                stack.append(left or right)
+            elif char == ".":
+                stack.append(peek(0))
+            else:
+                raise QueryError(f"unknown query operator {char!r}")
+            position += 1
+        return stack
+
+
+Step = Test | StackOps
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    steps: tuple[Step, ...] = ()
+    #: Address family used to normalise ``?address=`` values (None: no menu).
+    family: int | None = None
+
+    def matches(self, row: Row) -> bool:
+        stack: list[bool] = []
+        for step in self.steps:
+            if isinstance(step, Test):
+                stack.append(step.evaluate(row, self.family))
+            else:
+                stack = step.apply(stack)
+        return all(stack)
+
+    @property
+    def list_filter(self) -> str | None:
+        """``X`` when the query is only equality tests including ``list=X``."""
+        if not self.steps or not all(isinstance(s, Test) and s.kind == "=" for s in self.steps):
+            return None
+        lists = {s.value for s in self.steps if isinstance(s, Test) and s.name == "list"}
+        return lists.pop() if len(lists) == 1 else None
+
+
+def _parse_word(word: str) -> Step:
+    body = word[1:]
+    if body.startswith("#"):
+        return StackOps(body[1:])
+    kind = "="
+    if body[:1] in ("<", ">", "="):
+        kind, body = body[0], body[1:]
+        name, sep, value = body.partition("=")
+        if not sep and kind != "=":
+            raise QueryError(f"query word {word!r} needs a value")
+        if not sep:
+            return Test("has", name)
+        return Test(kind, name, value)
+    if body.startswith("-"):
+        return Test("lacks", body[1:])
+    name, sep, value = body.partition("=")
+    if not sep:
+        return Test("has", name)
+    return Test("=", name, value)
+
+
+def compile_query(words: Sequence[str], *, family: int | None = None) -> Query:
+    """Compile ``?`` words (each starting with ``?``) in client order."""
+    steps = tuple(_parse_word(word) for word in words)
+    for step in steps:
+        if isinstance(step, Test) and not step.name:
+            raise QueryError("query word without a property name")
+    return Query(steps, family)

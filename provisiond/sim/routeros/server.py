@@ -1,0 +1,270 @@
+"""``RouterSim``: a simulated RouterOS API service on a loopback TCP port.
+
+The outermost layer of the simulator. ``start`` binds a listener (plain, or
+TLS like api-ssl when a certificate is configured) and serves every
+connection in its own thread: read a sentence with ``codec``, hand it to a
+``Session``, write the ``Reply`` with one ``sendall``. A malformed stream
+(control byte, over-long pre-login word) closes that connection only.
+
+The methods below the socket code are for tests and the demo: inspect and
+seed the tables, inject traps, drop or stall connections, take the router
+"down" (connections refused) and read what commands arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from .codec import PeerClosed, ProtocolViolation, encode_reply, read_sentence
+from .errors import Trap
+from .session import Session
+from .settings import SimSettings
+from .state import MENUS, ReceivedCommand, RouterState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_ACCEPT_POLL = 0.1
+_HANDSHAKE_TIMEOUT = 10.0
+
+
+class RouterSim:
+    """One simulated router. Use as a context manager or call start/stop."""
+
+    def __init__(self, settings: SimSettings | None = None, *, clock: Clock | None = None) -> None:
+        self.settings = settings or SimSettings()
+        self.state = RouterState(self.settings, clock or time.time)
+        self._tls = self._tls_context()
+        self._listener: socket.socket | None = None
+        self._port = self.settings.port
+        self._running = False
+        self._guard = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._unstalled = threading.Event()
+        self._unstalled.set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> RouterSim:
+        """Bind and listen; returns once connections are accepted."""
+        self._running = True
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        self._running = False
+        self._unstalled.set()
+        self._close_listener()
+        self.drop_connections()
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def __enter__(self) -> RouterSim:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    # -- state for tests and the demo --------------------------------------
+
+    def add_entry(
+        self,
+        menu: str = "ip",
+        *,
+        list_name: str,
+        address: str,
+        comment: str | None = None,
+        dynamic: bool = True,
+        disabled: bool = False,
+        timeout: str | None = None,
+    ) -> str:
+        """Create an entry as the router itself would (e.g. from a firewall
+        ``add-src-to-address-list`` rule: ``dynamic`` by default); returns its
+        ``.id``. Raises ``Trap`` exactly where an API ``add`` would trap."""
+        attrs = {"list": list_name, "address": address, "disabled": "yes" if disabled else "no"}
+        if comment is not None:
+            attrs["comment"] = comment
+        if timeout is not None:
+            attrs["timeout"] = timeout
+        with self.state.lock:
+            return self.state.tables[_menu(menu)].add(attrs, dynamic=dynamic).id_text
+
+    def entries(self, menu: str = "ip", list_name: str | None = None) -> list[dict[str, str]]:
+        """Rows as a full ``print`` would show them, in print order."""
+        with self.state.lock:
+            table = self.state.tables[_menu(menu)]
+            return [table.render(entry) for entry in table.entries(list_name)]
+
+    def remove_entry(self, menu: str, entry_id: str) -> None:
+        """Delete one entry by ``.id`` behind the client's back."""
+        with self.state.lock:
+            table = self.state.tables[_menu(menu)]
+            table.remove(table.resolve(entry_id))
+
+    def fail_next(self, command_path: str, message: str, category: int | None = None) -> None:
+        """The next ``command_path`` command (e.g. ``/ip/firewall/address-list/add``)
+        from any connection traps with ``message`` instead of running."""
+        with self.state.lock:
+            self.state.add_fault(command_path, Trap(message, category))
+
+    @property
+    def command_counts(self) -> dict[str, int]:
+        with self.state.lock:
+            return dict(self.state.counts)
+
+    @property
+    def history(self) -> list[ReceivedCommand]:
+        with self.state.lock:
+            return list(self.state.history)
+
+    def reset_history(self) -> None:
+        with self.state.lock:
+            self.state.counts.clear()
+            self.state.history.clear()
+
+    @property
+    def connection_count(self) -> int:
+        with self._guard:
+            return len(self._connections)
+
+    def drop_connections(self) -> None:
+        """Close every client connection abruptly (no ``!fatal``)."""
+        with self._guard:
+            connections = list(self._connections)
+        for conn in connections:
+            _shut(conn)
+
+    def set_down(self, down: bool) -> None:
+        """Down: drop connections and stop listening (connection refused).
+        Up again: listen on the same port."""
+        if down:
+            self._close_listener()
+            self.drop_connections()
+        elif self._listener is None and self._running:
+            self._listen()
+
+    def set_stalled(self, stalled: bool) -> None:
+        """Stalled: read commands but hold every reply until un-stalled
+        (a client's read timeout fires; replies then arrive late)."""
+        if stalled:
+            self._unstalled.clear()
+        else:
+            self._unstalled.set()
+
+    # -- sockets -----------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.tls_cert is None or self.settings.tls_key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
+
+    def _listen(self) -> None:
+        listener = socket.create_server((self.settings.host, self._port), backlog=64)
+        listener.settimeout(_ACCEPT_POLL)
+        self._port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept_loop, args=(listener,), name=f"sim-accept-{self._port}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        log.info("sim listening host=%s port=%s tls=%s", self.host, self._port, self._tls is not None)
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while self._running and self._listener is listener:
+            try:
+                conn, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            peer = f"{address[0]}:{address[1]}"
+            thread = threading.Thread(target=self._serve, args=(conn, peer), name=f"sim-conn-{peer}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._guard:
+            self._connections.add(conn)
+        log.info("sim connection open peer=%s", peer)
+        reason = "closed by server"
+        try:
+            reason = self._converse(conn, peer)
+        except (PeerClosed, ConnectionError):
+            reason = "closed by peer"
+        except ProtocolViolation as exc:
+            reason = f"protocol violation: {exc}"
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"socket error: {exc}"
+        finally:
+            with self._guard:
+                self._connections.discard(conn)
+            _shut(conn)
+            log.info("sim connection closed peer=%s reason=%s", peer, reason)
+
+    def _converse(self, conn: socket.socket, peer: str) -> str:
+        stream = conn
+        if self._tls is not None:
+            conn.settimeout(_HANDSHAKE_TIMEOUT)
+            stream = self._tls.wrap_socket(conn, server_side=True)
+            stream.settimeout(None)
+            with self._guard:
+                self._connections.discard(conn)
+                self._connections.add(stream)
+        session = Session(self.state, peer=peer)
+        with stream.makefile("rb") as reader:
+            while True:
+                limit = None if session.logged_in else self.settings.max_pre_login_word
+                reply = session.handle(read_sentence(reader.read, max_word=limit))
+                if reply is None:
+                    continue
+                self._unstalled.wait()
+                if reply.delay > 0:
+                    time.sleep(reply.delay)
+                stream.sendall(encode_reply(reply.sentences))
+                if reply.close:
+                    return "fatal sent"
+
+
+def _menu(menu: str) -> str:
+    key = menu.strip("/").split("/")[0]
+    if key not in MENUS:
+        raise ValueError(f"unknown address-list menu {menu!r}; use 'ip' or 'ipv6'")
+    return key
+
+
+def _shut(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()

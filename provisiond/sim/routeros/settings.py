@@ -1,0 +1,92 @@
+"""Settings of one simulated router, and the clock it reads.
+
+``SimSettings`` is built by the CLI (``python -m provisiond.sim``), by the
+product's demo and by tests, and handed to ``RouterSim``. Behaviour that the
+reference material leaves open (ROUTEROS.md marks it [inf]) is a setting
+here, so a client can be tested against both answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .values import parse_version
+
+DEFAULT_VERSION = "7.18.2 (stable)"
+DEFAULT_IDENTITY = "MikroTik"
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    username: str = "admin"
+    password: str = ""
+    #: As ``/system/resource/print`` shows it; drives ``!empty`` and date format.
+    version: str = DEFAULT_VERSION
+    #: ``/system/identity`` name.
+    identity: str = DEFAULT_IDENTITY
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: Pre-6.43 login: ``/login`` always answers with an MD5 challenge.
+    legacy_login: bool = False
+    #: Fixed hex challenge for legacy login (tests); None: random per login.
+    login_challenge: str | None = None
+    #: Multi-id remove with an unknown id: True removes nothing, False removes
+    #: the known ids; both then trap ``no such item (4)``.
+    atomic_remove: bool = True
+    #: Report entries that have a timeout as ``dynamic=true`` (RouterOS 6
+    #: behaviour); by default only ``dynamic=yes`` / injected entries are.
+    timeout_marks_dynamic: bool = False
+    #: Seconds slept before answering any command.
+    command_latency: float = 0.0
+    #: Seconds per table row scanned by a print (a router scans every row).
+    row_latency: float = 0.0
+    #: Sentences accepted before a successful login; more gets ``!fatal``.
+    max_pre_login_sentences: int = 10
+    #: Largest word accepted before login, in bytes.
+    max_pre_login_word: int = 4096
+    #: First ``.id`` number handed out (``*1`` on a fresh router).
+    first_id: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Log every command at INFO (path and tag only, never attribute values).
+    log_commands: bool = True
+    #: How many received commands ``RouterSim.history`` keeps.
+    history_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        parse_version(self.version)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return parse_version(self.version)
+
+    @property
+    def sends_empty(self) -> bool:
+        """7.18 added ``!empty`` before ``!done`` on prints that find nothing."""
+        return self.version_tuple >= (7, 18)
+
+    @property
+    def iso_dates(self) -> bool:
+        """7.10 switched printed dates to ``2026-11-25 18:00:00``."""
+        return self.version_tuple >= (7, 10)
+
+
+class ManualClock:
+    """A wall clock that only moves when told to (timeouts in tests)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
