@@ -33,6 +33,8 @@ _KNOWN_MENUS = frozenset(
     }
 )
 
+_TABLE_VERBS = frozenset({"add", "set", "remove", "enable", "disable", "comment", "unset"})
+
 
 @dataclass(frozen=True, slots=True)
 class Command:
@@ -125,6 +127,8 @@ def _table_command(state: RouterState, table: AddressTable, verb: str, command: 
             family=table.options.family,
             scanned=scanned,
         )
+    if verb not in _TABLE_VERBS:
+        raise Trap(NO_SUCH_COMMAND, 0)
     values = {k: v for k, v in attrs.items() if not k.startswith(".") and k != "numbers"}
     if verb == "add":
         entry = table.add(values)
@@ -139,13 +143,11 @@ def _table_command(state: RouterState, table: AddressTable, verb: str, command: 
         table.set_disabled(ids, verb == "disable")
     elif verb == "comment":
         table.update(ids, {"comment": attrs.get("comment", "")})
-    elif verb == "unset":
+    else:
         if "value-name" not in attrs:
             raise Trap("missing value(s) of argument(s) value-name", 1)
         for name in attrs["value-name"].split(","):
             table.unset(ids, name)
-    else:
-        raise Trap(NO_SUCH_COMMAND, 0)
     return Result()
 
 
