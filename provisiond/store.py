@@ -1,0 +1,632 @@
+"""The StateStore: provisiond's own database (SQLite or PostgreSQL, SQLAlchemy Core).
+
+It remembers what no target can tell us: the leases IPAM handed out, which
+``radreply`` rows provisiond created (the ownership ledger), the account count of the
+last good billing read (to spot a suspicious one), and a journal of runs and applied
+changes. The reconciler reads leases before ``ipam.allocate`` and, in apply only, calls
+``reserve`` BEFORE any router or RADIUS write; targets record what they did through
+``journal`` and the ledger. ``provisiond plan`` opens the store ``readonly``: nothing is
+created, migrated or written, and a missing database reads as an empty one.
+
+Read-write opens bring the schema to the newest Alembic revision (``migrations/``).
+Several processes may share one store: SQLite runs in WAL mode with a busy timeout and
+takes its write lock up front (``BEGIN IMMEDIATE``); PostgreSQL serialises lease
+reservations with a transaction-scoped advisory lock. The unique constraints on
+``leases`` are the last line: an address is never leased to two accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+
+from provisiond.errors import StoreError
+from provisiond.ipam import Allocation, Lease
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 30_000
+# pg_advisory_xact_lock keys: arbitrary, fixed, provisiond's own.
+MIGRATE_LOCK = 0x70726F76_0001
+LEASE_LOCK = 0x70726F76_0002
+VERSION_TABLE = "provisiond_schema_version"
+
+
+class LeaseConflict(StoreError):
+    """``reserve`` found the leases changed under it: re-read, re-allocate, try again."""
+
+    def __init__(self, message: str, *, pool: str, address: str, account_id: str) -> None:
+        self.pool, self.address, self.account_id = pool, address, account_id
+        super().__init__(message)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out; SQLite keeps it as naive UTC text."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+metadata = sa.MetaData()
+
+# Mirrors migrations/versions/0001_initial.py; a new migration changes both.
+reads = sa.Table(
+    "reads", metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("accounts", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+)
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("mode", sa.String(20), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("result", sa.String(20)),
+    sa.Column("summary", sa.Text),
+)
+journal_t = sa.Table(
+    "journal", metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("group_name", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("result", sa.String(20), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+radreply_ledger = sa.Table(
+    "radreply_ledger", metadata,
+    sa.Column("username", sa.String(253), primary_key=True),
+    sa.Column("attribute", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+)
+leases_t = sa.Table(
+    "leases", metadata,
+    sa.Column("pool", sa.String(255), primary_key=True),
+    sa.Column("address", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(6), nullable=False),
+    sa.Column("leased_at", UTCDateTime, nullable=False),
+    sa.Column("released_at", UTCDateTime),
+    sa.Column("held_until", UTCDateTime),
+)
+
+_JOURNAL_COLUMNS = ("action", "kind", "group", "account_id", "result", "message")
+_TABLES = ("reads", "runs", "journal", "radreply_ledger", "leases")
+
+
+def _utc(value: datetime) -> datetime:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _sqlite_path(url: sa.URL) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+class StateStore:
+    """provisiond's own database. Build it with ``StateStore.open``."""
+
+    def __init__(self, engine: Engine | None, *, readonly: bool, display: str, tables: set[str]) -> None:
+        self._engine = engine
+        self.readonly = readonly
+        self.display = display
+        self._tables = tables
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool = False) -> StateStore:
+        """Open (read-write: create and migrate to head) the store at ``url``."""
+        try:
+            parsed = make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"state store: not a database URL: {exc}") from exc
+        display = parsed.render_as_string(hide_password=True)
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                engine = _sqlite_engine(parsed, readonly=readonly)
+            else:
+                engine = _server_engine(parsed, readonly=readonly)
+            if engine is None:
+                return cls(None, readonly=True, display=display, tables=set())
+            if readonly:
+                tables = set(sa.inspect(engine).get_table_names()) & set(_TABLES)
+            else:
+                _upgrade(engine)
+                tables = set(_TABLES)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"state store {display}: cannot open: {exc}") from exc
+        except ImportError as exc:
+            raise StoreError(f"state store {display}: missing database driver: {exc}") from exc
+        log.debug("state store open url=%s readonly=%s", display, readonly)
+        return cls(engine, readonly=readonly, display=display, tables=tables)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"state store {self.display}: {what}: {exc}") from exc
+
+    @contextmanager
+    def _read(self, table: str) -> Iterator[Connection | None]:
+        """A read transaction, or None when the (read-only) store lacks ``table``."""
+        if self._engine is None or table not in self._tables:
+            yield None
+            return
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self, what: str, lock: int | None = None) -> Iterator[Connection]:
+        if self.readonly or self._engine is None:
+            raise StoreError(f"state store {self.display}: {what}: opened read-only")
+        with self._errors(what):
+            with self._engine.connect() as raw:
+                conn = raw.execution_options(provisiond_write=True)
+                with conn.begin():
+                    if lock is not None and conn.dialect.name == "postgresql":
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+                    yield conn
+
+    # -- source reads ---------------------------------------------------------------
+
+    def record_read(self, accounts: int, rows: int, at: datetime) -> None:
+        """Remember a successful billing read (the yardstick for the next one)."""
+        with self._write("record read") as conn:
+            conn.execute(reads.insert().values(at=_utc(at), accounts=accounts, rows=rows))
+
+    def last_good_read(self) -> int | None:
+        """Account count of the last successful billing read, if any."""
+        with self._errors("last good read"), self._read("reads") as conn:
+            if conn is None:
+                return None
+            row = conn.execute(
+                sa.select(reads.c.accounts).order_by(reads.c.at.desc(), reads.c.id.desc()).limit(1)
+            ).first()
+            return None if row is None else int(row[0])
+
+    # -- runs and the journal -------------------------------------------------------
+
+    def start_run(self, mode: str) -> str:
+        run_id = uuid.uuid4().hex
+        with self._write(f"start run ({mode})") as conn:
+            conn.execute(runs.insert().values(id=run_id, mode=mode, started_at=datetime.now(UTC)))
+        return run_id
+
+    def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
+        with self._write(f"finish run {run_id}") as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    finished_at=datetime.now(UTC),
+                    result=result,
+                    summary=json.dumps(summary, sort_keys=True, default=str),
+                )
+            )
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        with self._errors("list runs"), self._read("runs") as conn:
+            if conn is None:
+                return []
+            rows = conn.execute(
+                sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+            ).mappings()
+            return [
+                {**dict(r), "summary": json.loads(r["summary"]) if r["summary"] else {}} for r in rows
+            ]
+
+    def journal(
+        self,
+        run_id: str,
+        target: str,
+        entries: Iterable[Mapping[str, Any]],
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Record applied changes: each entry is a change's JSON plus ``result`` and ``message``."""
+        when = _utc(at) if at is not None else datetime.now(UTC)
+        rows = []
+        for entry in entries:
+            detail = {k: v for k, v in entry.items() if k not in _JOURNAL_COLUMNS}
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "at": when,
+                    "target": target,
+                    "action": str(entry.get("action", "")),
+                    "kind": str(entry.get("kind", "")),
+                    "group_name": str(entry.get("group", "")),
+                    "account_id": str(entry.get("account_id", "")),
+                    "detail": json.dumps(detail, sort_keys=True, default=str),
+                    "result": str(entry.get("result", "ok")),
+                    "message": str(entry.get("message", "")),
+                }
+            )
+        if not rows:
+            return
+        with self._write(f"journal {target}") as conn:
+            conn.execute(journal_t.insert(), rows)
+
+    def history(
+        self,
+        since: datetime | None = None,
+        account: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Journal entries, newest first."""
+        with self._errors("history"), self._read("journal") as conn:
+            if conn is None:
+                return []
+            query = sa.select(journal_t).order_by(journal_t.c.at.desc(), journal_t.c.id.desc())
+            if since is not None:
+                query = query.where(journal_t.c.at >= _utc(since))
+            if account is not None:
+                query = query.where(journal_t.c.account_id == account)
+            out = []
+            for r in conn.execute(query.limit(limit)).mappings():
+                out.append(
+                    {
+                        "at": r["at"],
+                        "run_id": r["run_id"],
+                        "target": r["target"],
+                        "action": r["action"],
+                        "kind": r["kind"],
+                        "group": r["group_name"],
+                        "account_id": r["account_id"],
+                        "detail": json.loads(r["detail"]),
+                        "result": r["result"],
+                        "message": r["message"],
+                    }
+                )
+            return out
+
+    # -- the radreply ownership ledger ------------------------------------------------
+
+    def radreply_owned(self) -> set[tuple[str, str]]:
+        """Every (username, attribute) whose radreply rows provisiond created."""
+        with self._errors("read radreply ledger"), self._read("radreply_ledger") as conn:
+            if conn is None:
+                return set()
+            rows = conn.execute(sa.select(radreply_ledger.c.username, radreply_ledger.c.attribute))
+            return {(str(u), str(a)) for u, a in rows}
+
+    def radreply_record(
+        self,
+        *,
+        added: Iterable[tuple[str, str, str]],
+        removed: Iterable[tuple[str, str]],
+    ) -> None:
+        """Record radreply rows provisiond created (username, attribute, account_id) or deleted."""
+        added, removed = list(added), list(removed)
+        if not added and not removed:
+            return
+        now = datetime.now(UTC)
+        with self._write("record radreply ledger") as conn:
+            gone = {(u, a) for u, a in removed} | {(u, a) for u, a, _ in added}
+            for username, attribute in sorted(gone):
+                conn.execute(
+                    radreply_ledger.delete().where(
+                        radreply_ledger.c.username == username,
+                        radreply_ledger.c.attribute == attribute,
+                    )
+                )
+            if added:
+                latest = {(u, a): acct for u, a, acct in added}
+                conn.execute(
+                    radreply_ledger.insert(),
+                    [
+                        {"username": u, "attribute": a, "account_id": acct, "recorded_at": now}
+                        for (u, a), acct in sorted(latest.items())
+                    ],
+                )
+
+    # -- leases ------------------------------------------------------------------------
+
+    def leases(self, pool: str | None = None) -> list[Lease]:
+        """Every lease (leased or held), optionally of one pool, by pool and account."""
+        with self._errors("read leases"), self._read("leases") as conn:
+            if conn is None:
+                return []
+            return _leases(conn, pool)
+
+    def reserve(self, allocation: Allocation, now: datetime) -> None:
+        """Record an Allocation in one transaction, or raise ``LeaseConflict`` and record nothing.
+
+        Expired holds are freed first; every release, return and new lease is checked
+        against the rows as they are under the lock, so two processes can never lease
+        one address twice (and the table's constraints back that up).
+        """
+        if not allocation.changed:
+            return
+        now = _utc(now)
+        with self._write("reserve leases", lock=LEASE_LOCK) as conn:
+            _delete_expired(conn, now)
+            current = {(x.pool, x.address): x for x in _leases(conn, None)}
+            by_address = {x.address: x for x in current.values()}
+            leased = {(x.pool, x.account_id) for x in current.values() if x.state == "leased"}
+            for lease in allocation.releases:
+                _expect(current, lease, "leased", "release")
+                leased.discard((lease.pool, lease.account_id))
+            for lease in allocation.returns:
+                _expect(current, lease, "held", "return")
+            for lease in allocation.returns:
+                _not_leased_twice(leased, lease)
+            for lease in allocation.new:
+                other = by_address.get(lease.address)
+                if other is not None:
+                    raise LeaseConflict(
+                        f"pool {lease.pool}: cannot lease {lease.address} to account "
+                        f"{lease.account_id}: already {other.state} for account {other.account_id} "
+                        f"(pool {other.pool})",
+                        pool=lease.pool, address=lease.address, account_id=lease.account_id,
+                    )
+                _not_leased_twice(leased, lease)
+                by_address[lease.address] = lease
+            self._apply(conn, allocation, now)
+        log.info(
+            "leases reserved new=%d released=%d returned=%d expired=%d",
+            len(allocation.new), len(allocation.releases), len(allocation.returns),
+            len(allocation.expired),
+        )
+
+    @staticmethod
+    def _apply(conn: Connection, allocation: Allocation, now: datetime) -> None:
+        c = leases_t.c
+        key = (c.pool == sa.bindparam("k_pool")) & (c.address == sa.bindparam("k_address"))
+        if allocation.releases:
+            conn.execute(
+                leases_t.update().where(key).values(
+                    state="held", released_at=now, held_until=sa.bindparam("h_until")
+                ),
+                [
+                    {"k_pool": x.pool, "k_address": x.address, "h_until": x.held_until or now}
+                    for x in allocation.releases
+                ],
+            )
+        if allocation.returns:
+            conn.execute(
+                leases_t.update().where(key).values(
+                    state="leased", leased_at=now, released_at=None, held_until=None
+                ),
+                [{"k_pool": x.pool, "k_address": x.address} for x in allocation.returns],
+            )
+        if allocation.new:
+            try:
+                conn.execute(
+                    leases_t.insert(),
+                    [
+                        {"pool": x.pool, "address": x.address, "account_id": x.account_id,
+                         "state": "leased", "leased_at": now}
+                        for x in allocation.new
+                    ],
+                )
+            except sa.exc.IntegrityError as exc:
+                first = allocation.new[0]
+                raise LeaseConflict(
+                    f"pool {first.pool}: the database refused new leases "
+                    f"(first: {first.address} for account {first.account_id}): {exc.orig}",
+                    pool=first.pool, address=first.address, account_id=first.account_id,
+                ) from exc
+
+    def release(
+        self,
+        account_id: str,
+        pool: str | None = None,
+        *,
+        now: datetime,
+        hold: float | Mapping[str, float] = 86400.0,
+    ) -> list[Lease]:
+        """Release an account's leased addresses into hold by hand (seconds, per pool or one)."""
+        now = _utc(now)
+        out: list[Lease] = []
+        with self._write(f"release account {account_id}", lock=LEASE_LOCK) as conn:
+            query = sa.select(leases_t).where(
+                leases_t.c.account_id == account_id, leases_t.c.state == "leased"
+            )
+            if pool is not None:
+                query = query.where(leases_t.c.pool == pool)
+            for row in conn.execute(query.order_by(leases_t.c.pool)).mappings().all():
+                seconds = hold.get(row["pool"], 86400.0) if isinstance(hold, Mapping) else hold
+                until = now + timedelta(seconds=seconds)
+                conn.execute(
+                    leases_t.update()
+                    .where(leases_t.c.pool == row["pool"], leases_t.c.address == row["address"])
+                    .values(state="held", released_at=now, held_until=until)
+                )
+                out.append(Lease(row["pool"], row["address"], account_id, "held", until))
+        return out
+
+    def expire_holds(self, now: datetime) -> list[Lease]:
+        """Free every address whose hold ran out; returns the freed leases."""
+        with self._write("expire holds", lock=LEASE_LOCK) as conn:
+            return _delete_expired(conn, _utc(now))
+
+
+def _leases(conn: Connection, pool: str | None) -> list[Lease]:
+    query = sa.select(leases_t).order_by(leases_t.c.pool, leases_t.c.account_id, leases_t.c.address)
+    if pool is not None:
+        query = query.where(leases_t.c.pool == pool)
+    return [
+        Lease(
+            pool=r["pool"],
+            address=r["address"],
+            account_id=r["account_id"],
+            state="held" if r["state"] == "held" else "leased",
+            held_until=r["held_until"],
+            leased_at=r["leased_at"],
+        )
+        for r in conn.execute(query).mappings()
+    ]
+
+
+def _delete_expired(conn: Connection, now: datetime) -> list[Lease]:
+    expired = [
+        x for x in _leases(conn, None)
+        if x.state == "held" and x.held_until is not None and x.held_until <= now
+    ]
+    if expired:
+        conn.execute(
+            leases_t.delete().where(
+                leases_t.c.state == "held", leases_t.c.held_until <= now
+            )
+        )
+    return expired
+
+
+def _expect(current: Mapping[tuple[str, str], Lease], lease: Lease, state: str, what: str) -> None:
+    row = current.get((lease.pool, lease.address))
+    if row is None or row.account_id != lease.account_id or row.state != state:
+        now_is = "free" if row is None else f"{row.state} for account {row.account_id}"
+        raise LeaseConflict(
+            f"pool {lease.pool}: cannot {what} {lease.address} for account {lease.account_id}: "
+            f"it is {now_is}",
+            pool=lease.pool, address=lease.address, account_id=lease.account_id,
+        )
+
+
+def _not_leased_twice(leased: set[tuple[str, str]], lease: Lease) -> None:
+    if (lease.pool, lease.account_id) in leased:
+        raise LeaseConflict(
+            f"pool {lease.pool}: account {lease.account_id} already has a leased address; "
+            f"refusing {lease.address}",
+            pool=lease.pool, address=lease.address, account_id=lease.account_id,
+        )
+    leased.add((lease.pool, lease.account_id))
+
+
+# -- engines and migrations ---------------------------------------------------------
+
+
+def _sqlite_engine(url: sa.URL, *, readonly: bool) -> Engine | None:
+    path = _sqlite_path(url)
+    if readonly and path is not None:
+        if not path.exists():
+            return None  # an empty store; plan must not create the file
+
+        # A read-write handle under query_only lets SQLite tidy its -wal/-shm files on
+        # close; without write permission, fall back to a true read-only open.
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+        target = str(path) if writable else f"{path.resolve().as_uri()}?mode=ro"
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(
+                target,
+                uri=not writable,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA query_only = ON")
+            return conn
+
+        engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.NullPool)
+    else:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            poolclass=sa.pool.NullPool if path is not None else sa.pool.StaticPool,
+        )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy, not the driver, say when a transaction starts (see _on_begin).
+        dbapi.isolation_level = None
+        cur = dbapi.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        if not readonly and path is not None:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction upgrading to a write
+        # lock can fail at once with "database is locked" despite the busy timeout.
+        immediate = conn.get_execution_options().get("provisiond_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _server_engine(url: sa.URL, *, readonly: bool) -> Engine:
+    if url.get_backend_name() != "postgresql":
+        raise StoreError(
+            f"state store {url.render_as_string(hide_password=True)}: "
+            "use a sqlite:// or postgresql:// URL"
+        )
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if readonly:
+        engine = engine.execution_options(postgresql_readonly=True)
+    return engine
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring the schema to head, one process at a time."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "provisiond:migrations")
+    config.set_main_option("version_table", VERSION_TABLE)
+    with engine.connect() as raw:
+        conn = raw.execution_options(provisiond_write=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATE_LOCK)))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
