@@ -104,7 +104,7 @@ def change_to_json(change: Change) -> dict[str, Any]:
 IDENT_FIELDS: dict[str, tuple[str, ...]] = {
     "address-list": ("list", "address"),
     "radusergroup": ("username", "groupname"),
-    "radreply": ("username", "attribute", "value"),
+    "radreply": ("username", "attribute"),  # one row per user and attribute: a new value is an Update
 }
 _BOOKKEEPING = {"action", "kind", "group", "account_id", "account_name", "id", "before"}
 
