@@ -55,10 +55,11 @@ def address_list_entry(list_name: str, address: str, account: Account, marker: s
 
 
 def addresses_of(account: Account, allocated: Mapping[str, tuple[str, ...]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for a in (*account.addresses, *allocated.get(account.id, ())):
-        seen.setdefault(routeros_form(a), None)
-    return list(seen)
+    """Billing-assigned and allocated addresses, in RouterOS form, without repeats."""
+    extra = allocated.get(account.id)
+    if not extra:
+        return list(account.addresses)  # the Source stores them in RouterOS form already
+    return list(dict.fromkeys((*account.addresses, *(routeros_form(a) for a in extra))))
 
 
 def address_lists(

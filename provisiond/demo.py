@@ -1,0 +1,206 @@
+"""``provisiond demo``: the whole product with no outside services.
+
+Creates a SQLite billing database seeded with the three account groups from Sonar's
+documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts,
+starts the RouterOS simulator as a separate process on a free loopback port, writes a
+config for both, then runs plan, apply and plan again through the same code the
+``plan`` and ``apply`` commands use. Only the CLI imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers")
+NAMES = (
+    "Ridge Tower", "Crête Farm", "Åsa Nilsson", "Miller Ranch", "Zoë's Café", "North Silo",
+    "Ólafur Co-op", "Dvořák Dairy", "Hill Church", "Łukasz Mill", "Valley School", "Ngũgĩ Store",
+)
+
+BILLING_QUERY = """
+SELECT a.id AS account_id, a.name AS account_name, a.status AS status,
+       g.name AS group_name, ip.address AS ip_address, r.username AS radius_username
+FROM accounts a
+LEFT JOIN account_groups ag ON ag.account_id = a.id
+LEFT JOIN groups g ON g.id = ag.group_id
+LEFT JOIN ip_assignments ip ON ip.account_id = a.id
+LEFT JOIN radius_accounts r ON r.account_id = a.id
+"""
+
+
+def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
+    """A small Sonar-like billing schema with ``accounts`` accounts. Deterministic."""
+    rnd = random.Random(seed)
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL);
+        CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE account_groups (account_id INTEGER, group_id INTEGER);
+        CREATE TABLE ip_assignments (account_id INTEGER, address TEXT);
+        CREATE TABLE radius_accounts (account_id INTEGER, username TEXT);
+        """
+    )
+    db.executemany("INSERT INTO groups VALUES (?, ?)", list(enumerate(GROUPS, 1)))
+    acc, member, ips, radius = [], [], [], []
+    for i in range(accounts):
+        account_id = 1000 + i
+        status = "delinquent" if rnd.random() < 0.05 else "active"
+        acc.append((account_id, f"{NAMES[i % len(NAMES)]} {i}", status))
+        r = rnd.random()
+        groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
+        member += [(account_id, g) for g in groups]
+        # 100.64.0.0/10 carrier-grade NAT space, one address per account; every 20th
+        # also has an IPv6 prefix delegated from 2001:db8::/32 (documentation range).
+        ips.append((account_id, f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"))
+        if i % 20 == 0:
+            ips.append((account_id, f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
+        radius.append((account_id, f"user{account_id}"))
+    db.executemany("INSERT INTO accounts VALUES (?, ?, ?)", acc)
+    db.executemany("INSERT INTO account_groups VALUES (?, ?)", member)
+    db.executemany("INSERT INTO ip_assignments VALUES (?, ?)", ips)
+    db.executemany("INSERT INTO radius_accounts VALUES (?, ?)", radius)
+    db.executescript(
+        """
+        CREATE INDEX account_groups_account ON account_groups (account_id);
+        CREATE INDEX ip_assignments_account ON ip_assignments (account_id);
+        CREATE INDEX radius_accounts_account ON radius_accounts (account_id);
+        """
+    )
+    db.commit()
+    db.close()
+
+
+def write_config(directory: Path, *, port: int, password_file: Path) -> Path:
+    billing = directory / "billing.db"
+    state = directory / "state.db"
+    config = directory / "provisiond.toml"
+    query = BILLING_QUERY.strip().replace('"""', "")
+    config.write_text(
+        f'''# Written by `provisiond demo`.
+[source]
+url = "sqlite:///{billing}"
+query = """
+{query}
+"""
+
+[state]
+url = "sqlite:///{state}"
+
+[[router]]
+name = "core-1"
+host = "127.0.0.1"
+port = {port}
+username = "demo"
+password_file = "{password_file}"
+
+[[address_list]]
+group = "Tower Hosts"
+list = "tower-hosts"
+
+[[address_list]]
+group = "Credit Card Pending"
+list = "cc-pending"
+
+[[address_list]]
+group = "Legacy Customers"
+list = "legacy"
+
+[[address_list]]
+status = "delinquent"
+list = "delinquent"
+''',
+        encoding="utf-8",
+    )
+    os.chmod(config, 0o600)
+    return config
+
+
+def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", "demo",
+         "--password", password, "--name", "core-1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on [\d.]+:(\d+)", line)
+        if m:
+            return proc, int(m.group(1))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("the RouterOS simulator did not start")
+
+
+def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
+    from provisiond import settings as settings_mod
+    from provisiond.cli import cmd_apply, cmd_plan
+
+    tmp = None
+    if directory is None:
+        tmp = tempfile.TemporaryDirectory(prefix="provisiond-demo-")
+        workdir = Path(tmp.name)
+    else:
+        workdir = Path(directory)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("billing.db", "state.db", "state.db-wal", "state.db-shm"):
+            (workdir / name).unlink(missing_ok=True)
+    password = secrets.token_urlsafe(12)
+    password_file = workdir / "router-password"
+    password_file.write_text(password + "\n", encoding="utf-8")
+    os.chmod(password_file, 0o600)
+    t0 = time.monotonic()
+    seed_billing(workdir / "billing.db", accounts)
+    print(f"demo: seeded {accounts} accounts into {workdir / 'billing.db'} "
+          f"in {time.monotonic() - t0:.1f}s")
+    sim, port = start_simulator(password)
+    try:
+        config = write_config(workdir, port=port, password_file=password_file)
+        print(f"demo: RouterOS simulator core-1 on 127.0.0.1:{port}; config {config}")
+        settings = settings_mod.load(config)
+        verbose = not quiet and accounts <= 1000
+        steps = (("plan", lambda: cmd_plan(settings, fmt="text", out=None)),
+                 ("apply", lambda: cmd_apply(settings, plan_file=None, force=False, fmt="text")),
+                 ("plan again", lambda: cmd_plan(settings, fmt="text", out=None)))
+        codes = []
+        for title, step in steps:
+            print(f"\n=== provisiond {title} ===", flush=True)
+            t0 = time.monotonic()
+            code = _run_quietly(step) if not verbose else step()
+            codes.append(code)
+            print(f"=== {title}: exit {code} in {time.monotonic() - t0:.2f}s ===", flush=True)
+        ok = codes[1] == 0 and codes[2] == 0
+        print("\ndemo: " + ("converged: the second plan has nothing to do." if ok
+                            else "did NOT converge; see above."))
+        return 0 if ok else 1
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run_quietly(step: object) -> int:
+    """Run a step, printing only summary lines (for big demos)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = int(step())  # type: ignore[operator]
+    for line in buf.getvalue().splitlines():
+        if not line.startswith("    ") and not line.startswith("  "):
+            print(line)
+    return code

@@ -1,0 +1,64 @@
+"""Logging set-up for the CLI and the daemon: text or JSON lines, secrets redacted.
+
+Every handler gets ``RedactSecrets``, a last line of defence: the code never logs a
+secret on purpose, and this filter masks anything shaped like one (``password=…``,
+``secret=…``, a password in a database URL) should a library put it in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+_PATTERNS = [
+    (re.compile(r"(=?(?:password|passwd|secret|response)=)[^\s'\",]+", re.I), r"\1***"),
+    (re.compile(r"(://[^:/@\s]+:)[^@/\s]+@"), r"\1***@"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(*, verbosity: int = 0, fmt: str = "text") -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # librouteros logs every word it sends at DEBUG, /login's password included.
+    logging.getLogger("librouteros").setLevel(logging.INFO)

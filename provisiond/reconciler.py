@@ -1,0 +1,370 @@
+"""One pass: Source -> Allocator -> desired State -> per-target observe -> diff -> Plan -> apply.
+
+Called by the CLI (``plan``, ``apply``) and the daemon (every pass). ``Reconciler.plan``
+writes nothing anywhere; ``Reconciler.apply`` records leases in the StateStore before
+any target write, then applies every target in its own worker so one failing router
+never stops the others, and journals every change. A failing or suspicious billing
+read raises ``SourceError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from provisiond import desire
+from provisiond.changes import Conflict, Key, Resource, change_from_json
+from provisiond.diff import count_by_group, diff
+from provisiond.errors import PlanRefused, SourceError, StalePlan, SuspiciousSnapshot, TargetError
+from provisiond.model import Snapshot
+from provisiond.plan import Plan, Safety
+from provisiond.settings import Settings
+from provisiond.targets.base import ApplyResult, Target
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 8
+
+
+@dataclass(slots=True)
+class PassPlan:
+    """Everything ``plan`` found: one Plan per reachable target, errors for the others."""
+
+    snapshot: Snapshot | None
+    plans: list[Plan] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # target -> why it could not be planned
+    kinds: dict[str, str] = field(default_factory=dict)  # target -> kind, failed ones included
+    allocation: Any = None  # provisiond.ipam.Allocation when pools are configured
+    notes: list[str] = field(default_factory=list)
+    ipam_json: dict[str, Any] | None = None
+
+    @property
+    def has_changes(self) -> bool:
+        return any(p.changes for p in self.plans) or bool(
+            self.ipam_json and self.ipam_json.get("changes")
+        )
+
+
+@dataclass(slots=True)
+class PassResult:
+    plan: PassPlan
+    results: list[ApplyResult] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.plan.errors
+            and not self.refused
+            and all(r.ok for r in self.results)
+        )
+
+
+TargetFactory = Callable[[Settings], list[Target]]
+
+
+class Reconciler:
+    """Holds the settings, the source, the targets and the store for one or many passes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Any = None,
+        targets: Sequence[Target] | None = None,
+        store: Any = None,
+        readonly: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.source = source if source is not None else _build_source(settings)
+        self.store = store if store is not None else _open_store(settings, readonly=readonly)
+        self.targets: list[Target] = list(targets) if targets is not None else build_targets(
+            settings, self.store
+        )
+
+    def close(self) -> None:
+        for t in self.targets:
+            t.close()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+        if self.store is not None:
+            self.store.close()
+
+    # -- reading --------------------------------------------------------------------
+
+    def read_source(self) -> Snapshot:
+        snapshot: Snapshot = self.source.read()
+        last = self.store.last_good_read() if self.store is not None else None
+        drop = self.settings.source.max_account_drop
+        if last and len(snapshot) < last * (1 - drop):
+            raise SuspiciousSnapshot(
+                f"billing returned {len(snapshot)} accounts, last good read had {last}: "
+                f"a drop of more than {drop:.0%} (source.max_account_drop); nothing written"
+            )
+        return snapshot
+
+    def plan(self, *, now: datetime | None = None) -> PassPlan:
+        """Read billing, allocate, observe every target and diff. Writes nothing."""
+        snapshot = self.read_source()
+        now = now or datetime.now(UTC)
+        pp = PassPlan(snapshot=snapshot)
+        allocated: Mapping[str, tuple[str, ...]] = {}
+        if self.settings.pool:
+            pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
+            allocated = pp.allocation.addresses
+        desired, conflicts = self.desired(snapshot, allocated)
+        for p in snapshot.problems:
+            pp.notes.append(f"skipped billing row: {p}")
+
+        def one(target: Target) -> Plan:
+            observed = target.observe()
+            want = desired.get(target.name, {})
+            changes, found = diff(observed, want)
+            plan = Plan(
+                target=target.name,
+                kind=target.kind,
+                changes=tuple(changes),
+                existing=count_by_group(observed.owned.values()),
+                observed_checksum=observed.checksum,
+                conflicts=tuple(conflicts.get(target.name, []) + found),
+            )
+            return target.plan_followups(plan)
+
+        for target, outcome in _each(self.targets, one):
+            pp.kinds[target.name] = target.kind
+            if isinstance(outcome, Plan):
+                pp.plans.append(outcome)
+            else:
+                pp.errors[target.name] = outcome
+        return pp
+
+    def desired(
+        self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
+    ) -> tuple[dict[str, dict[Key, Resource]], dict[str, list[Conflict]]]:
+        s = self.settings
+        mappings = [
+            desire.ListMapping(
+                list=m.list,
+                routers=tuple(r.name for r in s.routers_for(m)),
+                group=m.group,
+                status=m.status,
+            )
+            for m in s.address_list
+        ]
+        per_router = desire.address_lists(
+            snapshot.accounts.values(), allocated, mappings, [r.name for r in s.router],
+            marker=s.marker,
+        )
+        desired: dict[str, dict[Key, Resource]] = {n: d.desired for n, d in per_router.items()}
+        conflicts: dict[str, list[Conflict]] = {n: d.conflicts for n, d in per_router.items()}
+        if s.radius is not None:
+            from provisiond.radius_desire import radius as radius_desire
+
+            want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group)
+            desired["radius"] = want
+            conflicts["radius"] = list(found)
+        return desired, conflicts
+
+    # -- writing --------------------------------------------------------------------
+
+    def apply(self, pp: PassPlan, *, force: bool = False, mode: str = "apply") -> PassResult:
+        """Apply a PassPlan: leases first, then every target in parallel."""
+        started = time.monotonic()
+        result = PassResult(plan=pp)
+        run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
+        if pp.allocation is not None and self.store is not None:
+            self.store.reserve(pp.allocation, datetime.now(UTC))
+        if pp.snapshot is not None and self.store is not None:
+            self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
+        todo: list[Plan] = []
+        for plan in pp.plans:
+            if not force:
+                try:
+                    plan.check_safety(self.safety)
+                except PlanRefused as exc:
+                    result.refused[plan.target] = str(exc)
+                    log.warning("%s", exc)
+                    continue
+            if plan.changes or plan.followups:
+                todo.append(plan)
+        by_name = {t.name: t for t in self.targets}
+
+        def one(plan: Plan) -> ApplyResult:
+            return by_name[plan.target].apply(plan)
+
+        for plan, outcome in _each(todo, one):
+            if isinstance(outcome, str):
+                outcome = ApplyResult(target=plan.target, error=outcome)
+            result.results.append(outcome)
+            self._journal(run_id, outcome)
+            _log_result(outcome)
+        result.duration = time.monotonic() - started
+        if self.store is not None:
+            self.store.finish_run(run_id, "ok" if result.ok else "failed", _summary(result))
+        return result
+
+    @property
+    def safety(self) -> Safety:
+        s = self.settings.safety
+        return Safety(s.max_delete_ratio, s.max_update_ratio, s.min_existing)
+
+    def _journal(self, run_id: str, outcome: ApplyResult) -> None:
+        if self.store is None:
+            return
+        from provisiond.changes import change_to_json
+
+        entries: list[dict[str, Any]] = []
+        for c in outcome.applied:
+            entries.append({**change_to_json(c), "result": "ok", "message": ""})
+        for c, message in outcome.failed:
+            entries.append({**change_to_json(c), "result": "failed", "message": message})
+        for conflict in outcome.collisions:
+            entries.append({"action": "create", **conflict.to_json(), "result": "collision",
+                            "message": conflict.reason})
+        if entries:
+            self.store.journal(run_id, outcome.target, entries)
+
+    def load_saved(self, doc: Mapping[str, Any]) -> PassPlan:
+        """Rebuild a saved JSON plan and check every target is still as it was observed."""
+        pp = PassPlan(snapshot=None)
+        by_name = {t.name: t for t in self.targets}
+        saved = {t["target"]: t for t in doc.get("targets", []) if "error" not in t}
+
+        def one(target: Target) -> Plan:
+            entry = saved[target.name]
+            observed = target.observe()
+            if observed.checksum != entry.get("observed_checksum"):
+                raise StalePlan(
+                    target.name,
+                    "its managed entries changed since the plan was made; make a new plan",
+                )
+            return Plan(
+                target=target.name,
+                kind=target.kind,
+                changes=tuple(change_from_json(c) for c in entry.get("changes", [])),
+                existing=dict(entry.get("existing", {})),
+                observed_checksum=observed.checksum,
+                conflicts=(),
+                followups=tuple(entry.get("followups", [])),
+            )
+
+        unknown = [name for name in saved if name not in by_name]
+        for name in unknown:
+            pp.errors[name] = f"{name}: in the saved plan but not in the configuration"
+        wanted = [by_name[n] for n in saved if n in by_name]
+        for target, outcome in _each(wanted, one):
+            pp.kinds[target.name] = target.kind
+            if isinstance(outcome, Plan):
+                pp.plans.append(outcome)
+            else:
+                pp.errors[target.name] = outcome
+        return pp
+
+
+def _each(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
+    """Run ``fn`` on every item in parallel; a TargetError becomes its message (str)."""
+    if not items:
+        return []
+
+    def guarded(item: Any) -> Any:
+        try:
+            return fn(item)
+        except TargetError as exc:
+            log.error("%s", exc)
+            return str(exc)
+        except PlanRefused as exc:
+            log.error("%s", exc)
+            return str(exc)
+
+    workers = min(MAX_WORKERS, len(items))
+    if workers == 1:
+        return [(items[0], guarded(items[0]))]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="target") as pool:
+        return list(zip(items, pool.map(guarded, items)))
+
+
+def _log_result(r: ApplyResult) -> None:
+    counts = {"create": 0, "update": 0, "delete": 0}
+    for c in r.applied:
+        counts[c.action] += 1
+    log.info(
+        "target=%s result=%s created=%d updated=%d deleted=%d failed=%d collisions=%d%s",
+        r.target, "ok" if r.ok else "failed", counts["create"], counts["update"],
+        counts["delete"], len(r.failed), len(r.collisions),
+        f" error={r.error!r}" if r.error else "",
+    )
+    for c, message in r.failed[:20]:
+        log.warning("%s", message)
+    for conflict in r.collisions:
+        log.warning("%s: collision: %s %s", r.target, conflict.resource.ident, conflict.reason)
+
+
+def _summary(result: PassResult) -> dict[str, Any]:
+    return {
+        "refused": dict(result.refused),
+        "errors": dict(result.plan.errors),
+        "targets": {
+            r.target: {"applied": len(r.applied), "failed": len(r.failed),
+                       "collisions": len(r.collisions), "error": r.error}
+            for r in result.results
+        },
+    }
+
+
+# -- building the parts from settings ------------------------------------------------
+
+
+def _build_source(settings: Settings) -> Any:
+    from provisiond.sources.sql import SqlSource
+
+    s = settings.source
+    try:
+        url = s.resolved_url()
+    except Exception as exc:  # noqa: BLE001 - a bad URL is a source error, named
+        raise SourceError(f"source.url: {exc}") from exc
+    return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url())
+
+
+def _open_store(settings: Settings, *, readonly: bool) -> Any:
+    from provisiond.store import StateStore
+
+    return StateStore.open(settings.state.url.get_secret_value(), readonly=readonly)
+
+
+def build_targets(settings: Settings, store: Any) -> list[Target]:
+    from provisiond.targets.routeros import RouterTarget
+
+    targets: list[Target] = []
+    lists_by_router: dict[str, set[str]] = {r.name: set() for r in settings.router}
+    for m in settings.address_list:
+        for r in settings.routers_for(m):
+            lists_by_router[r.name].add(m.list)
+    for r in settings.router:
+        if lists_by_router[r.name]:
+            targets.append(RouterTarget(r, lists=lists_by_router[r.name], marker=settings.marker))
+    if settings.radius is not None:
+        from provisiond.targets.radius import build_radius_target
+
+        radius = build_radius_target(settings, store)
+        if radius is not None:
+            targets.append(radius)
+    return targets
+
+
+def _allocate(
+    settings: Settings, snapshot: Snapshot, store: Any, now: datetime
+) -> tuple[Any, dict[str, Any]]:
+    from provisiond import ipam
+
+    pools = [ipam.Pool.from_settings(p) for p in settings.pool]
+    leases = store.leases() if store is not None else []
+    allocation = ipam.allocate(snapshot.accounts.values(), pools, leases, now)
+    return allocation, allocation.to_json()

@@ -1,0 +1,173 @@
+"""Plans -> the text diff an operator reads and the JSON a machine (or ``apply --plan``) reads.
+
+Pure. Called by the CLI (``plan``, ``apply``) and the daemon's logs. One line per
+change: ``+ tower-hosts 100.64.10.5  acct 1042 "Ridge Tower"`` (``-`` delete, ``~``
+update), grouped by target and by list / RADIUS group, then one summary line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provisiond.changes import Change, Resource, Update
+from provisiond.plan import Plan
+
+SYMBOL = {"create": "+", "delete": "-", "update": "~"}
+
+
+def _who(r: Resource) -> str:
+    if not r.account_id:
+        return ""
+    name = f' "{r.account_name}"' if r.account_name else ""
+    return f"  acct {r.account_id}{name}"
+
+
+def resource_line(r: Resource) -> str:
+    if r.kind == "address-list":
+        return f"{r.get('list')} {r.get('address')}{_who(r)}"
+    if r.kind == "radusergroup":
+        return f"{r.get('groupname')} {r.get('username')}  priority {r.get('priority')}{_who(r)}"
+    if r.kind == "radreply":
+        return f"{r.get('username')} {r.get('attribute')} {r.get('op', '=')} {r.get('value')}{_who(r)}"
+    idents = " ".join(v for _, v in r.ident)
+    return f"{r.group} {idents}{_who(r)}"
+
+
+def change_line(change: Change) -> str:
+    line = f"{SYMBOL[change.action]} {resource_line(change.resource)}"
+    if isinstance(change, Update):
+        before, after = dict(change.old.attrs), dict(change.new.attrs)
+        diffs = [
+            f"{k}: {json.dumps(before.get(k, ''), ensure_ascii=False)} -> "
+            f"{json.dumps(after.get(k, ''), ensure_ascii=False)}"
+            for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)
+        ]
+        line += "  (" + "; ".join(diffs) + ")"
+    return line
+
+
+def followup_line(f: Mapping[str, Any]) -> str:
+    parts = [f"> {f.get('action', '?')} {f.get('username', '')}"]
+    if f.get("acct_session_id"):
+        parts.append(f"session {f['acct_session_id']}")
+    if f.get("nas"):
+        parts.append(f"via NAS {f['nas']}")
+    if f.get("reason"):
+        parts.append(f"({f['reason']})")
+    return " ".join(parts)
+
+
+def render_text(
+    plans: Sequence[Plan],
+    *,
+    errors: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    errors = errors or {}
+    refused = refused or {}
+    out: list[str] = []
+    for note in notes:
+        out.append(f"note: {note}")
+    for plan in plans:
+        c = plan.counts()
+        out.append(
+            f"{plan.target} ({plan.kind}): {c['create']} to create, {c['update']} to update, "
+            f"{c['delete']} to delete"
+            + (f", {len(plan.conflicts)} conflict(s)" if plan.conflicts else "")
+        )
+        groups: dict[str, list[str]] = {}
+        for change in plan.changes:
+            groups.setdefault(change.resource.group, []).append(change_line(change))
+        for conflict in plan.conflicts:
+            groups.setdefault(conflict.resource.group, []).append(
+                f"! {resource_line(conflict.resource)}: conflict: {conflict.reason}"
+            )
+        for group in sorted(groups):
+            out.append(f"  {group}")
+            out.extend(f"    {line}" for line in groups[group])
+        for f in plan.followups:
+            out.append(f"  {followup_line(f)}")
+        if plan.target in refused:
+            out.append(f"  REFUSED: {refused[plan.target]}")
+    for target, message in errors.items():
+        out.append(f"{target}: FAILED: {message}")
+    out.append(summary_line(plans, errors=errors, refused=refused))
+    return "\n".join(out) + "\n"
+
+
+def totals(plans: Sequence[Plan]) -> dict[str, int]:
+    t = {"create": 0, "update": 0, "delete": 0, "conflicts": 0, "followups": 0}
+    for plan in plans:
+        for k, v in plan.counts().items():
+            t[k] += v
+        t["conflicts"] += len(plan.conflicts)
+        t["followups"] += len(plan.followups)
+    return t
+
+
+def summary_line(
+    plans: Sequence[Plan],
+    *,
+    errors: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
+) -> str:
+    t = totals(plans)
+    changed = sum(1 for p in plans if p.changes)
+    line = (
+        f"Plan: {t['create']} to create, {t['update']} to update, {t['delete']} to delete "
+        f"on {changed} of {len(plans) + len(errors or {})} target(s)"
+    )
+    if t["conflicts"]:
+        line += f"; {t['conflicts']} conflict(s)"
+    if t["followups"]:
+        line += f"; {t['followups']} CoA/Disconnect"
+    if refused:
+        line += f"; {len(refused)} refused by safety"
+    if errors:
+        line += f"; {len(errors)} target(s) failed"
+    return line + "."
+
+
+def plan_json(plan: Plan, *, refused: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "target": plan.target,
+        "kind": plan.kind,
+        "observed_checksum": plan.observed_checksum,
+        "checksum": plan.checksum(),
+        "existing": dict(plan.existing),
+        "summary": plan.counts(),
+        "changes": plan.changes_json(),
+        "conflicts": [c.to_json() for c in plan.conflicts],
+        "followups": [dict(f) for f in plan.followups],
+    }
+    if refused:
+        out["refused"] = refused
+    return out
+
+
+def render_json(
+    plans: Sequence[Plan],
+    *,
+    errors: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    refused = refused or {}
+    kinds = kinds or {}
+    doc: dict[str, Any] = {
+        "version": 1,
+        "targets": [plan_json(p, refused=refused.get(p.target)) for p in plans]
+        + [
+            {"target": t, "kind": kinds.get(t, ""), "error": m, "changes": []}
+            for t, m in (errors or {}).items()
+        ],
+        "summary": totals(plans),
+    }
+    if extra:
+        doc.update(extra)
+    return doc

@@ -1,0 +1,183 @@
+"""The SQL billing source: the operator's one query -> a ``Snapshot``.
+
+First step of every pass. The query returns one row per account × group × address ×
+username with the columns in ``REQUIRED_COLUMNS``; rows are aggregated into
+``Account`` values. A row with bad data is skipped and reported with its account id.
+A read that fails or times out raises ``SourceError``: the reconciler then writes
+nothing anywhere. SQLAlchemy Core, so PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL)
+and SQLite all work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from provisiond import addresses
+from provisiond.errors import SourceError
+from provisiond.model import Account, RowProblem, Snapshot
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = (
+    "account_id",
+    "account_name",
+    "status",
+    "group_name",
+    "ip_address",
+    "radius_username",
+)
+
+
+def make_engine(url: str, *, timeout: float) -> Engine:
+    """An engine whose statements give up after ``timeout`` seconds, whatever the dialect."""
+    backend = make_url(url).get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        ms = max(1, int(timeout * 1000))
+        connect_args = {
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c statement_timeout={ms} -c default_transaction_read_only=on",
+        }
+    elif backend in ("mysql", "mariadb"):
+        connect_args = {"connect_timeout": max(1, int(timeout)), "read_timeout": max(1, int(timeout))}
+    elif backend == "sqlite":
+        connect_args = {"timeout": timeout}
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+@dataclass(slots=True)
+class _Builder:
+    id: str
+    name: str = ""
+    status: str = ""
+    groups: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+    usernames: set[str] = field(default_factory=set)
+
+    def build(self) -> Account:
+        return Account(
+            id=self.id,
+            name=self.name,
+            status=self.status,
+            groups=frozenset(self.groups),
+            addresses=tuple(sorted(self.addresses)),
+            usernames=tuple(sorted(self.usernames)),
+        )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+Row = tuple[Any, Any, Any, Any, Any, Any]  # the REQUIRED_COLUMNS, in that order
+
+
+def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
+    """Rows of REQUIRED_COLUMNS -> a Snapshot; bad rows become ``RowProblem``s. Pure."""
+    accounts: dict[str, _Builder] = {}
+    problems: list[RowProblem] = []
+    count = 0
+    for raw_id, name, status, group, ip_raw, username in rows:
+        count += 1
+        account_id = _text(raw_id)
+        if not account_id:
+            problems.append(RowProblem("", f"row {count}: account_id is empty"))
+            continue
+        ip = ""
+        if ip_raw is not None and ip_raw != "":
+            try:
+                ip = addresses.billing_form(str(ip_raw))
+            except ValueError as exc:
+                problems.append(RowProblem(account_id, str(exc)))
+                continue
+        acc = accounts.get(account_id)
+        if acc is None:
+            acc = accounts[account_id] = _Builder(account_id, _text(name), _text(status))
+        if group is not None and group != "":
+            acc.groups.add(_text(group))
+        if ip:
+            acc.addresses.add(ip)
+        if username is not None and username != "":
+            acc.usernames.add(_text(username))
+    return Snapshot(
+        accounts={a.id: a.build() for a in accounts.values()},
+        read_at=read_at,
+        rows=count,
+        problems=tuple(problems),
+    )
+
+
+class SqlSource:
+    """Runs the operator's billing query. ``display`` is the URL with the password hidden."""
+
+    def __init__(self, url: str, query: str, *, timeout: float, display: str) -> None:
+        self._engine = make_engine(url, timeout=timeout)
+        self._query = sa.text(query)
+        self.display = display
+
+    def check_columns(self) -> list[str]:
+        """Problems with the query's result columns (runs it with no rows fetched)."""
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execute(self._query)
+                columns = {c.lower() for c in result.keys()}
+                result.close()
+        except SQLAlchemyError as exc:
+            return [f"source.query: failed against {self.display}: {_reason(exc)}"]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            return [
+                "source.query: missing column(s) "
+                + ", ".join(missing)
+                + f" (it returns {', '.join(sorted(columns)) or 'none'}; alias them with AS)"
+            ]
+        return []
+
+    def read(self) -> Snapshot:
+        read_at = datetime.now(UTC)
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                    self._query
+                )
+                keys = [k.lower() for k in result.keys()]
+                missing = [c for c in REQUIRED_COLUMNS if c not in keys]
+                if missing:
+                    raise SourceError(
+                        f"billing query returns no column(s) {', '.join(missing)}; nothing written"
+                    )
+                idx = [keys.index(c) for c in REQUIRED_COLUMNS]
+                if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
+                    rows: Iterable[Row] = (tuple(r) for r in result)  # type: ignore[misc]
+                else:
+                    rows = (tuple(r[i] for i in idx) for r in result)  # type: ignore[misc]
+                snapshot = aggregate(rows, read_at=read_at)
+        except SQLAlchemyError as exc:
+            raise SourceError(
+                f"billing read from {self.display} failed: {_reason(exc)}; nothing written"
+            ) from exc
+        for p in snapshot.problems:
+            log.warning("source: skipped billing row: %s", p)
+        log.info(
+            "source: read accounts=%d rows=%d skipped=%d",
+            len(snapshot), snapshot.rows, len(snapshot.problems),
+        )
+        return snapshot
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message, one line, without SQLAlchemy's statement dump."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return " ".join(text.split())[:300]

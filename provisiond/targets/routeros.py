@@ -1,0 +1,268 @@
+"""RouterOS address lists over the binary API (librouteros), plain or TLS.
+
+One ``RouterTarget`` per ``[[router]]``. ``observe`` reads only the lists provisiond
+manages, one filtered print per list and family with ``.proplist``, and sorts what it
+finds into provisiond's own entries (comment ``<marker>:<account id> …``) and everything
+else (hand-made and dynamic entries: never touched; a desired entry that collides with
+one is a conflict). ``apply`` removes (comma-joined ids, in batches), adds, then sets.
+A trap on one entry is reported for that entry; a lost connection fails the router.
+This is the only module that imports librouteros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import librouteros
+import librouteros.login
+from librouteros.exceptions import LibRouterosError, TrapError
+from librouteros.query import Key as RosKey
+
+from provisiond.addresses import family, routeros_form
+from provisiond.changes import Conflict, Create, Delete, Key, Observed, Resource, Update
+from provisiond.errors import TargetError, TargetUnavailable
+from provisiond.plan import Plan, observed_digest
+from provisiond.settings import RouterSettings
+from provisiond.targets.base import ApplyResult
+
+log = logging.getLogger(__name__)
+# librouteros logs every word it sends at DEBUG, /login's password included.
+logging.getLogger("librouteros").setLevel(logging.INFO)
+
+MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
+PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
+REMOVE_BATCH = 200
+DUPLICATE = "already have such entry"
+NO_SUCH_ITEM = "no such item"
+
+
+def tls_wrapper(settings: RouterSettings) -> Callable[[socket.socket], socket.socket]:
+    """A socket wrapper for API-SSL: CA verification and/or SHA-256 fingerprint pinning."""
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file is not None else None
+    )
+    if settings.fingerprint is not None or not settings.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if not settings.tls_verify and settings.fingerprint is None:
+        # A router without a certificate offers only anonymous DH (ROUTEROS.md §1.8).
+        ctx.set_ciphers("DEFAULT:ADH:@SECLEVEL=0")
+
+    def wrap(sock: socket.socket) -> socket.socket:
+        wrapped = ctx.wrap_socket(sock, server_hostname=settings.host)
+        if settings.fingerprint is not None:
+            der = wrapped.getpeercert(binary_form=True) or b""
+            seen = hashlib.sha256(der).hexdigest()
+            if seen != settings.fingerprint:
+                wrapped.close()
+                raise ssl.SSLError(f"certificate fingerprint {seen} does not match the pinned one")
+        return wrapped
+
+    return wrap
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """The comment prefix that marks an entry as provisiond's: ``provisiond:1042 Ridge Tower``."""
+
+    prefix: str
+
+    def owner(self, comment: str) -> str | None:
+        head = f"{self.prefix}:"
+        if not comment.startswith(head):
+            return None
+        return comment[len(head):].split(" ", 1)[0]
+
+
+class RouterTarget:
+    kind = "routeros"
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        lists: Iterable[str],
+        marker: str,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.lists = sorted(set(lists))
+        self.marker = Marker(marker)
+        self._connect = connect or self._librouteros_connect
+        self._api: Any = None
+
+    # -- connection -----------------------------------------------------------------
+
+    def _librouteros_connect(self) -> Any:
+        s = self.settings
+        api = librouteros.connect(
+            s.host,
+            s.username,
+            s.secret(),
+            port=s.api_port,
+            timeout=s.connect_timeout,
+            encoding="utf-8",
+            ssl_wrapper=tls_wrapper(s) if s.tls else None,
+            login_method=librouteros.login.token if s.legacy_login else librouteros.login.plain,
+        )
+        api.protocol.transport.sock.settimeout(s.timeout)
+        return api
+
+    def _api_or_connect(self) -> Any:
+        if self._api is None:
+            where = f"{self.settings.host}:{self.settings.api_port}"
+            try:
+                self._api = self._connect()
+            except TrapError as exc:
+                raise TargetError(self.name, f"login to {where} refused: {exc.message}") from exc
+            except (OSError, LibRouterosError) as exc:
+                raise TargetUnavailable(self.name, f"cannot connect to {where}: {_why(exc)}") from exc
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            try:
+                self._api.close()
+            except (OSError, LibRouterosError):
+                pass
+            self._api = None
+
+    # -- observe --------------------------------------------------------------------
+
+    def _rows(self, fam: int, list_name: str) -> Iterator[Mapping[str, Any]]:
+        path = self._api_or_connect().path(*MENUS[fam])
+        try:
+            yield from path.select(*PROPLIST).where(RosKey("list") == list_name)
+        except TrapError as exc:
+            raise TargetError(self.name, f"print {list_name} refused: {exc.message}") from exc
+        except (OSError, LibRouterosError) as exc:
+            self.close()
+            raise TargetUnavailable(self.name, f"reading list {list_name} failed: {_why(exc)}") from exc
+
+    def observe(self) -> Observed:
+        owned: dict[Key, Resource] = {}
+        foreign: dict[Key, str] = {}
+        surplus: list[Resource] = []
+        digest: list[tuple[Any, ...]] = []
+        for fam in (4, 6):
+            for list_name in self.lists:
+                for row in self._rows(fam, list_name):
+                    address = routeros_form(str(row.get("address", "")))
+                    comment = str(row.get("comment", ""))
+                    ref = str(row.get(".id", ""))
+                    disabled = "true" if row.get("disabled") in (True, "true", "yes") else "false"
+                    dynamic = row.get("dynamic") in (True, "true", "yes")
+                    key: Key = ("address-list", (("list", list_name), ("address", address)))
+                    owner = None if dynamic else self.marker.owner(comment)
+                    digest.append((ref, list_name, address, comment, disabled, dynamic))
+                    if owner is None:
+                        why = "dynamic entry" if dynamic else "entry not created by provisiond"
+                        foreign.setdefault(key, f"{why} (comment {comment!r})" if comment else why)
+                        continue
+                    entry = Resource(
+                        kind="address-list",
+                        group=list_name,
+                        ident=key[1],
+                        attrs=(("comment", comment), ("disabled", disabled)),
+                        account_id=owner,
+                        account_name=comment.split(" ", 1)[1] if " " in comment else "",
+                        ref=ref,
+                    )
+                    if key in owned:
+                        surplus.append(entry)
+                    else:
+                        owned[key] = entry
+        log.debug("%s: observed owned=%d foreign=%d", self.name, len(owned), len(foreign))
+        return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
+                        checksum=observed_digest(digest))
+
+    def plan_followups(self, plan: Plan) -> Plan:
+        return plan
+
+    # -- apply ----------------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult(target=self.name)
+        try:
+            api = self._api_or_connect()
+            deletes = [c for c in plan.changes if isinstance(c, Delete)]
+            for fam in (4, 6):
+                self._remove(api.path(*MENUS[fam]),
+                             [c for c in deletes if family(c.old.get("address")) == fam], result)
+            for change in plan.changes:
+                if isinstance(change, Create):
+                    self._add(api, change, result)
+            for change in plan.changes:
+                if isinstance(change, Update):
+                    self._set(api, change, result)
+        except (TargetError, OSError, LibRouterosError) as exc:
+            self.close()
+            done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
+            done |= {id(c.resource) for c in result.collisions}
+            message = str(exc) if isinstance(exc, TargetError) else f"{self.name}: connection lost: {_why(exc)}"
+            result.error = message
+            for change in plan.changes:
+                if id(change) not in done and id(change.resource) not in done:
+                    result.failed.append((change, "not applied: " + message))
+        return result
+
+    def _remove(self, path: Any, deletes: list[Delete], result: ApplyResult) -> None:
+        for start in range(0, len(deletes), REMOVE_BATCH):
+            batch = deletes[start:start + REMOVE_BATCH]
+            try:
+                path.remove(*(c.old.ref for c in batch))
+                result.applied.extend(batch)
+                continue
+            except TrapError:
+                pass  # one id in the batch is gone: fall back to one at a time
+            for change in batch:
+                try:
+                    path.remove(change.old.ref)
+                    result.applied.append(change)
+                except TrapError as exc:
+                    if str(exc.message).startswith(NO_SUCH_ITEM):
+                        result.applied.append(change)  # already gone: the goal is met
+                    else:
+                        result.failed.append((change, self._refused("remove", change.old, exc)))
+
+    def _add(self, api: Any, change: Create, result: ApplyResult) -> None:
+        r = change.new
+        address = r.get("address")
+        try:
+            api.path(*MENUS[family(address)]).add(
+                list=r.get("list"), address=address, comment=r.get("comment")
+            )
+            result.applied.append(change)
+        except TrapError as exc:
+            if DUPLICATE in str(exc.message):
+                result.collisions.append(Conflict(r, f"{exc.message} (not provisiond's)"))
+            else:
+                result.failed.append((change, self._refused("add", r, exc)))
+
+    def _set(self, api: Any, change: Update, result: ApplyResult) -> None:
+        r = change.new
+        try:
+            api.path(*MENUS[family(r.get("address"))]).update(
+                **{".id": change.old.ref, "comment": r.get("comment"),
+                   "disabled": "yes" if r.get("disabled") == "true" else "no"}
+            )
+            result.applied.append(change)
+        except TrapError as exc:
+            result.failed.append((change, self._refused("set", r, exc)))
+
+    def _refused(self, verb: str, r: Resource, exc: TrapError) -> str:
+        return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {exc.message}"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text
