@@ -237,3 +237,33 @@ def test_injected_fault_traps_the_next_matching_command(sim: RouterSim, raw: Cal
     assert client.call(f"{AL}/add", "=list=a", "=address=1.2.3.4") == [["!done", "=ret=*1"]]
     assert sim.command_counts[f"{AL}/add"] == 2
     assert [c.attributes for c in sim.history if c.path == "/login"] == [(("name", USER), ("password", "<redacted>"))]
+
+
+def test_comment_unset_and_bad_values(raw: Callable[..., RawClient]) -> None:
+    client = raw()
+    client.login()
+    client.call(f"{AL}/add", "=list=a", "=address=1.2.3.4")
+    assert client.call(f"{AL}/comment", "=numbers=*1", "=comment=hello") == [["!done"]]
+    assert client.call(f"{AL}/print", "=.proplist=comment") == [["!re", "=comment=hello"], ["!done"]]
+    assert client.call(f"{AL}/unset", "=numbers=*1", "=value-name=list") == [
+        ["!trap", "=message=invalid value for argument value-name", "=category=1"],
+        ["!done"],
+    ]
+    assert client.call(f"{AL}/set", "=.id=*1", "=disabled=maybe") == [
+        ["!trap", "=message=invalid value for argument disabled", "=category=1"],
+        ["!done"],
+    ]
+    assert client.call(f"{AL}/set", "=.id=*1", "=timeout=soon") == [
+        ["!trap", "=message=invalid value for argument timeout", "=category=1"],
+        ["!done"],
+    ]
+    assert client.call(f"{AL}/add", "=list=a", "=address=1.2.3.5", "=colour=red") == [
+        ["!trap", "=message=unknown parameter colour", "=category=1"],
+        ["!done"],
+    ]
+    assert client.call(f"{AL}/print", "?list=a", "?#z") == [
+        ["!trap", "=message=invalid query: unknown query operator 'z'", "=category=1"],
+        ["!done"],
+    ]
+    assert client.call(f"{AL}/unset", "=numbers=*1", "=value-name=comment") == [["!done"]]
+    assert client.call(f"{AL}/print", "=.proplist=comment,disabled") == [["!re", "=disabled=false"], ["!done"]]

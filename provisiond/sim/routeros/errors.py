@@ -17,6 +17,8 @@ BAD_LOGIN = "invalid user name or password (6)"
 LEGACY_BAD_LOGIN = "cannot log in"
 INTERRUPTED = "interrupted"
 NO_SUCH_TAG = "no such command or tag"
+#: Not a RouterOS message: a simulator bug surfaced as a trap (category 4).
+INTERNAL_ERROR = "failure: simulator internal error"
 
 
 class Trap(Exception):

@@ -98,6 +98,11 @@ class StackOps:
 
     ops: str
 
+    def __post_init__(self) -> None:
+        unknown = set(self.ops) - set("0123456789!&|.")
+        if unknown:
+            raise QueryError(f"unknown query operator {min(unknown)!r}")
+
     def apply(self, stack: list[bool]) -> list[bool]:
         # The stack is a finite list over infinitely many implicit ``true``s,
         # top at the end; reading past the bottom yields ``true``.

@@ -42,6 +42,7 @@ class RouterSim:
         self.state = RouterState(self.settings, clock or time.time)
         self._tls = self._tls_context()
         self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
         self._port = self.settings.port
         self._running = False
         self._guard = threading.Lock()
@@ -188,13 +189,20 @@ class RouterSim:
         self._listener = listener
         thread = threading.Thread(target=self._accept_loop, args=(listener,), name=f"sim-accept-{self._port}", daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._accept_thread = thread
         log.info("sim listening host=%s port=%s tls=%s", self.host, self._port, self._tls is not None)
 
     def _close_listener(self) -> None:
+        # shutdown() stops a listening socket at once on Linux, even while the
+        # accept thread sits in poll() on it; close() alone would leave it
+        # listening (and completing handshakes) until that poll returns.
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        if listener is None:
+            return
+        _shut(listener)
+        accept_thread, self._accept_thread = self._accept_thread, None
+        if accept_thread is not None and accept_thread is not threading.current_thread():
+            accept_thread.join(timeout=5)
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while self._running and self._listener is listener:
@@ -205,20 +213,20 @@ class RouterSim:
             except OSError:
                 break
             peer = f"{address[0]}:{address[1]}"
+            with self._guard:  # registered before its thread runs, so a drop can't miss it
+                self._connections.add(conn)
             thread = threading.Thread(target=self._serve, args=(conn, peer), name=f"sim-conn-{peer}", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
             thread.start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
-        conn.settimeout(None)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._guard:
-            self._connections.add(conn)
         log.info("sim connection open peer=%s", peer)
-        reason = "closed by server"
+        stream, reason = conn, "closed by server"
         try:
-            reason = self._converse(conn, peer)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = self._secure(conn)
+            reason = self._converse(stream, peer)
         except (PeerClosed, ConnectionError):
             reason = "closed by peer"
         except ProtocolViolation as exc:
@@ -228,18 +236,24 @@ class RouterSim:
         finally:
             with self._guard:
                 self._connections.discard(conn)
-            _shut(conn)
+                self._connections.discard(stream)
+            _shut(stream)
             log.info("sim connection closed peer=%s reason=%s", peer, reason)
 
-    def _converse(self, conn: socket.socket, peer: str) -> str:
-        stream = conn
-        if self._tls is not None:
-            conn.settimeout(_HANDSHAKE_TIMEOUT)
-            stream = self._tls.wrap_socket(conn, server_side=True)
-            stream.settimeout(None)
-            with self._guard:
-                self._connections.discard(conn)
-                self._connections.add(stream)
+    def _secure(self, conn: socket.socket) -> socket.socket:
+        """The TLS layer over ``conn`` (api-ssl), or ``conn`` itself."""
+        if self._tls is None:
+            conn.settimeout(None)
+            return conn
+        conn.settimeout(_HANDSHAKE_TIMEOUT)
+        stream = self._tls.wrap_socket(conn, server_side=True)  # detaches conn
+        stream.settimeout(None)
+        with self._guard:
+            self._connections.discard(conn)
+            self._connections.add(stream)
+        return stream
+
+    def _converse(self, stream: socket.socket, peer: str) -> str:
         session = Session(self.state, peer=peer)
         with stream.makefile("rb") as reader:
             while True:

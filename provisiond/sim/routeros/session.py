@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .commands import Command, Result, run
-from .errors import BAD_LOGIN, LEGACY_BAD_LOGIN, NO_SUCH_TAG, NOT_LOGGED_IN, Trap
+from .errors import BAD_LOGIN, INTERNAL_ERROR, LEGACY_BAD_LOGIN, NO_SUCH_TAG, NOT_LOGGED_IN, Trap
 from .state import ReceivedCommand, RouterState
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,19 @@ class Session:
         try:
             result = handler(command)
         except Trap as trap:
-            words = [f"=message={trap.message}"]
-            if trap.category is not None:
-                words.append(f"=category={trap.category}")
-            sentences = (_tagged("!trap", tag, *words), _tagged("!done", tag))
-            return Reply(sentences, delay=self.state.settings.command_latency)
+            return self._trap(trap, tag)
+        except Exception:  # a bug in one command must not kill the connection
+            log.exception("sim peer=%s command=%s failed", self.peer, command.path)
+            return self._trap(Trap(INTERNAL_ERROR, 4), tag)
         data = tuple(_tagged(s[0], tag, *s[1:]) for s in result.data)
         return Reply((*data, _tagged("!done", tag, *result.done)), delay=result.delay)
+
+    def _trap(self, trap: Trap, tag: str | None) -> Reply:
+        words = [f"=message={trap.message}"]
+        if trap.category is not None:
+            words.append(f"=category={trap.category}")
+        sentences = (_tagged("!trap", tag, *words), _tagged("!done", tag))
+        return Reply(sentences, delay=self.state.settings.command_latency)
 
     def _login(self, command: Command) -> Result:
         settings = self.state.settings
