@@ -328,8 +328,14 @@ def allocate(
     # billing networks block whole ranges.
     used: dict[int, set[int]] = {4: set(), 6: set()}
     holder: dict[tuple[int, int], Lease] = {}
+    parsed_of: dict[str, tuple[int, int] | None] = {}
+
+    def inside(pool: Pool, address: str) -> bool:
+        parsed = parsed_of[address] if address in parsed_of else _parse(address)
+        return parsed is not None and parsed[0] == pool.version and pool.contains(parsed[1])
+
     for lease in live:
-        parsed = _parse(lease.address)
+        parsed = parsed_of[lease.address] = _parse(lease.address)
         if parsed is not None:
             used[parsed[0]].add(parsed[1])
             holder[parsed] = lease
@@ -389,7 +395,7 @@ def allocate(
             elif lease_pool in pools_for:
                 served.add(lease_pool.name)
                 addresses.setdefault(account.id, []).append(lease.address)
-                if lease.address not in lease_pool:
+                if not inside(lease_pool, lease.address):
                     out_of_pool.append(
                         OutOfPool(lease, f"{lease.address} is no longer part of pool {lease.pool}")
                     )
@@ -398,7 +404,7 @@ def allocate(
         for pool in pools_for:
             if pool.name in served:
                 continue
-            back = [x for x in held_by.get((account.id, pool.name), ()) if x.address in pool]
+            back = [x for x in held_by.get((account.id, pool.name), ()) if inside(pool, x.address)]
             if back:
                 lease = min(back, key=lambda x: _parse(x.address) or (0, 0))
                 returns.append(Lease(pool.name, lease.address, account.id, "leased", None))
