@@ -279,3 +279,14 @@ def test_list_filtered_prints_are_counted(lr: librouteros.api.Api, sim: RouterSi
     prints = [c for c in sim.history if c.path == f"{AL}/print"]
     assert [c.queries for c in prints] == [("?=list=a",)]
     assert sim.command_counts[f"{AL}/add"] == 1
+
+
+def test_injected_duplicates_are_printed_and_removable(lr: librouteros.api.Api, sim: RouterSim) -> None:
+    first = _al(lr).add(list="d", address="1.1.1.1")
+    twin = sim.add_entry("ip", list_name="d", address="1.1.1.1/32", dynamic=False, allow_duplicate=True)
+    assert [(r[".id"], r["address"]) for r in _al(lr).select(".id", "address")] == [(first, "1.1.1.1"), (twin, "1.1.1.1")]
+    _al(lr).remove(first)
+    with pytest.raises(TrapError, match="already have such entry"):
+        _al(lr).add(list="d", address="1.1.1.1")
+    _al(lr).remove(twin)
+    assert _al(lr).add(list="d", address="1.1.1.1") == "*3"

@@ -25,6 +25,10 @@ _HOSTNAME = re.compile(
     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
 )
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: Plain dotted-quad IPv4 host, already in stored form (the common case; netaddr is slow).
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
 
 def _family_check(version: int, family: int, text: str) -> None:
     if version != family:
@@ -77,6 +81,9 @@ def normalise_address(text: str, family: int) -> str:
     value = text.strip()
     if not value:
         raise ValueError("empty address")
+    if _DOTTED_QUAD.fullmatch(value):
+        _family_check(4, family, value)
+        return value
     if "/" in value:
         return _network(value, family)
     if "-" in value and _looks_numeric(value.replace("-", "")):

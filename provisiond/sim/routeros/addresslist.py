@@ -11,6 +11,21 @@ id, by the unique key (list, normalised address) and by list, so the common
 ``print ?list=X`` and duplicate checks never scan the whole table. Entries
 with a timeout sit in an expiry heap and vanish once the clock passes their
 deadline (checked lazily at every access).
+
+Choices where ROUTEROS.md has no observation ([inf]):
+
+* ``.id`` numbers come from one counter per menu starting at
+  ``SimSettings.first_id`` (``*1`` as on a fresh router) and are never reused;
+* a bare number without ``*`` is a 0-based position in print order
+  (librouteros#20); an empty or unknown id is ``no such item (4)``;
+* an entry added with a timeout prints ``dynamic=false`` unless
+  ``timeout_marks_dynamic`` is set; ``timeout=0``/``none-static`` means no
+  timeout, ``none-dynamic`` no timeout and dynamic;
+* ``set`` accepts list, address, comment, disabled, timeout and ``!comment``/
+  ``!timeout``; anything else is ``unknown parameter <name>`` (category 1);
+  ``dynamic`` is writable on add only;
+* an entry moved to another list by ``set`` keeps its place in the full print
+  but goes last in a ``?list=`` print of its new list.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ from .values import format_bool, format_duration, format_timestamp, parse_bool, 
 
 Clock = Callable[[], float]
 
-PROPERTIES = ("list", "address", "comment", "disabled", "timeout", "dynamic")
+PROPERTIES = frozenset({"list", "address", "comment", "disabled", "timeout", "dynamic"})
 _SETTABLE = frozenset({"list", "address", "comment", "disabled", "timeout"})
 _UNSETTABLE = frozenset({"comment", "timeout"})
 
@@ -131,7 +146,9 @@ class AddressTable:
 
     # -- writing ---------------------------------------------------------
 
-    def add(self, attrs: Mapping[str, str], *, dynamic: bool = False) -> Entry:
+    def add(self, attrs: Mapping[str, str], *, dynamic: bool = False, allow_duplicate: bool = False) -> Entry:
+        """``add``; ``allow_duplicate`` (injection only) skips the unique-key
+        check, like a config imported from an older RouterOS can (ROUTEROS.md 2.3)."""
         for name in attrs:
             if name not in PROPERTIES:
                 raise unknown_parameter(name)
@@ -145,10 +162,11 @@ class AddressTable:
             created=self._clock(),
             dynamic=dynamic,
         )
-        entry = self._apply(entry, {k: v for k, v in attrs.items() if k not in ("list", "address")})
+        if len(attrs) > 2:
+            entry = self._apply(entry, {k: v for k, v in attrs.items() if k not in ("list", "address")})
         if "dynamic" in attrs:
             entry = dataclasses.replace(entry, dynamic=_bool(attrs, "dynamic"))
-        if entry.key in self._by_key:
+        if entry.key in self._by_key and not allow_duplicate:
             raise Trap(ALREADY_HAVE)
         self._next_id += 1
         self._store(entry)
@@ -173,11 +191,20 @@ class AddressTable:
     def remove(self, ids: Sequence[int]) -> None:
         for ident in ids:
             entry = self._rows.pop(ident)
-            del self._by_key[entry.key]
             members = self._by_list[entry.list]
             del members[ident]
             if not members:
                 del self._by_list[entry.list]
+            if self._by_key.get(entry.key) == ident:
+                del self._by_key[entry.key]
+                self._reindex_duplicate(entry)
+
+    def _reindex_duplicate(self, removed: Entry) -> None:
+        """Point the unique-key index at a surviving injected duplicate, if any."""
+        for ident in self._by_list.get(removed.list, {}):
+            if self._rows[ident].address == removed.address:
+                self._by_key[removed.key] = ident
+                return
 
     def expire(self) -> None:
         now = self._clock()
@@ -239,17 +266,21 @@ class AddressTable:
             if (holder is not None and holder not in moving) or entry.key in new_keys:
                 raise Trap(ALREADY_HAVE)
             new_keys.add(entry.key)
-        for entry in changed:
-            old = self._rows[entry.id]
-            if self._by_key.get(old.key) == old.id:
-                del self._by_key[old.key]
+        olds = [self._rows[entry.id] for entry in changed]
+        for old, entry in zip(olds, changed):
             if old.list != entry.list:
                 members = self._by_list[old.list]
                 del members[old.id]
                 if not members:
                     del self._by_list[old.list]
+        for old in olds:
+            if self._by_key.get(old.key) == old.id:
+                del self._by_key[old.key]
         for entry in changed:
             self._store(entry)
+        for old in olds:
+            if old.key not in self._by_key:
+                self._reindex_duplicate(old)
 
     def _store(self, entry: Entry) -> None:
         self._rows[entry.id] = entry

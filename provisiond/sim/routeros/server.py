@@ -99,17 +99,21 @@ class RouterSim:
         dynamic: bool = True,
         disabled: bool = False,
         timeout: str | None = None,
+        allow_duplicate: bool = False,
     ) -> str:
         """Create an entry as the router itself would (e.g. from a firewall
         ``add-src-to-address-list`` rule: ``dynamic`` by default); returns its
-        ``.id``. Raises ``Trap`` exactly where an API ``add`` would trap."""
+        ``.id``. Raises ``Trap`` exactly where an API ``add`` would trap, except
+        that ``allow_duplicate`` lets a (list, address) pair occur twice, as in
+        configs imported from older RouterOS versions."""
         attrs = {"list": list_name, "address": address, "disabled": "yes" if disabled else "no"}
         if comment is not None:
             attrs["comment"] = comment
         if timeout is not None:
             attrs["timeout"] = timeout
         with self.state.lock:
-            return self.state.tables[_menu(menu)].add(attrs, dynamic=dynamic).id_text
+            table = self.state.tables[_menu(menu)]
+            return table.add(attrs, dynamic=dynamic, allow_duplicate=allow_duplicate).id_text
 
     def entries(self, menu: str = "ip", list_name: str | None = None) -> list[dict[str, str]]:
         """Rows as a full ``print`` would show them, in print order."""
