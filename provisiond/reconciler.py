@@ -111,8 +111,13 @@ class Reconciler:
             )
         return snapshot
 
-    def plan(self, *, now: datetime | None = None) -> PassPlan:
-        """Read billing, allocate, observe every target and diff. Writes nothing."""
+    def plan(
+        self, *, now: datetime | None = None, skip: Callable[[str], bool] | None = None
+    ) -> PassPlan:
+        """Read billing, allocate, observe every target and diff. Writes nothing.
+
+        ``skip(name)`` true leaves that target out of this pass (the daemon's back-off).
+        """
         snapshot = self.read_source()
         now = now or datetime.now(UTC)
         pp = PassPlan(snapshot=snapshot)
@@ -138,7 +143,8 @@ class Reconciler:
             )
             return target.plan_followups(plan)
 
-        for target, outcome in _each(self.targets, one):
+        targets = [t for t in self.targets if skip is None or not skip(t.name)]
+        for target, outcome in _each(targets, one):
             pp.kinds[target.name] = target.kind
             if isinstance(outcome, Plan):
                 pp.plans.append(outcome)
