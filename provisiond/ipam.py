@@ -238,8 +238,14 @@ class Allocation:
         """Whether ``reserve`` has anything to record."""
         return bool(self.new or self.releases or self.returns or self.expired)
 
+    @property
+    def change_count(self) -> int:
+        """Decisions a human reviews (expired holds are housekeeping, not counted)."""
+        return len(self.new) + len(self.releases) + len(self.returns)
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "changes": self.change_count,
             "new": [lease.to_json() for lease in self.new],
             "released": [lease.to_json() for lease in self.releases],
             "returned": [lease.to_json() for lease in self.returns],

@@ -1,0 +1,1 @@
+"""CLI subcommands that live in their own module (``provisiond ipam``)."""

@@ -1,0 +1,140 @@
+"""``provisiond ipam``: look at the lease table, and release an account's address by hand.
+
+An edge, like the rest of the CLI: ``cli.py`` adds the subcommand (``add_parser``) and
+dispatches to ``run`` with the loaded Settings. ``list`` and ``show`` open the
+StateStore read-only (nothing is created or migrated); ``release`` writes, putting the
+account's leased address(es) into hold for the pool's ``hold`` — the next pass gives
+a released address back if the account is still in the pool's group and the address
+is still in the pool, so ``release`` is how an operator frees a lease that a shrunk
+pool reported as out of pool, or one whose pool was removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from provisiond.errors import StoreError
+from provisiond.ipam import Lease, Pool
+from provisiond.settings import Settings
+from provisiond.store import StateStore
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``ipam list|show|release`` to the top-level subparsers."""
+    p = subparsers.add_parser("ipam", help="show IP pool leases; release one by hand")
+    sub = p.add_subparsers(dest="ipam_command", metavar="ACTION")
+    sub.required = True
+    ls = sub.add_parser("list", help="leases and pool utilisation (read-only)")
+    ls.add_argument("--pool", metavar="NAME", help="only this pool")
+    ls.add_argument("--format", choices=["text", "json"], default="text")
+    show = sub.add_parser("show", help="one account's leases (read-only)")
+    show.add_argument("account", metavar="ACCOUNT")
+    show.add_argument("--format", choices=["text", "json"], default="text")
+    rel = sub.add_parser("release", help="release an account's address into hold")
+    rel.add_argument("account", metavar="ACCOUNT")
+    rel.add_argument("--pool", metavar="NAME", help="only in this pool")
+
+
+def run(args: argparse.Namespace, settings: Settings, *, now: datetime | None = None) -> int:
+    """Run one ``ipam`` action; the exit code (1: error or nothing found)."""
+    now = now or datetime.now(UTC)
+    pools = [Pool.from_settings(p) for p in settings.pool]
+    url = settings.state.url.get_secret_value()
+    try:
+        if args.ipam_command == "release":
+            return _release(url, args.account, args.pool, pools, now)
+        with StateStore.open(url, readonly=True) as store:
+            leases = store.leases()
+        if args.ipam_command == "list":
+            return _list(leases, pools, args.pool, args.format, now)
+        return _show(leases, args.account, args.format, now)
+    except StoreError as exc:
+        print(f"provisiond ipam: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def pool_usage(pool: Pool, leases: Sequence[Lease], now: datetime) -> dict[str, Any]:
+    """Size, leased, held and free addresses of a pool; expired holds count as free."""
+    leased = held = 0
+    for lease in leases:
+        if lease.pool != pool.name or lease.address not in pool:
+            continue
+        if lease.state == "leased":
+            leased += 1
+        elif lease.held_until is None or lease.held_until > now:
+            held += 1
+    size = pool.size
+    return {
+        "name": pool.name,
+        "size": size,
+        "leased": leased,
+        "held": held,
+        "free": size - leased - held,
+        "utilisation": round((leased + held) / size, 4) if size else 0.0,
+    }
+
+
+def _list(
+    leases: Sequence[Lease], pools: Sequence[Pool], only: str | None, fmt: str, now: datetime
+) -> int:
+    if only is not None:
+        if not any(p.name == only for p in pools) and not any(x.pool == only for x in leases):
+            print(f"provisiond ipam: no pool named {only!r} in the config or the leases", file=sys.stderr)
+            return EXIT_ERROR
+        leases = [x for x in leases if x.pool == only]
+        pools = [p for p in pools if p.name == only]
+    usage = [pool_usage(p, leases, now) for p in pools]
+    if fmt == "json":
+        print(json.dumps({"leases": [x.to_json() for x in leases], "pools": usage}, indent=2))
+        return EXIT_OK
+    _table(leases, now)
+    for u in usage:
+        print(
+            f"pool {u['name']}: {u['size']} addresses, {u['leased']} leased, {u['held']} held, "
+            f"{u['free']} free ({u['utilisation']:.1%} used)"
+        )
+    return EXIT_OK
+
+
+def _show(leases: Sequence[Lease], account: str, fmt: str, now: datetime) -> int:
+    mine = [x for x in leases if x.account_id == account]
+    if fmt == "json":
+        print(json.dumps({"account_id": account, "leases": [x.to_json() for x in mine]}, indent=2))
+    elif mine:
+        _table(mine, now)
+    else:
+        print(f"account {account} holds no address in any pool")
+    return EXIT_OK if mine else EXIT_ERROR
+
+
+def _release(url: str, account: str, pool: str | None, pools: Sequence[Pool], now: datetime) -> int:
+    holds = {p.name: p.hold.total_seconds() for p in pools}
+    with StateStore.open(url) as store:
+        released = store.release(account, pool, now=now, hold=holds)
+    where = f" in pool {pool}" if pool else ""
+    if not released:
+        print(f"account {account} has no leased address{where}", file=sys.stderr)
+        return EXIT_ERROR
+    for x in released:
+        until = x.held_until.isoformat() if x.held_until else "?"
+        print(f"released {x.pool} {x.address}  acct {x.account_id} (held until {until})")
+    return EXIT_OK
+
+
+def _table(leases: Sequence[Lease], now: datetime) -> None:
+    rows = [("POOL", "ADDRESS", "STATE", "ACCOUNT", "HELD UNTIL")]
+    for x in leases:
+        until = ""
+        if x.held_until is not None:
+            until = x.held_until.isoformat() + (" (expired)" if x.held_until <= now else "")
+        rows.append((x.pool, x.address, x.state, x.account_id, until))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4]).rstrip())
