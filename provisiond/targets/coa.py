@@ -67,6 +67,21 @@ class CoaResult:
         return self.outcome == "ack"
 
 
+class _Secret:
+    """A shared secret that never shows in a repr, a traceback's locals or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def reveal(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'" if self._value else "None"
+
+
 _ACK = {pyrad.packet.CoAACK, pyrad.packet.DisconnectACK}
 _NAK = {pyrad.packet.CoANAK, pyrad.packet.DisconnectNAK}
 
@@ -84,7 +99,7 @@ class CoaSender:
         workers: int = 8,
         dictionary: Dictionary | None = None,
     ) -> None:
-        self._shared = shared_secret
+        self._shared = _Secret(shared_secret)
         self.port = port
         self.timeout = timeout
         self.retries = retries
@@ -114,7 +129,7 @@ class CoaSender:
         return results
 
     def _send_one(self, req: CoaRequest, secrets: Mapping[str, str]) -> CoaResult:
-        secret = secrets.get(req.nas, self._shared)
+        secret = secrets.get(req.nas) or self._shared.reveal()
         if not secret:
             return CoaResult(req, "unknown-nas", f"no secret for NAS {req.nas} (nas table or [coa] secret)")
         client = Client(
