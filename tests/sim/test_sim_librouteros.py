@@ -6,11 +6,15 @@ from collections.abc import Callable
 
 import librouteros
 import pytest
-from conftest import AL, PASSWORD, USER
 from librouteros.exceptions import FatalError, TrapError
 from librouteros.query import And, Key, Or
 
 from provisiond.sim import ManualClock, RouterSim, Trap
+
+# What conftest.py configures (test modules do not import conftest: its module
+# name is shared with other test directories).
+AL = "/ip/firewall/address-list"
+USER, PASSWORD = "sim-user", "sim-pass"
 
 
 def _al(api: librouteros.api.Api, menu: str = "ip") -> librouteros.api.Path:

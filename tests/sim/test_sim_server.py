@@ -17,7 +17,6 @@ from typing import Any
 import librouteros
 import pytest
 import routeros_api
-from conftest import AL, PASSWORD, USER, RawClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +27,12 @@ from routeros_api.exceptions import RouterOsApiCommunicationError
 from provisiond.sim import RouterSim
 
 REPO = Path(__file__).resolve().parents[2]
+
+# What conftest.py configures (test modules do not import conftest: its module
+# name is shared with other test directories).
+AL = "/ip/firewall/address-list"
+USER, PASSWORD = "sim-user", "sim-pass"
+RawClient = Any  # conftest.RawClient, handed out by the ``raw`` fixture
 
 
 def test_routeros_api_add_get_remove(ros_api: Any) -> None:
@@ -114,12 +119,13 @@ def test_tls_with_librouteros(make_sim: Callable[..., RouterSim], certificate: t
     assert sim.connection_count == 0
 
 
-def test_tls_port_refuses_plaintext(make_sim: Callable[..., RouterSim], certificate: tuple[Path, Path]) -> None:
+def test_tls_port_refuses_plaintext(
+    make_sim: Callable[..., RouterSim], raw: Callable[..., RawClient], certificate: tuple[Path, Path]
+) -> None:
     sim = make_sim(tls_cert=certificate[0], tls_key=certificate[1])
-    client = RawClient(sim.port)
+    client = raw(sim.port)
     client.send("/login", f"=name={USER}", f"=password={PASSWORD}")
     assert client.is_closed()
-    client.close()
 
 
 def test_drop_connections(sim: RouterSim, lr: librouteros.api.Api) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from conftest import AL, PASSWORD, USER, RawClient
 
 from provisiond.sim import RouterSim
 from provisiond.sim.routeros.codec import encode_length, encode_length_5
+
+# What conftest.py configures (test modules do not import conftest: its module
+# name is shared with other test directories).
+AL = "/ip/firewall/address-list"
+USER, PASSWORD = "sim-user", "sim-pass"
+RawClient = Any  # conftest.RawClient, handed out by the ``raw`` fixture
 
 
 def test_plain_login_then_identity(make_sim: Callable[..., RouterSim], raw: Callable[..., RawClient]) -> None:

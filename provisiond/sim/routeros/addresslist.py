@@ -83,6 +83,8 @@ class AddressTable:
         self._by_key: dict[tuple[str, str], int] = {}
         self._by_list: dict[str, dict[int, None]] = {}
         self._expiry: list[tuple[float, int]] = []
+        #: Set once a duplicate key is injected; only then do removals look for twins.
+        self._duplicates = False
 
     # -- reading ---------------------------------------------------------
 
@@ -101,7 +103,7 @@ class AddressTable:
     def render(self, entry: Entry) -> dict[str, str]:
         """The properties a print shows for ``entry`` (unset ones omitted)."""
         row = {".id": entry.id_text, "list": entry.list, "address": entry.address}
-        row["creation-time"] = format_timestamp(entry.created, iso=self.options.iso_dates)
+        row["creation-time"] = format_timestamp(int(entry.created), iso=self.options.iso_dates)
         dynamic = entry.dynamic or (self.options.timeout_marks_dynamic and entry.expires is not None)
         row["dynamic"] = format_bool(dynamic)
         row["disabled"] = format_bool(entry.disabled)
@@ -166,8 +168,10 @@ class AddressTable:
             entry = self._apply(entry, {k: v for k, v in attrs.items() if k not in ("list", "address")})
         if "dynamic" in attrs:
             entry = dataclasses.replace(entry, dynamic=_bool(attrs, "dynamic"))
-        if entry.key in self._by_key and not allow_duplicate:
-            raise Trap(ALREADY_HAVE)
+        if entry.key in self._by_key:
+            if not allow_duplicate:
+                raise Trap(ALREADY_HAVE)
+            self._duplicates = True
         self._next_id += 1
         self._store(entry)
         return entry
@@ -201,6 +205,8 @@ class AddressTable:
 
     def _reindex_duplicate(self, removed: Entry) -> None:
         """Point the unique-key index at a surviving injected duplicate, if any."""
+        if not self._duplicates:
+            return
         for ident in self._by_list.get(removed.list, {}):
             if self._rows[ident].address == removed.address:
                 self._by_key[removed.key] = ident

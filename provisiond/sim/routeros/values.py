@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import lru_cache
 
 _TRUE = frozenset({"yes", "true"})
 _FALSE = frozenset({"no", "false"})
@@ -82,6 +83,7 @@ def parse_version(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+@lru_cache(maxsize=4096)  # bulk adds share a handful of creation seconds
 def format_timestamp(epoch: float, *, iso: bool) -> str:
     """Local wall-clock time as RouterOS prints it (ISO from 7.10 on)."""
     moment = time.localtime(epoch)
