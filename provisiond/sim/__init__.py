@@ -2,8 +2,9 @@
 
 Operators run ``python -m provisiond.sim`` to try a configuration without a
 real router; the demo and the test-suite start ``RouterSim`` in-process. This
-package stands apart from the engine: it imports only the standard library
-and netaddr, never the rest of provisiond.
+package stands apart from the engine: it never imports the rest of
+provisiond (the RouterOS simulator needs only the standard library and
+netaddr).
 """
 
 from .routeros import ManualClock, ReceivedCommand, RouterSim, SimSettings, Trap
