@@ -86,3 +86,13 @@ def _net_form(net: netaddr.IPNetwork) -> str:
 def family(address: str) -> int:
     """4 or 6 for an address in RouterOS form (DNS names count as 4)."""
     return 6 if ":" in address else 4
+
+
+def sort_key(value: str) -> tuple[int, int, str]:
+    """Orders addresses numerically (``10.0.0.9`` before ``10.0.0.10``), other text after."""
+    head = value.split("/", 1)[0].split("-", 1)[0]
+    try:
+        ip = ipaddress.ip_address(head)
+    except ValueError:
+        return (2, 0, value)
+    return (ip.version - 4 and 1, int(ip), value)

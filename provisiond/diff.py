@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from provisiond.addresses import sort_key
 from provisiond.changes import (
     ORDER,
     Change,
@@ -22,9 +23,13 @@ from provisiond.changes import (
 )
 
 
-def _sort_key(change: Change) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+def _ident_key(r: Resource) -> tuple[tuple[int, int, str], ...]:
+    return tuple(sort_key(v) for _, v in r.ident)
+
+
+def _sort_key(change: Change) -> tuple[int, str, tuple[tuple[int, int, str], ...]]:
     r = change.resource
-    return (ORDER[change.action], r.group, r.ident)
+    return (ORDER[change.action], r.group, _ident_key(r))
 
 
 def diff(
@@ -47,7 +52,7 @@ def diff(
         elif have_r.attrs != want.attrs:
             changes.append(Update(have_r, _with_ref(want, have_r.ref)))
     changes.sort(key=_sort_key)
-    conflicts.sort(key=lambda c: (c.resource.group, c.resource.ident))
+    conflicts.sort(key=lambda c: (c.resource.group, _ident_key(c.resource)))
     return changes, conflicts
 
 
