@@ -390,8 +390,11 @@ class StateStore:
             return
         now = _utc(now)
         with self._write("reserve leases", lock=LEASE_LOCK) as conn:
-            _delete_expired(conn, now)
-            current = {(x.pool, x.address): x for x in _leases(conn, None)}
+            rows = _leases(conn, None)
+            if any(_expired(x, now) for x in rows):
+                _delete_expired(conn, now)
+                rows = [x for x in rows if not _expired(x, now)]
+            current = {(x.pool, x.address): x for x in rows}
             by_address = {x.address: x for x in current.values()}
             leased = {(x.pool, x.account_id) for x in current.values() if x.state == "leased"}
             for lease in allocation.releases:
@@ -496,24 +499,27 @@ def _leases(conn: Connection, pool: str | None) -> list[Lease]:
     query = sa.select(leases_t).order_by(leases_t.c.pool, leases_t.c.account_id, leases_t.c.address)
     if pool is not None:
         query = query.where(leases_t.c.pool == pool)
-    return [
-        Lease(
-            pool=r["pool"],
-            address=r["address"],
-            account_id=r["account_id"],
-            state="held" if r["state"] == "held" else "leased",
-            held_until=r["held_until"],
-            leased_at=r["leased_at"],
-        )
-        for r in conn.execute(query).mappings()
-    ]
+    return [_lease(r) for r in conn.execute(query).mappings()]
+
+
+def _lease(r: sa.RowMapping) -> Lease:
+    return Lease(
+        pool=r["pool"],
+        address=r["address"],
+        account_id=r["account_id"],
+        state="held" if r["state"] == "held" else "leased",
+        held_until=r["held_until"],
+        leased_at=r["leased_at"],
+    )
+
+
+def _expired(lease: Lease, now: datetime) -> bool:
+    return lease.state == "held" and lease.held_until is not None and lease.held_until <= now
 
 
 def _delete_expired(conn: Connection, now: datetime) -> list[Lease]:
-    expired = [
-        x for x in _leases(conn, None)
-        if x.state == "held" and x.held_until is not None and x.held_until <= now
-    ]
+    query = sa.select(leases_t).where(leases_t.c.state == "held", leases_t.c.held_until <= now)
+    expired = [_lease(r) for r in conn.execute(query).mappings()]
     if expired:
         conn.execute(
             leases_t.delete().where(
