@@ -28,11 +28,10 @@ What is desired:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-import netaddr
 
 from provisiond.changes import Conflict, Key, Resource
 from provisiond.model import Account
@@ -98,12 +97,11 @@ def ipv4_hosts(account: Account, allocated: Mapping[str, tuple[str, ...]]) -> li
     """Single IPv4 addresses of the account, billing-assigned first, without duplicates."""
     out: dict[str, None] = {}
     for text in (*account.addresses, *allocated.get(account.id, ())):
+        value = text.strip().removesuffix("/32")
         try:
-            net = netaddr.IPNetwork(text.strip())
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            continue
-        if net.version == 4 and net.prefixlen == 32:
-            out.setdefault(str(net.ip), None)
+            out.setdefault(str(ipaddress.IPv4Address(value)), None)
+        except ValueError:
+            continue  # a network, IPv6 or a name: no Framed-IP-Address
     return list(out)
 
 

@@ -157,3 +157,24 @@ def test_unreachable_database_is_unavailable_and_hides_the_password(ledger: Memo
     assert str(err.value).startswith("radius: observe on postgresql+psycopg://radius:***@127.0.0.1:1/radius failed: ")
     assert "hunter2" not in str(err.value) and "hunter2" not in repr(t)
     t.close()
+
+
+def test_connection_lost_mid_apply_rolls_back_and_is_reported(radius_pg: str) -> None:
+    """PostgreSQL kills the session while the transaction is half written."""
+    ledger = MemoryLedger()
+    target = RadiusTarget(radius_pg, groups=["legacy"], ledger=ledger, timeout=10)
+    assert sync(target, [account("1", "alice")])[1].ok
+    execute(
+        radius_pg,
+        "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.username = 'crash' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER die BEFORE INSERT ON radusergroup FOR EACH ROW EXECUTE FUNCTION die()",
+    )
+    plan, result = sync(target, [account("2", "bob", addresses=["10.64.0.2"]), account("3", "crash")])
+    assert plan.counts() == {"create": 3, "update": 0, "delete": 1}
+    assert result.error is not None and result.error.startswith(f"radius: apply on {radius_pg} failed: ")
+    assert result.error.endswith("(rolled back, nothing written)") and result.applied == []
+    assert rows(radius_pg, "radusergroup", *UG) == [("alice", "legacy", "1")]
+    assert rows(radius_pg, "radreply", *RR) == [] and ledger.rows == {}
+    target.close()
