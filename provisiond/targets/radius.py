@@ -223,7 +223,10 @@ class RadiusTarget:
                 ref=str(row.id),
             )
             digest.append(("radusergroup", row.id, row.username, row.groupname, row.priority))
-            (surplus.append(res) if res.key in owned else owned.__setitem__(res.key, res))
+            if res.key in owned:
+                surplus.append(res)  # the same membership twice: the later row goes
+            else:
+                owned[res.key] = res
         for row in sorted(rr_rows, key=lambda r: r.id):
             res = Resource(
                 kind="radreply",
