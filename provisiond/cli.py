@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from provisiond.daemon import run_daemon
 
-            return run_daemon(path, settings)
+            return int(run_daemon(path, settings))
     except SourceError as exc:
         print(f"error: source: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers")
@@ -171,7 +172,7 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
         print(f"demo: RouterOS simulator core-1 on 127.0.0.1:{port}; config {config}")
         settings = settings_mod.load(config)
         verbose = not quiet and accounts <= 1000
-        steps = (("plan", lambda: cmd_plan(settings, fmt="text", out=None)),
+        steps: tuple[tuple[str, Callable[[], int]], ...] = (("plan", lambda: cmd_plan(settings, fmt="text", out=None)),
                  ("apply", lambda: cmd_apply(settings, plan_file=None, force=False, fmt="text")),
                  ("plan again", lambda: cmd_plan(settings, fmt="text", out=None)))
         codes = []
@@ -192,14 +193,14 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
             tmp.cleanup()
 
 
-def _run_quietly(step: object) -> int:
+def _run_quietly(step: Callable[[], int]) -> int:
     """Run a step, printing only summary lines (for big demos)."""
     import contextlib
     import io
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = int(step())  # type: ignore[operator]
+        code = step()
     for line in buf.getvalue().splitlines():
         if not line.startswith("    ") and not line.startswith("  "):
             print(line)

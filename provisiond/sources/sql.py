@@ -156,9 +156,9 @@ class SqlSource:
                     )
                 idx = [keys.index(c) for c in REQUIRED_COLUMNS]
                 if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
-                    rows: Iterable[Row] = (tuple(r) for r in result)  # type: ignore[misc]
+                    rows: Iterable[Row] = (tuple(r) for r in result)
                 else:
-                    rows = (tuple(r[i] for i in idx) for r in result)  # type: ignore[misc]
+                    rows = (tuple(r[i] for i in idx) for r in result)
                 snapshot = aggregate(rows, read_at=read_at)
         except SQLAlchemyError as exc:
             raise SourceError(

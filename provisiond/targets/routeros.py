@@ -68,7 +68,7 @@ def tls_wrapper(settings: RouterSettings) -> Callable[[socket.socket], socket.so
     return wrap
 
 
-class BufferedTransport(SocketTransport):
+class BufferedTransport(SocketTransport):  # type: ignore[misc]
     """librouteros's socket transport, reading in 64 KiB chunks.
 
     The stock transport calls ``recv`` for every length byte and word, which makes a
