@@ -177,7 +177,8 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
     if fmt == "json":
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, notes=pp.notes))
+        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, notes=pp.notes,
+                                            ipam=pp.allocation.lines() if pp.allocation else ()))
     if pp.errors:
         return EXIT_ERROR
     return EXIT_CHANGES if pp.has_changes else EXIT_OK
@@ -202,7 +203,8 @@ def cmd_apply(settings: settings_mod.Settings, *, plan_file: str | None, force: 
         print(json.dumps(apply_json(result), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, refused=result.refused,
-                                            notes=pp.notes))
+                                            notes=pp.notes,
+                                            ipam=pp.allocation.lines() if pp.allocation else ()))
         for line in apply_lines(result):
             print(line)
     return EXIT_OK if result.ok else EXIT_ERROR

@@ -43,6 +43,7 @@ class PassPlan:
     allocation: Any = None  # provisiond.ipam.Allocation when pools are configured
     notes: list[str] = field(default_factory=list)
     ipam_json: dict[str, Any] | None = None
+    now: datetime | None = None  # when the allocation was computed
 
     @property
     def has_changes(self) -> bool:
@@ -120,7 +121,7 @@ class Reconciler:
         """
         snapshot = self.read_source()
         now = now or datetime.now(UTC)
-        pp = PassPlan(snapshot=snapshot)
+        pp = PassPlan(snapshot=snapshot, now=now)
         allocated: Mapping[str, tuple[str, ...]] = {}
         if self.settings.pool:
             pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
@@ -187,7 +188,10 @@ class Reconciler:
         result = PassResult(plan=pp)
         run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
         if pp.allocation is not None and self.store is not None:
-            self.store.reserve(pp.allocation, datetime.now(UTC))
+            # Leases are recorded before any target write: a crash after this point
+            # never hands an address out twice. A LeaseConflict (another process
+            # reserved first) stops the pass before any write; the next pass re-plans.
+            self.store.reserve(pp.allocation, pp.now or datetime.now(UTC))
         if pp.snapshot is not None and self.store is not None:
             self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
         todo: list[Plan] = []

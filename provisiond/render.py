@@ -66,12 +66,16 @@ def render_text(
     errors: Mapping[str, str] | None = None,
     refused: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    ipam: Sequence[str] = (),
 ) -> str:
     errors = errors or {}
     refused = refused or {}
     out: list[str] = []
     for note in notes:
         out.append(f"note: {note}")
+    if ipam:
+        out.append("ipam (state store):")
+        out.extend(f"    {line}" for line in ipam)
     for plan in plans:
         c = plan.counts()
         out.append(
