@@ -128,24 +128,33 @@ def check_config(path: Path) -> int:
     warnings = settings_mod.warnings(path, settings)
     from provisiond.sources.sql import SqlSource
 
+    usernames: list[str] = []
     try:
         source = SqlSource(settings.source.resolved_url(), settings.source.query,
                            timeout=settings.source.timeout, display=settings.source.display_url())
-        problems += source.check_columns()
+        found = source.check_columns()
+        problems += found
+        if not found and settings.radius is not None:
+            snapshot = source.read()
+            usernames = [u for a in snapshot.accounts.values() for u in a.usernames]
         source.close()
-    except ConfigError as exc:
-        problems += exc.problems
+    except ProvisiondError as exc:
+        problems += exc.problems if isinstance(exc, ConfigError) else [f"source: {exc}"]
     except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
         problems.append(f"source.url: {type(exc).__name__}: {exc}")
     if settings.radius is not None:
-        try:
-            from provisiond.targets.radius import check_radius_settings
+        import sqlalchemy as sa
 
-            w, p = check_radius_settings(settings)
-            warnings += w
-            problems += p
-        except ImportError:
-            pass
+        from provisiond.targets.radius import check_radius_config
+
+        try:
+            engine = sa.create_engine(settings.radius.resolved_url())
+            warnings += check_radius_config(settings, engine, usernames)
+            engine.dispose()
+        except ProvisiondError as exc:
+            problems.append(f"radius: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
+            problems.append(f"radius.url: {type(exc).__name__}: {exc}")
     for w in warnings:
         print(f"warning: {w}")
     for problem in problems:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond import desire
-from provisiond.changes import Conflict, Key, Resource, change_from_json
+from provisiond.changes import Conflict, Create, Key, Resource, change_from_json
 from provisiond.diff import count_by_group, diff
 from provisiond.errors import PlanRefused, SourceError, StalePlan, SuspiciousSnapshot, TargetError
 from provisiond.model import Snapshot
@@ -130,10 +130,17 @@ class Reconciler:
         for p in snapshot.problems:
             pp.notes.append(f"skipped billing row: {p}")
 
+        # An account with a bad billing row keeps what it has on every target this pass:
+        # a typo in billing must not take a customer off the network.
+        tainted = {p.account_id for p in snapshot.problems if p.account_id}
+
         def one(target: Target) -> Plan:
             observed = target.observe()
             want = desired.get(target.name, {})
             changes, found = diff(observed, want)
+            if tainted:
+                changes = [c for c in changes
+                           if isinstance(c, Create) or c.resource.account_id not in tainted]
             plan = Plan(
                 target=target.name,
                 kind=target.kind,

@@ -232,6 +232,11 @@ def test_bad_rows_are_skipped_and_named(world: World) -> None:
     assert "+ tower-hosts 100.64.50.1" in out
     assert world.run("apply")[0] == 0
     world.assert_converged()
+    # A typo on an account that is already provisioned keeps its entry this pass.
+    world.account(6001, "Good", groups=["Tower Hosts"], ips=["100.64.50.1x"])
+    code, out, _ = world.run("apply")
+    assert code == 0 and "account 6001: not an IP address" in out
+    assert "100.64.50.1" in world.entries("core-1", "tower-hosts")
 
 
 def test_one_router_down_does_not_stop_the_others(world: World) -> None:
