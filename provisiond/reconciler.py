@@ -105,9 +105,13 @@ class Reconciler:
         snapshot: Snapshot = self.source.read()
         last = self.store.last_good_read() if self.store is not None else None
         drop = self.settings.source.max_account_drop
-        if last and len(snapshot) < last * (1 - drop):
+        # Accounts whose every row was bad still exist in billing: count them.
+        seen = len(snapshot) + len(
+            {p.account_id for p in snapshot.problems if p.account_id} - snapshot.accounts.keys()
+        )
+        if last and seen < last * (1 - drop):
             raise SuspiciousSnapshot(
-                f"billing returned {len(snapshot)} accounts, last good read had {last}: "
+                f"billing returned {seen} accounts, last good read had {last}: "
                 f"a drop of more than {drop:.0%} (source.max_account_drop); nothing written"
             )
         return snapshot
