@@ -1,9 +1,10 @@
 """``provisiond demo``: the whole product with no outside services.
 
 Creates a SQLite billing database seeded with the three account groups from Sonar's
-documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts,
-starts the RouterOS simulator as a separate process on a free loopback port, writes a
-config for both, then runs plan, apply and plan again through the same code the
+documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts, an
+empty SQLite FreeRADIUS database, starts the RouterOS simulator as a separate process on
+a free loopback port, writes a config for all of them (tower hosts get addresses from a
+pool), then runs plan, apply and plan again through the same code the
 ``plan`` and ``apply`` commands use. Only the CLI imports this module.
 """
 
@@ -60,9 +61,11 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
         r = rnd.random()
         groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
         member += [(account_id, g) for g in groups]
-        # 100.64.0.0/10 carrier-grade NAT space, one address per account; every 20th
-        # also has an IPv6 prefix delegated from 2001:db8::/32 (documentation range).
-        ips.append((account_id, f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"))
+        # 100.64.0.0/10 carrier-grade NAT space, one address per account, except tower
+        # hosts: they get theirs from the tower-hosts pool. Every 20th account also has
+        # an IPv6 address from 2001:db8::/32 (documentation range).
+        if 1 not in groups:
+            ips.append((account_id, f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"))
         if i % 20 == 0:
             ips.append((account_id, f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
         radius.append((account_id, f"user{account_id}"))
@@ -81,8 +84,51 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
     db.close()
 
 
+RADIUS_SCHEMA = """
+CREATE TABLE radcheck (id INTEGER PRIMARY KEY, username VARCHAR(64) NOT NULL DEFAULT '',
+    attribute VARCHAR(64) NOT NULL DEFAULT '', op CHAR(2) NOT NULL DEFAULT '==',
+    value VARCHAR(253) NOT NULL DEFAULT '');
+CREATE TABLE radreply (id INTEGER PRIMARY KEY, username VARCHAR(64) NOT NULL DEFAULT '',
+    attribute VARCHAR(64) NOT NULL DEFAULT '', op CHAR(2) NOT NULL DEFAULT '=',
+    value VARCHAR(253) NOT NULL DEFAULT '');
+CREATE TABLE radgroupcheck (id INTEGER PRIMARY KEY, groupname VARCHAR(64) NOT NULL DEFAULT '',
+    attribute VARCHAR(64) NOT NULL DEFAULT '', op CHAR(2) NOT NULL DEFAULT '==',
+    value VARCHAR(253) NOT NULL DEFAULT '');
+CREATE TABLE radgroupreply (id INTEGER PRIMARY KEY, groupname VARCHAR(64) NOT NULL DEFAULT '',
+    attribute VARCHAR(64) NOT NULL DEFAULT '', op CHAR(2) NOT NULL DEFAULT '=',
+    value VARCHAR(253) NOT NULL DEFAULT '');
+CREATE TABLE radusergroup (id INTEGER PRIMARY KEY, username VARCHAR(64) NOT NULL DEFAULT '',
+    groupname VARCHAR(64) NOT NULL DEFAULT '', priority INT NOT NULL DEFAULT 1);
+CREATE INDEX radusergroup_username ON radusergroup (username);
+CREATE INDEX radreply_username ON radreply (username, attribute);
+CREATE TABLE radacct (radacctid INTEGER PRIMARY KEY, acctsessionid VARCHAR(64) NOT NULL DEFAULT '',
+    acctuniqueid VARCHAR(32) NOT NULL DEFAULT '' UNIQUE, username VARCHAR(64) NOT NULL DEFAULT '',
+    nasipaddress VARCHAR(15) NOT NULL DEFAULT '', acctstarttime DATETIME NULL,
+    acctstoptime DATETIME NULL, framedipaddress VARCHAR(15) NOT NULL DEFAULT '');
+CREATE TABLE nas (id INTEGER PRIMARY KEY, nasname VARCHAR(128) NOT NULL, shortname VARCHAR(32),
+    type VARCHAR(30) DEFAULT 'other', ports INT, secret VARCHAR(60) DEFAULT 'secret' NOT NULL,
+    server VARCHAR(64), community VARCHAR(50), description VARCHAR(200) DEFAULT 'RADIUS Client');
+INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES
+    ('tower', 'Mikrotik-Rate-Limit', ':=', '100M/100M'),
+    ('tower', 'Mikrotik-Address-List', ':=', 'tower-hosts'),
+    ('legacy', 'Mikrotik-Rate-Limit', ':=', '10M/10M'),
+    ('legacy', 'Mikrotik-Address-List', ':=', 'legacy'),
+    ('cc-pending', 'Mikrotik-Address-List', ':=', 'cc-pending'),
+    ('cc-pending', 'Fall-Through', '=', 'Yes');
+"""
+
+
+def seed_radius(path: Path) -> None:
+    """An empty FreeRADIUS rlm_sql database (SQLite dialect) with the demo's group replies."""
+    db = sqlite3.connect(path)
+    db.executescript(RADIUS_SCHEMA)
+    db.commit()
+    db.close()
+
+
 def write_config(directory: Path, *, port: int, password_file: Path) -> Path:
     billing = directory / "billing.db"
+    radius = directory / "radius.db"
     state = directory / "state.db"
     config = directory / "provisiond.toml"
     query = BILLING_QUERY.strip().replace('"""', "")
@@ -119,6 +165,31 @@ list = "legacy"
 [[address_list]]
 status = "delinquent"
 list = "delinquent"
+
+[[pool]]
+name = "tower-hosts"
+group = "Tower Hosts"
+networks = ["100.127.0.0/16"]
+exclude = ["100.127.0.1"]
+hold = "24h"
+
+[radius]
+url = "sqlite:///{radius}"
+
+[[radius_group]]
+group = "Tower Hosts"
+radius_group = "tower"
+priority = 1
+
+[[radius_group]]
+group = "Credit Card Pending"
+radius_group = "cc-pending"
+priority = 0
+
+[[radius_group]]
+group = "Legacy Customers"
+radius_group = "legacy"
+priority = 10
 ''',
         encoding="utf-8",
     )
@@ -156,7 +227,7 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
     else:
         workdir = Path(directory)
         workdir.mkdir(parents=True, exist_ok=True)
-        for name in ("billing.db", "state.db", "state.db-wal", "state.db-shm"):
+        for name in ("billing.db", "radius.db", "state.db", "state.db-wal", "state.db-shm"):
             (workdir / name).unlink(missing_ok=True)
     password = secrets.token_urlsafe(12)
     password_file = workdir / "router-password"
@@ -164,6 +235,7 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
     os.chmod(password_file, 0o600)
     t0 = time.monotonic()
     seed_billing(workdir / "billing.db", accounts)
+    seed_radius(workdir / "radius.db")
     print(f"demo: seeded {accounts} accounts into {workdir / 'billing.db'} "
           f"in {time.monotonic() - t0:.1f}s")
     sim, port = start_simulator(password)
