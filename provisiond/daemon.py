@@ -1,0 +1,353 @@
+"""``provisiond run``: reconcile continuously, as a systemd service.
+
+The outermost loop. Called by the CLI with the config path and the loaded Settings;
+returns the exit code. It owns the process: signals, the APScheduler job, the threads
+around it. One interval job (``max_instances=1``: passes never overlap;
+``coalesce=True``: missed runs fold into one; first run at start) calls
+``PassRunner.run_once`` (``service.passes``), which holds the Reconciler. Around it:
+
+- leader election (``service.leader``): only the leader runs passes; a standby polls;
+- ``service.listen``: a billing ``NOTIFY`` moves the job's next run to now;
+- ``service.metrics``: ``/metrics`` and ``/healthz``;
+- ``service.sdnotify``: READY=1 once the first pass is done (or on entering standby),
+  STATUS= after every pass, WATCHDOG=1 while the loop is healthy, RELOADING=1 and
+  STOPPING=1.
+
+Signals are blocked in every thread and taken synchronously by the main thread
+(``sigtimedwait``), so no handler ever runs inside a lock. SIGHUP reloads the config
+(a bad one is logged with its key paths and the old one keeps running; a good one is
+swapped in at the next pass boundary, and a pass follows at once). SIGTERM/SIGINT:
+no new pass starts, the pass in flight finishes, exit 0.
+
+This is the only module that imports APScheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from provisiond import settings as settings_mod
+from provisiond.errors import ConfigError
+from provisiond.service import leader as leader_mod
+from provisiond.service.listen import BillingListener
+from provisiond.service.metrics import Health, Metrics, serve
+from provisiond.service.passes import PassRunner
+from provisiond.service.pg import is_postgresql
+from provisiond.service.sdnotify import Notifier, watchdog_interval
+from provisiond.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "pass"
+LOOP_TICK = 0.5  # the main loop wakes at least this often (signals, standby, heartbeat)
+STANDBY_POLL_MAX = 5.0
+SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def run_daemon(path: Path, settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT. 0 after a clean stop, 1 when it cannot start."""
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)  # a service logs one line per target per pass
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Block before any thread exists: every thread inherits the mask, and only the main
+    # loop takes these signals, with sigtimedwait.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        return Daemon(path, settings).run()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+class Daemon:
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.settings = settings
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.health = Health(max_age=_max_age(settings))
+        self.runner = PassRunner(settings, metrics=self.metrics, health=self.health)
+        self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
+        self.leading = False
+        self.scheduler: Any = None
+        self.listener: BillingListener | None = None
+        self.http: Any = None
+        self.ready_sent = False
+        self.stopping = False
+        # Shared with the scheduler's worker thread, under _guard.
+        self._guard = threading.Lock()
+        self._in_pass_since: float | None = None
+        self._again = False
+        self._last_job = time.monotonic()
+        self._heartbeat = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def run(self) -> int:
+        d = self.settings.daemon
+        try:
+            self.leading = self.leader.acquire()
+        except leader_mod.AlreadyRunning as exc:
+            log.error("%s", exc)
+            return EXIT_ERROR
+        log.info("provisiond starting pid=%d config=%s interval=%.0fs dry_run=%s election=%s",
+                 os.getpid(), self.path, d.interval, d.dry_run, self.leader.description)
+        if d.metrics_listen:
+            try:
+                self.http = serve(d.metrics_listen, self.metrics, self.health)
+            except (OSError, ValueError) as exc:
+                log.error("daemon.metrics_listen: cannot listen on %s: %s", d.metrics_listen, exc)
+                self.leader.release()
+                return EXIT_ERROR
+        self._set_leading(self.leading, first=True)
+        self._start_listener()
+        self._start_scheduler()
+        watchdog = self._start_watchdog()
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown(watchdog)
+        return EXIT_OK
+
+    def _main_loop(self) -> None:
+        next_try = time.monotonic()
+        while True:
+            self._heartbeat = time.monotonic()
+            info = signal.sigtimedwait(SIGNALS, LOOP_TICK)
+            if info is not None:
+                if info.si_signo == signal.SIGHUP:
+                    self._reload()
+                else:
+                    log.info("signal=%s: stopping; no new pass starts, the one in flight "
+                             "finishes", signal.Signals(info.si_signo).name)
+                    return
+            if not self.leading and time.monotonic() >= next_try:
+                next_try = time.monotonic() + _standby_poll(self.settings)
+                if self.leader.acquire():
+                    log.info("leader lock won (%s): taking over", self.leader.description)
+                    self._set_leading(True)
+                    self.request_pass("leader")
+
+    def _shutdown(self, watchdog: threading.Event | None) -> None:
+        self.notifier.stopping()
+        with self._guard:
+            self.stopping = True
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)  # waits for the pass in flight
+        if self.listener is not None:
+            self.listener.stop()
+        self.runner.close()
+        self.leader.release()
+        self.metrics.leader.set(0)
+        if watchdog is not None:
+            watchdog.set()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        self.notifier.close()
+        log.info("provisiond stopped")
+
+    # -- the job --------------------------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        d = self.settings.daemon
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self.scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
+        self.scheduler.add_job(
+            self._job, _trigger(self.settings), id=JOB_ID, name="reconcile",
+            max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.start()
+        log.debug("scheduler started interval=%.1fs jitter=%.1fs", d.interval, _jitter(self.settings))
+
+    def _missed(self, event: JobExecutionEvent) -> None:
+        log.debug("scheduler: missed run at %s (coalesced)", event.scheduled_run_time)
+
+    def request_pass(self, reason: str) -> None:
+        """Run a pass now; if one is in flight, run another right after it."""
+        with self._guard:
+            if self.stopping:
+                return
+            if self._in_pass_since is not None:
+                self._again = True
+                log.debug("pass requested reason=%s: after the one in flight", reason)
+                return
+        log.debug("pass requested reason=%s", reason)
+        if self.scheduler is not None:
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+
+    def _job(self) -> None:
+        with self._guard:
+            if self.stopping:
+                return
+            self._in_pass_since = self._last_job = time.monotonic()
+            self._again = False
+        try:
+            if not self._still_leading():
+                return
+            outcome = self.runner.run_once()
+            self.notifier.status(outcome.status)
+            if not self.ready_sent:
+                self.ready_sent = self.notifier.ready(outcome.status) or True
+        except Exception:  # noqa: BLE001 - a bug in one pass must not stop the service
+            log.exception("pass crashed; the next one runs as scheduled")
+        finally:
+            with self._guard:
+                self._in_pass_since = None
+                again, self._again = self._again, False
+            if again:
+                self.request_pass("changed during the pass")
+
+    def _still_leading(self) -> bool:
+        if not self.leading:
+            return False
+        if self.leader.still_held():
+            return True
+        self._set_leading(False)
+        return False
+
+    def _set_leading(self, leading: bool, *, first: bool = False) -> None:
+        self.leading = leading
+        self.metrics.leader.set(1 if leading else 0)
+        self.health.standby = not leading
+        if not leading:
+            log.info("standby: %s is held by another provisiond; retrying every %.0fs",
+                     self.leader.description, _standby_poll(self.settings))
+            status = "standby: another provisiond is the leader"
+            if first or not self.ready_sent:
+                self.ready_sent = self.notifier.ready(status) or True
+            else:
+                self.notifier.status(status)
+
+    # -- LISTEN ---------------------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        d = self.settings.daemon
+        if not d.notify_channel:
+            return
+        try:
+            url = self.settings.source.resolved_url()
+        except ConfigError as exc:
+            log.warning("daemon.notify_channel: %s; interval passes only", exc)
+            return
+        if not is_postgresql(url):
+            log.warning("daemon.notify_channel is set but the billing database is not "
+                        "PostgreSQL: interval passes only")
+            return
+        self.listener = BillingListener(
+            url, d.notify_channel, debounce=d.debounce,
+            on_change=self.request_pass, retry_max=min(d.retry_max, 60.0),
+        ).start()
+
+    # -- SIGHUP ---------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        log.info("signal=SIGHUP: reloading %s", self.path)
+        try:
+            new = settings_mod.load(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            log.error("reload failed with %d problem(s); the running configuration stays",
+                      len(exc.problems))
+            self.notifier.ready(f"reload failed ({len(exc.problems)} problem(s)); "
+                                "running the previous configuration")
+            return
+        old = self.settings
+        if new.state.url.get_secret_value() != old.state.url.get_secret_value():
+            log.error("reload: state.url cannot change while running (leader lock, leases); "
+                      "restart provisiond; the running configuration stays")
+            self.notifier.ready("reload refused (state.url changed); running the previous configuration")
+            return
+        for key in ("metrics_listen", "log_format"):
+            if getattr(new.daemon, key) != getattr(old.daemon, key):
+                log.warning("reload: daemon.%s changes only on restart", key)
+        self.settings = new
+        self.health.max_age = _max_age(new)
+        self.runner.swap_at_next_pass(new)
+        if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):
+            self.scheduler.reschedule_job(JOB_ID, trigger=_trigger(new))
+        if (new.daemon.notify_channel, new.daemon.debounce, new.source) != \
+                (old.daemon.notify_channel, old.daemon.debounce, old.source):
+            if self.listener is not None:
+                self.listener.stop()
+                self.listener = None
+            self._start_listener()
+        log.info("reload: configuration valid; swapped in at the next pass (starting now)")
+        self.notifier.ready("reloaded; " + self.health.last_result)
+        self.request_pass("reload")
+
+    # -- watchdog -------------------------------------------------------------------
+
+    def _start_watchdog(self) -> threading.Event | None:
+        every = watchdog_interval()
+        if every is None or not self.notifier.enabled:
+            return None
+        stop = threading.Event()
+        period = every * 2
+        threading.Thread(target=self._watchdog, args=(stop, every, period),
+                         name="watchdog", daemon=True).start()
+        log.info("systemd watchdog: keep-alive every %.1fs", every)
+        return stop
+
+    def _watchdog(self, stop: threading.Event, every: float, period: float) -> None:
+        while not stop.wait(every):
+            why = self.unhealthy(period)
+            if why is None:
+                self.notifier.watchdog()
+            else:
+                log.error("watchdog: not sending keep-alive: %s", why)
+
+    def unhealthy(self, period: float) -> str | None:
+        """Why the loop looks stuck, or None. Honest, not clever: the main loop ticks, the
+        scheduler fires its job, and no pass has run longer than the watchdog period."""
+        now = time.monotonic()
+        if now - self._heartbeat > period:
+            return f"main loop silent for {now - self._heartbeat:.0f}s"
+        with self._guard:
+            since, last = self._in_pass_since, self._last_job
+        if since is not None and now - since > period:
+            return f"pass running for {now - since:.0f}s"
+        if self.scheduler is None or not self.scheduler.running:
+            return "scheduler not running"
+        late = self.settings.daemon.interval + _jitter(self.settings) + period
+        if since is None and now - last > late:
+            return f"no pass started for {now - last:.0f}s"
+        return None
+
+
+def _jitter(settings: Settings) -> float:
+    d = settings.daemon
+    return min(d.jitter, d.interval / 2)  # jitter never swallows the interval
+
+
+def _trigger(settings: Settings) -> IntervalTrigger:
+    jitter = _jitter(settings)
+    return IntervalTrigger(seconds=settings.daemon.interval, jitter=jitter or None, timezone=UTC)
+
+
+def _max_age(settings: Settings) -> float:
+    d = settings.daemon
+    return d.healthz_max_age if d.healthz_max_age is not None else 3 * d.interval
+
+
+def _standby_poll(settings: Settings) -> float:
+    return max(0.5, min(STANDBY_POLL_MAX, settings.daemon.interval / 2))

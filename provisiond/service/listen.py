@@ -1,0 +1,123 @@
+"""``LISTEN`` on the billing database: a NOTIFY asks for a pass now instead of at the
+next interval.
+
+Runs in its own thread, on its own autocommit psycopg connection (the billing source's
+SQLAlchemy pool is for reads). The first NOTIFY opens a debounce window; every NOTIFY
+inside it is folded in, and at its end ``on_change`` is called once, so a burst of
+billing edits gives one pass. A lost connection is logged, the daemon keeps its
+interval passes, and the thread reconnects with exponential back-off; after a
+reconnect it asks for a pass, since changes may have gone unheard meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from provisiond.service.pg import connect_kwargs, display
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between checks of the stop flag and the debounce deadline
+PING_EVERY = 30.0  # a cheap query now and then notices a half-dead connection
+FIRST_RETRY = 1.0
+
+
+class BillingListener:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        *,
+        debounce: float,
+        on_change: Callable[[str], None],
+        retry_max: float = 60.0,
+    ) -> None:
+        self._url = url
+        self.channel = channel
+        self._debounce = debounce
+        self._on_change = on_change
+        self._retry_max = max(FIRST_RETRY, retry_max)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.notifications = 0
+
+    def start(self) -> BillingListener:
+        self._thread = threading.Thread(target=self._run, name="billing-listen", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = FIRST_RETRY
+        first = True
+        while not self._stop.is_set():
+            conn: psycopg.Connection[tuple[object, ...]] | None = None
+            try:
+                conn = psycopg.connect(**connect_kwargs(self._url, connect_timeout=10))
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                self.connected = True
+                log.info("listening for billing changes channel=%s db=%s", self.channel,
+                         display(self._url))
+                delay = FIRST_RETRY
+                if not first:
+                    self._on_change("reconnected")
+                first = False
+                self._listen(conn)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    break
+                log.warning(
+                    "billing LISTEN connection %s: %s; passes run on the interval only, "
+                    "reconnecting in %.0fs", "lost" if self.connected else "failed",
+                    _first_line(exc), delay,
+                )
+            finally:
+                self.connected = False
+                if conn is not None:
+                    _close(conn)
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self._retry_max)
+
+    def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        window_end: float | None = None
+        folded = 0
+        last_ping = time.monotonic()
+        while not self._stop.is_set():
+            for note in conn.notifies(timeout=POLL):
+                self.notifications += 1
+                folded += 1
+                log.debug("billing notify channel=%s payload=%.80s", note.channel, note.payload)
+                if window_end is None:
+                    window_end = time.monotonic() + self._debounce
+            now = time.monotonic()
+            if window_end is not None and now >= window_end:
+                log.info("billing changed notifications=%d: pass requested", folded)
+                window_end, folded = None, 0
+                self._on_change("notify")
+            if now - last_ping >= PING_EVERY:
+                conn.execute("SELECT 1")
+                last_ping = now
+
+
+def _close(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    try:
+        conn.close()
+    except psycopg.Error:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

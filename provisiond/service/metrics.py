@@ -1,0 +1,132 @@
+"""Prometheus metrics and ``/healthz``, served on ``daemon.metrics_listen``.
+
+The pass runner records into ``Metrics`` after every pass; ``Health`` remembers when a
+pass last succeeded. ``serve`` answers ``GET /metrics`` (the text exposition of
+provisiond's own registry, nothing of the process-global one) and ``GET /healthz``
+(200 ``ok`` when a pass succeeded within ``healthz_max_age``, else 503 and the reason)
+from a small threading HTTP server.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """Every provisiond_* series, in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.passes = Counter("provisiond_passes", "Passes by result (ok, partial, error)",
+                              ["result"], registry=r)
+        self.pass_duration = Histogram("provisiond_pass_duration_seconds",
+                                       "Wall time of one pass", buckets=DURATION_BUCKETS, registry=r)
+        self.changes = Counter("provisiond_changes_applied", "Changes applied",
+                               ["target", "action"], registry=r)
+        self.errors = Counter("provisiond_errors",
+                              "Passes in which a target (or the billing source) failed",
+                              ["target"], registry=r)
+        self.last_success = Gauge("provisiond_last_success_timestamp_seconds",
+                                  "When a target last converged (Unix time)", ["target"], registry=r)
+        self.pool_utilisation = Gauge("provisiond_pool_utilisation_ratio",
+                                      "Leased or held addresses / usable addresses", ["pool"],
+                                      registry=r)
+        self.coa = Counter("provisiond_coa_results", "CoA/Disconnect requests by result",
+                           ["result"], registry=r)
+        self.refusals = Counter("provisiond_safety_refusals",
+                                "Plans refused by the safety thresholds", ["target"], registry=r)
+        self.leader = Gauge("provisiond_leader", "1 while this process holds the leader lock",
+                            registry=r)
+        self.backoff = Gauge("provisiond_target_backoff_seconds",
+                             "Seconds until a failing target is tried again (0: not backing off)",
+                             ["target"], registry=r)
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+@dataclass(slots=True)
+class Health:
+    """When the last pass succeeded, for /healthz."""
+
+    max_age: float
+    last_success: float | None = None  # time.monotonic()
+    last_result: str = "no pass yet"
+    standby: bool = False
+
+    def check(self, now: float | None = None) -> tuple[bool, str]:
+        now = time.monotonic() if now is None else now
+        if self.standby:
+            return True, "ok: standby (another provisiond is the leader)"
+        if self.last_success is None:
+            return False, f"no successful pass yet; last: {self.last_result}"
+        age = now - self.last_success
+        if age > self.max_age:
+            return False, (f"last successful pass {age:.0f}s ago (healthz_max_age "
+                           f"{self.max_age:.0f}s); last: {self.last_result}")
+        return True, "ok"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"daemon.metrics_listen: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: Metrics
+    health: Health
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, self.server.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok, reason = self.server.health.check()
+            self._reply(200 if ok else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
+        else:
+            self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+    def _reply(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        log.debug("http %s " + format, self.client_address[0], *args)
+
+
+def serve(listen: str, metrics: Metrics, health: Health) -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; ``shutdown()`` + ``server_close()`` stop it."""
+    host, port = parse_listen(listen)
+    server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+    server.metrics, server.health = metrics, health
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics listening on http://%s:%d/metrics and /healthz", host,
+             server.server_address[1])
+    return server

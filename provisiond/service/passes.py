@@ -1,0 +1,268 @@
+"""One daemon pass around the Reconciler: back-off, dry run, metrics, the status line.
+
+Called by the daemon's scheduler job. Holds ONE Reconciler per configuration
+generation (built lazily, swapped at a pass boundary after a reload) so connections
+survive from pass to pass; a target whose connection broke reconnects by itself on
+its next observe. Per pass: ``plan(skip=<targets in back-off>)`` then, unless dry run,
+``apply(force=False, mode="daemon")``. What the loop does with each failure:
+
+- billing read failed (``SourceError``) or the state store failed: nothing is written,
+  the pass counts as ``error``, the next interval tries again;
+- a target unreachable (in ``plan.errors`` or ``ApplyResult.error``): that target backs
+  off exponentially (up to ``daemon.retry_max``) while the others go on;
+- a plan over the safety thresholds: logged and counted, not applied; it stays
+  refused on every pass until a human looks (``provisiond apply --force``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from provisiond import render
+from provisiond.errors import ConfigError, ProvisiondError, SourceError
+from provisiond.service.metrics import Health, Metrics
+from provisiond.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 2.0  # seconds before the first retry of a failed target
+
+
+class Backoff:
+    """Per-target exponential back-off: 2 s, 4 s, 8 s, … up to ``ceiling``."""
+
+    def __init__(self, ceiling: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling = ceiling
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def skip(self, name: str) -> bool:
+        return self._until.get(name, 0.0) > self._clock()
+
+    def remaining(self, name: str) -> float:
+        return max(0.0, self._until.get(name, 0.0) - self._clock())
+
+    def failed(self, name: str) -> float:
+        n = self._failures.get(name, 0) + 1
+        self._failures[name] = n
+        delay: float = min(self.ceiling, BACKOFF_FIRST * 2.0 ** min(n - 1, 30))
+        self._until[name] = self._clock() + delay
+        return delay
+
+    def succeeded(self, name: str) -> bool:
+        """Forget the failures; True when the target was backing off."""
+        self._until.pop(name, None)
+        return self._failures.pop(name, None) is not None
+
+    def names(self) -> list[str]:
+        return sorted(self._failures)
+
+
+@dataclass(slots=True)
+class Outcome:
+    result: str  # ok | partial | error
+    status: str  # one line for systemd's STATUS= and the log
+    duration: float = 0.0
+    changes: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+ReconcilerFactory = Callable[[Settings, bool], Any]
+
+
+def _default_factory(settings: Settings, readonly: bool) -> Any:
+    from provisiond.reconciler import Reconciler
+
+    return Reconciler(settings, readonly=readonly)
+
+
+class PassRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics,
+        health: Health,
+        factory: ReconcilerFactory = _default_factory,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = health
+        self._factory = factory
+        self._rec: Any = None
+        self._pending: Settings | None = None
+        self.backoff = Backoff(settings.daemon.retry_max)
+        self.count = 0
+
+    # -- configuration generations ------------------------------------------------
+
+    def swap_at_next_pass(self, settings: Settings) -> None:
+        self._pending = settings
+
+    def _reconciler(self) -> Any:
+        if self._pending is not None:
+            new, self._pending = self._pending, None
+            old = self._rec
+            self._rec = None
+            self.settings = new
+            self.backoff = Backoff(new.daemon.retry_max)
+            if old is not None:
+                old.close()
+            log.info("configuration swapped in: routers=%d lists=%d radius=%s pools=%d",
+                     len(new.router), len(new.address_list), new.radius is not None, len(new.pool))
+        if self._rec is None:
+            self._rec = self._factory(self.settings, self.settings.daemon.dry_run)
+        return self._rec
+
+    def close(self) -> None:
+        if self._rec is not None:
+            self._rec.close()
+            self._rec = None
+
+    # -- one pass -------------------------------------------------------------------
+
+    def run_once(self) -> Outcome:
+        self.count += 1
+        started = time.monotonic()
+        try:
+            rec = self._reconciler()
+            if self.settings.daemon.dry_run:
+                outcome = self._dry_run(rec)
+            else:
+                outcome = self._apply(rec)
+        except SourceError as exc:
+            outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
+            self.metrics.errors.labels("source").inc()
+            log.error("pass result=error source: %s; nothing written, retrying next interval", exc)
+        except ConfigError as exc:
+            # e.g. a password_file that vanished: fatal for this pass, not for the daemon.
+            outcome = Outcome("error", f"configuration: {exc}")
+            log.error("pass result=error configuration: %s", exc)
+        except ProvisiondError as exc:  # the state store, or a target failing outside plan/apply
+            outcome = Outcome("error", str(exc))
+            log.error("pass result=error %s; nothing more written this pass", exc)
+            if self._rec is not None:  # rebuild everything next pass
+                self._rec.close()
+                self._rec = None
+        outcome.duration = time.monotonic() - started
+        self.metrics.passes.labels(outcome.result).inc()
+        self.metrics.pass_duration.observe(outcome.duration)
+        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+        outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
+                         + outcome.status
+        self.health.last_result = outcome.status
+        if outcome.result == "ok":
+            self.health.last_success = time.monotonic()
+        log.info("pass=%d result=%s duration=%.2fs changes=%d%s", self.count, outcome.result,
+                 outcome.duration, outcome.changes,
+                 f" failed={','.join(outcome.failed)}" if outcome.failed else "")
+        return outcome
+
+    def _skip(self, name: str) -> bool:
+        return self.backoff.skip(name)
+
+    def _dry_run(self, rec: Any) -> Outcome:
+        pp = rec.plan(skip=self._skip)
+        for plan in pp.plans:
+            c = plan.counts()
+            log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
+                     plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
+            for change in plan.changes:
+                log.debug("dry-run target=%s %s", plan.target, render.change_line(change))
+        failed = self._target_failures(pp, results=[])
+        line = render.summary_line(pp.plans, errors=pp.errors)
+        for note in pp.notes:
+            log.info("dry-run note: %s", note)
+        log.info("dry-run %s (nothing written)", line)
+        ok = not pp.errors
+        changes = sum(len(p.changes) for p in pp.plans)
+        return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed)
+
+    def _apply(self, rec: Any) -> Outcome:
+        pp = rec.plan(skip=self._skip)
+        pr = rec.apply(pp, force=False, mode="daemon")
+        m = self.metrics
+        applied = 0
+        for r in pr.results:
+            for c in r.applied:
+                m.changes.labels(r.target, c.action).inc()
+                log.debug("target=%s applied %s", r.target, render.change_line(c))
+            applied += len(r.applied)
+            for f in r.followups:
+                m.coa.labels(str(f.get("result", "unknown"))).inc()
+        for target, why in pr.refused.items():
+            m.refusals.labels(target).inc()
+            log.info("target=%s result=refused reason=%r", target, why)
+        failed = self._target_failures(pp, results=pr.results, refused=pr.refused)
+        self._pool_utilisation(rec)
+        t = render.totals(pp.plans)
+        line = (f"{applied} change(s) applied ({t['create']} create, {t['update']} update, "
+                f"{t['delete']} delete planned) on {len(pp.plans)} target(s)")
+        if pr.refused:
+            line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
+        if failed:
+            line += f"; failing: {', '.join(failed)}"
+        waiting = [n for n in self.backoff.names() if n not in failed]
+        if waiting:
+            line += f"; backing off: {', '.join(waiting)}"
+        return Outcome("ok" if pr.ok and not waiting else "partial", line, changes=applied,
+                       failed=failed)
+
+    def _target_failures(self, pp: Any, *, results: list[Any],
+                         refused: dict[str, str] | None = None) -> list[str]:
+        """Update back-off, error counters and last-success gauges; return the failed names."""
+        m = self.metrics
+        refused = refused or {}
+        by_name = {r.target: r for r in results}
+        failed: list[str] = []
+        now = time.time()
+        for name in self._target_names():
+            if name not in pp.kinds:  # left out: still backing off
+                remaining = self.backoff.remaining(name)
+                m.backoff.labels(name).set(remaining)
+                log.info("target=%s result=backoff retry_in=%.1fs", name, remaining)
+                continue
+            r = by_name.get(name)
+            error = pp.errors.get(name) or (r.error if r is not None else None)
+            if error:
+                delay = self.backoff.failed(name)
+                m.errors.labels(name).inc()
+                m.backoff.labels(name).set(delay)
+                failed.append(name)
+                log.warning("target=%s result=unavailable retry_in=%.1fs error=%r", name, delay, error)
+                continue
+            if self.backoff.succeeded(name):
+                log.info("target=%s recovered", name)
+            m.backoff.labels(name).set(0)
+            if r is not None and r.failed:
+                m.errors.labels(name).inc()
+            elif name not in refused:
+                m.last_success.labels(name).set(now)
+                if r is None:
+                    log.info("target=%s result=ok changes=0", name)
+        return failed
+
+    def _target_names(self) -> list[str]:
+        rec = self._rec
+        return [t.name for t in rec.targets] if rec is not None else []
+
+    def _pool_utilisation(self, rec: Any) -> None:
+        if not self.settings.pool or rec.store is None:
+            return
+        from provisiond import ipam
+
+        try:
+            leases = rec.store.leases()
+        except ProvisiondError as exc:
+            log.warning("pool utilisation: cannot read leases: %s", exc)
+            return
+        for p in self.settings.pool:
+            pool = ipam.Pool.from_settings(p)
+            used = sum(1 for lease in leases if lease.pool == pool.name)
+            self.metrics.pool_utilisation.labels(pool.name).set(used / pool.size if pool.size else 0.0)

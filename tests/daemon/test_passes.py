@@ -1,0 +1,118 @@
+"""``provisiond run`` end to end: NOTIFY and interval passes, dry run, a router that
+goes away and comes back, and secrets kept out of the log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import Billing, DaemonProc, wait_until
+
+from provisiond.sim import RouterSim
+
+
+def listed(router: RouterSim, list_name: str = "tower-hosts") -> set[str]:
+    return {row["address"] for row in router.entries("ip", list_name)}
+
+
+def addresses(*accounts: int) -> set[str]:
+    return {Billing.address(a) for a in accounts}
+
+
+def test_notify_reaches_the_router_within_seconds(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    billing.join("Tower Hosts", 1000, 1001)
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"}))
+    d.wait_log(r"listening for billing changes channel=provisiond")
+    wait_until(lambda: listed(router) == addresses(1000, 1001), what="first pass")
+    d.wait_log(r"pass=1 result=ok")
+    for account in (1002, 1003, 1004):  # a burst: one pass
+        billing.join("Tower Hosts", account)
+    t0 = time.monotonic()
+    wait_until(lambda: listed(router) == addresses(*range(1000, 1005)), timeout=5,
+               what="the notified change on the router")
+    assert time.monotonic() - t0 < 3
+    d.wait_log(r"pass=2 result=ok duration=\S+ changes=3")
+    billing.leave("Tower Hosts", 1000)
+    wait_until(lambda: listed(router) == addresses(*range(1001, 1005)), timeout=5,
+               what="a removal")
+    time.sleep(0.6)  # debounce window + margin: no pass beyond the two notified ones
+    assert "pass=4 " not in d.text()
+
+
+def test_interval_pass_without_notify(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    d = start(config(daemon={"interval": "1s"}))
+    d.wait_log(r"pass=1 result=ok")
+    billing.join("Tower Hosts", 1005)
+    wait_until(lambda: listed(router) == addresses(1005), timeout=5, what="the interval pass")
+
+
+def test_dry_run_writes_nothing(
+    tmp_path: Path, billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    billing.join("Tower Hosts", 1000, 1001)
+    d = start(config(daemon={"interval": "1s", "dry_run": True}))
+    d.wait_log(r"dry-run target=core-1 create=2 update=0 delete=0")
+    d.wait_log(r"dry-run target=core-1 \+ tower-hosts 100\.64\.0\.0")  # DEBUG per change
+    d.wait_log(r"pass=2 result=ok")
+    assert listed(router) == set()
+    assert not any(c.path.endswith("/add") for c in router.history)
+    assert not (tmp_path / "state.db").exists()  # not even the journal or leases
+
+
+def test_router_down_backs_off_and_converges(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    billing.join("Tower Hosts", 1000)
+    d = start(config(daemon={"interval": "0.5s", "retry_max": "1s"}))
+    wait_until(lambda: listed(router) == addresses(1000), what="first pass")
+    router.set_down(True)
+    billing.join("Tower Hosts", 1001)
+    d.wait_log(r"target=core-1 result=unavailable retry_in=1\.0s")
+    d.wait_log(r"target=core-1 result=backoff")
+    router.set_down(False)
+    wait_until(lambda: listed(router) == addresses(1000, 1001), timeout=10, what="convergence")
+    d.wait_log(r"target=core-1 recovered")
+
+
+def test_billing_down_skips_the_pass(
+    tmp_path: Path, billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    # A billing URL nothing listens on: every pass fails before any write, the daemon lives.
+    port = __import__("harness").free_port()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/nothing"
+    d = start(config(billing_url=url, daemon={"interval": "0.5s"}))
+    d.wait_log(r"pass result=error source: .*nothing written")
+    d.wait_log(r"pass=2 result=error")
+    assert d.proc.poll() is None
+    assert router.history == [] or not any(c.path.endswith("/add") for c in router.history)
+
+
+def test_secrets_never_logged(
+    tmp_path: Path, billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc], password: tuple[str, Path],
+) -> None:
+    # PostgreSQL trusts loopback here, so a password in the URL is accepted and unused.
+    db_password = "dbpw-Zq81xK"
+    url = billing.url.replace("postgres@", f"postgres:{db_password}@")
+    billing.join("Tower Hosts", 1000)
+    d = start(config(billing_url=url, daemon={"interval": "0.5s", "notify_channel": "provisiond"}))
+    wait_until(lambda: listed(router) == addresses(1000), what="first pass")
+    router.set_down(True)  # connection errors are logged too
+    d.wait_log(r"result=unavailable")
+    router.set_down(False)
+    d.wait_log(r"recovered")
+    assert d.stop() == 0
+    text = d.text()
+    assert "DEBUG" in text  # -vv really logged at DEBUG
+    assert password[0] not in text
+    assert db_password not in text
