@@ -109,7 +109,7 @@ class World:
 
     def write_config(self, *, safety: dict[str, Any] | None = None, query: str = QUERY,
                      source_extra: str = "", routers: dict[str, dict[str, Any]] | None = None,
-                     lists: Iterable[tuple[str, str, str]] = LISTS) -> Path:
+                     lists: Iterable[tuple[str, str, str]] = LISTS, extra: str = "") -> Path:
         safety = safety or {"max_delete_ratio": 0.3, "max_update_ratio": 0.3, "min_existing": 10}
         out = [
             "[source]",
@@ -121,15 +121,15 @@ class World:
             "",
         ]
         for name, sim in self.sims.items():
-            extra = (routers or {}).get(name, {})
+            more = (routers or {}).get(name, {})
             out += ["[[router]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {sim.port}",
                     f'username = "{ROUTER_USER}"', f'password_file = "{self.tmp / "router-pw"}"',
                     "connect_timeout = \"2s\"", "timeout = \"5s\""]
-            out += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+            out += [f"{k} = {json.dumps(v)}" for k, v in more.items()]
             out.append("")
         for selector, value, list_name in lists:
             out += ["[[address_list]]", f'{selector} = "{value}"', f'list = "{list_name}"', ""]
-        out += ["[safety]"] + [f"{k} = {v}" for k, v in safety.items()]
+        out += ["[safety]"] + [f"{k} = {v}" for k, v in safety.items()] + ["", extra]
         self.config.write_text("\n".join(out) + "\n", encoding="utf-8")
         os.chmod(self.config, 0o600)
         return self.config

@@ -1,0 +1,116 @@
+"""The whole pipeline: billing -> IPAM pool -> address list on a simulated router and
+Framed-IP-Address in a real FreeRADIUS's Access-Accept, then leave, hold and rejoin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import World
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from dbservers import Server, fresh_database  # noqa: E402
+from freeradius import FreeRadius, freeradius, load_schema  # noqa: E402
+
+POOL_AND_RADIUS = """
+[[pool]]
+name = "tower-hosts"
+group = "Tower Hosts"
+networks = ["100.64.99.0/29"]
+exclude = ["100.64.99.1"]
+hold = "24h"
+
+[radius]
+url = "{radius_url}"
+
+[[radius_group]]
+group = "Tower Hosts"
+radius_group = "tower"
+priority = 1
+"""
+
+
+@pytest.fixture
+def radius_db(pg_server: Server) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="radius") as url:
+        load_schema(url)
+        engine = sa.create_engine(url)
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO radcheck (username, attribute, op, value) VALUES "
+                              "('ridge', 'Cleartext-Password', ':=', 'ridge-pw')"))
+            c.execute(sa.text("INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES "
+                              "('tower', 'Mikrotik-Rate-Limit', ':=', '100M/100M')"))
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def fr(radius_db: str) -> Iterator[FreeRadius]:
+    with freeradius(radius_db) as server:
+        yield server
+
+
+def test_tower_host_gets_a_pool_address_on_the_router_and_in_radius(
+    world: World, radius_db: str, fr: FreeRadius
+) -> None:
+    world.router("core-1")
+    world.account(1042, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    world.write_config(extra=POOL_AND_RADIUS.format(radius_url=radius_db))
+
+    code, out, err = world.run("plan")
+    assert code == 2, out + err
+    assert "+ lease tower-hosts 100.64.99.2  acct 1042" in out  # .0 network, .1 excluded
+    assert '+ tower-hosts 100.64.99.2  acct 1042 "Ridge Tower"' in out
+    assert "+ tower ridge  priority 1" in out
+    assert "+ ridge Framed-IP-Address = 100.64.99.2" in out
+    code, out, err = world.run("ipam", "list", "--format", "json")
+    assert json.loads(out)["leases"] == [], "plan must not lease anything"
+
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert world.entries("core-1", "tower-hosts")["100.64.99.2"]["comment"] == "provisiond:1042 Ridge Tower"
+    reply_code, attrs = fr.authenticate("ridge", "ridge-pw")
+    assert reply_code == 2  # Access-Accept
+    assert attrs["Framed-IP-Address"] == ["100.64.99.2"]
+    assert attrs["Mikrotik-Rate-Limit"] == ["100M/100M"]
+    world.assert_converged()
+
+    # Leaves the group: list entry, group and address go; the address is held for it.
+    world.account(1042, "Ridge Tower", groups=[], usernames=["ridge"])
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert "100.64.99.2" not in world.entries("core-1", "tower-hosts")
+    reply_code, attrs = fr.authenticate("ridge", "ridge-pw")
+    assert reply_code == 2 and "Framed-IP-Address" not in attrs and "Mikrotik-Rate-Limit" not in attrs
+    code, out, _ = world.run("ipam", "list", "--format", "json")
+    leases = json.loads(out)["leases"]
+    assert [(x["account_id"], x["address"], x["state"]) for x in leases] == [("1042", "100.64.99.2", "held")]
+    world.assert_converged()
+
+    # Someone else joins: they may not get the held address.
+    world.account(1043, "Other Tower", groups=["Tower Hosts"])
+    assert world.run("apply")[0] == 0
+    assert "100.64.99.3" in world.entries("core-1", "tower-hosts")
+
+    # Rejoins within the hold: the same address comes back.
+    world.account(1042, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert "100.64.99.2" in world.entries("core-1", "tower-hosts")
+    assert fr.authenticate("ridge", "ridge-pw")[1]["Framed-IP-Address"] == ["100.64.99.2"]
+    world.assert_converged()
+
+
+def test_demo_runs_and_converges(capsys: pytest.CaptureFixture[str]) -> None:
+    from provisiond import cli
+
+    assert cli.main(["demo", "--accounts", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "demo: converged: the second plan has nothing to do." in out
+    assert "+ lease tower-hosts 100.127.0.2" in out
