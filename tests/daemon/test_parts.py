@@ -1,0 +1,61 @@
+"""The daemon's pure parts: back-off, health, listen address, leader choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisiond.service.leader import AlreadyRunning, FileLock, NoElection, PgAdvisoryLock, for_store
+from provisiond.service.metrics import Health, parse_listen
+from provisiond.service.passes import Backoff
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_to_the_ceiling_and_resets() -> None:
+    clock = Clock()
+    b = Backoff(10.0, clock=clock)
+    assert [b.failed("r") for _ in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert b.skip("r") and not b.skip("other")
+    clock.now += 10.0
+    assert not b.skip("r")
+    assert b.succeeded("r") and not b.succeeded("r")
+    assert b.failed("r") == 2.0
+
+
+@pytest.mark.parametrize(("last", "now", "ok", "why"), [
+    (None, 0.0, False, "no successful pass yet"),
+    (100.0, 150.0, True, "ok"),
+    (100.0, 300.0, False, "last successful pass 200s ago"),
+])
+def test_health(last: float | None, now: float, ok: bool, why: str) -> None:
+    result = Health(max_age=180.0, last_success=last).check(now)
+    assert result[0] is ok and result[1].startswith(why)
+    assert Health(max_age=1.0, standby=True).check(now)[0]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:9100", ("::1", 9100)),
+    (":9100", ("0.0.0.0", 9100)),
+])
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+def test_election_follows_the_store(tmp_path: Path) -> None:
+    assert isinstance(for_store("postgresql+psycopg://u@h/db"), PgAdvisoryLock)
+    assert isinstance(for_store("sqlite://"), NoElection)
+    lock = for_store(f"sqlite:///{tmp_path / 'state.db'}")
+    assert isinstance(lock, FileLock) and lock.path == tmp_path / "state.db.lock"
+    assert lock.acquire()
+    with pytest.raises(AlreadyRunning, match="already runs on this state store"):
+        FileLock(lock.path).acquire()
+    lock.release()
+    assert FileLock(lock.path).acquire()
