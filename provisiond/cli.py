@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,10 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
         pp = rec.plan()
     finally:
         rec.close()
-    doc = render.render_json(pp.plans, errors=pp.errors, kinds=pp.kinds,
-                             extra={"ipam": pp.ipam_json} if pp.ipam_json else None)
+    extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat()}
+    if pp.ipam_json:
+        extra["ipam"] = pp.ipam_json
+    doc = render.render_json(pp.plans, errors=pp.errors, kinds=pp.kinds, extra=extra)
     if out:
         Path(out).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if fmt == "json":

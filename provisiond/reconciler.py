@@ -258,6 +258,18 @@ class Reconciler:
         pp = PassPlan(snapshot=None)
         by_name = {t.name: t for t in self.targets}
         saved = {t["target"]: t for t in doc.get("targets", []) if "error" not in t}
+        if self.settings.pool:
+            # The plan's addresses are only safe to push if the same leases get recorded
+            # first: recompute the allocation as of the plan's time and insist it matches.
+            made = doc.get("created_at")
+            now = datetime.fromisoformat(made) if made else datetime.now(UTC)
+            snapshot = self.read_source()
+            allocation, ipam_json = _allocate(self.settings, snapshot, self.store, now)
+            if ipam_json != doc.get("ipam"):
+                raise StalePlan(
+                    "ipam", "leases or billing changed since the plan was made; make a new plan"
+                )
+            pp.allocation, pp.ipam_json, pp.now = allocation, ipam_json, now
 
         def one(target: Target) -> Plan:
             entry = saved[target.name]

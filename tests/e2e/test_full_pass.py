@@ -114,3 +114,23 @@ def test_demo_runs_and_converges(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "demo: converged: the second plan has nothing to do." in out
     assert "+ lease tower-hosts 100.127.0.2" in out
+
+
+def test_saved_plan_with_allocations_records_the_same_leases_or_is_refused(world: World, radius_db: str) -> None:
+    world.router("core-1")
+    world.account(1042, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    world.write_config(extra=POOL_AND_RADIUS.format(radius_url=radius_db))
+    plan_file = world.tmp / "plan.json"
+    assert world.run("plan", "--out", str(plan_file))[0] == 2
+    world.account(1041, "Earlier Tower", groups=["Tower Hosts"])  # would take 100.64.99.2 first
+    code, out, err = world.run("apply", "--plan", str(plan_file))
+    assert code == 1
+    assert "ipam: leases or billing changed since the plan was made" in err
+    assert world.entries() == {}
+    world.remove_account(1041)
+    code, out, err = world.run("apply", "--plan", str(plan_file))
+    assert code == 0, out + err
+    code, out, _ = world.run("ipam", "show", "1042", "--format", "json")
+    assert "100.64.99.2" in out
+    assert "100.64.99.2" in world.entries("core-1", "tower-hosts")
+    world.assert_converged()
