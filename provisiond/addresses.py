@@ -15,6 +15,36 @@ from functools import lru_cache
 import netaddr
 
 
+def span(address: str) -> tuple[int, int, int] | None:
+    """(version, first, last) as integers of an address or CIDR network; None otherwise."""
+    value = address.strip()
+    try:
+        n = int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+        return 4, n, n
+    except OSError:
+        pass
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def ipv4_host(address: str) -> str | None:
+    """The address if it is a single IPv4 host (``/32`` allowed), canonical; else None."""
+    value = address.strip().removesuffix("/32")
+    if _is_canonical_v4(value):
+        return value
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        return None
+
+
+def is_canonical_v4(value: str) -> bool:
+    return _is_canonical_v4(value)
+
+
 def _is_canonical_v4(value: str) -> bool:
     """Fast path for the common case: a dotted quad already in canonical form."""
     try:

@@ -180,15 +180,20 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
         pp = rec.plan()
     finally:
         rec.close()
-    extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat()}
-    if pp.ipam_json:
-        extra["ipam"] = pp.ipam_json
-    doc = render.render_json(pp.plans, errors=pp.errors, kinds=pp.kinds, extra=extra)
-    if out:
-        Path(out).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if fmt == "json":
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
-    else:
+    if out or fmt == "json":
+        extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat()}
+        if pp.ipam_json:
+            extra["ipam"] = pp.ipam_json
+        doc = render.render_json(pp.plans, errors=pp.errors, kinds=pp.kinds, extra=extra)
+        if out:
+            with Path(out).open("w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=2, ensure_ascii=False)
+                fh.write("\n")
+        if fmt == "json":
+            json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+        del doc
+    if fmt != "json":
         sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, notes=pp.notes,
                                             ipam=pp.allocation.lines() if pp.allocation else ()))
     if pp.errors:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import netaddr
 
+from provisiond import addresses
 from provisiond.model import Account
 
 if TYPE_CHECKING:
@@ -170,11 +171,7 @@ def _parse(address: str) -> tuple[int, int] | None:
 
 def _billing_ranges(address: str) -> tuple[int, int, int] | None:
     """(version, first, last) of a billing address or network; None if unparsable."""
-    try:
-        net = ipaddress.ip_network(address.strip(), strict=False)
-    except ValueError:
-        return None
-    return net.version, int(net.network_address), int(net.broadcast_address)
+    return addresses.span(address)
 
 
 def _text(version: int, value: int) -> str:

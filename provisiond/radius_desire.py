@@ -28,11 +28,11 @@ What is desired:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from provisiond import addresses
 from provisiond.changes import Conflict, Key, Resource
 from provisiond.model import Account
 
@@ -97,11 +97,9 @@ def ipv4_hosts(account: Account, allocated: Mapping[str, tuple[str, ...]]) -> li
     """Single IPv4 addresses of the account, billing-assigned first, without duplicates."""
     out: dict[str, None] = {}
     for text in (*account.addresses, *allocated.get(account.id, ())):
-        value = text.strip().removesuffix("/32")
-        try:
-            out.setdefault(str(ipaddress.IPv4Address(value)), None)
-        except ValueError:
-            continue  # a network, IPv6 or a name: no Framed-IP-Address
+        host = addresses.ipv4_host(text)
+        if host is not None:  # a network, IPv6 or a name gets no Framed-IP-Address
+            out.setdefault(host, None)
     return list(out)
 
 

@@ -122,6 +122,7 @@ class RouterSettings(_Model):
     legacy_login: bool = False  # RouterOS before 6.43: MD5 challenge login
     connect_timeout: Duration = 10.0
     timeout: Duration = 60.0  # every read from the router; big lists need a generous one
+    connections: int = Field(2, ge=1, le=8)  # API sessions used at once for large batches of adds
 
     @field_validator("fingerprint")
     @classmethod

@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,9 +232,7 @@ class RouterTarget:
             for fam in (4, 6):
                 self._remove(api.path(*MENUS[fam]),
                              [c for c in deletes if family(c.old.get("address")) == fam], result)
-            for change in plan.changes:
-                if isinstance(change, Create):
-                    self._add(api, change, result)
+            self._add_all([c for c in plan.changes if isinstance(c, Create)], api, result)
             for change in plan.changes:
                 if isinstance(change, Update):
                     self._set(api, change, result)
@@ -266,6 +265,51 @@ class RouterTarget:
                         result.applied.append(change)  # already gone: the goal is met
                     else:
                         result.failed.append((change, self._refused("remove", change.old, exc)))
+
+    def _add_all(self, creates: list[Create], api: Any, result: ApplyResult) -> None:
+        """Adds over ``settings.connections`` API sessions at once.
+
+        librouteros has one command in flight per connection (no tags), so each add
+        costs a full round trip; a few connections keep the router busy while the
+        client waits. Extra sessions are opened for the batch and closed after it.
+        """
+        workers = min(self.settings.connections, max(1, len(creates) // 500))
+        if workers <= 1:
+            for change in creates:
+                self._add(api, change, result)
+            return
+        shares = [creates[i::workers] for i in range(workers)]
+        partial = [ApplyResult(target=self.name) for _ in shares]
+
+        def work(i: int) -> None:
+            conn = api if i == 0 else None
+            try:
+                if conn is None:
+                    conn = self._connect()
+                for change in shares[i]:
+                    self._add(conn, change, partial[i])
+            except (OSError, LibRouterosError) as exc:
+                done = {id(c) for c in partial[i].applied} | {id(c.resource) for c in partial[i].collisions}
+                done |= {id(c) for c, _ in partial[i].failed}
+                why = f"{self.name}: connection lost: {_why(exc)}"
+                partial[i].error = why
+                partial[i].failed += [(c, "not applied: " + why) for c in shares[i]
+                                      if id(c) not in done and id(c.new) not in done]
+            finally:
+                if i != 0 and conn is not None:
+                    try:
+                        conn.close()
+                    except (OSError, LibRouterosError):
+                        pass
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-add") as pool:
+            list(pool.map(work, range(workers)))
+        for p in partial:
+            result.applied += p.applied
+            result.failed += p.failed
+            result.collisions += p.collisions
+            if p.error and result.error is None:
+                result.error = p.error
 
     def _add(self, api: Any, change: Create, result: ApplyResult) -> None:
         r = change.new

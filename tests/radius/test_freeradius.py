@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyrad.packet as P
 from freeradius import FreeRadius
-from helpers import LEGACY, MemoryLedger, account, execute, make_plan, sync
+from helpers import MemoryLedger, account, execute, make_plan, sync
 
 from provisiond.targets.radius import RadiusTarget
 
