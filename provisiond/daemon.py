@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -190,8 +192,12 @@ class Daemon:
                 log.debug("pass requested reason=%s: after the one in flight", reason)
                 return
         log.debug("pass requested reason=%s", reason)
-        if self.scheduler is not None:
+        if self.scheduler is None:
+            return
+        try:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+        except (JobLookupError, SchedulerNotRunningError):
+            pass  # shutting down: no new pass, as asked
 
     def _job(self) -> None:
         with self._guard:
