@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -27,9 +28,16 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "daemon"))
 
-from harness import Billing, DaemonProc, new_password, pg_kwargs, wait_until, write_config  # noqa: E402
+from harness import (
+    Billing,
+    DaemonProc,
+    new_password,
+    pg_kwargs,
+    wait_until,
+    write_config,
+)
 
-from provisiond.sim import RouterSim, SimSettings  # noqa: E402
+from provisiond.sim import RouterSim, SimSettings
 
 
 def rss_kib(pid: int) -> int:
@@ -78,8 +86,9 @@ def main() -> int:
             d.wait_log(r"pass=1 result=ok", timeout=120)
             d.wait_log(r"listening for billing changes")
 
-            def on_router(address: str) -> bool:
-                return any(r["address"] == address for r in sim.entries("ip", "tower-hosts"))
+            def on_router(address: str) -> Callable[[], bool]:
+                return lambda: any(r["address"] == address
+                                   for r in sim.entries("ip", "tower-hosts"))
 
             latencies: list[float] = []
             candidates = [a for a in range(1000, 1000 + args.accounts) if a not in set(members)]
@@ -87,7 +96,7 @@ def main() -> int:
                 address = Billing.address(account)
                 t0 = time.monotonic()
                 billing.join("Tower Hosts", account)
-                wait_until(lambda: on_router(address), timeout=30, what=f"{address} on the router")
+                wait_until(on_router(address), timeout=30, what=f"{address} on the router")
                 latencies.append(time.monotonic() - t0)
             time.sleep(args.idle)
             rss = rss_kib(d.pid)

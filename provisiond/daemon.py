@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -212,7 +212,7 @@ class Daemon:
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
-        except Exception:  # noqa: BLE001 - a bug in one pass must not stop the service
+        except Exception:
             log.exception("pass crashed; the next one runs as scheduled")
         finally:
             with self._guard:

@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Billing, DaemonProc, new_password, write_config  # noqa: E402
+from harness import Billing, DaemonProc, new_password, write_config
 
-from provisiond.sim import RouterSim, SimSettings  # noqa: E402
+from provisiond.sim import RouterSim, SimSettings
 
 
 @pytest.fixture

@@ -98,6 +98,7 @@ def write_config(
     lists: dict[str, str] | None = None,
     daemon: dict[str, Any] | None = None,
     name: str = "provisiond.toml",
+    extra: str = "",
 ) -> Path:
     lists = lists if lists is not None else {"Tower Hosts": "tower-hosts"}
     state_url = state_url or f"sqlite:///{directory / 'state.db'}"
@@ -112,6 +113,7 @@ def write_config(
     ]
     for group, list_name in lists.items():
         lines += ["[[address_list]]", f'group = "{group}"', f'list = "{list_name}"', ""]
+    lines.append(extra)
     lines.append("[daemon]")
     for key, value in settings.items():
         if value is None:

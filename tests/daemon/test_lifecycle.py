@@ -141,20 +141,26 @@ def test_metrics_and_healthz(
     start: Callable[..., DaemonProc],
 ) -> None:
     billing.join("Tower Hosts", 1000, 1001)
+    with billing.connect() as c:  # no billing address: gets one from the pool
+        c.execute("INSERT INTO accounts VALUES (2000, 'Pool Tower', 'active')")
+    billing.join("Tower Hosts", 2000)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    pool = '[[pool]]\nname = "towers"\ngroup = "Tower Hosts"\nnetworks = ["10.99.0.0/29"]\n'
     d = start(config(daemon={"interval": "0.5s", "metrics_listen": f"127.0.0.1:{port}",
-                             "healthz_max_age": "1.5s", "retry_max": "5s"}))
+                             "healthz_max_age": "1.5s", "retry_max": "5s"}, extra=pool))
     d.wait_log(r"pass=1 result=ok")
     assert _get(base + "/healthz") == (200, "ok\n")
+    assert listed(router) == addresses(1000, 1001) | {"10.99.0.1"}
     _, text = _get(base + "/metrics")
     for line in ('provisiond_passes_total{result="ok"}',
-                 'provisiond_changes_applied_total{action="create",target="core-1"} 2.0',
+                 'provisiond_changes_applied_total{action="create",target="core-1"} 3.0',
                  "provisiond_leader 1.0", "provisiond_pass_duration_seconds_count",
-                 'provisiond_last_success_timestamp_seconds{target="core-1"}'):
+                 'provisiond_last_success_timestamp_seconds{target="core-1"}',
+                 'provisiond_pool_utilisation_ratio{pool="towers"} 0.1666'):
         assert line in text, line
     router.set_down(True)
-    code, body = wait_until(lambda: (r := _get(base + "/healthz"))[0] == 503 and r, timeout=6,
+    _, body = wait_until(lambda: (r := _get(base + "/healthz"))[0] == 503 and r, timeout=6,
                             what="healthz 503")
     assert "last successful pass" in body
     _, text = _get(base + "/metrics")

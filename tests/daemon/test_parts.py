@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.service.leader import AlreadyRunning, FileLock, NoElection, PgAdvisoryLock, for_store
+from provisiond.service.leader import (
+    AlreadyRunning,
+    FileLock,
+    NoElection,
+    PgAdvisoryLock,
+    for_store,
+)
 from provisiond.service.metrics import Health, parse_listen
 from provisiond.service.passes import Backoff
 
