@@ -369,7 +369,51 @@ def _build_source(settings: Settings) -> Any:
 def _open_store(settings: Settings, *, readonly: bool) -> Any:
     from provisiond.store import StateStore
 
-    return StateStore.open(settings.state.url.get_secret_value(), readonly=readonly)
+    url = settings.state.url.get_secret_value()
+    if readonly:
+        return StateStore.open(url, readonly=True)
+    return WritableOnDemand(url)
+
+
+class WritableOnDemand:
+    """The state store, opened read-only until the first write.
+
+    ``apply`` reads the store (last good read, leases, the RADIUS ledger) before it
+    knows whether billing can be trusted; a failed or suspicious read must leave even
+    provisiond's own store untouched, so the read-write open (which creates and
+    migrates the database) waits for the first write.
+    """
+
+    READS = frozenset({"last_good_read", "leases", "radreply_owned", "history", "runs"})
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._ro: Any = None
+        self._rw: Any = None
+
+    def _store(self, write: bool) -> Any:
+        from provisiond.store import StateStore
+
+        if self._rw is not None:
+            return self._rw
+        if write:
+            if self._ro is not None:
+                self._ro.close()
+                self._ro = None
+            self._rw = StateStore.open(self._url, readonly=False)
+            return self._rw
+        if self._ro is None:
+            self._ro = StateStore.open(self._url, readonly=True)
+        return self._ro
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store(write=name not in self.READS), name)
+
+    def close(self) -> None:
+        for store in (self._ro, self._rw):
+            if store is not None:
+                store.close()
+        self._ro = self._rw = None
 
 
 def build_targets(settings: Settings, store: Any) -> list[Target]:

@@ -210,6 +210,20 @@ def test_failing_source_writes_nothing(world: World) -> None:
     world.assert_converged()
 
 
+def test_billing_read_timeout_writes_nothing(world: World) -> None:
+    world.router("core-1")
+    _seed(world)
+    from conftest import QUERY
+
+    world.write_config(query=QUERY + " WHERE (SELECT count(*) FROM pg_sleep(5)) = 1",
+                       source_extra='timeout = "1s"')
+    code, out, err = world.run("apply")
+    assert code == 1
+    assert "canceling statement due to statement timeout" in err and "nothing written" in err
+    assert world.entries() == {}
+    assert not (world.tmp / "state.db").exists(), "a failed read writes nothing, not even the state store"
+
+
 def test_suspicious_drop_in_accounts_writes_nothing(world: World) -> None:
     world.router("core-1")
     for i in range(10):
