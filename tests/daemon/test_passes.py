@@ -116,3 +116,45 @@ def test_secrets_never_logged(
     assert "DEBUG" in text  # -vv really logged at DEBUG
     assert password[0] not in text
     assert db_password not in text
+
+
+def test_lost_listen_connection_reconnects(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"}))
+    d.wait_log(r"listening for billing changes")
+    d.wait_log(r"pass=1 result=ok")
+    mark = d.mark()
+    with billing.connect() as c:  # an administrator (or a failover) cuts the LISTEN session
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE application_name = 'provisiond' AND datname = current_database()")
+    d.wait_log(r"billing LISTEN connection lost: .*interval only, reconnecting in 1s", after=mark)
+    d.wait_log(r"listening for billing changes", after=mark, timeout=10)
+    billing.join("Tower Hosts", 1007)
+    wait_until(lambda: listed(router) == addresses(1007), timeout=5, what="NOTIFY after reconnect")
+
+
+def test_watchdog_withholds_keepalive_when_a_pass_hangs(tmp_path: Path, billing: Billing) -> None:
+    from provisiond import settings as settings_mod
+    from provisiond.daemon import Daemon
+
+    path = tmp_path / "p.toml"
+    path.write_text(f'[source]\nurl = "{billing.url}"\nquery = "SELECT 1"\n'
+                    f'[state]\nurl = "sqlite:///{tmp_path / "s.db"}"\n'
+                    '[daemon]\ninterval = "60s"\njitter = 0\n')
+    daemon = Daemon(path, settings_mod.load(path))
+
+    class Running:
+        running = True
+
+    daemon.scheduler = Running()
+    assert daemon.unhealthy(10.0) is None
+    daemon._in_pass_since = time.monotonic() - 11
+    assert daemon.unhealthy(10.0) == "pass running for 11s"
+    daemon._in_pass_since = None
+    daemon._last_job = time.monotonic() - 100
+    assert (daemon.unhealthy(10.0) or "").startswith("no pass started for")
+    daemon._last_job = time.monotonic()
+    daemon._heartbeat = time.monotonic() - 20
+    assert (daemon.unhealthy(10.0) or "").startswith("main loop silent")
