@@ -64,6 +64,7 @@ def run_daemon(path: Path, settings: Settings) -> int:
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)  # a service logs one line per target per pass
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # Block before any thread exists: every thread inherits the mask, and only the main
     # loop takes these signals, with sigtimedwait.
