@@ -21,7 +21,14 @@ from typing import Any
 from provisiond import desire
 from provisiond.changes import Conflict, Create, Key, Resource, change_from_json
 from provisiond.diff import count_by_group, diff
-from provisiond.errors import PlanRefused, SourceError, StalePlan, SuspiciousSnapshot, TargetError
+from provisiond.errors import (
+    ConfigError,
+    PlanRefused,
+    SourceError,
+    StalePlan,
+    SuspiciousSnapshot,
+    TargetError,
+)
 from provisiond.model import Snapshot
 from provisiond.plan import Plan, Safety
 from provisiond.settings import Settings
@@ -316,6 +323,9 @@ def _each(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any
         except PlanRefused as exc:
             log.error("%s", exc)
             return str(exc)
+        except ConfigError as exc:  # e.g. this target's password_file cannot be read
+            log.error("%s: %s", getattr(item, "name", getattr(item, "target", "?")), exc)
+            return f"{getattr(item, 'name', getattr(item, 'target', '?'))}: {exc}"
 
     workers = min(MAX_WORKERS, len(items))
     if workers == 1:

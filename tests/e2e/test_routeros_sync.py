@@ -337,3 +337,19 @@ def test_tls_with_ca_file(world: World, certificate: tuple[Path, Path, str]) -> 
     world.write_config(routers={"core-1": {"tls": True}})  # system store: not trusted
     code, out, _ = world.run("plan")
     assert code == 1 and "certificate verify failed" in out
+
+
+def test_unreadable_password_file_fails_only_that_router(world: World) -> None:
+    world.router("core-1")
+    world.router("edge-1")
+    _seed(world)
+    world.write_config(routers={"edge-1": {"password_file": str(world.tmp / "missing-pw")}})
+    # password_file replaces the default one: rewrite by hand
+    text = world.config.read_text().replace(
+        f'password_file = "{world.tmp / "router-pw"}"\nconnect_timeout = "2s"\ntimeout = "5s"\npassword_file',
+        'connect_timeout = "2s"\ntimeout = "5s"\npassword_file')
+    world.config.write_text(text)
+    code, out, err = world.run("apply")
+    assert code == 1
+    assert "edge-1: router edge-1: password_file: cannot read" in out
+    assert "core-1: ok: 4 created" in out
