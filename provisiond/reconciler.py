@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond import desire
-from provisiond.changes import Conflict, Create, Key, Resource, change_from_json
+from provisiond.changes import Conflict, Create, Key, Observed, Resource, change_from_json
 from provisiond.diff import count_by_group, diff
 from provisiond.errors import (
     ConfigError,
@@ -130,45 +130,49 @@ class Reconciler:
 
         ``skip(name)`` true leaves that target out of this pass (the daemon's back-off).
         """
-        snapshot = self.read_source()
-        now = now or datetime.now(UTC)
-        pp = PassPlan(snapshot=snapshot, now=now)
-        allocated: Mapping[str, tuple[str, ...]] = {}
-        if self.settings.pool:
-            pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
-            allocated = pp.allocation.addresses
-        desired, conflicts = self.desired(snapshot, allocated)
-        for p in snapshot.problems:
-            pp.notes.append(f"skipped billing row: {p}")
-
-        # An account with a bad billing row keeps what it has on every target this pass:
-        # a typo in billing must not take a customer off the network.
-        tainted = {p.account_id for p in snapshot.problems if p.account_id}
-
-        def one(target: Target) -> Plan:
-            observed = target.observe()
-            want = desired.get(target.name, {})
-            changes, found = diff(observed, want)
-            if tainted:
-                changes = [c for c in changes
-                           if isinstance(c, Create) or c.resource.account_id not in tainted]
-            plan = Plan(
-                target=target.name,
-                kind=target.kind,
-                changes=tuple(changes),
-                existing=count_by_group(observed.owned.values()),
-                observed_checksum=observed.checksum,
-                conflicts=tuple(conflicts.get(target.name, []) + found),
-            )
-            return target.plan_followups(plan)
-
         targets = [t for t in self.targets if skip is None or not skip(t.name)]
-        for target, outcome in _each(targets, one):
-            pp.kinds[target.name] = target.kind
-            if isinstance(outcome, Plan):
-                pp.plans.append(outcome)
-            else:
-                pp.errors[target.name] = outcome
+        # Targets are read while billing is read and desire is computed: a pass costs
+        # the longer of the two, not their sum. Reads only; nothing is written.
+        with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:
+            observing = [(t, pool.submit(_guarded, t, t.observe)) for t in targets]
+            snapshot = self.read_source()
+            now = now or datetime.now(UTC)
+            pp = PassPlan(snapshot=snapshot, now=now)
+            allocated: Mapping[str, tuple[str, ...]] = {}
+            if self.settings.pool:
+                pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
+                allocated = pp.allocation.addresses
+            desired, conflicts = self.desired(snapshot, allocated)
+            for p in snapshot.problems:
+                pp.notes.append(f"skipped billing row: {p}")
+            # An account with a bad billing row keeps what it has on every target this
+            # pass: a typo in billing must not take a customer off the network.
+            tainted = {p.account_id for p in snapshot.problems if p.account_id}
+
+            def one(target: Target, observed: Observed) -> Plan:
+                changes, found = diff(observed, desired.get(target.name, {}))
+                if tainted:
+                    changes = [c for c in changes
+                               if isinstance(c, Create) or c.resource.account_id not in tainted]
+                plan = Plan(
+                    target=target.name,
+                    kind=target.kind,
+                    changes=tuple(changes),
+                    existing=count_by_group(observed.owned.values()),
+                    observed_checksum=observed.checksum,
+                    conflicts=tuple(conflicts.get(target.name, []) + found),
+                )
+                return target.plan_followups(plan)
+
+            for target, future in observing:
+                observed = future.result()
+                outcome = (_guarded(target, one, target, observed)
+                           if isinstance(observed, Observed) else observed)
+                pp.kinds[target.name] = target.kind
+                if isinstance(outcome, Plan):
+                    pp.plans.append(outcome)
+                else:
+                    pp.errors[target.name] = str(outcome)
         return pp
 
     def desired(
@@ -309,23 +313,26 @@ class Reconciler:
         return pp
 
 
+def _guarded(item: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; a target's own failure becomes its message (str), never an exception."""
+    try:
+        return fn(*args)
+    except (TargetError, PlanRefused) as exc:
+        log.error("%s", exc)
+        return str(exc)
+    except ConfigError as exc:  # e.g. this target's password_file cannot be read
+        name = getattr(item, "name", getattr(item, "target", "?"))
+        log.error("%s: %s", name, exc)
+        return f"{name}: {exc}"
+
+
 def _each(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
-    """Run ``fn`` on every item in parallel; a TargetError becomes its message (str)."""
+    """Run ``fn`` on every item in parallel; a target's failure becomes its message (str)."""
     if not items:
         return []
 
     def guarded(item: Any) -> Any:
-        try:
-            return fn(item)
-        except TargetError as exc:
-            log.error("%s", exc)
-            return str(exc)
-        except PlanRefused as exc:
-            log.error("%s", exc)
-            return str(exc)
-        except ConfigError as exc:  # e.g. this target's password_file cannot be read
-            log.error("%s: %s", getattr(item, "name", getattr(item, "target", "?")), exc)
-            return f"{getattr(item, 'name', getattr(item, 'target', '?'))}: {exc}"
+        return _guarded(item, fn, item)
 
     workers = min(MAX_WORKERS, len(items))
     if workers == 1:

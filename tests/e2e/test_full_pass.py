@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import World
+from world import World
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
 sys.path.insert(0, str(Path(__file__).parent.parent))

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROUTER_PASSWORD, World
+from world import ROUTER_PASSWORD, World
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -213,7 +213,7 @@ def test_failing_source_writes_nothing(world: World) -> None:
 def test_billing_read_timeout_writes_nothing(world: World) -> None:
     world.router("core-1")
     _seed(world)
-    from conftest import QUERY
+    from world import QUERY
 
     world.write_config(query=QUERY + " WHERE (SELECT count(*) FROM pg_sleep(5)) = 1",
                        source_extra='timeout = "1s"')
