@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from provisiond.demo import BILLING_QUERY
+
 REPO = Path(__file__).resolve().parents[2]
 TRIGGER_SQL = REPO / "config" / "billing-notify-trigger.sql"
 CHANNEL = "provisiond"
@@ -29,15 +31,7 @@ CREATE TABLE account_groups (account_id INTEGER, group_id INTEGER);
 CREATE TABLE ip_assignments (account_id INTEGER, address TEXT);
 CREATE TABLE radius_accounts (account_id INTEGER, username TEXT);
 """
-QUERY = """
-SELECT a.id AS account_id, a.name AS account_name, a.status AS status,
-       g.name AS group_name, ip.address AS ip_address, r.username AS radius_username
-FROM accounts a
-LEFT JOIN account_groups ag ON ag.account_id = a.id
-LEFT JOIN groups g ON g.id = ag.group_id
-LEFT JOIN ip_assignments ip ON ip.account_id = a.id
-LEFT JOIN radius_accounts r ON r.account_id = a.id
-"""
+QUERY = BILLING_QUERY  # the demo's schema and query: one source of truth
 GROUPS = {"Tower Hosts": 1, "Legacy Customers": 2, "Credit Card Pending": 3}
 
 
