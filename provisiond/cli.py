@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -302,6 +303,9 @@ def cmd_history(settings: settings_mod.Settings, args: argparse.Namespace) -> in
         rows = store.history(since=since, account=args.account, limit=args.limit)
     finally:
         store.close()
+    for row in rows:
+        if isinstance(row.get("at"), datetime):
+            row["at"] = row["at"].isoformat(timespec="seconds")
     if args.format == "json":
         print(json.dumps({"entries": rows}, indent=2, ensure_ascii=False, default=str))
         return EXIT_OK
@@ -315,5 +319,18 @@ def cmd_history(settings: settings_mod.Settings, args: argparse.Namespace) -> in
     return EXIT_OK
 
 
+def entry() -> None:
+    """The console script: ``main`` plus a quiet exit when the reader of stdout goes away."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `provisiond plan | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_ERROR
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
