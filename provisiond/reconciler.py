@@ -10,6 +10,7 @@ read raises ``SourceError`` before anything is written.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -230,13 +231,17 @@ class Reconciler:
         by_name = {t.name: t for t in self.targets}
 
         def one(plan: Plan) -> ApplyResult:
-            return by_name[plan.target].apply(plan)
+            outcome = by_name[plan.target].apply(plan)
+            # Journalled from the worker, so one target's journal is written while the
+            # slower targets are still applying.
+            self._journal(run_id, outcome)
+            return outcome
 
         for plan, outcome in _each(todo, one):
             if isinstance(outcome, str):
                 outcome = ApplyResult(target=plan.target, error=outcome)
+                self._journal(run_id, outcome)
             result.results.append(outcome)
-            self._journal(run_id, outcome)
             _log_result(outcome)
         result.duration = time.monotonic() - started
         if self.store is not None:
@@ -407,8 +412,15 @@ class WritableOnDemand:
         self._url = url
         self._ro: Any = None
         self._rw: Any = None
+        self._lock = threading.Lock()
 
     def _store(self, write: bool) -> Any:
+        if self._rw is not None:
+            return self._rw
+        with self._lock:
+            return self._open(write)
+
+    def _open(self, write: bool) -> Any:
         from provisiond.store import StateStore
 
         if self._rw is not None:
