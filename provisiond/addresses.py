@@ -120,6 +120,8 @@ def family(address: str) -> int:
 
 def sort_key(value: str) -> tuple[int, int, str]:
     """Orders addresses numerically (``10.0.0.9`` before ``10.0.0.10``), other text after."""
+    if not value or not (value[0].isdigit() or ":" in value):
+        return (2, 0, value)  # a username, group or list name: skip the parser
     head = value.split("/", 1)[0].split("-", 1)[0]
     try:
         ip = ipaddress.ip_address(head)
