@@ -20,7 +20,7 @@ from typing import Any
 
 from provisiond import __version__, render
 from provisiond import settings as settings_mod
-from provisiond.errors import ConfigError, ProvisiondError, SourceError, StoreError
+from provisiond.errors import ConfigError, PlanRefused, ProvisiondError, SourceError, StoreError
 from provisiond.logs import setup_logging
 
 log = logging.getLogger("provisiond")
@@ -179,13 +179,22 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
     rec = _reconciler(settings, readonly=True)
     try:
         pp = rec.plan()
+        safety = rec.safety
     finally:
         rec.close()
+    # Say now what apply would refuse, so nobody finds out halfway through a change window.
+    refused: dict[str, str] = {}
+    for plan in pp.plans:
+        try:
+            plan.check_safety(safety)
+        except PlanRefused as exc:
+            refused[plan.target] = f"apply will refuse this without --force: {exc}"
     if out or fmt == "json":
         extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat()}
         if pp.ipam_json:
             extra["ipam"] = pp.ipam_json
-        doc = render.render_json(pp.plans, errors=pp.errors, kinds=pp.kinds, extra=extra)
+        doc = render.render_json(pp.plans, errors=pp.errors, refused=refused, kinds=pp.kinds,
+                                 extra=extra)
         if out:
             with Path(out).open("w", encoding="utf-8") as fh:
                 json.dump(doc, fh, indent=2, ensure_ascii=False)
@@ -195,7 +204,8 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
             sys.stdout.write("\n")
         del doc
     if fmt != "json":
-        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, notes=pp.notes,
+        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, refused=refused,
+                                            notes=pp.notes,
                                             ipam=pp.allocation.lines() if pp.allocation else ()))
     if pp.errors:
         return EXIT_ERROR

@@ -146,6 +146,12 @@ class Reconciler:
             desired, conflicts = self.desired(snapshot, allocated)
             for p in snapshot.problems:
                 pp.notes.append(f"skipped billing row: {p}")
+            bare = self.without_address(snapshot, allocated)
+            if bare:
+                pp.notes.append(
+                    f"{len(bare)} account(s) in mapped groups have no address, so no list "
+                    f"entry: {', '.join(bare[:10])}{' …' if len(bare) > 10 else ''}"
+                )
             # An account with a bad billing row keeps what it has on every target this
             # pass: a typo in billing must not take a customer off the network.
             tainted = {p.account_id for p in snapshot.problems if p.account_id}
@@ -175,6 +181,19 @@ class Reconciler:
                 else:
                     pp.errors[target.name] = str(outcome)
         return pp
+
+    def without_address(
+        self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
+    ) -> list[str]:
+        """Ids of accounts an address list wants but that have no address at all."""
+        groups = {m.group for m in self.settings.address_list if m.group is not None}
+        statuses = {m.status for m in self.settings.address_list if m.status is not None}
+        return sorted(
+            (a.id for a in snapshot.accounts.values()
+             if not a.addresses and not allocated.get(a.id)
+             and (a.groups & groups or a.status in statuses)),
+            key=lambda i: (len(i), i),
+        )
 
     def desired(
         self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]

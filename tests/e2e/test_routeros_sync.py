@@ -158,6 +158,10 @@ def test_safety_threshold_refuses_then_force_applies(world: World) -> None:
     assert world.run("apply")[0] == 0
     for i in range(10):
         world.remove_account(4000 + i)
+    code, out, _ = world.run("plan")
+    assert code == 2
+    assert ("REFUSED: apply will refuse this without --force: core-1: tower-hosts: 10 deletes of 20 "
+            "existing entries (50.0%) exceeds max_delete_ratio 30.0%") in out
     code, out, _ = world.run("apply")
     assert code == 1
     assert ("REFUSED: core-1: tower-hosts: 10 deletes of 20 existing entries (50.0%) exceeds "
@@ -325,6 +329,18 @@ def test_tls_with_fingerprint_pinning(world: World, certificate: tuple[Path, Pat
     world.write_config(routers={"core-1": {"tls": True, "fingerprint": "00" * 32}})
     code, out, _ = world.run("plan")
     assert code == 1 and "does not match the pinned one" in out
+
+
+def test_tls_without_verification_still_encrypts(world: World, certificate: tuple[Path, Path, str]) -> None:
+    cert, key, _ = certificate
+    sim = world.router("core-1", tls_cert=cert, tls_key=key)
+    _seed(world)
+    world.write_config(routers={"core-1": {"tls": True, "tls_verify": False}})
+    code, out, _ = world.run("check-config")
+    assert code == 0 and "tls_verify = false without a fingerprint accepts any certificate" in out
+    assert world.run("apply")[0] == 0
+    assert len(sim.entries("ip")) == 4
+    world.assert_converged()
 
 
 def test_tls_with_ca_file(world: World, certificate: tuple[Path, Path, str]) -> None:
