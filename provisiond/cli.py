@@ -190,7 +190,8 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
         except PlanRefused as exc:
             refused[plan.target] = f"apply will refuse this without --force: {exc}"
     if out or fmt == "json":
-        extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat()}
+        extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat(),
+                                 "notes": pp.notes}
         if pp.ipam_json:
             extra["ipam"] = pp.ipam_json
         doc = render.render_json(pp.plans, errors=pp.errors, refused=refused, kinds=pp.kinds,
