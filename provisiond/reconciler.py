@@ -314,7 +314,7 @@ class Reconciler:
                     target.name,
                     "its managed entries changed since the plan was made; make a new plan",
                 )
-            return Plan(
+            plan = Plan(
                 target=target.name,
                 kind=target.kind,
                 changes=tuple(change_from_json(c) for c in entry.get("changes", [])),
@@ -323,6 +323,12 @@ class Reconciler:
                 conflicts=(),
                 followups=tuple(entry.get("followups", [])),
             )
+            if plan.checksum() != entry.get("checksum"):
+                raise PlanRefused(
+                    target.name, "the saved plan's changes do not match its checksum "
+                    "(the file was edited or truncated); make a new plan",
+                )
+            return plan
 
         unknown = [name for name in saved if name not in by_name]
         for name in unknown:

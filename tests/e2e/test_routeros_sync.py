@@ -185,6 +185,11 @@ def test_saved_plan_applies_exactly_and_stale_plan_is_refused(world: World) -> N
     assert "100.64.10.5" in world.entries("core-1", "tower-hosts")
 
     assert world.run("plan", "--out", str(plan_file))[0] == 2
+    edited = json.loads(plan_file.read_text())
+    edited["targets"][0]["changes"][0]["address"] = "192.0.2.99"
+    (world.tmp / "edited.json").write_text(json.dumps(edited))
+    code, out, err = world.run("apply", "--plan", str(world.tmp / "edited.json"))
+    assert code == 1 and "core-1: the saved plan's changes do not match its checksum" in out
     entry_id = world.entries("core-1", "tower-hosts")["100.64.10.5"][".id"]
     sim.remove_entry("ip", entry_id)  # the router changes behind the plan's back
     code, out, err = world.run("apply", "--plan", str(plan_file))
