@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -298,6 +298,67 @@ class DaemonSettings(_Model):
 
 _config_path: ContextVar[Path | None] = ContextVar("provisiond_config_path", default=None)
 
+LIST_SECTIONS = ("router", "address_list", "radius_group", "pool")
+_ITEM_ENV = re.compile(r"^PROVISIOND_(ROUTER|ADDRESS_LIST|RADIUS_GROUP|POOL)__([A-Z0-9_]+?)__([A-Z0-9_]+)$")
+
+
+class _WithoutItemOverrides(PydanticBaseSettingsSource):
+    """The environment source, minus per-item overrides of [[list]] sections."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        for section in LIST_SECTIONS:
+            if isinstance(data.get(section), dict):
+                del data[section]
+        return data
+
+
+def _env_key(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def apply_item_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Merge ``PROVISIOND_<SECTION>__<NAME or INDEX>__<KEY>`` into the file's [[lists]].
+
+    ``PROVISIOND_ROUTER__CORE_1__PASSWORD`` sets ``password`` of the router named
+    ``core-1`` (name upper-cased, other characters as ``_``); ``PROVISIOND_POOL__0__HOLD``
+    the first pool's ``hold``. Returns problems for overrides that match no item.
+    """
+    problems = []
+    for var, value in sorted(environ.items()):
+        m = _ITEM_ENV.match(var.upper())
+        if not m:
+            continue
+        section, which, key = m.group(1).lower(), m.group(2), m.group(3).lower()
+        items = data.setdefault(section, [])
+        if not isinstance(items, list):
+            continue
+        if which.isdigit():
+            index: int | None = int(which) if int(which) < len(items) else None
+        else:
+            index = next((i for i, item in enumerate(items)
+                          if isinstance(item, dict) and _env_key(str(item.get("name", ""))) == which), None)
+        if index is None:
+            problems.append(f"{var}: no {section} {which.lower()!r} to override")
+            continue
+        item = items[index]
+        if value == "":
+            item.pop(key, None)
+            continue
+        item[key] = value
+        # A secret from the environment replaces the file's way of giving it.
+        for a, b in (("password", "password_file"), ("password_file", "password")):
+            if key == a:
+                item.pop(b, None)
+    return problems
+
 
 class Settings(BaseSettings):
     """The whole configuration. Build it with ``load``."""
@@ -331,7 +392,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init kwargs; the environment overrides them.
-        return (env_settings, init_settings)
+        # Overrides of one element of a [[list]] (PROVISIOND_ROUTER__CORE_1__PASSWORD)
+        # are merged into the file's data by ``load``; here they must not replace the list.
+        return (_WithoutItemOverrides(env_settings), init_settings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -433,6 +496,9 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load(path: Path) -> Settings:
     """Read and validate the config file plus environment overrides."""
     data = read_toml(path)
+    item_problems = apply_item_overrides(data, os.environ)
+    if item_problems:
+        raise ConfigError(item_problems)
     token = _config_path.set(path)
     try:
         return Settings(**data)

@@ -206,3 +206,30 @@ timeout = "2s"
     out = capsys.readouterr().out
     assert "source.query: failed against postgresql+psycopg://billing:***@127.0.0.1:1/billing" in out
     assert "Hunter2-secret" not in out
+
+
+def test_per_router_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, """
+[source]
+url = "sqlite:///x.db"
+query = "select 1"
+[[router]]
+name = "core-1"
+host = "192.0.2.1"
+username = "u"
+password_file = "pw"
+[[router]]
+name = "edge-2"
+host = "192.0.2.2"
+username = "u"
+password = "p"
+""")
+    monkeypatch.setenv("PROVISIOND_ROUTER__CORE_1__PASSWORD", "from-env")
+    monkeypatch.setenv("PROVISIOND_ROUTER__1__HOST", "192.0.2.22")
+    s = settings_mod.load(path)
+    assert s.router[0].secret() == "from-env" and s.router[0].password_file is None
+    assert s.router[1].host == "192.0.2.22"
+    monkeypatch.setenv("PROVISIOND_ROUTER__EDGE_9__HOST", "x")
+    with pytest.raises(ConfigError) as exc:
+        settings_mod.load(path)
+    assert exc.value.problems == ["PROVISIOND_ROUTER__EDGE_9__HOST: no router 'edge_9' to override"]
