@@ -1,0 +1,104 @@
+"""The daemon with every part: PostgreSQL billing with NOTIFY, a simulated router, a real
+FreeRADIUS on PostgreSQL and a NAS double for Disconnect. One billing change must reach
+the router list, FreeRADIUS's Access-Accept and the live session, without an interval pass.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from harness import Billing, DaemonProc, wait_until
+
+from provisiond.sim import RouterSim
+from provisiond.sim.nas import NasDouble
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from dbservers import Server, fresh_database  # noqa: E402
+from freeradius import FreeRadius, freeradius, load_schema  # noqa: E402
+
+COA_SECRET = "coa-" + "s3cret-for-the-nas"
+
+
+@pytest.fixture
+def radius_db(pg_server: Server) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="radius") as url:
+        load_schema(url)
+        engine = sa.create_engine(url)
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO radcheck (username, attribute, op, value) VALUES "
+                              "('tower1001', 'Cleartext-Password', ':=', 'pw1001')"))
+            c.execute(sa.text("INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES "
+                              "('tower', 'Mikrotik-Address-List', ':=', 'tower-hosts'), "
+                              "('tower', 'Mikrotik-Rate-Limit', ':=', '50M/50M')"))
+            # An open session on the NAS for the user: a policy change must disconnect it.
+            c.execute(sa.text(
+                "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, "
+                "acctstarttime, framedipaddress) VALUES ('81a00007', 'u-81a00007', 'tower1001', "
+                "'127.0.0.1', now(), '100.64.0.1')"))
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def fr(radius_db: str) -> Iterator[FreeRadius]:
+    with freeradius(radius_db) as server:
+        yield server
+
+
+@pytest.fixture
+def nas() -> Iterator[NasDouble]:
+    double = NasDouble("127.0.0.1", secret=COA_SECRET.encode()).start()
+    yield double
+    double.stop()
+
+
+def test_billing_change_reaches_router_freeradius_and_the_live_session(
+    billing: Billing, router: RouterSim, config: Callable[..., Path], start: Callable[..., DaemonProc],
+    radius_db: str, fr: FreeRadius, nas: NasDouble, tmp_path: Path,
+) -> None:
+    with billing.connect() as c:
+        c.execute("INSERT INTO radius_accounts VALUES (1001, 'tower1001')")
+    (tmp_path / "coa-secret").write_text(COA_SECRET + "\n")
+    extra = f"""
+[radius]
+url = "{radius_db}"
+
+[[radius_group]]
+group = "Tower Hosts"
+radius_group = "tower"
+priority = 1
+
+[coa]
+mode = "disconnect"
+secret_file = "{tmp_path / 'coa-secret'}"
+port = {nas.port}
+timeout = "1s"
+retries = 2
+"""
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"}, extra=extra))
+    d.wait_log(r"pass=1 result=ok")
+    assert fr.authenticate("tower1001", "pw1001")[1].get("Mikrotik-Rate-Limit") is None
+
+    t0 = time.monotonic()
+    billing.join("Tower Hosts", 1001)
+    wait_until(lambda: any(e["address"] == "100.64.0.1" for e in router.entries("ip", "tower-hosts")),
+               timeout=5, what="the router entry")
+    wait_until(lambda: nas.received, timeout=5, what="the Disconnect-Request")
+    assert time.monotonic() - t0 < 4
+    code, attrs = fr.authenticate("tower1001", "pw1001")
+    assert code == 2
+    assert attrs["Mikrotik-Rate-Limit"] == ["50M/50M"]
+    assert attrs["Framed-IP-Address"] == ["100.64.0.1"]
+    packet = nas.received[0]
+    assert packet.kind == "disconnect"
+    assert packet.first("User-Name") == "tower1001" and packet.first("Acct-Session-Id") == "81a00007"
+    d.wait_log(r"pass=2 result=ok")
+    assert "pass=3 " not in d.text()  # no interval pass was needed
+    assert COA_SECRET not in d.text()
