@@ -186,6 +186,8 @@ class RadiusTarget:
         self.engine: Engine = sa.create_engine(
             url_obj, pool_pre_ping=True, connect_args=_connect_args(url_obj, timeout)
         )
+        if url_obj.get_backend_name() == "sqlite":
+            _sqlite_transactions(self.engine)
 
     def __repr__(self) -> str:
         return f"RadiusTarget({self.name!r}, {self.display_url!r}, groups={list(self.groups)!r})"
@@ -597,6 +599,24 @@ def _followup_json(req: CoaRequest, why: str) -> dict[str, Any]:
     if req.attributes:
         out["attributes"] = [[a, v] for a, v in req.attributes]
     return out
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """Let SQLAlchemy, not pysqlite, open transactions (SQLAlchemy's pysqlite recipe).
+
+    pysqlite (Python < 3.12) sends no BEGIN before a SAVEPOINT, so SQLite takes the
+    first ``begin_nested`` as the outer transaction and its RELEASE commits: inserts
+    written before a later failing row would stay. With an explicit BEGIN the whole
+    apply is one transaction again.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi: Any, _record: object) -> None:
+        dbapi.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
 
 
 def _connect_args(url: sa.engine.URL, timeout: float) -> dict[str, Any]:

@@ -178,3 +178,14 @@ def test_connection_lost_mid_apply_rolls_back_and_is_reported(radius_pg: str) ->
     assert rows(radius_pg, "radusergroup", *UG) == [("alice", "legacy", "1")]
     assert rows(radius_pg, "radreply", *RR) == [] and ledger.rows == {}
     target.close()
+
+
+def test_creates_roll_back_when_a_later_update_fails(target: RadiusTarget, radius_url: str) -> None:
+    # No delete runs first, so the inserts open the transaction (SQLite: via a SAVEPOINT).
+    assert sync(target, [account("1", "alice", addresses=["10.64.0.10"])])[1].ok
+    plan, _ = make_plan(target, [account("1", "alice", addresses=["10.64.0.12"]), account("2", "bob")])
+    assert plan.counts() == {"create": 1, "update": 1, "delete": 0}
+    execute(radius_url, "DELETE FROM radreply WHERE username = 'alice'")
+    result = target.apply(plan)
+    assert result.error is not None and "rolled back" in result.error
+    assert rows(radius_url, "radusergroup", *UG) == [("alice", "legacy", "1")]
