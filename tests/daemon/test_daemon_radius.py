@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from harness import Billing, DaemonProc, wait_until
+import urllib.request
+
+from harness import Billing, DaemonProc, free_port, wait_until
 
 from provisiond.sim import RouterSim
 from provisiond.sim.nas import NasDouble
@@ -82,7 +84,9 @@ port = {nas.port}
 timeout = "1s"
 retries = 2
 """
-    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"}, extra=extra))
+    port = free_port()
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond",
+                             "metrics_listen": f"127.0.0.1:{port}"}, extra=extra))
     d.wait_log(r"pass=1 result=ok")
     assert fr.authenticate("tower1001", "pw1001")[1].get("Mikrotik-Rate-Limit") is None
 
@@ -102,3 +106,6 @@ retries = 2
     d.wait_log(r"pass=2 result=ok")
     assert "pass=3 " not in d.text()  # no interval pass was needed
     assert COA_SECRET not in d.text()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'provisiond_coa_results_total{result="ack"} 1.0' in metrics
+    assert 'provisiond_changes_applied_total{action="create",target="radius"} 2.0' in metrics
