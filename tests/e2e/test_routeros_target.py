@@ -1,0 +1,84 @@
+"""RouterTarget against the simulator over TCP: the apply paths a whole pass rarely hits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from provisiond.changes import Create, Delete, Update
+from provisiond.desire import address_list_entry
+from provisiond.model import Account
+from provisiond.plan import Plan
+from provisiond.settings import RouterSettings
+from provisiond.sim import RouterSim, SimSettings
+from provisiond.targets.routeros import RouterTarget
+
+
+@pytest.fixture(params=[True, False], ids=["atomic-remove", "partial-remove"])
+def sim(request: pytest.FixtureRequest) -> Iterator[RouterSim]:
+    s = RouterSim(SimSettings(username="u", password="p", log_commands=False,
+                              atomic_remove=request.param)).start()
+    yield s
+    s.stop()
+
+
+def _target(sim: RouterSim, **kw: object) -> RouterTarget:
+    settings = RouterSettings(name="core-1", host="127.0.0.1", port=sim.port, username="u",
+                              password="p", timeout=5, connect_timeout=2, **kw)  # type: ignore[arg-type]
+    return RouterTarget(settings, lists=["l"], marker="provisiond")
+
+
+def _creates(n: int, start: int = 0) -> tuple[Create, ...]:
+    return tuple(Create(address_list_entry("l", f"10.1.{i >> 8}.{i & 255}", Account(str(i), f"A{i}"),
+                                           "provisiond")) for i in range(start, start + n))
+
+
+def test_batched_remove_falls_back_when_an_id_is_already_gone(sim: RouterSim) -> None:
+    t = _target(sim)
+    assert t.apply(Plan("core-1", "routeros", _creates(5))).ok
+    owned = list(t.observe().owned.values())
+    sim.remove_entry("ip", owned[2].ref)  # gone behind our back
+    result = t.apply(Plan("core-1", "routeros", tuple(Delete(r) for r in owned)))
+    assert result.ok and len(result.applied) == 5
+    assert sim.entries("ip", "l") == []
+    t.close()
+
+
+def test_set_on_a_vanished_entry_fails_that_change_only(sim: RouterSim) -> None:
+    t = _target(sim)
+    assert t.apply(Plan("core-1", "routeros", _creates(2))).ok
+    a, b = sorted(t.observe().owned.values(), key=lambda r: r.get("address"))
+    sim.remove_entry("ip", a.ref)
+    renamed = [address_list_entry("l", r.get("address"), Account(r.account_id, "New"), "provisiond")
+               for r in (a, b)]
+    result = t.apply(Plan("core-1", "routeros", (Update(a, renamed[0]), Update(b, renamed[1]))))
+    assert [m for _, m in result.failed] == ["core-1: set l 10.1.0.0 refused: no such item (4)"]
+    assert [c.resource.get("address") for c in result.applied] == ["10.1.0.1"]
+    assert sim.entries("ip", "l")[0]["comment"] == "provisiond:1 New"
+    t.close()
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_large_batches_of_adds_over_several_sessions(sim: RouterSim, connections: int) -> None:
+    t = _target(sim, connections=connections)
+    result = t.apply(Plan("core-1", "routeros", _creates(1600)))
+    assert result.ok and len(result.applied) == 1600
+    assert len(sim.entries("ip", "l")) == 1600
+    assert sim.connection_count <= connections
+    t.close()
+
+
+def test_connection_lost_mid_apply_fails_the_rest_and_reconnects_next_time(sim: RouterSim) -> None:
+    t = _target(sim)
+    sim.fail_next("/ip/firewall/address-list/add", "failure: out of memory")
+    result = t.apply(Plan("core-1", "routeros", _creates(3)))
+    assert [m for _, m in result.failed] == ["core-1: add l 10.1.0.0 refused: failure: out of memory"]
+    assert len(result.applied) == 2
+    sim.drop_connections()
+    result = t.apply(Plan("core-1", "routeros", _creates(2, start=10)))
+    assert result.error is not None and "connection lost" in result.error
+    assert len(result.failed) == 2 and all("not applied" in m for _, m in result.failed)
+    # The next pass opens a new session.
+    assert len(t.observe().owned) == 2
+    t.close()
