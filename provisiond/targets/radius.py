@@ -206,8 +206,10 @@ class RadiusTarget:
                     if self.groups
                     else []
                 )
+                # FreeRADIUS reads attribute names case-insensitively: framed-ip-address
+                # is the same attribute.
                 rr_rows = conn.execute(
-                    sa.select(radreply).where(radreply.c.attribute == FRAMED_IP)
+                    sa.select(radreply).where(sa.func.lower(radreply.c.attribute) == FRAMED_IP.lower())
                 ).all()
         except sa.exc.SQLAlchemyError as exc:
             raise self._wrap(exc, "observe") from exc
@@ -232,23 +234,28 @@ class RadiusTarget:
         for row in sorted(rr_rows, key=lambda r: r.id):
             res = Resource(
                 kind="radreply",
-                group=row.attribute,
-                ident=(("username", row.username), ("attribute", row.attribute)),
+                group=FRAMED_IP,
+                ident=(("username", row.username), ("attribute", FRAMED_IP)),
                 attrs=(("op", row.op), ("value", row.value)),
                 ref=str(row.id),
             )
-            mine = (row.username, row.attribute) in ledger
+            # The ledger knows (username, attribute), not row ids: provisiond writes one row
+            # per key and only where none existed, so its row is the first one with the
+            # exact spelling; any other row for the key is hand-made.
+            mine = (row.username, row.attribute) in ledger and row.attribute == FRAMED_IP
+            mine = mine and res.key not in owned and res.key not in foreign
             digest.append(("radreply", row.id, row.username, row.attribute, row.op, row.value, mine))
-            if not mine:
+            if mine:
+                owned[res.key] = res
+            else:
                 foreign.setdefault(
                     res.key,
                     f"hand-made {row.attribute} row (id {row.id}, {row.op} {row.value}) not created "
                     "by provisiond: left alone",
                 )
-            elif res.key in owned:
-                surplus.append(res)
-            else:
-                owned[res.key] = res
+                # With a hand-made row beside it, provisiond's own row is left as it is too
+                # (FreeRADIUS would send both): the conflict is reported until a human acts.
+                owned.pop(res.key, None)
         log.debug("radius observe target=%s owned=%d foreign=%d surplus=%d",
                   self.name, len(owned), len(foreign), len(surplus))
         return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus), checksum=observed_digest(digest))
@@ -350,7 +357,7 @@ class RadiusTarget:
     def _mode_for(self, p: _UserPolicy) -> CoaMode:
         before = {g for _, g in p.groups_before}
         after = {g for _, g in p.groups_after}
-        considered = (after - before) or (before - after) or (after & set(self.groups))
+        considered = (after ^ before) or (after & set(self.groups))  # joined and left alike
         modes = [self.coa_modes.get(g, self.coa_mode) for g in considered if g in self.groups]
         if not modes:
             return self.coa_mode
@@ -424,7 +431,11 @@ class RadiusTarget:
         log.info("radius apply target=%s create=%d update=%d delete=%d",
                  self.name, counts["create"], counts["update"], counts["delete"])
         if requests and self.coa is not None:
-            sent = self.coa.send([r for r, _ in requests], nas_secrets=nas_secrets)
+            try:
+                sent = self.coa.send([r for r, _ in requests], nas_secrets=nas_secrets)
+            except Exception as exc:  # noqa: BLE001 - rows are committed: report, never lose the result
+                log.warning("radius target=%s CoA/Disconnect failed: %s", self.name, type(exc).__name__)
+                sent = [CoaResult(r, "error", f"{type(exc).__name__}: {exc}") for r, _ in requests]
             for (req, why), res in zip(requests, sent):
                 out = _followup_json(req, why)
                 out["result"] = res.outcome
@@ -567,18 +578,33 @@ def effective_reply(
 
 
 def _merge(reply: dict[str, list[str]], rows: Iterable[tuple[str, str, str]]) -> bool | None:
+    """Merge one result set into ``reply`` like rlm_sql's pairmove; its Fall-Through, if any.
+
+    Operators compare against the reply as it was before this result set: two ``=`` rows
+    for one attribute in the same set are both sent (FREERADIUS.md section 1). Names are
+    case-insensitive, as in FreeRADIUS's dictionary.
+    """
     fall: bool | None = None
-    for attr, op, value in rows:
+    before = set(reply)
+    replaced: set[str] = set()
+    for raw_attr, op, value in rows:
+        attr = _canonical(raw_attr)
         if attr == "Fall-Through":
-            fall = value.strip().lower() in ("yes", "1", "true")
+            fall = (value or "").strip().lower() in ("yes", "1")
             continue
-        if op == ":=":
+        if op == ":=" and attr not in replaced:
             reply[attr] = [value]
-        elif op == "+=":
+            replaced.add(attr)
+        elif op in ("+=", ":=") or (op == "=" and attr not in before):
             reply.setdefault(attr, []).append(value)
-        elif op == "=":
-            reply.setdefault(attr, [value])
     return fall
+
+
+_CANONICAL = {a.lower(): a for a in (*COA_CHANGEABLE, FRAMED_IP, "Fall-Through", "Mikrotik-Address-List")}
+
+
+def _canonical(attr: str) -> str:
+    return _CANONICAL.get(attr.lower(), attr)
 
 
 def _why(old: Mapping[str, list[str]], new: Mapping[str, list[str]]) -> str:

@@ -189,3 +189,33 @@ def test_creates_roll_back_when_a_later_update_fails(target: RadiusTarget, radiu
     result = target.apply(plan)
     assert result.error is not None and "rolled back" in result.error
     assert rows(radius_url, "radusergroup", *UG) == [("alice", "legacy", "1")]
+
+
+def test_a_second_hand_made_framed_ip_row_is_never_deleted(target: RadiusTarget, radius_url: str, ledger: MemoryLedger) -> None:
+    # provisiond's row, then an operator's own row for the same user: the ledger (keyed by
+    # username and attribute) must not make the operator's row provisiond's surplus.
+    assert sync(target, [account("1", "alice", addresses=["10.64.0.10"])])[1].ok
+    execute(radius_url, "INSERT INTO radreply (username, attribute, op, value) VALUES ('alice', 'Framed-IP-Address', ':=', '10.9.9.9')")
+    plan, conflicts = make_plan(target, [account("1", "alice", addresses=["10.64.0.12"])])
+    assert plan.changes == ()
+    assert [c.resource.get("username") for c in conflicts] == ["alice"] and "10.9.9.9" in conflicts[0].reason
+    assert target.apply(plan).ok
+    assert sync(target, [])[1].ok  # alice leaves: her groups go, both address rows stay
+    assert rows(radius_url, "radreply", *RR) == [("alice", FIP, ":=", "10.9.9.9"), ("alice", FIP, "=", "10.64.0.10")]
+
+
+def test_a_framed_ip_row_spelt_in_lower_case_is_hand_made(target: RadiusTarget, radius_url: str) -> None:
+    # FreeRADIUS attribute names are case-insensitive: this row gives bob an address.
+    execute(radius_url, "INSERT INTO radreply (username, attribute, op, value) VALUES ('bob', 'framed-ip-address', '=', '10.9.9.9')")
+    plan, conflicts = make_plan(target, [account("2", "bob", addresses=["10.64.0.20"])])
+    assert [c.resource.get("username") for c in conflicts] == ["bob"]
+    assert [c.resource.kind for c in plan.changes] == ["radusergroup"]
+    assert target.apply(plan).ok
+    assert rows(radius_url, "radreply", *RR) == [("bob", "framed-ip-address", "=", "10.9.9.9")]
+
+
+def test_a_group_differing_only_in_case_is_not_managed(target: RadiusTarget, radius_url: str) -> None:
+    # MySQL's default collation matches 'Legacy' for 'legacy'; the row is still not provisiond's.
+    execute(radius_url, "INSERT INTO radusergroup (username, groupname, priority) VALUES ('carol', 'Legacy', 5)")
+    assert sync(target, [account("1", "alice")])[1].ok
+    assert rows(radius_url, "radusergroup", *UG) == [("alice", "legacy", "1"), ("carol", "Legacy", "5")]
