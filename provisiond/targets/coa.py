@@ -132,23 +132,25 @@ class CoaSender:
         secret = secrets.get(req.nas) or self._shared.reveal()
         if not secret:
             return CoaResult(req, "unknown-nas", f"no secret for NAS {req.nas} (nas table or [coa] secret)")
-        client = Client(
-            server=req.nas,
-            coaport=self.port,
-            secret=secret.encode(),
-            dict=self._dict,
-            retries=self.retries,
-            timeout=self.timeout,
-        )
+        client: Client | None = None
         try:
+            client = Client(
+                server=req.nas,
+                coaport=self.port,
+                secret=secret.encode(),
+                dict=self._dict,
+                retries=self.retries,
+                timeout=self.timeout,
+            )
             packet = self._build(client, req)
             reply = client.SendPacket(packet)
         except Timeout:
             return CoaResult(req, "timeout", f"no answer after {self.retries} x {self.timeout:g}s")
-        except (OSError, pyrad.packet.PacketError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad session never stops the others
             return CoaResult(req, "error", f"{type(exc).__name__}: {exc}")
         finally:
-            client._CloseSocket()  # noqa: SLF001 - pyrad has no public close
+            if client is not None:
+                client._CloseSocket()  # noqa: SLF001 - pyrad has no public close
         if reply.code in _ACK:
             return CoaResult(req, "ack")
         if reply.code in _NAK:

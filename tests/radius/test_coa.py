@@ -161,3 +161,16 @@ def test_sender_uses_per_nas_secrets_and_a_wrong_secret_times_out(nases: tuple[N
     assert two.dropped and two.packets() == []
     assert [r.outcome for r in sender.send(reqs, nas_secrets={NAS2: "secret-two"})] == ["ack", "ack"]
     assert "secret-one" not in repr(sender) and "secret-one" not in repr(sender.__dict__)
+
+
+def test_an_unexpected_error_in_one_request_is_a_result_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = CoaSender(shared_secret="s", port=free_udp_port(NAS1), timeout=0.2, retries=1)
+
+    def boom(client: object, req: CoaRequest) -> object:
+        raise RuntimeError("odd packet")
+
+    monkeypatch.setattr(sender, "_build", boom)
+    reqs = [CoaRequest(action="disconnect", nas=NAS1, username=u, acct_session_id="1") for u in ("a", "b")]
+    results = sender.send(reqs)
+    assert [(r.request.username, r.outcome) for r in results] == [("a", "error"), ("b", "error")]
+    assert "odd packet" in results[0].detail
