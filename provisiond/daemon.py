@@ -209,7 +209,7 @@ class Daemon:
         try:
             if not self._still_leading():
                 return
-            outcome = self.runner.run_once()
+            outcome = self.runner.run_once(may_write=self._still_leading)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True

@@ -82,6 +82,8 @@ class BillingListener:
                     "reconnecting in %.0fs", "lost" if self.connected else "failed",
                     _first_line(exc), delay,
                 )
+            except Exception:  # the thread must outlive any surprise (logged with traceback)
+                log.exception("billing LISTEN failed unexpectedly; retrying in %.0fs", delay)
             finally:
                 self.connected = False
                 if conn is not None:

@@ -127,7 +127,8 @@ class PassRunner:
 
     # -- one pass -------------------------------------------------------------------
 
-    def run_once(self) -> Outcome:
+    def run_once(self, *, may_write: Callable[[], bool] | None = None) -> Outcome:
+        """One pass. ``may_write`` (the leader check) is asked again between plan and apply."""
         self.count += 1
         started = time.monotonic()
         try:
@@ -135,7 +136,7 @@ class PassRunner:
             if self.settings.daemon.dry_run:
                 outcome = self._dry_run(rec)
             else:
-                outcome = self._apply(rec)
+                outcome = self._apply(rec, may_write)
         except SourceError as exc:
             outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
             self.metrics.errors.labels("source").inc()
@@ -184,8 +185,12 @@ class PassRunner:
         changes = sum(len(p.changes) for p in pp.plans)
         return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed)
 
-    def _apply(self, rec: Any) -> Outcome:
+    def _apply(self, rec: Any, may_write: Callable[[], bool] | None = None) -> Outcome:
         pp = rec.plan(skip=self._skip)
+        if may_write is not None and not may_write():
+            # Planning can take a while; another provisiond may lead by now.
+            log.error("pass result=error: lost the leader lock while planning; nothing written")
+            return Outcome("error", "lost the leader lock while planning, nothing written")
         pr = rec.apply(pp, force=False, mode="daemon")
         m = self.metrics
         applied = 0

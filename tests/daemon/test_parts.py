@@ -65,3 +65,37 @@ def test_election_follows_the_store(tmp_path: Path) -> None:
         FileLock(lock.path).acquire()
     lock.release()
     assert FileLock(lock.path).acquire()
+
+
+def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from provisiond.service.metrics import Health, Metrics
+    from provisiond.service.passes import PassRunner
+
+    calls: list[str] = []
+
+    class Rec:
+        targets: list[Any] = []
+        store = None
+
+        def plan(self, skip: Any) -> Any:
+            calls.append("plan")
+            return SimpleNamespace(plans=[], errors={}, kinds={}, notes=[])
+
+        def apply(self, pp: Any, **kw: Any) -> Any:
+            calls.append("apply")
+            return SimpleNamespace(results=[], refused={}, ok=True)
+
+        def close(self) -> None:
+            pass
+
+    settings: Any = SimpleNamespace(daemon=SimpleNamespace(retry_max=60.0, dry_run=False), pool=[],
+                                    router=[], address_list=[], radius=None)
+    runner = PassRunner(settings, metrics=Metrics(), health=Health(max_age=60),
+                        factory=lambda s, ro: Rec())
+    outcome = runner.run_once(may_write=lambda: False)
+    assert calls == ["plan"] and outcome.result == "error" and "leader lock" in outcome.status
+    assert runner.run_once(may_write=lambda: True).result == "ok"
+    assert calls == ["plan", "plan", "apply"]
