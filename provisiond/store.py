@@ -353,12 +353,13 @@ class StateStore:
         now = datetime.now(UTC)
         with self._write("record radreply ledger") as conn:
             gone = {(u, a) for u, a in removed} | {(u, a) for u, a, _ in added}
-            for username, attribute in sorted(gone):
+            if gone:  # one executemany, not a round trip per row (100k users on a first run)
                 conn.execute(
                     radreply_ledger.delete().where(
-                        radreply_ledger.c.username == username,
-                        radreply_ledger.c.attribute == attribute,
-                    )
+                        radreply_ledger.c.username == sa.bindparam("k_username"),
+                        radreply_ledger.c.attribute == sa.bindparam("k_attribute"),
+                    ),
+                    [{"k_username": u, "k_attribute": a} for u, a in sorted(gone)],
                 )
             if added:
                 latest = {(u, a): acct for u, a, acct in added}
