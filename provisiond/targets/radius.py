@@ -218,7 +218,10 @@ class RadiusTarget:
         foreign: dict[Key, str] = {}
         surplus: list[Resource] = []
         digest: list[tuple[Any, ...]] = []
+        managed = set(self.groups)
         for row in sorted(ug_rows, key=lambda r: r.id):
+            if row.groupname not in managed:
+                continue  # MySQL's collation matched 'Legacy' for 'legacy': not provisiond's
             res = Resource(
                 kind="radusergroup",
                 group=row.groupname,
