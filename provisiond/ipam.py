@@ -497,3 +497,24 @@ def _billing_conflicts(
             )
         )
     return out
+
+
+def pool_usage(pool: Pool, leases: Sequence[Lease], now: datetime) -> dict[str, Any]:
+    """Size, leased, held and free addresses of a pool; expired holds count as free."""
+    leased = held = 0
+    for lease in leases:
+        if lease.pool != pool.name or lease.address not in pool:
+            continue
+        if lease.state == "leased":
+            leased += 1
+        elif lease.held_until is None or lease.held_until > now:
+            held += 1
+    size = pool.size
+    return {
+        "name": pool.name,
+        "size": size,
+        "leased": leased,
+        "held": held,
+        "free": size - leased - held,
+        "utilisation": round((leased + held) / size, 4) if size else 0.0,
+    }

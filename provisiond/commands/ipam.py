@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond.errors import StoreError
-from provisiond.ipam import Lease, Pool
+from provisiond.ipam import Lease, Pool, pool_usage
 from provisiond.settings import Settings
 from provisiond.store import StateStore
 
@@ -58,27 +58,6 @@ def run(args: argparse.Namespace, settings: Settings, *, now: datetime | None = 
     except StoreError as exc:
         print(f"provisiond ipam: {exc}", file=sys.stderr)
         return EXIT_ERROR
-
-
-def pool_usage(pool: Pool, leases: Sequence[Lease], now: datetime) -> dict[str, Any]:
-    """Size, leased, held and free addresses of a pool; expired holds count as free."""
-    leased = held = 0
-    for lease in leases:
-        if lease.pool != pool.name or lease.address not in pool:
-            continue
-        if lease.state == "leased":
-            leased += 1
-        elif lease.held_until is None or lease.held_until > now:
-            held += 1
-    size = pool.size
-    return {
-        "name": pool.name,
-        "size": size,
-        "leased": leased,
-        "held": held,
-        "free": size - leased - held,
-        "utilisation": round((leased + held) / size, 4) if size else 0.0,
-    }
 
 
 def _list(

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from provisiond import render
@@ -267,7 +267,7 @@ class PassRunner:
         except ProvisiondError as exc:
             log.warning("pool utilisation: cannot read leases: %s", exc)
             return
+        now = datetime.now(UTC)
         for p in self.settings.pool:
-            pool = ipam.Pool.from_settings(p)
-            used = sum(1 for lease in leases if lease.pool == pool.name)
-            self.metrics.pool_utilisation.labels(pool.name).set(used / pool.size if pool.size else 0.0)
+            usage = ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)
+            self.metrics.pool_utilisation.labels(p.name).set(usage["utilisation"])

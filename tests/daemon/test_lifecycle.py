@@ -157,7 +157,7 @@ def test_metrics_and_healthz(
                  'provisiond_changes_applied_total{action="create",target="core-1"} 3.0',
                  "provisiond_leader 1.0", "provisiond_pass_duration_seconds_count",
                  'provisiond_last_success_timestamp_seconds{target="core-1"}',
-                 'provisiond_pool_utilisation_ratio{pool="towers"} 0.1666'):
+                 'provisiond_pool_utilisation_ratio{pool="towers"} 0.1667'):
         assert line in text, line
     router.set_down(True)
     _, body = wait_until(lambda: (r := _get(base + "/healthz"))[0] == 503 and r, timeout=6,
