@@ -409,26 +409,35 @@ class RadiusTarget:
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("radius target=%s cannot read sessions for CoA: %s", self.name, _reason(exc))
                 result.followups.append({"action": "none", "reason": f"cannot read sessions: {_reason(exc)}"})
-        try:
-            with self.engine.begin() as conn:
-                removed = self._write(conn, changes)
-        except _RowFailed as exc:
-            result.error = f"{self.name}: {exc} (rolled back, nothing written)"
-            return result
-        except sa.exc.SQLAlchemyError as exc:
-            result.error = str(self._wrap(exc, "apply")) + " (rolled back, nothing written)"
-            return result
-        result.applied = changes
         added = [
             (c.new.get("username"), c.new.get("attribute"), c.new.account_id)
             for c in changes if isinstance(c, Create) and c.new.kind == "radreply"
         ]
+        # The ledger lives in another database, so no transaction spans both. Claim new
+        # rows *before* they are committed: a crash in between leaves a claim on a row
+        # that does not exist (harmless: the next pass creates it), never a row of ours
+        # that looks hand-made for ever. Releases are recorded after the commit.
         try:
-            self.ledger.radreply_record(added=added, removed=removed)
+            self.ledger.radreply_record(added=added, removed=())
+        except Exception as exc:  # noqa: BLE001 - any store failure: write nothing
+            result.error = (f"{self.name}: cannot record ownership in the state store "
+                            f"({type(exc).__name__}: {exc}); nothing written")
+            return result
+        try:
+            with self.engine.begin() as conn:
+                removed = self._write(conn, changes)
+        except (_RowFailed, sa.exc.SQLAlchemyError) as exc:
+            why = f"{self.name}: {exc}" if isinstance(exc, _RowFailed) else str(self._wrap(exc, "apply"))
+            result.error = f"{why} (rolled back, nothing written)"
+            self._unclaim(added)
+            return result
+        result.applied = changes
+        try:
+            self.ledger.radreply_record(added=(), removed=removed)
         except Exception as exc:  # noqa: BLE001 - any store failure: rows are committed, say so
             result.error = (
                 f"{self.name}: rows committed but the ownership ledger was not updated "
-                f"({type(exc).__name__}: {exc}); the new radreply rows will show as hand-made"
+                f"({type(exc).__name__}: {exc}); deleted radreply rows stay recorded as provisiond's"
             )
         counts = plan.counts()
         log.info("radius apply target=%s create=%d update=%d delete=%d",
@@ -446,6 +455,15 @@ class RadiusTarget:
                     out["detail"] = res.detail
                 result.followups.append(out)
         return result
+
+    def _unclaim(self, added: Sequence[tuple[str, str, str]]) -> None:
+        """Take back the claims of a rolled-back apply (best effort: a stale claim is harmless)."""
+        if not added:
+            return
+        try:
+            self.ledger.radreply_record(added=(), removed=[(u, a) for u, a, _ in added])
+        except Exception as exc:  # noqa: BLE001 - the apply already failed; say why, go on
+            log.warning("radius target=%s cannot take back ledger claims: %s", self.name, type(exc).__name__)
 
     def _write(self, conn: Connection, changes: Sequence[Change]) -> list[tuple[str, str]]:
         """Delete -> Create -> Update; returns the radreply keys no row holds any more."""

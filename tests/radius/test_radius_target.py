@@ -143,10 +143,17 @@ def test_observed_checksum_changes_with_the_rows(target: RadiusTarget, radius_ur
     assert target.observe().checksum != first
 
 
-def test_ledger_failure_after_commit_is_reported(target: RadiusTarget, radius_url: str, ledger: MemoryLedger) -> None:
+def test_ownership_is_claimed_before_the_commit(target: RadiusTarget, radius_url: str, ledger: MemoryLedger) -> None:
+    """The ledger lives in another database: a failed claim writes nothing at all."""
     ledger.fail = True
     _, result = sync(target, [account("1", "alice", addresses=["10.64.0.10"])])
-    assert result.error is not None and "rows committed but the ownership ledger was not updated" in result.error
+    assert result.error is not None and "cannot record ownership in the state store" in result.error
+    assert "nothing written" in result.error
+    assert rows(radius_url, "radreply", *RR) == []
+    assert rows(radius_url, "radusergroup", "username") == []
+    ledger.fail = False
+    assert sync(target, [account("1", "alice", addresses=["10.64.0.10"])])[1].ok
+    assert ledger.radreply_owned() == {("alice", FIP)}
     assert rows(radius_url, "radreply", *RR) == [("alice", FIP, "=", "10.64.0.10")]
 
 
