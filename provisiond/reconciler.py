@@ -76,7 +76,6 @@ class PassResult:
         )
 
 
-TargetFactory = Callable[[Settings], list[Target]]
 
 
 class Reconciler:
