@@ -223,10 +223,25 @@ class Reconciler:
 
     # -- writing --------------------------------------------------------------------
 
-    def apply(self, pp: PassPlan, *, force: bool = False, mode: str = "apply") -> PassResult:
-        """Apply a PassPlan: leases first, then every target in parallel."""
+    def apply(
+        self,
+        pp: PassPlan,
+        *,
+        force: bool = False,
+        mode: str = "apply",
+        may_write: Callable[[], bool] | None = None,
+    ) -> PassResult:
+        """Apply a PassPlan: leases first, then every target in parallel.
+
+        ``may_write`` (the daemon's leader check) is asked again right before each
+        target is written; a target that may not be written is reported, untouched.
+        """
         started = time.monotonic()
         result = PassResult(plan=pp)
+        if may_write is not None and not may_write():
+            result.results = [ApplyResult(target=p.target, error=f"{p.target}: not applied: lost the "
+                                          "leader lock") for p in pp.plans if p.changes or p.followups]
+            return result
         run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
         if pp.allocation is not None and self.store is not None:
             # Leases are recorded before any target write: a crash after this point
@@ -249,6 +264,9 @@ class Reconciler:
         by_name = {t.name: t for t in self.targets}
 
         def one(plan: Plan) -> ApplyResult:
+            if may_write is not None and not may_write():
+                return ApplyResult(target=plan.target,
+                                   error=f"{plan.target}: not applied: lost the leader lock")
             outcome = by_name[plan.target].apply(plan)
             # Journalled from the worker, so one target's journal is written while the
             # slower targets are still applying.

@@ -191,7 +191,7 @@ class PassRunner:
             # Planning can take a while; another provisiond may lead by now.
             log.error("pass result=error: lost the leader lock while planning; nothing written")
             return Outcome("error", "lost the leader lock while planning, nothing written")
-        pr = rec.apply(pp, force=False, mode="daemon")
+        pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write)
         m = self.metrics
         applied = 0
         for r in pr.results:

@@ -374,3 +374,20 @@ def test_unreadable_password_file_fails_only_that_router(world: World) -> None:
     assert code == 1
     assert "edge-1: router edge-1: password_file: cannot read" in out
     assert "core-1: ok: 4 created" in out
+
+
+def test_apply_writes_nothing_once_the_leader_lock_is_lost(world: World) -> None:
+    from provisiond import settings as settings_mod
+    from provisiond.reconciler import Reconciler
+
+    world.router("core-1")
+    _seed(world)
+    rec = Reconciler(settings_mod.load(world.write_config()), readonly=False)
+    try:
+        checks = iter([True, False])  # still leader when the pass starts, not when writing
+        result = rec.apply(rec.plan(), may_write=lambda: next(checks))
+    finally:
+        rec.close()
+    assert not result.ok
+    assert [r.error for r in result.results] == ["core-1: not applied: lost the leader lock"]
+    assert world.entries() == {}
