@@ -242,9 +242,7 @@ def cmd_apply(settings: settings_mod.Settings, *, plan_file: str | None, force: 
 def apply_lines(result: Any) -> list[str]:
     lines = []
     for r in result.results:
-        counts = {"create": 0, "update": 0, "delete": 0}
-        for c in r.applied:
-            counts[c.action] += 1
+        counts = r.counts()
         state = "ok" if r.ok else "FAILED"
         lines.append(
             f"{r.target}: {state}: {counts['create']} created, {counts['update']} updated, "

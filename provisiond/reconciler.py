@@ -76,8 +76,6 @@ class PassResult:
         )
 
 
-
-
 class Reconciler:
     """Holds the settings, the source, the targets and the store for one or many passes."""
 
@@ -389,16 +387,14 @@ def _each(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any
 
 
 def _log_result(r: ApplyResult) -> None:
-    counts = {"create": 0, "update": 0, "delete": 0}
-    for c in r.applied:
-        counts[c.action] += 1
+    counts = r.counts()
     log.info(
         "target=%s result=%s created=%d updated=%d deleted=%d failed=%d collisions=%d%s",
         r.target, "ok" if r.ok else "failed", counts["create"], counts["update"],
         counts["delete"], len(r.failed), len(r.collisions),
         f" error={r.error!r}" if r.error else "",
     )
-    for c, message in r.failed[:20]:
+    for _, message in r.failed[:20]:
         log.warning("%s", message)
     for conflict in r.collisions:
         log.warning("%s: collision: %s %s", r.target, conflict.resource.ident, conflict.reason)

@@ -32,6 +32,13 @@ class ApplyResult:
     def ok(self) -> bool:
         return self.error is None and not self.failed
 
+    def counts(self) -> dict[str, int]:
+        """Applied changes by action."""
+        out = {"create": 0, "update": 0, "delete": 0}
+        for c in self.applied:
+            out[c.action] += 1
+        return out
+
 
 class Target(Protocol):
     name: str
