@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import urllib.request
 
 from harness import Billing, DaemonProc, free_port, wait_until
@@ -31,20 +30,18 @@ COA_SECRET = "coa-" + "s3cret-for-the-nas"
 @pytest.fixture
 def radius_db(pg_server: Server) -> Iterator[str]:
     with fresh_database(pg_server, prefix="radius") as url:
-        load_schema(url)
-        engine = sa.create_engine(url)
-        with engine.begin() as c:
-            c.execute(sa.text("INSERT INTO radcheck (username, attribute, op, value) VALUES "
-                              "('tower1001', 'Cleartext-Password', ':=', 'pw1001')"))
-            c.execute(sa.text("INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES "
-                              "('tower', 'Mikrotik-Address-List', ':=', 'tower-hosts'), "
-                              "('tower', 'Mikrotik-Rate-Limit', ':=', '50M/50M')"))
+        load_schema(
+            url,
+            "INSERT INTO radcheck (username, attribute, op, value) "
+            "VALUES ('tower1001', 'Cleartext-Password', ':=', 'pw1001')",
+            "INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES "
+            "('tower', 'Mikrotik-Address-List', ':=', 'tower-hosts'), "
+            "('tower', 'Mikrotik-Rate-Limit', ':=', '50M/50M')",
             # An open session on the NAS for the user: a policy change must disconnect it.
-            c.execute(sa.text(
-                "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, "
-                "acctstarttime, framedipaddress) VALUES ('81a00007', 'u-81a00007', 'tower1001', "
-                "'127.0.0.1', now(), '100.64.0.1')"))
-        engine.dispose()
+            "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, "
+            "acctstarttime, framedipaddress) VALUES ('81a00007', 'u-81a00007', 'tower1001', "
+            "'127.0.0.1', now(), '100.64.0.1')",
+        )
         yield url
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from world import World
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
@@ -39,14 +38,13 @@ priority = 1
 @pytest.fixture
 def radius_db(pg_server: Server) -> Iterator[str]:
     with fresh_database(pg_server, prefix="radius") as url:
-        load_schema(url)
-        engine = sa.create_engine(url)
-        with engine.begin() as c:
-            c.execute(sa.text("INSERT INTO radcheck (username, attribute, op, value) VALUES "
-                              "('ridge', 'Cleartext-Password', ':=', 'ridge-pw')"))
-            c.execute(sa.text("INSERT INTO radgroupreply (groupname, attribute, op, value) VALUES "
-                              "('tower', 'Mikrotik-Rate-Limit', ':=', '100M/100M')"))
-        engine.dispose()
+        load_schema(
+            url,
+            "INSERT INTO radcheck (username, attribute, op, value) "
+            "VALUES ('ridge', 'Cleartext-Password', ':=', 'ridge-pw')",
+            "INSERT INTO radgroupreply (groupname, attribute, op, value) "
+            "VALUES ('tower', 'Mikrotik-Rate-Limit', ':=', '100M/100M')",
+        )
         yield url
 
 

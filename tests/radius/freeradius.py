@@ -45,8 +45,9 @@ def require_freeradius() -> str:
     return binary
 
 
-def load_schema(url: str) -> None:
-    """Load FreeRADIUS's own schema.sql for the URL's dialect into the (empty) database."""
+def load_schema(url: str, *rows: str) -> None:
+    """Load FreeRADIUS's own schema.sql for the URL's dialect into the (empty) database,
+    then run ``rows`` (the operator's own INSERTs: radcheck passwords, group replies)."""
     engine = sa.create_engine(url)
     dialect = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}[
         engine.dialect.name
@@ -54,7 +55,7 @@ def load_schema(url: str) -> None:
     statements = _split_sql(Path(str(SCHEMA).format(dialect=dialect)).read_text())
     try:
         with engine.begin() as conn:
-            for stmt in statements:
+            for stmt in (*statements, *rows):
                 conn.exec_driver_sql(stmt)
     finally:
         engine.dispose()
