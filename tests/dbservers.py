@@ -61,9 +61,14 @@ def _as_user(user: str) -> dict[str, object]:
     return {"user": pw.pw_uid, "group": pw.pw_gid}
 
 
+def _use_running() -> bool:
+    """PROVISIOND_TEST_OWN_SERVERS=1 starts throwaway servers even when others run."""
+    return os.environ.get("PROVISIOND_TEST_OWN_SERVERS", "") in ("", "0")
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[Server]:
-    if _reachable(5432) and _pg_ok(5432):
+    if _use_running() and _reachable(5432) and _pg_ok(5432):
         yield Server("postgresql", 5432, "postgres")
         return
     bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
@@ -105,7 +110,7 @@ def _pg_ok(port: int) -> bool:
 
 @contextlib.contextmanager
 def mariadb_server() -> Iterator[Server]:
-    if _reachable(3306) and _my_ok(3306):
+    if _use_running() and _reachable(3306) and _my_ok(3306):
         yield Server("mysql", 3306, "root")
         return
     tmp = tempfile.mkdtemp(prefix="provisiond-mariadb-")
@@ -113,13 +118,13 @@ def mariadb_server() -> Iterator[Server]:
     port = free_port()
     user = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run(
-        ["mariadb-install-db", f"--datadir={data}", "--auth-root-authentication-method=normal",
+        ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
          "--skip-test-db", *user],
         check=True, capture_output=True,
     )
     proc = subprocess.Popen(
         ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1",
-         f"--socket={tmp}/mysqld.sock", f"--pid-file={tmp}/mysqld.pid", "--skip-grant-tables=0", *user],
+         f"--socket={tmp}/mysqld.sock", f"--pid-file={tmp}/mysqld.pid", *user],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
