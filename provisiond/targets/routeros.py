@@ -27,7 +27,7 @@ from librouteros.exceptions import ConnectionClosed, LibRouterosError, TrapError
 from librouteros.query import Key as RosKey
 
 from provisiond.addresses import family, routeros_form
-from provisiond.changes import Conflict, Create, Delete, Key, Observed, Resource, Update
+from provisiond.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.plan import Plan, observed_digest
 from provisiond.settings import RouterSettings
@@ -238,13 +238,8 @@ class RouterTarget:
                     self._set(api, change, result)
         except (TargetError, OSError, LibRouterosError) as exc:
             self.close()
-            done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
-            done |= {id(c.resource) for c in result.collisions}
             message = str(exc) if isinstance(exc, TargetError) else f"{self.name}: connection lost: {_why(exc)}"
-            result.error = message
-            for change in plan.changes:
-                if id(change) not in done and id(change.resource) not in done:
-                    result.failed.append((change, "not applied: " + message))
+            _fail_rest(result, plan.changes, message)
         return result
 
     def _remove(self, path: Any, deletes: list[Delete], result: ApplyResult) -> None:
@@ -289,12 +284,7 @@ class RouterTarget:
                 for change in shares[i]:
                     self._add(conn, change, partial[i])
             except (OSError, LibRouterosError) as exc:
-                done = {id(c) for c in partial[i].applied} | {id(c.resource) for c in partial[i].collisions}
-                done |= {id(c) for c, _ in partial[i].failed}
-                why = f"{self.name}: connection lost: {_why(exc)}"
-                partial[i].error = why
-                partial[i].failed += [(c, "not applied: " + why) for c in shares[i]
-                                      if id(c) not in done and id(c.new) not in done]
+                _fail_rest(partial[i], shares[i], f"{self.name}: connection lost: {_why(exc)}")
             finally:
                 if i != 0 and conn is not None:
                     try:
@@ -338,6 +328,15 @@ class RouterTarget:
 
     def _refused(self, verb: str, r: Resource, exc: TrapError) -> str:
         return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {exc.message}"
+
+
+def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None:
+    """The target failed mid-way: every change not yet applied, failed or collided fails with ``why``."""
+    done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
+    done |= {id(c.resource) for c in result.collisions}
+    result.error = why
+    result.failed += [(c, "not applied: " + why) for c in changes
+                      if id(c) not in done and id(c.resource) not in done]
 
 
 def _why(exc: BaseException) -> str:
