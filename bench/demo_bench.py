@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provisiond import demo
+from provisiond.cli import demo
 
 
 def run(cmd: list[str]) -> tuple[int, float, float]:

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from provisiond.ipam import Pool, allocate
-from provisiond.model import Account
-from provisiond.store import StateStore
+from provisiond.core.ipam import Pool, allocate
+from provisiond.core.model import Account
+from provisiond.state.store import StateStore
 
 T = TypeVar("T")
 

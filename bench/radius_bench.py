@@ -24,10 +24,10 @@ from dbservers import fresh_database, postgres_server  # noqa: E402
 from freeradius import load_schema  # noqa: E402
 from helpers import MemoryLedger  # noqa: E402
 
-from provisiond.diff import diff  # noqa: E402
-from provisiond.model import Account  # noqa: E402
-from provisiond.plan import Plan  # noqa: E402
-from provisiond.radius_desire import GroupMapping, radius  # noqa: E402
+from provisiond.core.diff import diff  # noqa: E402
+from provisiond.core.model import Account  # noqa: E402
+from provisiond.core.plan import Plan  # noqa: E402
+from provisiond.core.radius import GroupMapping, radius  # noqa: E402
 from provisiond.targets.radius import RadiusTarget  # noqa: E402
 
 T = TypeVar("T")

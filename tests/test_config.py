@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provisiond import cli
+from provisiond.cli import main as cli
 from provisiond import settings as settings_mod
 from provisiond.errors import ConfigError
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from provisiond import addresses, desire
-from provisiond.changes import Create, Delete, Observed, Resource, Update, change_from_json, change_to_json
-from provisiond.diff import diff
+from provisiond.core import addresses, desire
+from provisiond.core.changes import Create, Delete, Observed, Resource, Update, change_from_json, change_to_json
+from provisiond.core.diff import diff
 from provisiond.errors import TooMuchChange
-from provisiond.model import Account
-from provisiond.plan import Plan, Safety
-from provisiond.render import change_line
+from provisiond.core.model import Account
+from provisiond.core.plan import Plan, Safety
+from provisiond.core.render import change_line
 from provisiond.sources.sql import aggregate
 
 

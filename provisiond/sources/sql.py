@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisiond import addresses
+from provisiond.core import addresses
 from provisiond.errors import SourceError
-from provisiond.model import Account, RowProblem, Snapshot
+from provisiond.core.model import Account, RowProblem, Snapshot
 
 log = logging.getLogger(__name__)
 

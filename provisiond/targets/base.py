@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from provisiond.changes import Change, Conflict, Key, Observed, Resource
-from provisiond.plan import Plan
+from provisiond.core.changes import Change, Conflict, Key, Observed, Resource
+from provisiond.core.plan import Plan
 
 
 @dataclass(slots=True)

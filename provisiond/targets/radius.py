@@ -1,7 +1,7 @@
 """The FreeRADIUS target: ``radusergroup`` / ``radreply`` rows in FreeRADIUS's SQL database.
 
 Sits at the I/O edge of a pass. ``observe`` reads what provisiond owns, ``diff`` (pure)
-compares it with ``radius_desire.radius``'s desired State, ``plan_followups`` previews
+compares it with ``core.radius.radius``'s desired State, ``plan_followups`` previews
 the CoA/Disconnect-Requests for live sessions, ``apply`` writes every change in one
 transaction and then acts on the sessions through ``targets.coa``.
 
@@ -30,26 +30,16 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from provisiond.changes import Change, Create, Delete, Key, Observed, Resource, Update
+from provisiond.core.changes import Change, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
-from provisiond.plan import Plan, observed_digest
-from provisiond.radius_desire import FRAMED_IP
+from provisiond.core.plan import Plan, observed_digest
+from provisiond.core.radius import COA_CHANGEABLE, FRAMED_IP, effective_reply, reply_diff
 from provisiond.settings import CoaMode, Settings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.coa import CoaRequest, CoaResult, CoaSender
 
 log = logging.getLogger(__name__)
 
-# Reply attributes RouterOS changes on a live session by CoA (MikroTik manual, "RADIUS",
-# FREERADIUS.md section 4). Anything else - an address, a pool, Mikrotik-Address-List -
-# needs the session to start over: Disconnect-Request.
-COA_CHANGEABLE = frozenset(
-    {
-        "Mikrotik-Group", "Mikrotik-Recv-Limit", "Mikrotik-Xmit-Limit", "Mikrotik-Rate-Limit",
-        "Mikrotik-Mark-Id", "Mikrotik-Advertise-URL", "Mikrotik-Advertise-Interval",
-        "Filter-Id", "Session-Timeout", "Idle-Timeout", "Port-Limit",
-    }
-)
 # Characters FreeRADIUS's default SQL escaping leaves alone (group_membership_query
 # always uses it, even with auto_escape): anything else mangles the username.
 SAFE_USERNAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@.-_: /")
@@ -380,7 +370,7 @@ class RadiusTarget:
         new_reply, new_groups = effective_reply(p.reply_after, p.groups_after, greply)
         if old_reply == new_reply:
             return None
-        why = _why(old_reply, new_reply)
+        why = reply_diff(old_reply, new_reply)
         if mode == "disconnect":
             return "disconnect", (), why
         if (old_groups | new_groups) & gchecked:
@@ -568,72 +558,6 @@ class RadiusTarget:
         if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
             return TargetUnavailable(self.name, f"{doing} on {self.display_url} failed: {_reason(exc)}")
         return TargetError(self.name, f"{doing} failed: {_reason(exc)}")
-
-
-# -- FreeRADIUS's reply, predicted (rlm_sql mod_authorize, FREERADIUS.md section 1) ------
-def effective_reply(
-    user_reply: Sequence[tuple[str, str, str]],
-    groups: Sequence[tuple[int, str]],
-    group_reply: Mapping[str, Sequence[tuple[str, str, str]]],
-) -> tuple[dict[str, list[str]], set[str]]:
-    """The reply attributes rlm_sql would send, and the groups it read.
-
-    radreply first; groups by priority while each group's reply says ``Fall-Through = Yes``
-    (a group without reply rows stops the loop); ``Fall-Through = No`` in radreply skips
-    groups. ``=`` adds an attribute not yet present, ``:=`` replaces, ``+=`` appends.
-    """
-    reply: dict[str, list[str]] = {}
-    fall = _merge(reply, user_reply)
-    used: set[str] = set()
-    if fall is False:
-        return reply, used
-    seen: set[str] = set()
-    for _, g in groups:
-        if g in seen:
-            continue
-        seen.add(g)
-        used.add(g)
-        if not _merge(reply, group_reply.get(g, ())):
-            break
-    return reply, used
-
-
-def _merge(reply: dict[str, list[str]], rows: Iterable[tuple[str, str, str]]) -> bool | None:
-    """Merge one result set into ``reply`` like rlm_sql's pairmove; its Fall-Through, if any.
-
-    Operators compare against the reply as it was before this result set: two ``=`` rows
-    for one attribute in the same set are both sent (FREERADIUS.md section 1). Names are
-    case-insensitive, as in FreeRADIUS's dictionary.
-    """
-    fall: bool | None = None
-    before = set(reply)
-    replaced: set[str] = set()
-    for raw_attr, op, value in rows:
-        attr = _canonical(raw_attr)
-        if attr == "Fall-Through":
-            fall = (value or "").strip().lower() in ("yes", "1")
-            continue
-        if op == ":=" and attr not in replaced:
-            reply[attr] = [value]
-            replaced.add(attr)
-        elif op in ("+=", ":=") or (op == "=" and attr not in before):
-            reply.setdefault(attr, []).append(value)
-    return fall
-
-
-_CANONICAL = {a.lower(): a for a in (*COA_CHANGEABLE, FRAMED_IP, "Fall-Through", "Mikrotik-Address-List")}
-
-
-def _canonical(attr: str) -> str:
-    return _CANONICAL.get(attr.lower(), attr)
-
-
-def _why(old: Mapping[str, list[str]], new: Mapping[str, list[str]]) -> str:
-    parts = []
-    for a in sorted(old.keys() | new.keys()):
-        if old.get(a) != new.get(a):
-            parts.append(f"{a} {','.join(old.get(a, [])) or '-'} -> {','.join(new.get(a, [])) or '-'}")
-    return "; ".join(parts)
 
 
 def _followup_json(req: CoaRequest, why: str) -> dict[str, Any]:

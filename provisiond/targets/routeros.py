@@ -26,10 +26,10 @@ from librouteros.connections import SocketTransport
 from librouteros.exceptions import ConnectionClosed, LibRouterosError, TrapError
 from librouteros.query import Key as RosKey
 
-from provisiond.addresses import family, routeros_form
-from provisiond.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
+from provisiond.core.addresses import family, routeros_form
+from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
-from provisiond.plan import Plan, observed_digest
+from provisiond.core.plan import Plan, observed_digest
 from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 

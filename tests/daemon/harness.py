@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from provisiond.demo import BILLING_QUERY
+from provisiond.cli.demo import BILLING_QUERY
 
 REPO = Path(__file__).resolve().parents[2]
 TRIGGER_SQL = REPO / "config" / "billing-notify-trigger.sql"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from harness import Billing, DaemonProc, free_port, wait_until, write_config
 
-from provisiond.service.sdnotify import Notifier
+from provisiond.daemon.sdnotify import Notifier
 from provisiond.sim import RouterSim
 
 

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.service.leader import (
+from provisiond.daemon.leader import (
     AlreadyRunning,
     FileLock,
     NoElection,
     PgAdvisoryLock,
     for_store,
 )
-from provisiond.service.metrics import Health, parse_listen
-from provisiond.service.passes import Backoff
+from provisiond.daemon.metrics import Health, parse_listen
+from provisiond.daemon.passes import Backoff
 
 
 class Clock:
@@ -71,8 +71,8 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
     from types import SimpleNamespace
     from typing import Any
 
-    from provisiond.service.metrics import Health, Metrics
-    from provisiond.service.passes import PassRunner
+    from provisiond.daemon.metrics import Health, Metrics
+    from provisiond.daemon.passes import PassRunner
 
     calls: list[str] = []
 

@@ -137,7 +137,7 @@ def test_lost_listen_connection_reconnects(
 
 def test_watchdog_withholds_keepalive_when_a_pass_hangs(tmp_path: Path, billing: Billing) -> None:
     from provisiond import settings as settings_mod
-    from provisiond.daemon import Daemon
+    from provisiond.daemon.loop import Daemon
 
     path = tmp_path / "p.toml"
     path.write_text(f'[source]\nurl = "{billing.url}"\nquery = "SELECT 1"\n'

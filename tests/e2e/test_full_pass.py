@@ -106,7 +106,7 @@ def test_tower_host_gets_a_pool_address_on_the_router_and_in_radius(
 
 
 def test_demo_runs_and_converges(capsys: pytest.CaptureFixture[str]) -> None:
-    from provisiond import cli
+    from provisiond.cli import main as cli
 
     assert cli.main(["demo", "--accounts", "120"]) == 0
     out = capsys.readouterr().out

@@ -378,7 +378,7 @@ def test_unreadable_password_file_fails_only_that_router(world: World) -> None:
 
 def test_apply_writes_nothing_once_the_leader_lock_is_lost(world: World) -> None:
     from provisiond import settings as settings_mod
-    from provisiond.reconciler import Reconciler
+    from provisiond.engine import Reconciler
 
     world.router("core-1")
     _seed(world)

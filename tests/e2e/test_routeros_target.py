@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from provisiond.changes import Create, Delete, Update
-from provisiond.desire import address_list_entry
-from provisiond.model import Account
-from provisiond.plan import Plan
+from provisiond.core.changes import Create, Delete, Update
+from provisiond.core.desire import address_list_entry
+from provisiond.core.model import Account
+from provisiond.core.plan import Plan
 from provisiond.settings import RouterSettings
 from provisiond.sim import RouterSim, SimSettings
 from provisiond.targets.routeros import RouterTarget

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from provisiond import cli
+from provisiond.cli import main as cli
 from provisiond.sim import RouterSim, SimSettings
 
 ROUTER_USER = "provisiond"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import netaddr
 import pytest
 
-from provisiond.ipam import Allocation, Lease, Pool, allocate
-from provisiond.model import Account
+from provisiond.core.ipam import Allocation, Lease, Pool, allocate
+from provisiond.core.model import Account
 from provisiond.settings import PoolSettings
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

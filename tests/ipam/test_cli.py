@@ -1,4 +1,4 @@
-"""``provisiond ipam list|show|release`` through provisiond.commands.ipam and argparse."""
+"""``provisiond ipam list|show|release`` through provisiond.cli.ipam and argparse."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.commands import ipam as ipam_cmd
-from provisiond.ipam import Pool, allocate
-from provisiond.model import Account
+from provisiond.cli import ipam as ipam_cmd
+from provisiond.core.ipam import Pool, allocate
+from provisiond.core.model import Account
 from provisiond.settings import Settings
-from provisiond.store import StateStore
+from provisiond.state.store import StateStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
-from provisiond.changes import Conflict
-from provisiond.diff import diff
-from provisiond.model import Account
-from provisiond.plan import Plan
-from provisiond.radius_desire import GroupMapping, radius
+from provisiond.core.changes import Conflict
+from provisiond.core.diff import diff
+from provisiond.core.model import Account
+from provisiond.core.plan import Plan
+from provisiond.core.radius import GroupMapping, radius
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.radius import RadiusTarget
 

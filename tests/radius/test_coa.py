@@ -8,7 +8,7 @@ import pyrad.packet as P
 import pytest
 from helpers import LEGACY, TOWER, MemoryLedger, account, execute, make_plan, sync
 
-from provisiond.radius_desire import GroupMapping
+from provisiond.core.radius import GroupMapping
 from provisiond.settings import CoaMode
 from provisiond.sim.nas import NasDouble, free_udp_port
 from provisiond.targets.coa import CoaRequest, CoaSender

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from provisiond.targets.radius import effective_reply
+from provisiond.core.radius import effective_reply
 
 RL = "Mikrotik-Rate-Limit"
 

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import LEGACY, TOWER, account
 
-from provisiond.radius_desire import GroupMapping, radius
+from provisiond.core.radius import GroupMapping, radius
 from provisiond.settings import RadiusGroupMapping
 
 

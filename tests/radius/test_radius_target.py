@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import LEGACY, TOWER, MemoryLedger, account, execute, make_plan, rows, sync
 
-from provisiond.changes import Update, change_from_json
+from provisiond.core.changes import Update, change_from_json
 from provisiond.errors import TargetUnavailable
-from provisiond.plan import Plan
+from provisiond.core.plan import Plan
 from provisiond.targets.radius import RadiusTarget
 
 UG = ("username", "groupname", "priority")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from provisiond.store import StateStore
+from provisiond.state.store import StateStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,9 +11,9 @@ import dataclasses
 import sys
 from datetime import UTC, datetime
 
-from provisiond.ipam import Pool, allocate
-from provisiond.model import Account
-from provisiond.store import LeaseConflict, StateStore
+from provisiond.core.ipam import Pool, allocate
+from provisiond.core.model import Account
+from provisiond.state.store import LeaseConflict, StateStore
 
 
 def main(url: str, worker: int, count: int, batch: int) -> None:

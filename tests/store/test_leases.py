@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from provisiond.errors import StoreError
-from provisiond.ipam import Allocation, Lease, Pool, allocate
-from provisiond.model import Account
-from provisiond.store import LeaseConflict, StateStore
+from provisiond.core.ipam import Allocation, Lease, Pool, allocate
+from provisiond.core.model import Account
+from provisiond.state.store import LeaseConflict, StateStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -184,7 +184,7 @@ def test_processes_never_double_lease(store_url: str) -> None:
 
 def test_concurrent_first_open_migrates_once(store_url: str) -> None:
     url = store_url
-    code = "import sys; from provisiond.store import StateStore; StateStore.open(sys.argv[1]).close()"
+    code = "import sys; from provisiond.state.store import StateStore; StateStore.open(sys.argv[1]).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=120)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from provisiond.errors import StoreError
-from provisiond.store import VERSION_TABLE, StateStore
+from provisiond.state.store import VERSION_TABLE, StateStore
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -33,15 +33,29 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import netaddr
 
-from provisiond import addresses
-from provisiond.model import Account
+from provisiond.core import addresses
+from provisiond.core.model import Account
 
-if TYPE_CHECKING:
-    from provisiond.settings import PoolSettings
+
+class PoolSpec(Protocol):
+    """What a pool is configured as (``settings.PoolSettings`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def networks(self) -> list[str]: ...
+    @property
+    def exclude(self) -> list[str]: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def hold(self) -> float: ...
 
 LeaseState = Literal["leased", "held"]
 
@@ -123,7 +137,7 @@ class Pool:
         return cls(name=name, group=group, usable=usable, priority=priority, hold=hold)
 
     @classmethod
-    def from_settings(cls, settings: PoolSettings) -> Pool:
+    def from_settings(cls, settings: PoolSpec) -> Pool:
         return cls.build(
             settings.name,
             settings.group,

@@ -9,7 +9,6 @@ exactly one CIDR block collapsed to it. Pure.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from functools import lru_cache
 
 import netaddr
@@ -19,9 +18,9 @@ def span(address: str) -> tuple[int, int, int] | None:
     """(version, first, last) as integers of an address or CIDR network; None otherwise."""
     value = address.strip()
     try:
-        n = int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+        n = int(ipaddress.IPv4Address(value))
         return 4, n, n
-    except OSError:
+    except ValueError:
         pass
     try:
         net = ipaddress.ip_network(value, strict=False)
@@ -48,8 +47,8 @@ def is_canonical_v4(value: str) -> bool:
 def _is_canonical_v4(value: str) -> bool:
     """Fast path for the common case: a dotted quad already in canonical form."""
     try:
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value
-    except OSError:
+        return str(ipaddress.IPv4Address(value)) == value
+    except ValueError:
         return False
 
 

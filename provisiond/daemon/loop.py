@@ -4,12 +4,12 @@ The outermost loop. Called by the CLI with the config path and the loaded Settin
 returns the exit code. It owns the process: signals, the APScheduler job, the threads
 around it. One interval job (``max_instances=1``: passes never overlap;
 ``coalesce=True``: missed runs fold into one; first run at start) calls
-``PassRunner.run_once`` (``service.passes``), which holds the Reconciler. Around it:
+``PassRunner.run_once`` (``daemon.passes``), which holds the Reconciler. Around it:
 
-- leader election (``service.leader``): only the leader runs passes; a standby polls;
-- ``service.listen``: a billing ``NOTIFY`` moves the job's next run to now;
-- ``service.metrics``: ``/metrics`` and ``/healthz``;
-- ``service.sdnotify``: READY=1 once the first pass is done (or on entering standby),
+- leader election (``daemon.leader``): only the leader runs passes; a standby polls;
+- ``daemon.listen``: a billing ``NOTIFY`` moves the job's next run to now;
+- ``daemon.metrics``: ``/metrics`` and ``/healthz``;
+- ``daemon.sdnotify``: READY=1 once the first pass is done (or on entering standby),
   STATUS= after every pass, WATCHDOG=1 while the loop is healthy, RELOADING=1 and
   STOPPING=1.
 
@@ -42,12 +42,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from provisiond import settings as settings_mod
 from provisiond.errors import ConfigError
-from provisiond.service import leader as leader_mod
-from provisiond.service.listen import BillingListener
-from provisiond.service.metrics import Health, Metrics, serve
-from provisiond.service.passes import PassRunner
-from provisiond.service.pg import is_postgresql
-from provisiond.service.sdnotify import Notifier, watchdog_interval
+from provisiond.daemon import leader as leader_mod
+from provisiond.daemon.listen import BillingListener
+from provisiond.daemon.metrics import Health, Metrics, serve
+from provisiond.daemon.passes import PassRunner
+from provisiond.daemon.pg import is_postgresql
+from provisiond.daemon.sdnotify import Notifier, watchdog_interval
 from provisiond.settings import Settings
 
 log = logging.getLogger(__name__)

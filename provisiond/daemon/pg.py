@@ -2,7 +2,7 @@
 session-level advisory lock (leader election) and ``LISTEN`` (billing notifications).
 
 Takes the SQLAlchemy URL from the settings and returns psycopg ``connect`` arguments;
-used by ``service.leader`` and ``service.listen``.
+used by ``daemon.leader`` and ``daemon.listen``.
 """
 
 from __future__ import annotations

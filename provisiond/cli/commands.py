@@ -1,121 +1,24 @@
-"""The ``provisiond`` command: check-config, plan, apply, demo, run, ipam, history.
+"""``check-config``, ``plan`` and ``apply``: a Reconciler's results as text, JSON and exit codes.
 
-The outermost edge: parses arguments, loads the settings, builds a Reconciler and
-turns its results into text/JSON and exit codes. ``plan`` follows Terraform's
-``-detailed-exitcode``: 0 nothing to do, 2 changes, 1 error. ``apply`` exits 0 when every
-target converged and 1 when any failed or was refused (the others are still applied).
+Called by ``cli.main`` (and by ``cli.demo``, which runs the same steps). Builds a
+Reconciler (``provisiond.engine``) from the settings, runs one pass and renders it
+with ``core.render``. ``plan`` writes nothing; ``apply`` exits 0 when every target
+converged and 1 when any failed or was refused (the others are still applied).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisiond import __version__, render
 from provisiond import settings as settings_mod
-from provisiond.errors import ConfigError, PlanRefused, ProvisiondError, SourceError, StoreError
-from provisiond.logs import setup_logging
-
-log = logging.getLogger("provisiond")
+from provisiond.core import render
+from provisiond.errors import ConfigError, PlanRefused, ProvisiondError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="provisiond",
-        description="Keep MikroTik address lists, FreeRADIUS groups and IP pools in step with billing.",
-    )
-    p.add_argument("--version", action="version", version=f"provisiond {__version__}")
-    p.add_argument(
-        "--config", "-c", metavar="PATH",
-        help="config file (default: $PROVISIOND_CONFIG, else /etc/provisiond/provisiond.toml)",
-    )
-    p.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv: per change)")
-    p.add_argument("--log-format", choices=["text", "json"], default=None)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    sub.add_parser("check-config", help="validate the config and test the billing query")
-
-    plan = sub.add_parser("plan", help="show what would change (writes nothing)")
-    plan.add_argument("--format", choices=["text", "json"], default="text")
-    plan.add_argument("--out", metavar="FILE", help="also save the plan as JSON for apply --plan")
-
-    apply = sub.add_parser("apply", help="plan and apply")
-    apply.add_argument("--plan", dest="plan_file", metavar="FILE", help="apply exactly this saved plan")
-    apply.add_argument("--force", action="store_true", help="apply even over the safety thresholds")
-    apply.add_argument("--format", choices=["text", "json"], default="text")
-
-    demo = sub.add_parser("demo", help="run plan/apply/plan against a built-in simulator and SQLite")
-    demo.add_argument("--accounts", type=int, default=300, metavar="N")
-    demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here (default: a temp dir)")
-    demo.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
-
-    sub.add_parser("run", help="reconcile continuously (the systemd service)")
-
-    hist = sub.add_parser("history", help="show the journal of applied changes")
-    hist.add_argument("--since", metavar="WHEN", help="ISO time or a duration like 2h, 7d")
-    hist.add_argument("--account", metavar="ID")
-    hist.add_argument("--limit", type=int, default=200)
-    hist.add_argument("--format", choices=["text", "json"], default="text")
-
-    try:
-        from provisiond.commands import ipam as ipam_cmd
-
-        ipam_cmd.add_parser(sub)
-    except ImportError:  # IPAM not installed in this build
-        pass
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(verbosity=args.verbose, fmt=args.log_format or "text")
-    if args.command == "demo":
-        from provisiond.demo import run_demo
-
-        return run_demo(accounts=args.accounts, directory=args.dir, quiet=args.quiet)
-    path = settings_mod.config_path(args.config)
-    if args.command == "check-config":
-        return check_config(path)
-    try:
-        settings = settings_mod.load(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.log_format is None and settings.daemon.log_format != "text":
-        setup_logging(verbosity=args.verbose, fmt=settings.daemon.log_format)
-    try:
-        if args.command == "plan":
-            return cmd_plan(settings, fmt=args.format, out=args.out)
-        if args.command == "apply":
-            return cmd_apply(settings, plan_file=args.plan_file, force=args.force, fmt=args.format)
-        if args.command == "history":
-            return cmd_history(settings, args)
-        if args.command == "ipam":
-            from provisiond.commands import ipam as ipam_cmd
-
-            return int(ipam_cmd.run(args, settings))
-        if args.command == "run":
-            from provisiond.daemon import run_daemon
-
-            return int(run_daemon(path, settings))
-    except SourceError as exc:
-        print(f"error: source: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (StoreError, ProvisiondError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    raise AssertionError(args.command)
 
 
 def check_config(path: Path) -> int:
@@ -170,7 +73,7 @@ def check_config(path: Path) -> int:
 
 
 def _reconciler(settings: settings_mod.Settings, *, readonly: bool) -> Any:
-    from provisiond.reconciler import Reconciler
+    from provisiond.engine import Reconciler
 
     return Reconciler(settings, readonly=readonly)
 
@@ -268,7 +171,7 @@ def apply_lines(result: Any) -> list[str]:
 
 
 def apply_json(result: Any) -> dict[str, Any]:
-    from provisiond.changes import change_to_json
+    from provisiond.core.changes import change_to_json
 
     return {
         "ok": result.ok,
@@ -288,58 +191,3 @@ def apply_json(result: Any) -> dict[str, Any]:
             for r in result.results
         ],
     }
-
-
-def cmd_history(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime, timedelta
-
-    from provisiond.store import StateStore
-
-    since = None
-    if args.since:
-        try:
-            since = datetime.now(UTC) - timedelta(seconds=settings_mod.parse_duration(args.since))
-        except ValueError:
-            try:
-                since = datetime.fromisoformat(args.since)
-            except ValueError:
-                print(f"error: --since: not a time or duration: {args.since!r}", file=sys.stderr)
-                return EXIT_ERROR
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-    store = StateStore.open(settings.state.url.get_secret_value(), readonly=True)
-    try:
-        rows = store.history(since=since, account=args.account, limit=args.limit)
-    finally:
-        store.close()
-    for row in rows:
-        if isinstance(row.get("at"), datetime):
-            row["at"] = row["at"].isoformat(timespec="seconds")
-    if args.format == "json":
-        print(json.dumps({"entries": rows}, indent=2, ensure_ascii=False, default=str))
-        return EXIT_OK
-    for row in rows:
-        detail = row.get("detail") or {}
-        ident = " ".join(str(detail.get(k, "")) for k in ("list", "groupname", "username", "address")
-                         if detail.get(k))
-        print(f"{row['at']}  {row['target']}  {render.SYMBOL.get(row['action'], '?')} {ident}  "
-              f"acct {row.get('account_id', '')}  {row['result']}"
-              + (f"  {row['message']}" if row.get("message") else ""))
-    return EXIT_OK
-
-
-def entry() -> None:
-    """The console script: ``main`` plus a quiet exit when the reader of stdout goes away."""
-    try:
-        code = main()
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `provisiond plan | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = EXIT_ERROR
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    entry()

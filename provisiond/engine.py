@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from provisiond import desire
-from provisiond.changes import Conflict, Create, Key, Observed, Resource, change_from_json
-from provisiond.diff import count_by_group, diff
+from provisiond.core import desire
+from provisiond.core.changes import Conflict, Create, Key, Observed, Resource, change_from_json
+from provisiond.core.diff import count_by_group, diff
 from provisiond.errors import (
     ConfigError,
     PlanRefused,
@@ -30,9 +30,11 @@ from provisiond.errors import (
     SuspiciousSnapshot,
     TargetError,
 )
-from provisiond.model import Snapshot
-from provisiond.plan import Plan, Safety
+from provisiond.core.model import Snapshot
+from provisiond.core.plan import Plan, Safety
 from provisiond.settings import Settings
+from provisiond.sources.base import Source
+from provisiond.state.base import Store
 from provisiond.targets.base import ApplyResult, Target
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class PassPlan:
     plans: list[Plan] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # target -> why it could not be planned
     kinds: dict[str, str] = field(default_factory=dict)  # target -> kind, failed ones included
-    allocation: Any = None  # provisiond.ipam.Allocation when pools are configured
+    allocation: Any = None  # provisiond.core.ipam.Allocation when pools are configured
     notes: list[str] = field(default_factory=list)
     ipam_json: dict[str, Any] | None = None
     now: datetime | None = None  # when the allocation was computed
@@ -83,14 +85,14 @@ class Reconciler:
         self,
         settings: Settings,
         *,
-        source: Any = None,
+        source: Source | None = None,
         targets: Sequence[Target] | None = None,
-        store: Any = None,
+        store: Store | None = None,
         readonly: bool = True,
     ) -> None:
         self.settings = settings
-        self.source = source if source is not None else _build_source(settings)
-        self.store = store if store is not None else _open_store(settings, readonly=readonly)
+        self.source: Source = source if source is not None else _build_source(settings)
+        self.store: Store = store if store is not None else _open_store(settings, readonly=readonly)
         self.targets: list[Target] = list(targets) if targets is not None else build_targets(
             settings, self.store
         )
@@ -98,11 +100,8 @@ class Reconciler:
     def close(self) -> None:
         for t in self.targets:
             t.close()
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
-        if self.store is not None:
-            self.store.close()
+        self.source.close()
+        self.store.close()
 
     # -- reading --------------------------------------------------------------------
 
@@ -212,7 +211,7 @@ class Reconciler:
         desired: dict[str, dict[Key, Resource]] = {n: d.desired for n, d in per_router.items()}
         conflicts: dict[str, list[Conflict]] = {n: d.conflicts for n, d in per_router.items()}
         if s.radius is not None:
-            from provisiond.radius_desire import radius as radius_desire
+            from provisiond.core.radius import radius as radius_desire
 
             want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group)
             desired["radius"] = want
@@ -290,7 +289,7 @@ class Reconciler:
     def _journal(self, run_id: str, outcome: ApplyResult) -> None:
         if self.store is None:
             return
-        from provisiond.changes import change_to_json
+        from provisiond.core.changes import change_to_json
 
         entries: list[dict[str, Any]] = []
         for c in outcome.applied:
@@ -415,7 +414,7 @@ def _summary(result: PassResult) -> dict[str, Any]:
 # -- building the parts from settings ------------------------------------------------
 
 
-def _build_source(settings: Settings) -> Any:
+def _build_source(settings: Settings) -> Source:
     from provisiond.sources.sql import SqlSource
 
     s = settings.source
@@ -426,8 +425,8 @@ def _build_source(settings: Settings) -> Any:
     return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url())
 
 
-def _open_store(settings: Settings, *, readonly: bool) -> Any:
-    from provisiond.store import StateStore
+def _open_store(settings: Settings, *, readonly: bool) -> Store:
+    from provisiond.state.store import StateStore
 
     url = settings.state.url.get_secret_value()
     if readonly:
@@ -459,7 +458,7 @@ class WritableOnDemand:
             return self._open(write)
 
     def _open(self, write: bool) -> Any:
-        from provisiond.store import StateStore
+        from provisiond.state.store import StateStore
 
         if self._rw is not None:
             return self._rw
@@ -483,7 +482,7 @@ class WritableOnDemand:
         self._ro = self._rw = None
 
 
-def build_targets(settings: Settings, store: Any) -> list[Target]:
+def build_targets(settings: Settings, store: Store) -> list[Target]:
     from provisiond.targets.routeros import RouterTarget
 
     targets: list[Target] = []
@@ -504,9 +503,9 @@ def build_targets(settings: Settings, store: Any) -> list[Target]:
 
 
 def _allocate(
-    settings: Settings, snapshot: Snapshot, store: Any, now: datetime
+    settings: Settings, snapshot: Snapshot, store: Store | None, now: datetime
 ) -> tuple[Any, dict[str, Any]]:
-    from provisiond import ipam
+    from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
     leases = store.leases() if store is not None else []

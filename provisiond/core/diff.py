@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from provisiond.addresses import sort_key
-from provisiond.changes import (
+from provisiond.core.addresses import sort_key
+from provisiond.core.changes import (
     ORDER,
     Change,
     Conflict,

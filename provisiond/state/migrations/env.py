@@ -1,6 +1,6 @@
 """Alembic environment for the StateStore's schema.
 
-``provisiond.store.StateStore.open`` runs the upgrade programmatically: it hands over a
+``provisiond.state.store.StateStore.open`` runs the upgrade programmatically: it hands over a
 connection that is already inside a locked transaction (``BEGIN IMMEDIATE`` on SQLite,
 an advisory lock on PostgreSQL), so concurrent start-ups migrate one at a time and
 the version bump commits with the DDL. There is no ``alembic.ini``.
@@ -14,7 +14,7 @@ config = context.config
 connection = config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "provisiond's migrations run through provisiond.store.StateStore.open(), "
+        "provisiond's migrations run through provisiond.state.store.StateStore.open(), "
         "which passes the connection in config.attributes['connection']"
     )
 

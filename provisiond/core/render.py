@@ -11,8 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from provisiond.changes import Change, Resource, Update
-from provisiond.plan import Plan
+from provisiond.core.changes import Change, Resource, Update
+from provisiond.core.plan import Plan
 
 SYMBOL = {"create": "+", "delete": "-", "update": "~"}
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from provisiond.addresses import routeros_form
-from provisiond.changes import Conflict, Key, Resource
-from provisiond.model import Account
+from provisiond.core.addresses import routeros_form
+from provisiond.core.changes import Conflict, Key, Resource
+from provisiond.core.model import Account
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 
 from provisiond.errors import StoreError
-from provisiond.ipam import Allocation, Lease
+from provisiond.core.ipam import Allocation, Lease
 
 log = logging.getLogger(__name__)
 
@@ -628,7 +628,7 @@ def _upgrade(engine: Engine) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", "provisiond:migrations")
+    config.set_main_option("script_location", "provisiond.state:migrations")
     config.set_main_option("version_table", VERSION_TABLE)
     with engine.connect() as raw:
         conn = raw.execution_options(provisiond_write=True)

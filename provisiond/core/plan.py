@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisiond.changes import Change, Conflict, change_to_json
+from provisiond.core.changes import Change, Conflict, change_to_json
 from provisiond.errors import TooMuchChange
 
 

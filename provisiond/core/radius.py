@@ -24,6 +24,10 @@ What is desired:
   router-side pools provisiond does not manage, so no Framed-IPv6-Address is written.
 - A username billing lists on two accounts belongs to the lowest account id (stable
   from pass to pass); the other accounts' rows for it become ``Conflict`` values.
+
+Below that, FreeRADIUS's reply predicted (``effective_reply``, rlm_sql's merge of
+radreply and group replies): ``targets.radius`` uses it to choose between a CoA and a
+Disconnect for a live session, from rows it has read.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from provisiond import addresses
-from provisiond.changes import Conflict, Key, Resource
-from provisiond.model import Account
+from provisiond.core import addresses
+from provisiond.core.changes import Conflict, Key, Resource
+from provisiond.core.model import Account
 
 FRAMED_IP = "Framed-IP-Address"
 
@@ -139,3 +143,81 @@ def radius(
                     desired[row.key] = row
     conflicts.sort(key=lambda c: (c.resource.group, c.resource.ident, c.resource.account_id))
     return desired, conflicts
+
+
+# Reply attributes RouterOS changes on a live session by CoA (MikroTik manual, "RADIUS",
+# FREERADIUS.md section 4). Anything else - an address, a pool, Mikrotik-Address-List -
+# needs the session to start over: Disconnect-Request.
+COA_CHANGEABLE = frozenset(
+    {
+        "Mikrotik-Group", "Mikrotik-Recv-Limit", "Mikrotik-Xmit-Limit", "Mikrotik-Rate-Limit",
+        "Mikrotik-Mark-Id", "Mikrotik-Advertise-URL", "Mikrotik-Advertise-Interval",
+        "Filter-Id", "Session-Timeout", "Idle-Timeout", "Port-Limit",
+    }
+)
+
+
+# -- FreeRADIUS's reply, predicted (rlm_sql mod_authorize, FREERADIUS.md section 1) ------
+def effective_reply(
+    user_reply: Sequence[tuple[str, str, str]],
+    groups: Sequence[tuple[int, str]],
+    group_reply: Mapping[str, Sequence[tuple[str, str, str]]],
+) -> tuple[dict[str, list[str]], set[str]]:
+    """The reply attributes rlm_sql would send, and the groups it read.
+
+    radreply first; groups by priority while each group's reply says ``Fall-Through = Yes``
+    (a group without reply rows stops the loop); ``Fall-Through = No`` in radreply skips
+    groups. ``=`` adds an attribute not yet present, ``:=`` replaces, ``+=`` appends.
+    """
+    reply: dict[str, list[str]] = {}
+    fall = _merge(reply, user_reply)
+    used: set[str] = set()
+    if fall is False:
+        return reply, used
+    seen: set[str] = set()
+    for _, g in groups:
+        if g in seen:
+            continue
+        seen.add(g)
+        used.add(g)
+        if not _merge(reply, group_reply.get(g, ())):
+            break
+    return reply, used
+
+
+def _merge(reply: dict[str, list[str]], rows: Iterable[tuple[str, str, str]]) -> bool | None:
+    """Merge one result set into ``reply`` like rlm_sql's pairmove; its Fall-Through, if any.
+
+    Operators compare against the reply as it was before this result set: two ``=`` rows
+    for one attribute in the same set are both sent (FREERADIUS.md section 1). Names are
+    case-insensitive, as in FreeRADIUS's dictionary.
+    """
+    fall: bool | None = None
+    before = set(reply)
+    replaced: set[str] = set()
+    for raw_attr, op, value in rows:
+        attr = _canonical(raw_attr)
+        if attr == "Fall-Through":
+            fall = (value or "").strip().lower() in ("yes", "1")
+            continue
+        if op == ":=" and attr not in replaced:
+            reply[attr] = [value]
+            replaced.add(attr)
+        elif op in ("+=", ":=") or (op == "=" and attr not in before):
+            reply.setdefault(attr, []).append(value)
+    return fall
+
+
+_CANONICAL = {a.lower(): a for a in (*COA_CHANGEABLE, FRAMED_IP, "Fall-Through", "Mikrotik-Address-List")}
+
+
+def _canonical(attr: str) -> str:
+    return _CANONICAL.get(attr.lower(), attr)
+
+
+def reply_diff(old: Mapping[str, list[str]], new: Mapping[str, list[str]]) -> str:
+    parts = []
+    for a in sorted(old.keys() | new.keys()):
+        if old.get(a) != new.get(a):
+            parts.append(f"{a} {','.join(old.get(a, [])) or '-'} -> {','.join(new.get(a, [])) or '-'}")
+    return "; ".join(parts)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from provisiond.service.pg import connect_kwargs, display
+from provisiond.daemon.pg import connect_kwargs, display
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from provisiond import render
+from provisiond.core import render
 from provisiond.errors import ConfigError, ProvisiondError, SourceError
-from provisiond.service.metrics import Health, Metrics
+from provisiond.daemon.metrics import Health, Metrics
 from provisiond.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ ReconcilerFactory = Callable[[Settings, bool], Any]
 
 
 def _default_factory(settings: Settings, readonly: bool) -> Any:
-    from provisiond.reconciler import Reconciler
+    from provisiond.engine import Reconciler
 
     return Reconciler(settings, readonly=readonly)
 
@@ -260,7 +260,7 @@ class PassRunner:
     def _pool_utilisation(self, rec: Any) -> None:
         if not self.settings.pool or rec.store is None:
             return
-        from provisiond import ipam
+        from provisiond.core import ipam
 
         try:
             leases = rec.store.leases()

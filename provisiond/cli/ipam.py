@@ -1,6 +1,6 @@
 """``provisiond ipam``: look at the lease table, and release an account's address by hand.
 
-An edge, like the rest of the CLI: ``cli.py`` adds the subcommand (``add_parser``) and
+An edge, like the rest of the CLI: ``cli.main`` adds the subcommand (``add_parser``) and
 dispatches to ``run`` with the loaded Settings. ``list`` and ``show`` open the
 StateStore read-only (nothing is created or migrated); ``release`` writes, putting the
 account's leased address(es) into hold for the pool's ``hold`` — the next pass gives
@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond.errors import StoreError
-from provisiond.ipam import Lease, Pool, pool_usage
+from provisiond.core.ipam import Lease, Pool, pool_usage
 from provisiond.settings import Settings
-from provisiond.store import StateStore
+from provisiond.state.store import StateStore
 
 EXIT_OK, EXIT_ERROR = 0, 1
 

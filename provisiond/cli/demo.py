@@ -218,7 +218,7 @@ def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
 
 def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
     from provisiond import settings as settings_mod
-    from provisiond.cli import cmd_apply, cmd_plan
+    from provisiond.cli.commands import cmd_apply, cmd_plan
 
     tmp = None
     if directory is None:

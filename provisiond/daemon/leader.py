@@ -25,11 +25,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from provisiond.errors import ProvisiondError
-from provisiond.service.pg import connect_kwargs, display, is_postgresql
+from provisiond.daemon.pg import connect_kwargs, display, is_postgresql
 
 log = logging.getLogger(__name__)
 
-# "prov" + 0x0010: provisiond's own advisory lock key space (store.py uses 0x0001, 0x0002).
+# "prov" + 0x0010: provisiond's own advisory lock key space (state.store uses 0x0001, 0x0002).
 LEADER_KEY = 0x70726F76_0010
 
 

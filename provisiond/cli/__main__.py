@@ -1,0 +1,5 @@
+"""``python -m provisiond.cli``: the ``provisiond`` console script."""
+
+from provisiond.cli.main import entry
+
+entry()

@@ -1,0 +1,131 @@
+"""The ``provisiond`` command line: arguments in, a subcommand run, an exit code out.
+
+The outermost edge. Parses arguments, sets up logging, loads the settings and hands
+them to the subcommand: ``commands`` (check-config, plan, apply), ``history``,
+``ipam``, ``demo``, or ``provisiond.daemon.loop`` for ``run``. Exit codes follow
+Terraform's ``-detailed-exitcode``: 0 nothing to do, 2 changes, 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from provisiond import __version__
+from provisiond import settings as settings_mod
+from provisiond.cli.commands import EXIT_ERROR, check_config, cmd_apply, cmd_plan
+from provisiond.cli.history import cmd_history
+from provisiond.cli.logs import setup_logging
+from provisiond.errors import ConfigError, ProvisiondError, SourceError, StoreError
+
+log = logging.getLogger("provisiond")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="provisiond",
+        description="Keep MikroTik address lists, FreeRADIUS groups and IP pools in step with billing.",
+    )
+    p.add_argument("--version", action="version", version=f"provisiond {__version__}")
+    p.add_argument(
+        "--config", "-c", metavar="PATH",
+        help="config file (default: $PROVISIOND_CONFIG, else /etc/provisiond/provisiond.toml)",
+    )
+    p.add_argument("--verbose", "-v", action="count", default=0, help="more logging (-vv: per change)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("check-config", help="validate the config and test the billing query")
+
+    plan = sub.add_parser("plan", help="show what would change (writes nothing)")
+    plan.add_argument("--format", choices=["text", "json"], default="text")
+    plan.add_argument("--out", metavar="FILE", help="also save the plan as JSON for apply --plan")
+
+    apply = sub.add_parser("apply", help="plan and apply")
+    apply.add_argument("--plan", dest="plan_file", metavar="FILE", help="apply exactly this saved plan")
+    apply.add_argument("--force", action="store_true", help="apply even over the safety thresholds")
+    apply.add_argument("--format", choices=["text", "json"], default="text")
+
+    demo = sub.add_parser("demo", help="run plan/apply/plan against a built-in simulator and SQLite")
+    demo.add_argument("--accounts", type=int, default=300, metavar="N")
+    demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here (default: a temp dir)")
+    demo.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
+
+    sub.add_parser("run", help="reconcile continuously (the systemd service)")
+
+    hist = sub.add_parser("history", help="show the journal of applied changes")
+    hist.add_argument("--since", metavar="WHEN", help="ISO time or a duration like 2h, 7d")
+    hist.add_argument("--account", metavar="ID")
+    hist.add_argument("--limit", type=int, default=200)
+    hist.add_argument("--format", choices=["text", "json"], default="text")
+
+    try:
+        from provisiond.cli import ipam as ipam_cmd
+
+        ipam_cmd.add_parser(sub)
+    except ImportError:  # IPAM not installed in this build
+        pass
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(verbosity=args.verbose, fmt=args.log_format or "text")
+    if args.command == "demo":
+        from provisiond.cli.demo import run_demo
+
+        return run_demo(accounts=args.accounts, directory=args.dir, quiet=args.quiet)
+    path = settings_mod.config_path(args.config)
+    if args.command == "check-config":
+        return check_config(path)
+    try:
+        settings = settings_mod.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.log_format is None and settings.daemon.log_format != "text":
+        setup_logging(verbosity=args.verbose, fmt=settings.daemon.log_format)
+    try:
+        if args.command == "plan":
+            return cmd_plan(settings, fmt=args.format, out=args.out)
+        if args.command == "apply":
+            return cmd_apply(settings, plan_file=args.plan_file, force=args.force, fmt=args.format)
+        if args.command == "history":
+            return cmd_history(settings, args)
+        if args.command == "ipam":
+            from provisiond.cli import ipam as ipam_cmd
+
+            return int(ipam_cmd.run(args, settings))
+        if args.command == "run":
+            from provisiond.daemon.loop import run_daemon
+
+            return int(run_daemon(path, settings))
+    except SourceError as exc:
+        print(f"error: source: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (StoreError, ProvisiondError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    raise AssertionError(args.command)
+
+
+def entry() -> None:
+    """The console script: ``main`` plus a quiet exit when the reader of stdout goes away."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `provisiond plan | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_ERROR
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,1 +1,0 @@
-"""CLI subcommands that live in their own module (``provisiond ipam``)."""

@@ -1,0 +1,43 @@
+"""The seam between the engine and provisiond's own database.
+
+``engine.Reconciler`` reads the last good billing read and the leases before it
+plans, and records the read, the leases, the run and the journal when it applies.
+``state.store.StateStore`` is the implementation; ``engine.WritableOnDemand`` wraps it
+so a failed billing read creates nothing. The RADIUS target's ledger is its own,
+smaller protocol (``targets.radius.RadiusLedger``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from provisiond.core.ipam import Allocation, Lease
+
+
+class Store(Protocol):
+    def last_good_read(self) -> int | None: ...
+
+    def record_read(self, accounts: int, rows: int, at: datetime) -> None: ...
+
+    def leases(self, pool: str | None = None) -> list[Lease]: ...
+
+    def reserve(self, allocation: Allocation, now: datetime) -> None: ...
+
+    def start_run(self, mode: str) -> str: ...
+
+    def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None: ...
+
+    def journal(
+        self, run_id: str, target: str, entries: Iterable[Mapping[str, Any]], *,
+        at: datetime | None = None,
+    ) -> None: ...
+
+    def radreply_owned(self) -> set[tuple[str, str]]: ...
+
+    def radreply_record(
+        self, *, added: Iterable[tuple[str, str, str]], removed: Iterable[tuple[str, str]]
+    ) -> None: ...
+
+    def close(self) -> None: ...
