@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 MAX_WORKERS = 8
 
+# ``progress(target, total)`` is called as a target's apply starts and returns the
+# callback that target reports completed changes to (the CLI's progress bar).
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
 
 @dataclass(slots=True)
 class PassPlan:
@@ -227,11 +231,13 @@ class Reconciler:
         force: bool = False,
         mode: str = "apply",
         may_write: Callable[[], bool] | None = None,
+        progress: ProgressFactory | None = None,
     ) -> PassResult:
         """Apply a PassPlan: leases first, then every target in parallel.
 
         ``may_write`` (the daemon's leader check) is asked again right before each
         target is written; a target that may not be written is reported, untouched.
+        ``progress`` gets each target's number of changes and its completions.
         """
         started = time.monotonic()
         result = PassResult(plan=pp)
@@ -264,7 +270,8 @@ class Reconciler:
             if may_write is not None and not may_write():
                 return ApplyResult(target=plan.target,
                                    error=f"{plan.target}: not applied: lost the leader lock")
-            outcome = by_name[plan.target].apply(plan)
+            tick = progress(plan.target, len(plan.changes)) if progress is not None else None
+            outcome = by_name[plan.target].apply(plan, progress=tick)
             # Journalled from the worker, so one target's journal is written while the
             # slower targets are still applying.
             self._journal(run_id, outcome)

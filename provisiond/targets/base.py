@@ -4,12 +4,13 @@ A Target reads the scope it manages (``observe``) and applies a ``Plan`` to it
 (``apply``). The reconciler calls every target in its own worker, so one failing
 router never holds up the others; a target signals failure by raising
 ``TargetError`` (or ``TargetUnavailable`` for "try again later") from ``observe`` and
-by reporting per-change failures in its ``ApplyResult`` from ``apply``.
+by reporting per-change failures in its ``ApplyResult`` from ``apply``. ``apply`` may
+report how far it got through a ``progress`` callback (the CLI's progress bar).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,8 +53,14 @@ class Target(Protocol):
         """Add follow-up actions (CoA/Disconnect) to a plan; most targets return it as is."""
         ...
 
-    def apply(self, plan: Plan) -> ApplyResult:
-        """Apply the plan's changes (Delete -> Create -> Update). Never raises for one change."""
+    def apply(
+        self, plan: Plan, *, progress: Callable[[int], None] | None = None
+    ) -> ApplyResult:
+        """Apply the plan's changes (Delete -> Create -> Update). Never raises for one change.
+
+        ``progress(n)`` is called as ``n`` more changes complete (applied, failed or
+        collided), from any thread; it only feeds a display and must be cheap.
+        """
         ...
 
     def close(self) -> None: ...

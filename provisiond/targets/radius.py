@@ -23,7 +23,7 @@ error or a log line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -383,7 +383,7 @@ class RadiusTarget:
         return "coa", attrs, why
 
     # -- apply -------------------------------------------------------------------------------
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None) -> ApplyResult:
         result = ApplyResult(target=self.name)
         changes = list(plan.changes)
         if not changes:
@@ -422,6 +422,8 @@ class RadiusTarget:
             self._unclaim(added)
             return result
         result.applied = changes
+        if progress is not None:  # one transaction: every change completes at the commit
+            progress(len(changes))
         try:
             self.ledger.radreply_record(added=(), removed=removed)
         except Exception as exc:  # noqa: BLE001 - any store failure: rows are committed, say so

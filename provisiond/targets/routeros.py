@@ -131,6 +131,7 @@ class RouterTarget:
         self.marker = Marker(marker)
         self._connect = connect or self._librouteros_connect
         self._api: Any = None
+        self._tick: Callable[[int], None] = _no_progress  # the running apply's progress
 
     # -- connection -----------------------------------------------------------------
 
@@ -224,8 +225,9 @@ class RouterTarget:
 
     # -- apply ----------------------------------------------------------------------
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None) -> ApplyResult:
         result = ApplyResult(target=self.name)
+        self._tick = progress or _no_progress
         try:
             api = self._api_or_connect()
             deletes = [c for c in plan.changes if isinstance(c, Delete)]
@@ -248,6 +250,7 @@ class RouterTarget:
             try:
                 path.remove(*(c.old.ref for c in batch))
                 result.applied.extend(batch)
+                self._tick(len(batch))
                 continue
             except TrapError:
                 pass  # one id in the batch is gone: fall back to one at a time
@@ -260,6 +263,7 @@ class RouterTarget:
                         result.applied.append(change)  # already gone: the goal is met
                     else:
                         result.failed.append((change, self._refused("remove", change.old, exc)))
+                self._tick(1)
 
     def _add_all(self, creates: list[Create], api: Any, result: ApplyResult) -> None:
         """Adds over ``settings.connections`` API sessions at once.
@@ -314,6 +318,7 @@ class RouterTarget:
                 result.collisions.append(Conflict(r, f"{exc.message} (not provisiond's)"))
             else:
                 result.failed.append((change, self._refused("add", r, exc)))
+        self._tick(1)
 
     def _set(self, api: Any, change: Update, result: ApplyResult) -> None:
         r = change.new
@@ -325,9 +330,14 @@ class RouterTarget:
             result.applied.append(change)
         except TrapError as exc:
             result.failed.append((change, self._refused("set", r, exc)))
+        self._tick(1)
 
     def _refused(self, verb: str, r: Resource, exc: TrapError) -> str:
         return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {exc.message}"
+
+
+def _no_progress(n: int) -> None:
+    pass
 
 
 def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None:

@@ -226,3 +226,10 @@ def test_a_group_differing_only_in_case_is_not_managed(target: RadiusTarget, rad
     execute(radius_url, "INSERT INTO radusergroup (username, groupname, priority) VALUES ('carol', 'Legacy', 5)")
     assert sync(target, [account("1", "alice")])[1].ok
     assert rows(radius_url, "radusergroup", *UG) == [("alice", "legacy", "1"), ("carol", "Legacy", "5")]
+
+
+def test_progress_reports_every_change_at_the_commit(target: RadiusTarget) -> None:
+    plan, _ = make_plan(target, [account("1", "alice", addresses=["10.64.0.10"]), account("2", "bob")])
+    seen: list[int] = []
+    assert target.apply(plan, progress=seen.append).ok
+    assert seen == [len(plan.changes)] == [3]
