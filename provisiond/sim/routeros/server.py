@@ -8,7 +8,10 @@ connection in its own thread: read a sentence with ``codec``, hand it to a
 
 The methods below the socket code are for tests and the demo: inspect and
 seed the tables, inject traps, drop or stall connections, take the router
-"down" (connections refused) and read what commands arrived.
+"down" (connections refused) and read what commands arrived. The fault hooks
+(``cut_after``, ``stall_after``, ``rewrite_next``, ``on_sentence``) count
+every non-empty sentence received on any connection, login included, so a
+test can break one apply at an exact point.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .state import MENUS, ReceivedCommand, RouterState
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Sentences = tuple[tuple[str, ...], ...]
+Rewrite = Callable[[Sentences], Sentences]
 _ACCEPT_POLL = 0.1
 _HANDSHAKE_TIMEOUT = 10.0
 
@@ -50,6 +55,12 @@ class RouterSim:
         self._threads: list[threading.Thread] = []
         self._unstalled = threading.Event()
         self._unstalled.set()
+        # Fault hooks, under _guard: sentence number -> what to do with it.
+        self._received = 0
+        self._cuts: dict[int, bool] = {}  # -> run the command before cutting?
+        self._stalls: dict[int, bool] = {}  # -> send half of the reply before stalling?
+        self._rewrites: list[tuple[str, Rewrite]] = []
+        self._observer: Callable[[int, list[str]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -177,6 +188,38 @@ class RouterSim:
         else:
             self._unstalled.set()
 
+    def cut_after(self, n: int, *, run: bool = False) -> None:
+        """The ``n``-th sentence received from now on (1 = the next one, on any
+        connection) is the last on its connection: it is closed without an answer.
+        ``run`` runs the command first, as when the reply is lost on its way back."""
+        with self._guard:
+            self._cuts[self._received + n] = run
+
+    def stall_after(self, n: int, *, half: bool = False) -> None:
+        """The reply to the ``n``-th sentence from now on is held until
+        ``set_stalled(False)``; ``half`` sends the first half of its bytes first.
+        Takes effect by stalling the whole router (every later reply waits too)."""
+        with self._guard:
+            self._stalls[self._received + n] = half
+
+    def rewrite_next(self, command_path: str, rewrite: Rewrite) -> None:
+        """The next reply to ``command_path`` passes through ``rewrite`` (sentences in,
+        sentences out) before it is sent; a ``!fatal`` among them closes the connection
+        after sending, as RouterOS does."""
+        with self._guard:
+            self._rewrites.append((command_path, rewrite))
+
+    def on_sentence(self, observer: Callable[[int, list[str]], None] | None) -> None:
+        """Call ``observer(number, words)`` for every sentence received, before it runs
+        (number counts from the router's start)."""
+        with self._guard:
+            self._observer = observer
+
+    @property
+    def sentences_received(self) -> int:
+        with self._guard:
+            return self._received
+
     # -- sockets -----------------------------------------------------------
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -262,15 +305,49 @@ class RouterSim:
         with stream.makefile("rb") as reader:
             while True:
                 limit = None if session.logged_in else self.settings.max_pre_login_word
-                reply = session.handle(read_sentence(reader.read, max_word=limit))
+                words = read_sentence(reader.read, max_word=limit)
+                cut, stall, rewrite = self._faults_for(words)
+                if cut is False:
+                    return "cut by a test before running the command"
+                reply = session.handle(words)
                 if reply is None:
                     continue
+                if cut is True:
+                    return "cut by a test after running the command"
+                sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
+                data = encode_reply(sentences)
+                if stall is not None:
+                    self._unstalled.clear()
+                    if stall:
+                        stream.sendall(data[: len(data) // 2])
+                        data = data[len(data) // 2:]
                 self._unstalled.wait()
+                if not self._running:
+                    return "stopped"
                 if reply.delay > 0:
                     time.sleep(reply.delay)
-                stream.sendall(encode_reply(reply.sentences))
-                if reply.close:
+                stream.sendall(data)
+                if reply.close or any(s and s[0] == "!fatal" for s in sentences):
                     return "fatal sent"
+
+    def _faults_for(self, words: list[str]) -> tuple[bool | None, bool | None, Rewrite | None]:
+        """(cut: None / before / after running, stall: None / whole / half, rewrite)."""
+        if not words:
+            return None, None, None
+        with self._guard:
+            self._received += 1
+            number, observer = self._received, self._observer
+            cut = self._cuts.pop(number, None)
+            stall = self._stalls.pop(number, None)
+            rewrite = None
+            for index, (path, fn) in enumerate(self._rewrites):
+                if path == words[0]:
+                    rewrite = fn
+                    del self._rewrites[index]
+                    break
+        if observer is not None:
+            observer(number, words)
+        return cut, stall, rewrite
 
 
 def _menu(menu: str) -> str:

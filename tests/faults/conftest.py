@@ -1,0 +1,47 @@
+"""Fixtures for the fault matrix: the end-to-end ``world`` (billing on PostgreSQL,
+simulated routers, the CLI) and ``figures``, the record of each fault's trials and
+losses, printed as one line per fault at the end of the run."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from world import World  # noqa: E402
+
+_FIGURES: list[str] = []
+
+
+class Figures:
+    """``record(fault, trials, lost=..., **more)``: one line of the fault matrix."""
+
+    def record(self, fault: str, trials: int, *, lost: int, **more: object) -> None:
+        extra = "".join(f" {k}={v}" for k, v in more.items())
+        _FIGURES.append(f"{fault}: trials={trials} lost={lost}{extra}")
+
+
+@pytest.fixture
+def figures() -> Figures:
+    return Figures()
+
+
+@pytest.fixture
+def world(tmp_path: Path, pg_url: str) -> Iterator[World]:
+    w = World(tmp_path, pg_url)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault matrix")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
