@@ -26,7 +26,7 @@ from librouteros.connections import SocketTransport
 from librouteros.exceptions import ConnectionClosed, LibRouterosError, TrapError
 from librouteros.query import Key as RosKey
 
-from provisiond.core.addresses import family, routeros_form
+from provisiond.core.addresses import family, routeros_form, span
 from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
@@ -41,6 +41,10 @@ MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
 REMOVE_BATCH = 200
 DUPLICATE = "already have such entry"
+# What librouteros raises on a reply it cannot parse (a ``!trap`` without a message, a
+# ``!fatal`` without one, a word without ``=``): the connection's state is then
+# unknown, so the router fails like a lost connection, never the whole pass.
+MALFORMED = (TypeError, ValueError, IndexError, KeyError, UnicodeError)
 NO_SUCH_ITEM = "no such item"
 
 
@@ -182,6 +186,10 @@ class RouterTarget:
         except (OSError, LibRouterosError) as exc:
             self.close()
             raise TargetUnavailable(self.name, f"reading list {list_name} failed: {_why(exc)}") from exc
+        except MALFORMED as exc:
+            self.close()
+            raise TargetError(self.name, f"print {list_name}: malformed reply from the router "
+                                         f"({_malformed(exc)}); nothing planned") from exc
 
     def observe(self) -> Observed:
         owned: dict[Key, Resource] = {}
@@ -199,6 +207,14 @@ class RouterTarget:
                     key: Key = ("address-list", (("list", list_name), ("address", address)))
                     owner = None if dynamic else self.marker.owner(comment)
                     digest.append((ref, list_name, address, comment, disabled, dynamic))
+                    if owner is not None and (not ref or not _readable(address)):
+                        # Without an id it cannot be changed; with an address that is not
+                        # one, it cannot be compared: either way it is left alone.
+                        why = "no .id" if not ref else f"an address provisiond cannot read ({address!r})"
+                        log.warning("%s: %s entry %s (comment %r) has %s: left alone",
+                                    self.name, list_name, ref or "?", comment, why)
+                        foreign.setdefault(key, f"provisiond's marker but {why}")
+                        continue
                     if owner is None:
                         why = "dynamic entry" if dynamic else "entry not created by provisiond"
                         foreign.setdefault(key, f"{why} (comment {comment!r})" if comment else why)
@@ -242,6 +258,10 @@ class RouterTarget:
             self.close()
             message = str(exc) if isinstance(exc, TargetError) else f"{self.name}: connection lost: {_why(exc)}"
             _fail_rest(result, plan.changes, message)
+        except MALFORMED as exc:
+            self.close()
+            _fail_rest(result, plan.changes,
+                       f"{self.name}: malformed reply from the router ({_malformed(exc)})")
         return result
 
     def _remove(self, path: Any, deletes: list[Delete], result: ApplyResult) -> None:
@@ -289,6 +309,9 @@ class RouterTarget:
                     self._add(conn, change, partial[i])
             except (OSError, LibRouterosError) as exc:
                 _fail_rest(partial[i], shares[i], f"{self.name}: connection lost: {_why(exc)}")
+            except MALFORMED as exc:
+                _fail_rest(partial[i], shares[i],
+                           f"{self.name}: malformed reply from the router ({_malformed(exc)})")
             finally:
                 if i != 0 and conn is not None:
                     try:
@@ -347,6 +370,15 @@ def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None
     result.error = why
     result.failed += [(c, "not applied: " + why) for c in changes
                       if id(c) not in done and id(c.resource) not in done]
+
+
+def _readable(address: str) -> bool:
+    """An IP address, network or range (not a DNS name, not garbage)."""
+    return bool(address) and all(span(part) is not None for part in address.split("-", 1))
+
+
+def _malformed(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _why(exc: BaseException) -> str:

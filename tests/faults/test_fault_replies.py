@@ -1,0 +1,149 @@
+"""Malformed replies from a router: reported for that router, never a crash, nothing
+deleted because of them, and the next pass converges.
+
+The simulator's ``rewrite_next`` hook mangles one reply on its way out (the router's
+real table stays intact), so whatever provisiond does about the mangled reply shows up
+as commands in the simulator's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from conftest import Figures
+from world import World
+
+PRINT = "/ip/firewall/address-list/print"
+ADD = "/ip/firewall/address-list/add"
+Sentences = tuple[tuple[str, ...], ...]
+ACCOUNTS = range(1, 13)
+
+
+def first_row(change: Callable[[tuple[str, ...]], tuple[str, ...]]) -> Callable[[Sentences], Sentences]:
+    """Mangle the first of provisiond's own rows in a print reply."""
+
+    def rewrite(sentences: Sentences) -> Sentences:
+        out, done = [], False
+        for s in sentences:
+            if s[0] == "!re" and not done and "=comment=provisiond:1 Tower 1" in s:
+                s, done = change(s), True
+            out.append(s)
+        assert done, "the print returned no row to mangle"
+        return tuple(out)
+
+    return rewrite
+
+
+def set_word(name: str, value: str | None) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    def change(s: tuple[str, ...]) -> tuple[str, ...]:
+        kept = tuple(w for w in s if not w.startswith(f"={name}="))
+        return kept if value is None else (*kept, f"={name}={value}")
+
+    return change
+
+
+def every_row_gets(word: str) -> Callable[[Sentences], Sentences]:
+    return lambda sentences: tuple((*s, word) if s[0] == "!re" else s for s in sentences)
+
+
+def fatal_midway(message: str | None) -> Callable[[Sentences], Sentences]:
+    def rewrite(sentences: Sentences) -> Sentences:
+        rows = [s for s in sentences if s[0] == "!re"]
+        fatal = ("!fatal", message) if message is not None else ("!fatal",)
+        return (*rows[: len(rows) // 2], fatal)
+
+    return rewrite
+
+
+def replaced_by(*sentences: tuple[str, ...]) -> Callable[[Sentences], Sentences]:
+    return lambda _: tuple(sentences)
+
+
+# (name, rewrite of the tower-hosts print, the pass must fail for core-1)
+PRINT_FAULTS = [
+    ("unparseable address", first_row(set_word("address", "10.0.0.300")), False),
+    ("empty address", first_row(set_word("address", "")), False),
+    ("no address word", first_row(set_word("address", None)), False),
+    ("missing .id", first_row(set_word(".id", None)), False),
+    ("unknown attribute", every_row_gets("=frobnicate=yes"), False),
+    ("word without =", first_row(lambda s: (*s, "garbage")), True),
+    ("!trap without message", replaced_by(("!trap",), ("!done",)), True),
+    ("!trap with an unknown word", replaced_by(("!trap", "=category=2", "=why=x"), ("!done",)), True),
+    ("!fatal mid-print", fatal_midway("out of memory"), True),
+    ("!fatal without message", fatal_midway(None), True),
+]
+
+
+def seeded(world: World) -> None:
+    """12 accounts on core-1's tower-hosts list, plus a hand-made entry; converged."""
+    world.router("core-1")
+    for i in ACCOUNTS:
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"], ips=[f"100.64.1.{i}"])
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+    world.sims["core-1"].add_entry(list_name="tower-hosts", address="100.64.9.9", comment="NOC",
+                                   dynamic=False)
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    world.sims["core-1"].reset_history()
+
+
+def removes(world: World) -> list[str]:
+    return [c.path for c in world.sims["core-1"].history if c.path.endswith(("/remove", "/set"))]
+
+
+@pytest.mark.parametrize("verb", ["plan", "apply"])
+def test_malformed_print_replies(world: World, figures: Figures, verb: str) -> None:
+    seeded(world)
+    sim = world.sims["core-1"]
+    before = world.entries("core-1", "tower-hosts")
+    lost = crashed = 0
+    for name, rewrite, fails in PRINT_FAULTS:
+        sim.rewrite_next(PRINT, rewrite)
+        try:
+            code, out, err = world.run(verb)
+        except Exception as exc:  # noqa: BLE001 - a crash is what this test counts
+            crashed += 1
+            print(f"{name}: {verb} crashed: {exc!r}")
+            continue
+        text = out + err
+        assert "Traceback" not in text, f"{name}: {text}"
+        if fails:
+            assert code == 1, f"{name}: {text}"
+            assert "core-1" in text, f"{name}: the failure must name the router: {text}"
+        else:
+            assert code in (0, 2), f"{name}: {text}"
+        if "address" in name or ".id" in name:
+            assert "core-1" in err, f"{name}: the unreadable entry must be reported: {text}"
+        after = world.entries("core-1", "tower-hosts")
+        lost += len(before.keys() - after.keys())
+        assert after.keys() == before.keys(), f"{name}: entries lost: {before.keys() - after.keys()}"
+        assert removes(world) == [], f"{name}: {removes(world)}"
+        world.assert_converged()
+    figures.record(f"malformed print reply ({verb})", len(PRINT_FAULTS), lost=lost, crashes=crashed)
+    assert crashed == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [(("!trap",), ("!done",)), (("!trap", "=category=9"), ("!done",)), (("!fatal",),),
+     (("!re", "x"), ("!done",))],
+    ids=["trap-no-message", "trap-category-only", "fatal-no-message", "garbage-re"],
+)
+def test_malformed_write_replies_fail_that_router_only(world: World, reply: Sentences) -> None:
+    world.router("core-1")
+    world.router("core-2")
+    for i in ACCOUNTS:
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"], ips=[f"100.64.1.{i}"])
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+    world.sims["core-1"].rewrite_next(ADD, replaced_by(*reply))
+    code, out, err = world.run("apply")
+    text = out + err
+    assert "Traceback" not in text
+    assert code == 1, text
+    assert "core-1" in err, text
+    assert len(world.entries("core-2", "tower-hosts")) == len(ACCOUNTS)  # the other router
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert len(world.entries("core-1", "tower-hosts")) == len(ACCOUNTS)
+    world.assert_converged()
