@@ -2,7 +2,8 @@
 
 First step of every pass. The query returns one row per account × group × address ×
 username with the columns in ``REQUIRED_COLUMNS``; rows are aggregated into
-``Account`` values. A row with bad data is skipped and reported with its account id.
+``Account`` values. A row with bad data is skipped and reported with its account id;
+an account whose rows disagree on its name or status is left out and reported too.
 A read that fails or times out raises ``SourceError``: the reconciler then writes
 nothing anywhere. SQLAlchemy Core, so PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL)
 and SQLite all work.
@@ -84,6 +85,7 @@ def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
     """Rows of REQUIRED_COLUMNS -> a Snapshot; bad rows become ``RowProblem``s. Pure."""
     accounts: dict[str, _Builder] = {}
     problems: list[RowProblem] = []
+    clashes: dict[str, tuple[set[str], set[str]]] = {}  # account id -> names, statuses
     count = 0
     for raw_id, name, status, group, ip_raw, username in rows:
         count += 1
@@ -101,12 +103,24 @@ def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
         acc = accounts.get(account_id)
         if acc is None:
             acc = accounts[account_id] = _Builder(account_id, _text(name), _text(status))
+        elif _text(name) != acc.name or _text(status) != acc.status:
+            seen = clashes.setdefault(account_id, ({acc.name}, {acc.status}))
+            seen[0].add(_text(name))
+            seen[1].add(_text(status))
         if group is not None and group != "":
             acc.groups.add(_text(group))
         if ip:
             acc.addresses.add(ip)
         if username is not None and username != "":
             acc.usernames.add(_text(username))
+    for account_id, (names, statuses) in clashes.items():
+        # Which row is right is anyone's guess (and their order may change from read
+        # to read): the account is left as it is on every target until billing agrees.
+        del accounts[account_id]
+        what = [f"different {kind} ({', '.join(repr(v) for v in sorted(values))})"
+                for kind, values in (("names", names), ("statuses", statuses)) if len(values) > 1]
+        problems.append(RowProblem(account_id, f"billing returns it with {' and '.join(what)}; "
+                                               "left as it is this pass"))
     return Snapshot(
         accounts={a.id: a.build() for a in accounts.values()},
         read_at=read_at,

@@ -1,0 +1,121 @@
+"""Billing faults while the routers ALREADY hold provisiond's entries: unreachable,
+timing out, no rows, 50% and 60% fewer accounts, one account twice with different
+names or statuses. Each is reported with a clear message and nothing is written where
+it should not be; the pass after the fault is repaired converges to exactly the
+entries billing asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from conftest import Figures
+from world import QUERY, World
+
+ACCOUNTS = range(1, 21)
+WRITES = ("/add", "/remove", "/set", "/enable", "/disable", "/unset")
+
+
+def seeded(world: World) -> None:
+    world.router("core-1")
+    world.router("core-2")
+    for i in ACCOUNTS:
+        groups = ["Tower Hosts"] if i % 2 else ["Tower Hosts", "Credit Card Pending"]
+        world.account(i, f"Tower {i}", groups=groups, ips=[f"100.64.1.{i}"],
+                      status="delinquent" if i % 5 == 0 else "active")
+    world.write_config()
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+
+
+def tables(world: World) -> dict[str, list[dict[str, str]]]:
+    """Every entry on every router, ids and comments included."""
+    return {name: sim.entries("ip") + sim.entries("ipv6") for name, sim in world.sims.items()}
+
+
+def writes(world: World) -> list[str]:
+    return [f"{name} {c.path}" for name, sim in world.sims.items() for c in sim.history
+            if c.path.endswith(WRITES)]
+
+
+@contextmanager
+def locked_accounts(world: World) -> Iterator[None]:
+    """Another session holds an exclusive lock on the accounts table: reads block."""
+    with world.engine.connect() as conn:
+        conn.exec_driver_sql("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
+def test_billing_faults_write_nothing_to_routers_holding_entries(world: World, figures: Figures) -> None:
+    seeded(world)
+    dead = "postgresql+psycopg://postgres@127.0.0.1:9/nothing"  # discard port: refused
+
+    def unreachable() -> Callable[[], None]:
+        world.billing_url, url = dead, world.billing_url
+        world.write_config()
+
+        def undo() -> None:
+            world.billing_url = url
+            world.write_config()
+        return undo
+
+    def no_rows() -> Callable[[], None]:
+        world.write_config(query=QUERY + " WHERE false")
+        return lambda: world.write_config()
+
+    def fewer(share: float) -> Callable[[], Callable[[], None]]:
+        def fault() -> Callable[[], None]:
+            gone = int(len(ACCOUNTS) * share)
+            world.write_config(query=QUERY + f" WHERE a.id > {gone}")
+            return lambda: world.write_config()
+        return fault
+
+    def twice(column: str, value: str) -> Callable[[], Callable[[], None]]:
+        def fault() -> Callable[[], None]:
+            row = {"name": "'Tower 3'", "status": "'active'"}
+            row[column] = value
+            world.write_config(query=QUERY + f" UNION ALL SELECT 3, {row['name']}, {row['status']}, "
+                                             "'Tower Hosts', '100.64.1.3', NULL")
+            return lambda: world.write_config()
+        return fault
+
+    # (fault, its message, the exit code: 1 = nothing applied anywhere)
+    cases: list[tuple[str, Callable[[], Callable[[], None]], str]] = [
+        ("unreachable", unreachable, "billing read from postgresql+psycopg://postgres@127.0.0.1:9/nothing failed"),
+        ("no rows", no_rows, "billing returned 0 accounts, last good read had 20"),
+        ("50% fewer", fewer(0.5), "10 deletes of 20 existing entries (50.0%) exceeds max_delete_ratio"),
+        ("60% fewer", fewer(0.6), "billing returned 8 accounts, last good read had 20"),
+        ("same account twice, two names", twice("name", "'Somebody Else'"),
+         "account 3: billing returns it with different names"),
+        ("same account twice, two statuses", twice("status", "'delinquent'"),
+         "account 3: billing returns it with different statuses"),
+    ]
+    before = tables(world)
+    for name, fault, message in cases:
+        for sim in world.sims.values():
+            sim.reset_history()
+        undo = fault()
+        for verb in ("plan", "apply"):
+            code, out, err = world.run(verb)
+            assert "Traceback" not in out + err
+            assert message in out + err, f"{name}: {verb}: {out + err}"
+        assert writes(world) == [], f"{name}: {writes(world)}"
+        assert tables(world) == before, name
+        undo()
+        code, out, err = world.run("apply")
+        assert code == 0, f"{name}: {out + err}"
+        assert tables(world) == before, name
+        world.assert_converged()
+
+    with locked_accounts(world):  # a read that times out
+        world.write_config(source_extra='timeout = "1s"')
+        code, out, err = world.run("apply")
+        assert code == 1
+        assert "canceling statement due to statement timeout" in err and "nothing written" in err
+    assert writes(world) == [] and tables(world) == before
+    world.write_config()
+    world.assert_converged()
+    figures.record("billing faults with routers holding entries", len(cases) + 1, lost=0,
+                   writes=len(writes(world)))
