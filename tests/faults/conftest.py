@@ -13,17 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from faultlib import FIGURES, Figures  # noqa: E402
 from world import World  # noqa: E402
-
-_FIGURES: list[str] = []
-
-
-class Figures:
-    """``record(fault, trials, lost=..., **more)``: one line of the fault matrix."""
-
-    def record(self, fault: str, trials: int, *, lost: int, **more: object) -> None:
-        extra = "".join(f" {k}={v}" for k, v in more.items())
-        _FIGURES.append(f"{fault}: trials={trials} lost={lost}{extra}")
 
 
 @pytest.fixture
@@ -41,7 +32,7 @@ def world(tmp_path: Path, pg_url: str) -> Iterator[World]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _FIGURES:
+    if FIGURES:
         terminalreporter.section("fault matrix")
-        for line in _FIGURES:
+        for line in FIGURES:
             terminalreporter.write_line(line)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from conftest import Figures
+from faultlib import Figures
 from world import QUERY, World
 
 ACCOUNTS = range(1, 21)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import Figures
+from faultlib import Figures
 from world import World
 
 PRINT = "/ip/firewall/address-list/print"
