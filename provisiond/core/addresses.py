@@ -1,9 +1,20 @@
-"""Address parsing and RouterOS's normal form (ROUTEROS.md §2.2).
+"""Address values and RouterOS's normal form (ROUTEROS.md §2.2).
 
-Billing addresses are parsed here when the Source reads them; address-list entries
-are compared in the form RouterOS stores them, on both sides: IPv4 hosts without
-``/32``, IPv6 hosts with ``/128``, networks with host bits cleared, ranges that are
-exactly one CIDR block collapsed to it. Pure.
+The Source parses billing addresses here (``billing_form``), desire writes allocated
+ones through ``routeros_form``, and the RouterOS target passes every address it reads
+back through ``routeros_form`` too. Both sides therefore meet as one text per *value*:
+an address, network or range is parsed to ``(version, first, last)`` integers and
+printed back from those numbers alone, so any two spellings of the same value
+(``::FFFF:10.9.9.9`` and ``::ffff:a09:909``, ``10.0.0.5/24`` and ``10.0.0.0/24``,
+``10.0.0.0-10.0.0.255`` and ``10.0.0.0/24``) compare equal in desire, observe and diff.
+
+The text is the one RouterOS prints: IPv4 hosts without ``/32``, IPv6 hosts with
+``/128``, networks with host bits cleared, a range that is exactly one CIDR block as
+that block, other ranges as ``first-last``. IPv6 is written as Linux's ``inet_ntop``
+writes it (RFC 5952 compression, lowercase, and the last 32 bits dotted for IPv4-mapped
+``::ffff:a.b.c.d`` and IPv4-compatible ``::a.b.c.d``), which RouterOS, a Linux system,
+prints [inf]; it is computed here so that it does not change with the Python version
+(``ipaddress`` spells mapped addresses differently from 3.13 on). Pure.
 """
 
 from __future__ import annotations
@@ -11,33 +22,101 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-import netaddr
+#: (version, first, last) of an address, network or range, as integers.
+Span = tuple[int, int, int]
+
+_BITS = {4: 32, 6: 128}
 
 
-def span(address: str) -> tuple[int, int, int] | None:
-    """(version, first, last) as integers of an address or CIDR network; None otherwise."""
-    value = address.strip()
+def _single(text: str) -> tuple[int, int] | None:
+    """(version, integer) of one address; None for anything else (scoped IPv6 included)."""
     try:
-        n = int(ipaddress.IPv4Address(value))
-        return 4, n, n
-    except ValueError:
-        pass
-    try:
-        net = ipaddress.ip_network(value, strict=False)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
-    return net.version, int(net.network_address), int(net.broadcast_address)
+    if getattr(ip, "scope_id", None) is not None:
+        return None  # fe80::1%eth0: no such thing in an address list
+    return ip.version, int(ip)
+
+
+def parse(text: str) -> Span | None:
+    """The value of an address, CIDR network (host bits allowed) or ``a-b`` range; None otherwise."""
+    value = text.strip()
+    if "/" in value:
+        if "%" in value:
+            return None
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return None
+        return net.version, int(net.network_address), int(net.broadcast_address)
+    if "-" in value:
+        head, _, tail = value.partition("-")
+        first, last = _single(head.strip()), _single(tail.strip())
+        if first is None or last is None or first[0] != last[0] or first[1] > last[1]:
+            return None
+        return first[0], first[1], last[1]
+    one = _single(value)
+    return None if one is None else (one[0], one[1], one[1])
+
+
+def span(address: str) -> Span | None:
+    """(version, first, last) as integers of an address, network or range; None otherwise."""
+    return parse(address)
+
+
+def text_of(version: int, value: int) -> str:
+    """One address in RouterOS's spelling, without a prefix length."""
+    if version == 4:
+        return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+    return _ipv6_text(value)
+
+
+def _ipv6_text(value: int) -> str:
+    """What glibc's ``inet_ntop(AF_INET6, …)`` prints for ``value``."""
+    words = [(value >> (112 - 16 * i)) & 0xFFFF for i in range(8)]
+    best_at, best_len, at, run = -1, 0, -1, 0
+    for i, w in enumerate(words):
+        if w == 0:
+            if at < 0:
+                at, run = i, 0
+            run += 1
+            if run > best_len:
+                best_at, best_len = at, run
+        else:
+            at = -1
+    if best_len < 2:
+        best_at = -1
+    if best_at == 0 and (best_len == 6 or (best_len == 5 and words[5] == 0xFFFF)):
+        head = "::ffff:" if best_len == 5 else "::"
+        return head + text_of(4, value & 0xFFFFFFFF)
+    if best_at < 0:
+        return ":".join(f"{w:x}" for w in words)
+    left = ":".join(f"{w:x}" for w in words[:best_at])
+    right = ":".join(f"{w:x}" for w in words[best_at + best_len:])
+    return f"{left}::{right}"
+
+
+def form_of(value: Span) -> str:
+    """The text RouterOS stores and prints for an address-list entry of this value."""
+    version, first, last = value
+    if first == last:
+        return text_of(version, first) + ("/128" if version == 6 else "")
+    size = last - first + 1
+    if size & (size - 1) == 0 and first % size == 0:  # exactly one CIDR block
+        return f"{text_of(version, first)}/{_BITS[version] - size.bit_length() + 1}"
+    return f"{text_of(version, first)}-{text_of(version, last)}"
 
 
 def ipv4_host(address: str) -> str | None:
     """The address if it is a single IPv4 host (``/32`` allowed), canonical; else None."""
-    value = address.strip().removesuffix("/32")
+    value = address.strip()
     if _is_canonical_v4(value):
         return value
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
+    parsed = parse(value)
+    if parsed is None or parsed[0] != 4 or parsed[1] != parsed[2]:
         return None
+    return text_of(4, parsed[1])
 
 
 def is_canonical_v4(value: str) -> bool:
@@ -54,62 +133,32 @@ def _is_canonical_v4(value: str) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def billing_form(text: str) -> str:
-    """A billing address or network in RouterOS form; ValueError names the bad text.
+    """A billing address, network or range in RouterOS form; ValueError names the bad text.
 
-    Unlike ``routeros_form`` this accepts only IP addresses and CIDR networks: a DNS
-    name or a typo in billing is an error, not an address-list entry.
+    Unlike ``routeros_form`` this accepts only IP values: a DNS name or a typo in
+    billing is an error, not an address-list entry.
     """
     value = text.strip()
     if _is_canonical_v4(value):
         return value
-    try:
-        ip = ipaddress.ip_address(value)
-        return str(ip) if ip.version == 4 else f"{ip}/128"
-    except ValueError:
-        pass
-    try:
-        net = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"not an IP address or network: {text!r}") from None
-    return routeros_form(str(net))
+    parsed = parse(value)
+    if parsed is None:
+        raise ValueError(f"not an IP address or network: {text!r}")
+    return form_of(parsed)
 
 
 @lru_cache(maxsize=1 << 16)
 def routeros_form(text: str) -> str:
     """The string RouterOS prints for an address-list ``address`` it was given ``text`` for.
 
-    DNS names and ranges that are not one CIDR block come back unchanged (stripped).
+    Equal values give equal strings. DNS names (and anything else that is no IP value)
+    come back unchanged but stripped.
     """
     value = text.strip()
     if _is_canonical_v4(value):
         return value
-    try:  # a single address: the stdlib parser is several times faster than netaddr
-        ip = ipaddress.ip_address(value)
-        return str(ip) if ip.version == 4 else f"{ip}/128"
-    except ValueError:
-        pass
-    if "-" in value and "/" not in value:
-        try:
-            start, end = (p.strip() for p in value.split("-", 1))
-            cidrs = netaddr.IPRange(start, end).cidrs()
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            return value
-        if len(cidrs) == 1:
-            return _net_form(cidrs[0])
-        return f"{netaddr.IPAddress(start)}-{netaddr.IPAddress(end)}"
-    try:
-        net = netaddr.IPNetwork(value)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        return value  # a DNS name: stored as given
-    return _net_form(net.cidr)
-
-
-def _net_form(net: netaddr.IPNetwork) -> str:
-    if net.version == 4 and net.prefixlen == 32:
-        return str(net.ip)
-    if net.version == 6:
-        return f"{net.network}/{net.prefixlen}"
-    return str(net.cidr)
+    parsed = parse(value)
+    return value if parsed is None else form_of(parsed)
 
 
 def family(address: str) -> int:

@@ -189,7 +189,8 @@ def _billing_ranges(address: str) -> tuple[int, int, int] | None:
 
 
 def _text(version: int, value: int) -> str:
-    return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
+    # One spelling per value whatever the Python version: the lease table is keyed by it.
+    return addresses.text_of(version, value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from provisiond.core.addresses import ipv4_host
 from provisiond.core.changes import Change, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
@@ -229,7 +230,8 @@ class RadiusTarget:
                 kind="radreply",
                 group=FRAMED_IP,
                 ident=(("username", row.username), ("attribute", FRAMED_IP)),
-                attrs=(("op", row.op), ("value", row.value)),
+                # Compared by value: ``10.0.0.1 `` in the table is the address desire wants.
+                attrs=(("op", row.op), ("value", ipv4_host(row.value or "") or row.value)),
                 ref=str(row.id),
             )
             # The ledger knows (username, attribute), not row ids: provisiond writes one row
