@@ -50,6 +50,19 @@ def test_routeros_api_add_get_remove(ros_api: Any) -> None:
     assert resource.get(list="nothing") == []  # !empty with a tag, then !done
 
 
+def test_routeros_api_query_words_outside_print_are_ignored(ros_api: Any) -> None:
+    """The second client sends real ``?`` words: remove/set act on ``.id`` only (ROUTEROS.md 1.2)."""
+    resource = ros_api.get_resource(AL)
+    resource.add(list="x", address="10.1.1.1")
+    resource.add(list="x", address="10.1.1.2")
+    ident = resource.get(address="10.1.1.1")[0]["id"]
+    assert resource.call("remove", queries={".id": ident}) == []  # a bare !done
+    assert len(resource.get(list="x")) == 2
+    resource.call("set", {"id": ident, "comment": "set"}, queries={"address": "10.1.1.2"})
+    assert {r["address"]: r.get("comment") for r in resource.get(list="x")} == {
+        "10.1.1.1": "set", "10.1.1.2": None}
+
+
 def test_routeros_api_sees_traps(ros_api: Any) -> None:
     resource = ros_api.get_resource(AL)
     resource.add(list="x", address="10.1.1.1")

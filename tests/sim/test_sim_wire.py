@@ -216,11 +216,20 @@ def test_query_words_are_ignored_by_non_print_commands(raw: Callable[..., RawCli
     client = raw()
     client.login()
     client.call(f"{AL}/add", "=list=blk", "=address=1.2.3.4")
-    assert client.call(f"{AL}/remove", "?.id=*1") == [
-        ["!trap", "=message=missing value(s) of argument(s) numbers", "=category=1"],
+    client.call(f"{AL}/add", "=list=other", "=address=1.2.3.5")
+    # remove with only a query word: a bare !done, nothing removed (ROUTEROS.md 1.2).
+    assert client.call(f"{AL}/remove", "?.id=*1") == [["!done"]]
+    assert client.call(f"{AL}/remove", "?list=blk", "?address=1.2.3.4") == [["!done"]]
+    assert client.call(f"{AL}/print", "=count-only=") == [["!done", "=ret=2"]]
+    # set/disable act on .id/numbers alone: the query word neither narrows nor widens.
+    assert client.call(f"{AL}/set", "=.id=*1", "?list=other", "=comment=set") == [["!done"]]
+    assert client.call(f"{AL}/set", "?.id=*2", "=comment=nothing") == [["!done"]]
+    assert client.call(f"{AL}/disable", "=numbers=*2", "?list=blk") == [["!done"]]
+    assert client.call(f"{AL}/print", "=.proplist=.id,comment,disabled") == [
+        ["!re", "=.id=*1", "=comment=set", "=disabled=false"],
+        ["!re", "=.id=*2", "=disabled=true"],
         ["!done"],
     ]
-    assert client.call(f"{AL}/print", "=count-only=") == [["!done", "=ret=1"]]
 
 
 def test_proplist_of_unset_properties_gives_bare_re(raw: Callable[..., RawClient]) -> None:

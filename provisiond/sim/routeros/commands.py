@@ -4,6 +4,10 @@
 lock and gets back a ``Result``: the data sentences (``!re``/``!empty``,
 without tags), the attribute words of ``!done`` and how long to stall before
 answering. Failures raise ``Trap``. No I/O here.
+
+``?`` query words count only for ``print``; every other command ignores them, as
+RouterOS does: ``set``/``remove``/``enable``/… act on their ``.id``/``numbers`` alone,
+and without one they change nothing and answer a bare ``!done``.
 """
 
 from __future__ import annotations
@@ -133,6 +137,11 @@ def _table_command(state: RouterState, table: AddressTable, verb: str, command: 
     if verb == "add":
         entry = table.add(values)
         return Result(done=(f"=ret={entry.id_text}",))
+    if ".id" not in attrs and "numbers" not in attrs:
+        # Query words select nothing outside print (ROUTEROS.md 1.2: ``remove ?.id=*A6``
+        # answers a bare !done and removes nothing), so a command that names no item
+        # by .id/numbers does nothing and says so with a bare !done.
+        return Result()
     if verb == "remove":
         _remove(state, table, attrs)
         return Result()
