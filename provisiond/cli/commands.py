@@ -60,6 +60,9 @@ def check_config(path: Path) -> int:
             problems.append(f"radius: {exc}")
         except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
             problems.append(f"radius.url: {type(exc).__name__}: {exc}")
+    from provisiond.state.store import permission_warnings
+
+    warnings += permission_warnings(settings.state.url.get_secret_value())
     for w in warnings:
         print(f"warning: {w}")
     for problem in problems:

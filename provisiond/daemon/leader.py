@@ -25,6 +25,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from provisiond.errors import ProvisiondError
+from provisiond.state.store import create_private_file, make_private_dirs
 from provisiond.daemon.pg import connect_kwargs, display, is_postgresql
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class FileLock:
 
     def acquire(self) -> bool:
         try:
+            make_private_dirs(self.path.parent)
+            create_private_file(self.path)  # 0600 like the store it guards
             fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
         except OSError as exc:
             raise AlreadyRunning(f"cannot open the lock file {self.path}: {exc.strerror}") from exc

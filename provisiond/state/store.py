@@ -13,6 +13,11 @@ Several processes may share one store: SQLite runs in WAL mode with a busy timeo
 takes its write lock up front (``BEGIN IMMEDIATE``); PostgreSQL serialises lease
 reservations with a transaction-scoped advisory lock. The unique constraints on
 ``leases`` are the last line: an address is never leased to two accounts.
+
+The store holds every account's name and address, so a SQLite store is private: the
+file (and so SQLite's -wal/-shm, which take its mode) is created 0600 and directories
+provisiond creates for it 0700, whatever the umask; ``permission_warnings`` tells
+check-config when existing ones are wider.
 """
 
 from __future__ import annotations
@@ -579,7 +584,8 @@ def _sqlite_engine(url: sa.URL, *, readonly: bool) -> Engine | None:
         engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.NullPool)
     else:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path.parent)
+            create_private_file(path)
         engine = sa.create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -606,6 +612,58 @@ def _sqlite_engine(url: sa.URL, *, readonly: bool) -> Engine | None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0700; existing ones stay as they are."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # mkdir's mode is filtered through the umask
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty and 0600 unless it exists (an empty file is a new SQLite database)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # open's mode is filtered through the umask
+    finally:
+        os.close(fd)
+
+
+def state_files(url: str) -> list[Path]:
+    """The files of a SQLite state store (database, -wal, -shm, the daemon's lock); [] otherwise."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        return []
+    path = _sqlite_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is None:
+        return []
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", ".lock"))]
+
+
+def permission_warnings(url: str) -> list[str]:
+    """For check-config: existing state files that other users may read or write."""
+    out = []
+    for path in state_files(url):
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            out.append(f"state.url: {path} has mode {mode:04o}: other users can read every account's "
+                       f"name and address in it; chmod 600 {path}")
+    return out
 
 
 def _server_engine(url: sa.URL, *, readonly: bool) -> Engine:
