@@ -9,6 +9,7 @@ read raises ``SourceError`` before anything is written.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
@@ -58,6 +59,7 @@ class PassPlan:
     notes: list[str] = field(default_factory=list)
     ipam_json: dict[str, Any] | None = None
     now: datetime | None = None  # when the allocation was computed
+    scope: tuple[str, ...] = ()  # the --target patterns this plan was limited to (empty: all)
 
     @property
     def has_changes(self) -> bool:
@@ -125,20 +127,26 @@ class Reconciler:
         return snapshot
 
     def plan(
-        self, *, now: datetime | None = None, skip: Callable[[str], bool] | None = None
+        self,
+        *,
+        now: datetime | None = None,
+        skip: Callable[[str], bool] | None = None,
+        targets: Sequence[str] | None = None,
     ) -> PassPlan:
         """Read billing, allocate, observe every target and diff. Writes nothing.
 
         ``skip(name)`` true leaves that target out of this pass (the daemon's back-off).
+        ``targets`` (names or globs, ``--target``) limits the pass to those targets.
         """
-        targets = [t for t in self.targets if skip is None or not skip(t.name)]
+        chosen = self.in_scope(targets)
+        targets_ = [t for t in chosen if skip is None or not skip(t.name)]
         # Targets are read while billing is read and desire is computed: a pass costs
         # the longer of the two, not their sum. Reads only; nothing is written.
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:
-            observing = [(t, pool.submit(_guarded, t, t.observe)) for t in targets]
+            observing = [(t, pool.submit(_guarded, t, t.observe)) for t in targets_]
             snapshot = self.read_source()
             now = now or datetime.now(UTC)
-            pp = PassPlan(snapshot=snapshot, now=now)
+            pp = PassPlan(snapshot=snapshot, now=now, scope=tuple(targets or ()))
             allocated: Mapping[str, tuple[str, ...]] = {}
             if self.settings.pool:
                 pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
@@ -181,6 +189,28 @@ class Reconciler:
                 else:
                     pp.errors[target.name] = str(outcome)
         return pp
+
+    def in_scope(self, patterns: Sequence[str] | None) -> list[Target]:
+        """The targets whose name matches any of ``patterns`` (globs); all when None.
+
+        A pattern that matches nothing is an error: a typo must not plan nothing and
+        look converged.
+        """
+        if not patterns:
+            return list(self.targets)
+        unmatched = [p for p in patterns
+                     if not any(fnmatch.fnmatchcase(t.name, p) for t in self.targets)]
+        if unmatched:
+            known = ", ".join(t.name for t in self.targets) or "none"
+            raise ConfigError([f"--target {p!r} matches no target (targets: {known})"
+                               for p in unmatched])
+        return [t for t in self.targets if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
+
+    def allocate(self, snapshot: Snapshot, now: datetime) -> Any:
+        """The pass's IPAM decisions (``core.ipam.Allocation``), or None without pools."""
+        if not self.settings.pool:
+            return None
+        return _allocate(self.settings, snapshot, self.store, now)[0]
 
     def without_address(
         self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
@@ -311,9 +341,14 @@ class Reconciler:
 
     def load_saved(self, doc: Mapping[str, Any]) -> PassPlan:
         """Rebuild a saved JSON plan and check every target is still as it was observed."""
-        pp = PassPlan(snapshot=None)
+        pp = PassPlan(snapshot=None, scope=tuple(doc.get("scope", {}).get("targets", ())))
         by_name = {t.name: t for t in self.targets}
         saved = {t["target"]: t for t in doc.get("targets", []) if "error" not in t}
+        outside = [n for n in saved if pp.scope
+                   and not any(fnmatch.fnmatchcase(n, p) for p in pp.scope)]
+        if outside:
+            raise PlanRefused(", ".join(outside), "in the saved plan but outside its scope "
+                              f"({', '.join(pp.scope)}): the file was edited; make a new plan")
         if self.settings.pool:
             # The plan's addresses are only safe to push if the same leases get recorded
             # first: recompute the allocation as of the plan's time and insist it matches.

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from provisiond import settings as settings_mod
+from provisiond.cli.console import painter, progress_bars
 from provisiond.core import render
 from provisiond.errors import ConfigError, PlanRefused, ProvisiondError
 
@@ -81,10 +83,28 @@ def _reconciler(settings: settings_mod.Settings, *, readonly: bool) -> Any:
     return Reconciler(settings, readonly=readonly)
 
 
-def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> int:
+def scope_line(pp: Any) -> str | None:
+    """``Scope: core-* -> core-1, core-2`` for a plan limited with ``--target``."""
+    if not pp.scope:
+        return None
+    names = sorted(pp.kinds) or ["(none)"]
+    return (f"Scope: {', '.join(pp.scope)} -> {', '.join(names)} "
+            "(other targets not planned nor applied)")
+
+
+def cmd_plan(
+    settings: settings_mod.Settings,
+    *,
+    fmt: str,
+    out: str | None,
+    targets: Sequence[str] | None = None,
+    color: str = "auto",
+    digest: Callable[[str], str] | None = None,
+) -> int:
+    """``digest`` reshapes the plain text before it is coloured (the demo's summary)."""
     rec = _reconciler(settings, readonly=True)
     try:
-        pp = rec.plan()
+        pp = rec.plan(targets=targets)
         safety = rec.safety
     finally:
         rec.close()
@@ -98,6 +118,8 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
     if out or fmt == "json":
         extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat(),
                                  "notes": pp.notes}
+        if pp.scope:
+            extra["scope"] = {"targets": list(pp.scope), "resolved": sorted(pp.kinds)}
         if pp.ipam_json:
             extra["ipam"] = pp.ipam_json
         doc = render.render_json(pp.plans, errors=pp.errors, refused=refused, kinds=pp.kinds,
@@ -111,15 +133,33 @@ def cmd_plan(settings: settings_mod.Settings, *, fmt: str, out: str | None) -> i
             sys.stdout.write("\n")
         del doc
     if fmt != "json":
-        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, refused=refused,
-                                            notes=pp.notes,
-                                            ipam=pp.allocation.lines() if pp.allocation else ()))
+        text = render.render_text(pp.plans, errors=pp.errors, refused=refused, notes=pp.notes,
+                                  ipam=pp.allocation.lines() if pp.allocation else ())
+        scope = scope_line(pp)
+        if scope:
+            text = scope + "\n" + text
+        sys.stdout.write(painter(color).text(digest(text) if digest else text))
     if pp.errors:
         return EXIT_ERROR
     return EXIT_CHANGES if pp.has_changes else EXIT_OK
 
 
-def cmd_apply(settings: settings_mod.Settings, *, plan_file: str | None, force: bool, fmt: str) -> int:
+def cmd_apply(
+    settings: settings_mod.Settings,
+    *,
+    plan_file: str | None,
+    force: bool,
+    fmt: str,
+    targets: Sequence[str] | None = None,
+    color: str = "auto",
+    progress: bool = False,
+    digest: Callable[[str], str] | None = None,
+) -> int:
+    """``progress``: live bars on stderr while targets apply (a terminal only)."""
+    if plan_file and targets:
+        print("error: --target cannot narrow a saved plan: it applies the scope it was made "
+              "with; make a new plan with --target", file=sys.stderr)
+        return EXIT_ERROR
     rec = _reconciler(settings, readonly=False)
     try:
         if plan_file:
@@ -130,18 +170,21 @@ def cmd_apply(settings: settings_mod.Settings, *, plan_file: str | None, force: 
                 return EXIT_ERROR
             pp = rec.load_saved(doc)
         else:
-            pp = rec.plan()
-        result = rec.apply(pp, force=force)
+            pp = rec.plan(targets=targets)
+        with progress_bars(progress) as bars:
+            result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
     finally:
         rec.close()
     if fmt == "json":
         print(json.dumps(apply_json(result), indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(render.render_text(pp.plans, errors=pp.errors, refused=result.refused,
-                                            notes=pp.notes,
-                                            ipam=pp.allocation.lines() if pp.allocation else ()))
-        for line in apply_lines(result):
-            print(line)
+        text = render.render_text(pp.plans, errors=pp.errors, refused=result.refused,
+                                  notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else ())
+        scope = scope_line(pp)
+        if scope:
+            text = scope + "\n" + text
+        text += "".join(line + "\n" for line in apply_lines(result))
+        sys.stdout.write(painter(color).text(digest(text) if digest else text))
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -179,6 +222,7 @@ def apply_json(result: Any) -> dict[str, Any]:
     return {
         "ok": result.ok,
         "duration": round(result.duration, 3),
+        "scope": list(result.plan.scope),
         "refused": result.refused,
         "errors": result.plan.errors,
         "targets": [

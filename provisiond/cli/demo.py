@@ -6,6 +6,9 @@ empty SQLite FreeRADIUS database, starts the RouterOS simulator as a separate pr
 a free loopback port, writes a config for all of them (tower hosts get addresses from a
 pool), then runs plan, apply and plan again through the same code the
 ``plan`` and ``apply`` commands use. Only the CLI imports this module.
+
+The demo reads like a tour: per target and list a count of what changes and a few
+sample lines (``digest``); ``demo --full`` prints every line, as ``plan`` always does.
 """
 
 from __future__ import annotations
@@ -216,9 +219,68 @@ def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
     raise RuntimeError("the RouterOS simulator did not start")
 
 
-def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
+SAMPLE = 3  # lines shown per list / RADIUS group in the demo's tour
+_SYMBOLS = {"+": "create", "-": "delete", "~": "update", "!": "conflict", "<": "return", ">": "followup"}
+
+
+def digest(text: str, *, sample: int = SAMPLE) -> str:
+    """A plan's text with each block of entry lines cut to a count and ``sample`` lines.
+
+    ``  tower-hosts`` followed by 40 ``    + …`` lines becomes
+    ``  tower-hosts: 40 to create`` and the first three; runs of follow-up and apply
+    lines (``  > disconnect …``, ``  failed: …``) are cut the same way.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        indent = len(line) - len(line.lstrip(" "))
+        block_start = i + 1
+        j = block_start
+        while j < len(lines) and lines[j].startswith("    "):
+            j += 1
+        if j > block_start and indent < 4:  # a heading with entry lines under it
+            out.append(line.rstrip(":") + ": " + _counts(lines[block_start:j]))
+            out.extend(_cut(lines[block_start:j], sample))
+            i = j
+            continue
+        if indent == 2:  # a run of lines of one kind: follow-ups, failures, collisions
+            word = line.split()[0]
+            j = i
+            while j < len(lines) and lines[j].startswith("  " + word) and not lines[j].startswith("    "):
+                j += 1
+            out.extend(_cut(lines[i:j], sample))
+            i = j
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def _counts(block: list[str]) -> str:
+    tally: dict[str, int] = {}
+    for line in block:
+        kind = _SYMBOLS.get(line.strip()[:1], "other")
+        tally[kind] = tally.get(kind, 0) + 1
+    words = {"create": "to create", "delete": "to delete", "update": "to update",
+             "conflict": "conflict(s)", "return": "to return", "followup": "follow-up(s)",
+             "other": "line(s)"}
+    return ", ".join(f"{n} {words[k]}" for k, n in tally.items())
+
+
+def _cut(block: list[str], sample: int) -> list[str]:
+    if len(block) <= sample + 1:
+        return block
+    indent = block[0][: len(block[0]) - len(block[0].lstrip(" "))]
+    return block[:sample] + [f"{indent}… {len(block) - sample} more (demo --full shows every line)"]
+
+
+def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = False,
+             color: str = "auto") -> int:
     from provisiond import settings as settings_mod
     from provisiond.cli.commands import cmd_apply, cmd_plan
+    from provisiond.cli.console import progress_wanted
 
     tmp = None
     if directory is None:
@@ -243,15 +305,20 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool) -> int:
         config = write_config(workdir, port=port, password_file=password_file)
         print(f"demo: RouterOS simulator core-1 on 127.0.0.1:{port}; config {config}")
         settings = settings_mod.load(config)
-        verbose = not quiet and accounts <= 1000
-        steps: tuple[tuple[str, Callable[[], int]], ...] = (("plan", lambda: cmd_plan(settings, fmt="text", out=None)),
-                 ("apply", lambda: cmd_apply(settings, plan_file=None, force=False, fmt="text")),
-                 ("plan again", lambda: cmd_plan(settings, fmt="text", out=None)))
+        shape = None if full else digest
+        progress = progress_wanted("text")
+        steps: tuple[tuple[str, Callable[[], int]], ...] = (
+            ("plan", lambda: cmd_plan(settings, fmt="text", out=None, color=color, digest=shape)),
+            ("apply", lambda: cmd_apply(settings, plan_file=None, force=False, fmt="text",
+                                        color=color, progress=progress, digest=shape)),
+            ("plan again", lambda: cmd_plan(settings, fmt="text", out=None, color=color,
+                                            digest=shape)),
+        )
         codes = []
         for title, step in steps:
             print(f"\n=== provisiond {title} ===", flush=True)
             t0 = time.monotonic()
-            code = _run_quietly(step) if not verbose else step()
+            code = _run_quietly(step) if quiet else step()
             codes.append(code)
             print(f"=== {title}: exit {code} in {time.monotonic() - t0:.2f}s ===", flush=True)
         ok = codes[1] == 0 and codes[2] == 0

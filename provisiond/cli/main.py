@@ -1,8 +1,8 @@
 """The ``provisiond`` command line: arguments in, a subcommand run, an exit code out.
 
 The outermost edge. Parses arguments, sets up logging, loads the settings and hands
-them to the subcommand: ``commands`` (check-config, plan, apply), ``history``,
-``ipam``, ``demo``, or ``provisiond.daemon.loop`` for ``run``. Exit codes follow
+them to the subcommand: ``commands`` (check-config, plan, apply), ``explain``,
+``history``, ``ipam``, ``demo``, or ``provisiond.daemon.loop`` for ``run``. Exit codes follow
 Terraform's ``-detailed-exitcode``: 0 nothing to do, 2 changes, 1 error.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from provisiond import __version__
 from provisiond import settings as settings_mod
 from provisiond.cli.commands import EXIT_ERROR, check_config, cmd_apply, cmd_plan
+from provisiond.cli.console import COLOR_CHOICES, ProgressBars, progress_wanted
 from provisiond.cli.history import cmd_history
 from provisiond.cli.logs import setup_logging
 from provisiond.errors import ConfigError, ProvisiondError, SourceError, StoreError
@@ -44,16 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what would change (writes nothing)")
     plan.add_argument("--format", choices=["text", "json"], default="text")
     plan.add_argument("--out", metavar="FILE", help="also save the plan as JSON for apply --plan")
+    _scope_and_colour(plan)
 
     apply = sub.add_parser("apply", help="plan and apply")
     apply.add_argument("--plan", dest="plan_file", metavar="FILE", help="apply exactly this saved plan")
     apply.add_argument("--force", action="store_true", help="apply even over the safety thresholds")
     apply.add_argument("--format", choices=["text", "json"], default="text")
+    _scope_and_colour(apply)
+
+    explain = sub.add_parser("explain", help="why an account is (or is not) where it is, per target")
+    explain.add_argument("account", metavar="ACCOUNT", help="the billing account id")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.add_argument("--journal", type=int, default=10, metavar="N",
+                         help="how many of its last journal entries to show (default 10)")
+    _colour(explain)
 
     demo = sub.add_parser("demo", help="run plan/apply/plan against a built-in simulator and SQLite")
     demo.add_argument("--accounts", type=int, default=300, metavar="N")
     demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here (default: a temp dir)")
     demo.add_argument("--quiet", "-q", action="store_true", help="print only summaries")
+    demo.add_argument("--full", action="store_true",
+                      help="print every line of the diff (default: a summary per list with a few "
+                           "sample lines)")
+    _colour(demo)
 
     sub.add_parser("run", help="reconcile continuously (the systemd service)")
 
@@ -72,13 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _colour(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color", "--colour", dest="color", choices=COLOR_CHOICES, default="auto",
+                   help="colour the text output: auto (a terminal without NO_COLOR), always, never")
+
+
+def _scope_and_colour(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", "-t", dest="targets", action="append", metavar="NAME",
+                   help="only this target: a router name or glob (core-*), or radius; repeatable")
+    _colour(p)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbosity=args.verbose, fmt=args.log_format or "text")
     if args.command == "demo":
         from provisiond.cli.demo import run_demo
 
-        return run_demo(accounts=args.accounts, directory=args.dir, quiet=args.quiet)
+        return run_demo(accounts=args.accounts, directory=args.dir, quiet=args.quiet,
+                        full=args.full, color=args.color)
     path = settings_mod.config_path(args.config)
     if args.command == "check-config":
         return check_config(path)
@@ -88,13 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_ERROR
+    log_format = args.log_format or settings.daemon.log_format
     if args.log_format is None and settings.daemon.log_format != "text":
         setup_logging(verbosity=args.verbose, fmt=settings.daemon.log_format)
     try:
         if args.command == "plan":
-            return cmd_plan(settings, fmt=args.format, out=args.out)
+            return cmd_plan(settings, fmt=args.format, out=args.out, targets=args.targets,
+                            color=args.color)
         if args.command == "apply":
-            return cmd_apply(settings, plan_file=args.plan_file, force=args.force, fmt=args.format)
+            return cmd_apply(settings, plan_file=args.plan_file, force=args.force, fmt=args.format,
+                             targets=args.targets, color=args.color,
+                             progress=progress_wanted(log_format))
+        if args.command == "explain":
+            from provisiond.cli.explain import cmd_explain
+
+            return cmd_explain(settings, args.account, fmt=args.format, color=args.color,
+                               journal=args.journal)
         if args.command == "history":
             return cmd_history(settings, args)
         if args.command == "ipam":
@@ -104,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from provisiond.daemon.loop import run_daemon
 
-            return int(run_daemon(path, settings))
+            bars = ProgressBars() if progress_wanted(log_format) else None
+            return int(run_daemon(path, settings, first_pass_progress=bars))
     except SourceError as exc:
         print(f"error: source: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -45,7 +45,7 @@ from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
 from provisiond.daemon.listen import BillingListener
 from provisiond.daemon.metrics import Health, Metrics, serve
-from provisiond.daemon.passes import PassRunner
+from provisiond.daemon.passes import Display, PassRunner
 from provisiond.daemon.pg import is_postgresql
 from provisiond.daemon.sdnotify import Notifier, watchdog_interval
 from provisiond.settings import Settings
@@ -59,8 +59,12 @@ SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 EXIT_OK, EXIT_ERROR = 0, 1
 
 
-def run_daemon(path: Path, settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT. 0 after a clean stop, 1 when it cannot start."""
+def run_daemon(path: Path, settings: Settings, *, first_pass_progress: Display | None = None) -> int:
+    """Run until SIGTERM/SIGINT. 0 after a clean stop, 1 when it cannot start.
+
+    ``first_pass_progress``: the CLI's progress bars when started from a terminal; the
+    first pass (the long one, on a fresh install) shows them, later passes only log.
+    """
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)  # a service logs one line per target per pass
@@ -70,7 +74,9 @@ def run_daemon(path: Path, settings: Settings) -> int:
     # loop takes these signals, with sigtimedwait.
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        return Daemon(path, settings).run()
+        daemon = Daemon(path, settings)
+        daemon.runner.first_progress = first_pass_progress
+        return daemon.run()
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 

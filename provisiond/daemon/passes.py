@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from provisiond.core import render
 from provisiond.errors import ConfigError, ProvisiondError, SourceError
@@ -76,6 +76,14 @@ class Outcome:
 ReconcilerFactory = Callable[[Settings, bool], Any]
 
 
+class Display(Protocol):
+    """A live progress display around one apply (the CLI's ``ProgressBars``)."""
+
+    def factory(self, target: str, total: int) -> Callable[[int], None]: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def _default_factory(settings: Settings, readonly: bool) -> Any:
     from provisiond.engine import Reconciler
 
@@ -99,6 +107,7 @@ class PassRunner:
         self._pending: Settings | None = None
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
+        self.first_progress: Display | None = None  # shown around the next apply only
 
     # -- configuration generations ------------------------------------------------
 
@@ -191,7 +200,13 @@ class PassRunner:
             # Planning can take a while; another provisiond may lead by now.
             log.error("pass result=error: lost the leader lock while planning; nothing written")
             return Outcome("error", "lost the leader lock while planning, nothing written")
-        pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write)
+        display, self.first_progress = self.first_progress, None
+        if display is not None:
+            with display:
+                pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write,
+                               progress=display.factory)
+        else:
+            pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write)
         m = self.metrics
         applied = 0
         for r in pr.results:
