@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from faultlib import FIGURES, Figures  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 FIGURES: list[str] = []
 
 
@@ -11,3 +13,35 @@ class Figures:
     def record(self, fault: str, trials: int, *, lost: int, **more: object) -> None:
         extra = "".join(f" {k}={v}" for k, v in more.items())
         FIGURES.append(f"{fault}: trials={trials} lost={lost}{extra}")
+
+
+def daemon_config(
+    directory: Path,
+    *,
+    billing_url: str,
+    routers: dict[str, int],
+    password_file: Path,
+    state_url: str | None = None,
+    daemon: dict[str, str] | None = None,
+    router_settings: dict[str, str] | None = None,
+    extra: str = "",
+) -> Path:
+    """A config for the daemon harness's billing schema, any number of routers, the
+    ``Tower Hosts`` group on list ``tower-hosts``."""
+    from harness import QUERY
+
+    state_url = state_url or f"sqlite:///{directory / 'state.db'}"
+    timeouts = {"connect_timeout": "1s", "timeout": "1s", **(router_settings or {})}
+    lines = ["[source]", f'url = "{billing_url}"', f'query = """{QUERY}"""', "",
+             "[state]", f'url = "{state_url}"', ""]
+    for name, port in routers.items():
+        lines += ["[[router]]", f'name = "{name}"', 'host = "127.0.0.1"', f"port = {port}",
+                  'username = "admin"', f'password_file = "{password_file}"']
+        lines += [f'{k} = "{v}"' for k, v in timeouts.items()] + [""]
+    lines += ["[[address_list]]", 'group = "Tower Hosts"', 'list = "tower-hosts"', "", extra, "",
+              "[daemon]"]
+    lines += [f'{k} = "{v}"' for k, v in (daemon or {}).items()]
+    path = directory / "provisiond.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,83 @@
+"""Routers that stall: one accepts the connection and never answers, one answers half
+a sentence and stalls. ``provisiond run`` (a real subprocess) gives up on each within
+its timeouts, the other router converges, passes go on, and once the stalled routers
+answer again everything converges and /healthz turns 200.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from faultlib import Figures, daemon_config
+from harness import Billing, DaemonProc, free_port, new_password, wait_until
+
+from provisiond.sim import RouterSim, SimSettings
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def listed(sim: RouterSim) -> set[str]:
+    return {row["address"] for row in sim.entries("ip", "tower-hosts")}
+
+
+def test_stalled_routers_are_given_up_and_the_others_converge(
+    tmp_path: Path, pg_url: str, figures: Figures
+) -> None:
+    billing = Billing(pg_url)
+    billing.join("Tower Hosts", *range(1000, 1010))
+    want = {Billing.address(a) for a in range(1000, 1010)}
+    password, password_file = new_password(tmp_path)
+    sims = {name: RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
+            for name in ("core-1", "mute", "half")}
+    port = free_port()
+    d: DaemonProc | None = None
+    try:
+        sims["mute"].set_stalled(True)  # accepts, reads, never answers (not even the login)
+        sims["half"].stall_after(2, half=True)  # login answered; half the first print, then silence
+        config = daemon_config(
+            tmp_path, billing_url=billing.url, password_file=password_file,
+            routers={name: sim.port for name, sim in sims.items()},
+            daemon={"interval": "0.5s", "jitter": "0s", "retry_max": "1s",
+                    "metrics_listen": f"127.0.0.1:{port}", "healthz_max_age": "30s"},
+        )
+        d = DaemonProc(config, log=tmp_path / "daemon.log", verbosity="-v")
+        # Pass 1 ends while both stalls still hold: each router was given up on.
+        d.wait_log(r"pass=1 result=partial .*failed=(mute,half|half,mute)", timeout=30)
+        assert listed(sims["core-1"]) == want
+        assert listed(sims["mute"]) == set() and listed(sims["half"]) == set()
+        log = d.text()
+        assert "target=mute result=unavailable" in log and "target=half result=unavailable" in log
+        assert "mute: cannot connect to 127.0.0.1" in log and "timed out" in log
+        assert "half: reading list tower-hosts failed: timed out" in log
+        d.wait_log(r"pass=3 result=")  # the loop goes on
+        assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+        code, body = get(f"http://127.0.0.1:{port}/healthz")
+        assert code == 503, body
+        billing.join("Tower Hosts", 1010)
+        want.add(Billing.address(1010))
+        wait_until(lambda: listed(sims["core-1"]) == want, what="core-1 converging during the stalls")
+        for sim in sims.values():
+            sim.set_stalled(False)
+        for name in ("mute", "half"):
+            wait_until(lambda name=name: listed(sims[name]) == want, timeout=20, what=f"{name} converging")
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=20,
+                   what="healthz 200")
+        for sim in sims.values():
+            dupes = len(sim.entries("ip", "tower-hosts")) - len(listed(sim))
+            assert dupes == 0
+        assert d.stop() == 0
+        figures.record("stalled routers (never answers, half a sentence)", 2, lost=0,
+                       other_router_converged=True)
+    finally:
+        if d is not None:
+            d.stop()
+        for sim in sims.values():
+            sim.stop()
