@@ -1,0 +1,246 @@
+"""SIGKILL of ``provisiond apply`` (a real process) at 20 random moments, with a pool
+configured and a PostgreSQL state store, over two simulated routers.
+
+Kill moments (seeded): at a random command a router receives (the process dies right
+after sending it; the router still runs it), at a random time within a whole apply's
+duration, and while waiting for the lease lock inside the lease reservation. After
+each kill an apply must converge, and over all trials:
+
+- no lease lost: every account keeps the address it first got (hold is 24 h, so an
+  account that leaves and comes back gets it back), and every member has exactly one;
+- no lease doubled: no address belongs to two accounts;
+- no duplicate entry on a router, and the hand-made and dynamic entries untouched;
+- the journal records no change that did not happen: every ``ok`` create, delete and
+  update matches a command the router received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dbservers import Server, fresh_database
+from faultlib import Figures
+from harness import wait_until
+from world import World
+
+from provisiond.sim import RouterSim
+from provisiond.state.store import LEASE_LOCK, StateStore
+
+WORKER = Path(__file__).with_name("apply_worker.py")
+TRIALS = 20
+POOLED = range(1, 31)  # no billing address: one from the pool
+BILLED = range(31, 41)  # a billing address each
+POOL = """
+[[pool]]
+name = "towers"
+group = "Tower Hosts"
+networks = ["100.80.0.0/24"]
+hold = "24h"
+"""
+
+
+@pytest.fixture
+def state_url(pg_server: Server) -> Iterator[str]:
+    with fresh_database(pg_server, prefix="state") as url:
+        yield url
+
+
+class Worker:
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(config)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
+        )
+
+    def go(self) -> float:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        assert self.proc.stdout.readline() == b"ready\n", self.wait()
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+        return time.monotonic()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> tuple[int, str]:
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err.decode(errors="replace")
+
+
+def members(world: World) -> set[int]:
+    with world.engine.connect() as c:
+        return {r[0] for r in c.execute(sa.text(
+            "SELECT ag.account_id FROM account_groups ag JOIN groups g ON g.id = ag.group_id "
+            "WHERE g.name = 'Tower Hosts'"))}
+
+
+def churn(world: World, rng: random.Random, trial: int) -> None:
+    """A few accounts join or leave Tower Hosts (one with a pool address at least),
+    a couple are renamed."""
+    inside = members(world)
+    for account in [rng.choice(POOLED), *rng.sample(list(POOLED) + list(BILLED), 6)]:
+        if account in inside:
+            world.sql("DELETE FROM account_groups WHERE account_id = :a", a=account)
+        else:
+            world.sql("INSERT INTO account_groups SELECT :a, id FROM groups WHERE name = 'Tower Hosts'",
+                      a=account)
+    for account in rng.sample(list(POOLED) + list(BILLED), 2):
+        world.sql("UPDATE accounts SET name = :n WHERE id = :a", n=f"Tower {account} v{trial}", a=account)
+
+
+def journal(state_url: str, after: int) -> list[dict[str, Any]]:
+    engine = sa.create_engine(state_url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(sa.text("SELECT id, target, action, detail, result FROM journal "
+                                     "WHERE id > :a ORDER BY id"), {"a": after}).mappings()
+            return [dict(r) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
+               ids: dict[str, dict[str, tuple[str, str]]]) -> list[str]:
+    """Journalled ``ok`` changes no router command matches."""
+    bad = []
+    for row in rows:
+        if row["result"] != "ok":
+            continue
+        d = json.loads(row["detail"])
+        history = sims[row["target"]].history
+        attrs = [dict(c.attributes) for c in history]
+        if row["action"] == "create":
+            hit = any(c.path.endswith("/add") and a.get("list") == d["list"]
+                      and a.get("address") == d["address"] for c, a in zip(history, attrs))
+        elif row["action"] == "delete":
+            removed = {i for c, a in zip(history, attrs) if c.path.endswith("/remove")
+                       for i in a.get(".id", "").split(",")}
+            hit = d.get("id") in removed and ids[row["target"]].get(d["id"]) == (d["list"], d["address"])
+        else:
+            hit = any(c.path.endswith("/set") and a.get(".id") == d.get("id") for c, a in zip(history, attrs))
+        if not hit:
+            bad.append(f"{row['target']} {row['action']} {d.get('list')} {d.get('address')}")
+    return bad
+
+
+def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server: Server,
+                                         figures: Figures) -> None:
+    rng = random.Random(20261126)
+    sims = {name: world.router(name, command_latency=0.002) for name in ("core-1", "core-2")}
+    for i in POOLED:
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"] if i % 3 else [])
+    for i in BILLED:
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"] if i % 2 else [], ips=[f"100.64.2.{i}"])
+    foreign = {}
+    for name, sim in sims.items():
+        sim.add_entry(list_name="tower-hosts", address="100.80.0.200", comment="NOC", dynamic=False)
+        sim.add_entry(list_name="tower-hosts", address="100.80.0.201")  # dynamic, no comment
+        foreign[name] = [e for e in sim.entries("ip", "tower-hosts")]
+    world.state_url = state_url
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")], extra=POOL,
+                       safety={"max_delete_ratio": 1.0, "max_update_ratio": 1.0, "min_existing": 10})
+    first: dict[str, str] = {}  # account -> the address it first got from the pool
+    ids: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in sims}  # every .id ever seen
+    duration = 0.0
+    kinds: Counter[str] = Counter()
+    killed = lost = doubled = dupes = bad_journal = 0
+    journal_seen = 0
+    warm = [Worker(world.config), Worker(world.config)]  # two warm up while a trial runs
+    for trial in range(TRIALS + 1):
+        churn(world, rng, trial)
+        for name, sim in sims.items():
+            sim.reset_history()
+            ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
+        current = warm.pop(0)
+        warm.append(Worker(world.config))
+        kind = "none" if trial == 0 else rng.choice(["command"] * 3 + ["time"] * 2 + ["lease"] * 1)
+        kinds[kind] += 1
+        blocker = None
+        if kind == "command":
+            target = rng.choice(list(sims))
+            sim = sims[target]
+            at = sim.sentences_received + rng.randint(1, 10)
+            sim.on_sentence(lambda n, words, at=at: current.kill() if n == at else None)
+        elif kind == "lease":
+            blocker = sa.create_engine(state_url).connect()
+            blocker.begin()
+            blocker.execute(sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK)))
+        started = current.go()
+        if kind == "time":
+            time.sleep(rng.uniform(0, 0.9 * duration))
+            current.kill()
+        elif kind == "lease":
+            assert blocker is not None
+            watcher = sa.create_engine(state_url, isolation_level="AUTOCOMMIT")
+            with watcher.connect() as w:  # outside the blocker's transaction: a fresh view
+                wait_until(lambda: current.proc.poll() is not None or w.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                    "AND datname = current_database()")).scalar(),
+                    what="the apply waiting for the lease lock")
+            watcher.dispose()
+            assert current.proc.poll() is None, current.wait()
+            current.kill()
+        code, err = current.wait()
+        if trial == 0:
+            assert code == 0, err
+            duration = time.monotonic() - started
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+            blocker.engine.dispose()
+        for sim in sims.values():
+            sim.on_sentence(None)
+        killed += code == -signal.SIGKILL
+        assert "Traceback" not in err
+        for name, sim in sims.items():
+            ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
+        code, out, err = world.run("apply")
+        assert code == 0, f"trial {trial} ({kind}): {out + err}"
+        world.assert_converged()
+        # -- what was lost, doubled or made up
+        with StateStore.open(state_url, readonly=True) as store:
+            leases = store.leases()
+        inside = {str(a) for a in members(world) if a in POOLED}
+        leased = [x for x in leases if x.state == "leased"]
+        by_account = Counter(x.account_id for x in leased)
+        doubled += sum(n - 1 for n in by_account.values() if n > 1)
+        doubled += len(leases) - len({x.address for x in leases})
+        lost += len(inside - by_account.keys())
+        for x in leases:
+            if first.setdefault(x.account_id, x.address) != x.address:
+                lost += 1
+        want = {first[a] for a in inside} | {f"100.64.2.{a}" for a in members(world) if a in BILLED}
+        for name, sim in sims.items():
+            rows = sim.entries("ip", "tower-hosts")
+            mine = [r["address"] for r in rows if r.get("comment", "").startswith("provisiond:")]
+            dupes += len(mine) - len(set(mine))
+            assert set(mine) == want, f"trial {trial}: {name}"
+            assert [r for r in rows if not r.get("comment", "").startswith("provisiond:")] == foreign[name]
+        rows = journal(state_url, journal_seen)
+        bad = unrecorded(rows, sims, ids)
+        bad_journal += len(bad)
+        assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
+        journal_seen = max([journal_seen] + [r["id"] for r in rows])
+    for worker in warm:
+        worker.kill()
+        worker.wait()
+    figures.record("SIGKILL of apply (pool, PostgreSQL state store)", TRIALS, lost=lost,
+                   doubled=doubled, duplicates=dupes, journal_made_up=bad_journal, killed=killed,
+                   moments=dict(kinds))
+    assert killed >= TRIALS * 3 // 4, f"only {killed} of {TRIALS} applies were killed mid-way"
+    assert (lost, doubled, dupes) == (0, 0, 0)
