@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=DEFAULT_IDENTITY, help="/system/identity name")
     parser.add_argument("--legacy-login", action="store_true", help="pre-6.43 MD5 challenge login")
     parser.add_argument("--partial-remove", action="store_true", help="multi-id remove with an unknown id removes the known ones")
-    parser.add_argument("--command-latency", type=float, default=0.0, metavar="SECONDS")
-    parser.add_argument("--row-latency", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--command-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="a WAN link: each reply leaves SECONDS after its own command arrived "
+                             "(pipelined commands overlap)")
+    parser.add_argument("--row-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="router work per table row a print scans")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback listen address")
     parser.add_argument("--quiet", action="store_true", help="log connections only, not every command")
     return parser

@@ -25,6 +25,7 @@ from librouteros.query import Key
 from routeros_api.exceptions import RouterOsApiCommunicationError
 
 from provisiond.sim import RouterSim
+from provisiond.sim.routeros.codec import encode_sentence
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,6 +180,29 @@ def test_latency_settings_delay_replies(make_sim: Callable[..., RouterSim], raw:
     started = time.monotonic()
     assert client.call(f"{AL}/print", "=.proplist=address", "?list=one") == [["!re", "=address=10.0.0.0"], ["!done"]]
     assert time.monotonic() - started >= 0.05 + 50 * 0.002  # a router scans every row
+
+
+def test_latency_is_a_link_pipelined_commands_overlap(make_sim: Callable[..., RouterSim],
+                                                     raw: Callable[..., RawClient]) -> None:
+    """Each reply leaves ``command_latency`` after its own command arrived (a WAN link).
+
+    By the time the first reply arrives, the router has read every pipelined command:
+    they are in flight together, not answered one latency after another.
+    """
+    sim = make_sim(command_latency=0.3)
+    client = raw(sim.port)
+    client.login()
+    sim.reset_history()
+    sent = time.monotonic()
+    client.send_bytes(b"".join(encode_sentence([f"{AL}/add", "=list=l", f"=address=10.0.0.{i}", f".tag={i}"])
+                               for i in range(10)))
+    first = client.sentence()
+    assert time.monotonic() - sent >= 0.3
+    assert first[:2] == ["!done", ".tag=0"]
+    assert len(sim.history) == 10  # all ten arrived before the first answer left
+    rest = [client.sentence() for _ in range(9)]
+    assert [s[1] for s in rest] == [f".tag={i}" for i in range(1, 10)]
+    assert len(sim.entries("ip", "l")) == 10
 
 
 def test_state_helpers(sim: RouterSim, lr: librouteros.api.Api, clock: Any) -> None:

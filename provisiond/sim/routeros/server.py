@@ -2,8 +2,12 @@
 
 The outermost layer of the simulator. ``start`` binds a listener (plain, or
 TLS like api-ssl when a certificate is configured) and serves every
-connection in its own thread: read a sentence with ``codec``, hand it to a
-``Session``, write the ``Reply`` with one ``sendall``. A malformed stream
+connection in its own pair of threads: the reader reads a sentence with
+``codec`` and hands it to a ``Session`` at once (commands run in arrival
+order, one at a time, as on a router); the writer sends each ``Reply``
+``command_latency`` after its command arrived (plus the router's own work),
+so pipelined commands overlap like on a WAN link, and writes every reply
+that is due in one ``sendall``. A malformed stream
 (control byte, over-long pre-login word) closes that connection only.
 
 The methods below the socket code are for tests and the demo: inspect and
@@ -17,11 +21,13 @@ test can break one apply at an exact point.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 from .codec import PeerClosed, ProtocolViolation, encode_reply, read_sentence
@@ -302,33 +308,76 @@ class RouterSim:
 
     def _converse(self, stream: socket.socket, peer: str) -> str:
         session = Session(self.state, peer=peer)
-        with stream.makefile("rb") as reader:
-            while True:
-                limit = None if session.logged_in else self.settings.max_pre_login_word
-                words = read_sentence(reader.read, max_word=limit)
-                cut, stall, rewrite = self._faults_for(words)
-                if cut is False:
-                    return "cut by a test before running the command"
-                reply = session.handle(words)
-                if reply is None:
-                    continue
-                if cut is True:
-                    return "cut by a test after running the command"
-                sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
-                data = encode_reply(sentences)
-                if stall is not None:
+        outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=self._write_replies, args=(stream, outbox),
+                                  name=f"sim-write-{peer}", daemon=True)
+        writer.start()
+        latency = self.settings.command_latency
+        busy_until = 0.0  # when the router finishes the work queued so far
+        try:
+            with stream.makefile("rb") as reader:
+                while True:
+                    limit = None if session.logged_in else self.settings.max_pre_login_word
+                    words = read_sentence(reader.read, max_word=limit)
+                    arrived = time.monotonic()
+                    cut, stall, rewrite = self._faults_for(words)
+                    if cut is False:
+                        return "cut by a test before running the command"
+                    reply = session.handle(words)
+                    if reply is None:
+                        continue
+                    if cut is True:
+                        return "cut by a test after running the command"
+                    sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
+                    busy_until = max(arrived, busy_until) + reply.delay
+                    close = reply.close or any(s and s[0] == "!fatal" for s in sentences)
+                    outbox.put(_Outgoing(busy_until + latency, encode_reply(sentences), close, stall))
+                    if close:
+                        return "fatal sent"
+        finally:
+            outbox.put(None)  # replies already queued still leave, at their time
+            writer.join()
+
+    def _write_replies(self, stream: socket.socket, outbox: queue.SimpleQueue[_Outgoing | None]) -> None:
+        """Send each reply at its time; replies due together go in one ``sendall``."""
+        held = outbox.get()  # taken from the outbox, not sent yet
+        try:
+            while held is not None:
+                item, held = held, None
+                wait = item.due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                data, close, ended = item.data, item.close, False
+                if item.stall is not None:
                     self._unstalled.clear()
-                    if stall:
+                    if item.stall:
                         stream.sendall(data[: len(data) // 2])
                         data = data[len(data) // 2:]
+                chunks = [data]
+                while item.stall is None and not close:
+                    try:
+                        nxt = outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        ended = True
+                        break
+                    if nxt.stall is not None or nxt.due > time.monotonic():
+                        held = nxt  # not due yet (or stalls): the next round
+                        break
+                    chunks.append(nxt.data)
+                    close = nxt.close
                 self._unstalled.wait()
                 if not self._running:
-                    return "stopped"
-                if reply.delay > 0:
-                    time.sleep(reply.delay)
-                stream.sendall(data)
-                if reply.close or any(s and s[0] == "!fatal" for s in sentences):
-                    return "fatal sent"
+                    return
+                stream.sendall(b"".join(chunks))
+                if close or ended:
+                    return
+                if held is None:
+                    held = outbox.get()
+        except OSError:
+            return
+
 
     def _faults_for(self, words: list[str]) -> tuple[bool | None, bool | None, Rewrite | None]:
         """(cut: None / before / after running, stall: None / whole / half, rewrite)."""
@@ -348,6 +397,14 @@ class RouterSim:
         if observer is not None:
             observer(number, words)
         return cut, stall, rewrite
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    due: float  # monotonic time the reply leaves
+    data: bytes
+    close: bool  # close the connection after it (``!fatal``)
+    stall: bool | None  # a test's stall: None, whole reply, or half of it first
 
 
 def _menu(menu: str) -> str:

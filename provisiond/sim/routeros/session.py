@@ -2,10 +2,12 @@
 
 The server's connection loop reads a sentence with ``codec`` and passes its
 words to ``Session.handle``; it gets back a ``Reply`` (sentences to write in
-one go, whether to close afterwards, and a delay to stall first) or None for
-an ignored empty sentence. The session owns what is per connection (logged
-in or not, the login challenge, pre-login traffic) and runs menu commands
-from ``commands`` under the shared state lock.
+one go, whether to close afterwards, and how long the router works on it
+before answering) or None for an ignored empty sentence. The link latency
+(``command_latency``) is the server's business, not the session's. The
+session owns what is per connection (logged in or not, the login challenge,
+pre-login traffic) and runs menu commands from ``commands`` under the shared
+state lock.
 
 Choices where RouterOS behaviour is undocumented (ROUTEROS.md [inf]):
 
@@ -46,7 +48,7 @@ _Handler = Callable[[Command], Result]
 class Reply:
     sentences: tuple[tuple[str, ...], ...]
     close: bool = False
-    delay: float = 0.0
+    delay: float = 0.0  # the router's own work (rows scanned), before the link latency
 
 
 def parse_command(words: Sequence[str]) -> Command:
@@ -116,9 +118,7 @@ class Session:
             fault = self.state.take_fault(command.path)
             if fault is not None:
                 raise fault
-            result = run(self.state, command)
-        latency = self.state.settings.command_latency
-        return Result(result.data, result.done, result.delay + latency)
+            return run(self.state, command)
 
     def _reply(self, command: Command, handler: _Handler) -> Reply:
         tag = command.tag
@@ -137,7 +137,7 @@ class Session:
         if trap.category is not None:
             words.append(f"=category={trap.category}")
         sentences = (_tagged("!trap", tag, *words), _tagged("!done", tag))
-        return Reply(sentences, delay=self.state.settings.command_latency)
+        return Reply(sentences)
 
     def _login(self, command: Command) -> Result:
         settings = self.state.settings

@@ -39,9 +39,11 @@ class SimSettings:
     #: Report entries that have a timeout as ``dynamic=true`` (RouterOS 6
     #: behaviour); by default only ``dynamic=yes`` / injected entries are.
     timeout_marks_dynamic: bool = False
-    #: Seconds slept before answering any command.
+    #: A WAN link: each reply leaves this many seconds after its own command
+    #: arrived, so pipelined (tagged) commands overlap as on a real link.
     command_latency: float = 0.0
-    #: Seconds per table row scanned by a print (a router scans every row).
+    #: Seconds per table row scanned by a print (a router scans every row);
+    #: the router's work, done one command at a time per connection.
     row_latency: float = 0.0
     #: Sentences accepted before a successful login; more gets ``!fatal``.
     max_pre_login_sentences: int = 10
