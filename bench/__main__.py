@@ -1,0 +1,71 @@
+"""``./dev bench``: provisiond at ISP size against the floor, in one table.
+
+    ./dev bench [--accounts 100000] [--routers 4] [--lists 10] [--rtt-ms 1]
+                [--churn 2000] [--churn-rtt-ms 20]
+
+Builds the scenario (``bench.scenario``), then runs each measurement of
+``bench.measure`` in turn and prints one table: wall time, the floor it is compared
+with, the ratio, and the peak RSS of each provisiond process. A benchmark, not a test:
+nothing is asserted and CI does not run it at full size. To add a measurement, write a
+function in ``bench.measure`` that returns ``Row``s and list it in ``MEASUREMENTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from bench import measure
+from bench.measure import Row
+from bench.scenario import Scenario
+
+MEASUREMENTS: dict[str, Callable[[Scenario, argparse.Namespace], list[Row]]] = {
+    "cold-apply": lambda s, a: measure.cold_apply(s),
+    "noop-plan": lambda s, a: measure.noop_plan(s),
+    "churn": lambda s, a: measure.churn(s, count=a.churn, rtt=a.churn_rtt_ms / 1000),
+}
+
+
+def table(rows: Sequence[Row]) -> str:
+    width = max(len(r.job) for r in rows)
+    lines = [f"{'job':<{width}}  {'wall s':>8}  {'floor s':>8}  {'ratio':>6}  {'peak RSS':>9}  note",
+             "-" * (width + 48)]
+    for r in rows:
+        floor = f"{r.floor:8.2f}" if r.floor else " " * 8
+        ratio = f"{r.ratio:5.2f}x" if r.ratio is not None else " " * 6
+        rss = f"{r.rss_mib:5.0f} MiB" if r.rss_mib is not None else " " * 9
+        lines.append(f"{r.job:<{width}}  {r.wall:8.2f}  {floor}  {ratio}  {rss}  {r.note}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
+    p.add_argument("--accounts", type=int, default=100_000)
+    p.add_argument("--routers", type=int, default=4)
+    p.add_argument("--lists", type=int, default=10)
+    p.add_argument("--rtt-ms", type=float, default=1.0)
+    p.add_argument("--churn", type=int, default=2000, help="adds in the churn measurement")
+    p.add_argument("--churn-rtt-ms", type=float, default=20.0)
+    p.add_argument("--only", action="append", choices=sorted(MEASUREMENTS),
+                   help="run only these measurements (repeatable)")
+    args = p.parse_args(argv)
+    scenario = Scenario(args.accounts, args.routers, args.lists, args.rtt_ms / 1000)
+    print(f"scenario: {args.accounts} accounts, {args.routers} routers x {args.lists} lists "
+          f"({args.accounts * args.routers} entries), {args.rtt_ms:g} ms RTT", flush=True)
+    rows: list[Row] = []
+    try:
+        scenario.seed()
+        for name, fn in MEASUREMENTS.items():
+            if args.only and name not in args.only:
+                continue
+            print(f"running {name} …", file=sys.stderr, flush=True)
+            rows += fn(scenario, args)
+    finally:
+        scenario.close()
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
