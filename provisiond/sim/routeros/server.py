@@ -34,7 +34,7 @@ from .codec import PeerClosed, ProtocolViolation, encode_reply, read_sentence
 from .errors import Trap
 from .session import Session
 from .settings import SimSettings
-from .state import MENUS, ReceivedCommand, RouterState
+from .state import MENUS, Drop, ReceivedCommand, RouterState
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,20 @@ class RouterSim:
             table = self.state.tables[_menu(menu)]
             table.remove(table.resolve(entry_id))
 
-    def fail_next(self, command_path: str, message: str, category: int | None = None) -> None:
+    def fail_next(self, command_path: str, message: str, category: int | None = None,
+                  *, after: int = 0) -> None:
         """The next ``command_path`` command (e.g. ``/ip/firewall/address-list/add``)
-        from any connection traps with ``message`` instead of running."""
+        from any connection, once ``after`` more have run, traps with ``message``
+        instead of running."""
         with self.state.lock:
-            self.state.add_fault(command_path, Trap(message, category))
+            self.state.add_fault(command_path, Trap(message, category), after)
+
+    def drop_after(self, command_path: str, count: int) -> None:
+        """Cut the connection that runs the ``count``-th next ``command_path`` command
+        right after running it: neither its reply nor any later one is sent, and
+        commands already sent behind it are not run (a link lost mid-window)."""
+        with self.state.lock:
+            self.state.add_fault(command_path, Drop(), count - 1)
 
     @property
     def command_counts(self) -> dict[str, int]:
@@ -326,7 +335,7 @@ class RouterSim:
                     reply = session.handle(words)
                     if reply is None:
                         continue
-                    if cut is True:
+                    if cut is True or reply.drop:
                         return "cut by a test after running the command"
                     sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
                     busy_until = max(arrived, busy_until) + reply.delay

@@ -48,6 +48,7 @@ _Handler = Callable[[Command], Result]
 class Reply:
     sentences: tuple[tuple[str, ...], ...]
     close: bool = False
+    drop: bool = False  # close the connection now, without this reply or any later one
     delay: float = 0.0  # the router's own work (rows scanned), before the link latency
 
 
@@ -116,14 +117,19 @@ class Session:
     def _run(self, command: Command) -> Result:
         with self.state.lock:
             fault = self.state.take_fault(command.path)
-            if fault is not None:
+            if isinstance(fault, Trap):
                 raise fault
+            if fault is not None:
+                run(self.state, command)
+                raise _Dropped
             return run(self.state, command)
 
     def _reply(self, command: Command, handler: _Handler) -> Reply:
         tag = command.tag
         try:
             result = handler(command)
+        except _Dropped:
+            return Reply((), drop=True)
         except Trap as trap:
             return self._trap(trap, tag)
         except Exception:  # a bug in one command must not kill the connection
@@ -163,6 +169,10 @@ class Session:
         self.logged_in = True
         log.info("sim peer=%s logged in user=%s", self.peer, user)
         return Result()
+
+
+class _Dropped(Exception):
+    """The command ran; the connection is to be cut before its reply leaves."""
 
 
 def _cancel(command: Command) -> Result:

@@ -53,7 +53,7 @@ class RouterState:
         }
         self.counts: Counter[str] = Counter()
         self.history: deque[ReceivedCommand] = deque(maxlen=settings.history_size)
-        self._faults: list[tuple[str, Trap]] = []
+        self._faults: list[_Fault] = []
 
     def table_for_path(self, menu_path: str) -> AddressTable | None:
         for menu, path in MENUS.items():
@@ -65,12 +65,29 @@ class RouterState:
         self.counts[command.path] += 1
         self.history.append(command)
 
-    def add_fault(self, path: str, trap: Trap) -> None:
-        self._faults.append((path, trap))
+    def add_fault(self, path: str, fault: Trap | Drop, after: int = 0) -> None:
+        self._faults.append(_Fault(path, fault, after))
 
-    def take_fault(self, path: str) -> Trap | None:
-        for index, (wanted, trap) in enumerate(self._faults):
-            if wanted == path:
-                del self._faults[index]
-                return trap
+    def take_fault(self, path: str) -> Trap | Drop | None:
+        """The fault for this command, if one is due; counts down the ones waiting."""
+        for index, entry in enumerate(self._faults):
+            if entry.path != path:
+                continue
+            if entry.after:
+                entry.after -= 1
+                return None
+            del self._faults[index]
+            return entry.fault
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Run the command, then close the connection before its reply (or any later one) leaves."""
+
+
+@dataclass(slots=True)
+class _Fault:
+    path: str
+    fault: Trap | Drop
+    after: int  # matching commands to let through first
