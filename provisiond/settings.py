@@ -122,7 +122,8 @@ class RouterSettings(_Model):
     legacy_login: bool = False  # RouterOS before 6.43: MD5 challenge login
     connect_timeout: Duration = 10.0
     timeout: Duration = 60.0  # every read from the router; big lists need a generous one
-    connections: int = Field(2, ge=1, le=8)  # API sessions used at once for large batches of adds
+    connections: int = Field(2, ge=1, le=8)  # API sessions used at once for very large batches of adds
+    pipeline: int = Field(256, ge=1, le=4096)  # tagged commands in flight per API session
 
     @field_validator("fingerprint")
     @classmethod

@@ -4,9 +4,10 @@ One ``RouterTarget`` per ``[[router]]``. ``observe`` reads only the lists provis
 manages, one filtered print per list and family with ``.proplist``, and sorts what it
 finds into provisiond's own entries (comment ``<marker>:<account id> …``) and everything
 else (hand-made and dynamic entries: never touched; a desired entry that collides with
-one is a conflict). ``apply`` removes (comma-joined ids, in batches), adds, then sets.
-A trap on one entry is reported for that entry; a lost connection fails the router.
-This is the only module that imports librouteros.
+one is a conflict). ``apply`` removes (comma-joined ids, in batches), adds, then sets,
+each phase as a window of tagged commands (``targets.pipeline``) over librouteros's own
+codec and transport. A trap on one entry is reported for that entry; a lost connection
+fails the rest of the router. This is the only module that imports librouteros.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import hashlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import librouteros
 import librouteros.login
 from librouteros.connections import SocketTransport
-from librouteros.exceptions import ConnectionClosed, LibRouterosError, TrapError
+from librouteros.exceptions import ConnectionClosed, FatalError, LibRouterosError, TrapError
+from librouteros.protocol import encode_sentence
 from librouteros.query import Key as RosKey
 
 from provisiond.core.addresses import family, routeros_form, span
@@ -31,7 +34,9 @@ from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Obser
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
 from provisiond.settings import RouterSettings
+from provisiond.targets import pipeline
 from provisiond.targets.base import ApplyResult
+from provisiond.targets.pipeline import Answer, UnexpectedReply
 
 log = logging.getLogger(__name__)
 # librouteros logs every word it sends at DEBUG, /login's password included.
@@ -40,6 +45,8 @@ logging.getLogger("librouteros").setLevel(logging.INFO)
 MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
 REMOVE_BATCH = 200
+ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
+_T = TypeVar("_T")
 DUPLICATE = "already have such entry"
 # What librouteros raises on a reply it cannot parse (a ``!trap`` without a message, a
 # ``!fatal`` without one, a word without ``=``): the connection's state is then
@@ -85,6 +92,10 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         super().__init__(sock)
         self._buf = b""
         self._pos = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read (the pipeline batches its writes while > 0)."""
+        return len(self._buf) - self._pos
 
     def read(self, length: int) -> bytes:
         end = self._pos + length
@@ -242,82 +253,93 @@ class RouterTarget:
     # -- apply ----------------------------------------------------------------------
 
     def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None) -> ApplyResult:
+        """Deletes, then creates, then updates, each phase pipelined (``targets.pipeline``).
+
+        A phase ends before the next begins (a surplus entry is gone before its key is
+        added again). A trap fails its own change; a lost connection fails every change
+        not yet answered, and the next pass observes what did arrive, so nothing is
+        added twice.
+        """
         result = ApplyResult(target=self.name)
         self._tick = progress or _no_progress
+        deletes = [c for c in plan.changes if isinstance(c, Delete)]
+        creates = [c for c in plan.changes if isinstance(c, Create)]
+        updates = [c for c in plan.changes if isinstance(c, Update)]
         try:
-            api = self._api_or_connect()
-            deletes = [c for c in plan.changes if isinstance(c, Delete)]
-            for fam in (4, 6):
-                self._remove(api.path(*MENUS[fam]),
-                             [c for c in deletes if family(c.old.get("address")) == fam], result)
-            self._add_all([c for c in plan.changes if isinstance(c, Create)], api, result)
-            for change in plan.changes:
-                if isinstance(change, Update):
-                    self._set(api, change, result)
+            wire = self._wire()
+            self._remove(wire, deletes, result)
+            self._add_all(creates, wire, result)
+            self._pipeline(wire, ((c, _set_words(c)) for c in updates), result, self._set_done)
         except (TargetError, OSError, LibRouterosError) as exc:
             self.close()
             message = str(exc) if isinstance(exc, TargetError) else f"{self.name}: connection lost: {_why(exc)}"
             _fail_rest(result, plan.changes, message)
-        except MALFORMED as exc:
+        except (UnexpectedReply, *MALFORMED) as exc:
             self.close()
             _fail_rest(result, plan.changes,
                        f"{self.name}: malformed reply from the router ({_malformed(exc)})")
         return result
 
-    def _remove(self, path: Any, deletes: list[Delete], result: ApplyResult) -> None:
-        for start in range(0, len(deletes), REMOVE_BATCH):
-            batch = deletes[start:start + REMOVE_BATCH]
-            try:
-                path.remove(*(c.old.ref for c in batch))
+    def _wire(self) -> ApiWire:
+        return ApiWire(self._api_or_connect())
+
+    def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str]]], result: ApplyResult,
+                  done: Callable[[_T, Answer, ApplyResult], None], stop: threading.Event | None = None) -> None:
+        pipeline.run(wire, commands, window=self.settings.pipeline,
+                     on_answer=lambda token, answer: done(token, answer, result), stop=stop)
+
+    def _remove(self, wire: ApiWire, deletes: list[Delete], result: ApplyResult) -> None:
+        """Comma-joined ids in batches; a batch that traps is retried one id at a time."""
+        batches = [deletes[i:i + REMOVE_BATCH] for fam in (4, 6)
+                   for same in [[c for c in deletes if family(c.old.get("address")) == fam]]
+                   for i in range(0, len(same), REMOVE_BATCH)]
+        retry: list[Delete] = []
+
+        def done(batch: list[Delete], answer: Answer, result: ApplyResult) -> None:
+            if not answer.traps:
                 result.applied.extend(batch)
                 self._tick(len(batch))
-                continue
-            except TrapError:
-                pass  # one id in the batch is gone: fall back to one at a time
-            for change in batch:
-                try:
-                    path.remove(change.old.ref)
-                    result.applied.append(change)
-                except TrapError as exc:
-                    if str(exc.message).startswith(NO_SUCH_ITEM):
-                        result.applied.append(change)  # already gone: the goal is met
-                    else:
-                        result.failed.append((change, self._refused("remove", change.old, exc)))
+            elif len(batch) > 1:
+                retry.extend(batch)  # one id in the batch is gone: one at a time below
+            else:
+                message = answer.traps[0]
+                if message.startswith(NO_SUCH_ITEM):
+                    result.applied.append(batch[0])  # already gone: the goal is met
+                else:
+                    result.failed.append((batch[0], self._refused("remove", batch[0].old, message)))
                 self._tick(1)
 
-    def _add_all(self, creates: list[Create], api: Any, result: ApplyResult) -> None:
-        """Adds over ``settings.connections`` API sessions at once.
+        self._pipeline(wire, ((b, _remove_words(b)) for b in batches), result, done)
+        self._pipeline(wire, (([c], _remove_words([c])) for c in retry), result, done)
 
-        librouteros has one command in flight per connection (no tags), so each add
-        costs a full round trip; a few connections keep the router busy while the
-        client waits. Extra sessions are opened for the batch and closed after it.
+    def _add_all(self, creates: list[Create], wire: ApiWire, result: ApplyResult) -> None:
+        """Adds, pipelined; very large batches over up to ``settings.connections`` sessions.
+
+        Extra sessions let a router work on several commands at once; they are opened
+        for the batch and closed after it. A session lost stops the others from
+        sending more: the router's remaining adds fail, as with one session.
         """
-        workers = min(self.settings.connections, max(1, len(creates) // 500))
+        workers = min(self.settings.connections, max(1, len(creates) // ADDS_PER_SESSION))
         if workers <= 1:
-            for change in creates:
-                self._add(api, change, result)
+            self._pipeline(wire, ((c, _add_words(c)) for c in creates), result, self._add_done)
             return
         shares = [creates[i::workers] for i in range(workers)]
         partial = [ApplyResult(target=self.name) for _ in shares]
+        lost = threading.Event()
+        errors: list[BaseException] = []
 
         def work(i: int) -> None:
-            conn = api if i == 0 else None
+            api = None
             try:
-                if conn is None:
-                    conn = self._connect()
-                for change in shares[i]:
-                    self._add(conn, change, partial[i])
-            except (OSError, LibRouterosError) as exc:
-                _fail_rest(partial[i], shares[i], f"{self.name}: connection lost: {_why(exc)}")
-            except MALFORMED as exc:
-                _fail_rest(partial[i], shares[i],
-                           f"{self.name}: malformed reply from the router ({_malformed(exc)})")
+                session = wire if i == 0 else ApiWire(api := self._connect())
+                self._pipeline(session, ((c, _add_words(c)) for c in shares[i]), partial[i],
+                               self._add_done, stop=lost)
+            except (OSError, LibRouterosError, UnexpectedReply, *MALFORMED) as exc:
+                lost.set()
+                errors.append(exc)
             finally:
-                if i != 0 and conn is not None:
-                    try:
-                        conn.close()
-                    except (OSError, LibRouterosError):
-                        pass
+                if api is not None:
+                    _quietly_close(api)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-add") as pool:
             list(pool.map(work, range(workers)))
@@ -325,38 +347,84 @@ class RouterTarget:
             result.applied += p.applied
             result.failed += p.failed
             result.collisions += p.collisions
-            if p.error and result.error is None:
-                result.error = p.error
+        if errors:
+            raise errors[0]
 
-    def _add(self, api: Any, change: Create, result: ApplyResult) -> None:
-        r = change.new
-        address = r.get("address")
-        try:
-            api.path(*MENUS[family(address)]).add(
-                list=r.get("list"), address=address, comment=r.get("comment")
-            )
+    def _add_done(self, change: Create, answer: Answer, result: ApplyResult) -> None:
+        if not answer.traps:
             result.applied.append(change)
-        except TrapError as exc:
-            if DUPLICATE in str(exc.message):
-                result.collisions.append(Conflict(r, f"{exc.message} (not provisiond's)"))
-            else:
-                result.failed.append((change, self._refused("add", r, exc)))
+        elif any(DUPLICATE in t for t in answer.traps):
+            result.collisions.append(Conflict(change.new, f"{answer.traps[0]} (not provisiond's)"))
+        else:
+            result.failed.append((change, self._refused("add", change.new, answer.traps[0])))
         self._tick(1)
 
-    def _set(self, api: Any, change: Update, result: ApplyResult) -> None:
-        r = change.new
-        try:
-            api.path(*MENUS[family(r.get("address"))]).update(
-                **{".id": change.old.ref, "comment": r.get("comment"),
-                   "disabled": "yes" if r.get("disabled") == "true" else "no"}
-            )
+    def _set_done(self, change: Update, answer: Answer, result: ApplyResult) -> None:
+        if answer.traps:
+            result.failed.append((change, self._refused("set", change.new, answer.traps[0])))
+        else:
             result.applied.append(change)
-        except TrapError as exc:
-            result.failed.append((change, self._refused("set", r, exc)))
         self._tick(1)
 
-    def _refused(self, verb: str, r: Resource, exc: TrapError) -> str:
-        return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {exc.message}"
+    def _refused(self, verb: str, r: Resource, message: str) -> str:
+        return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {message}"
+
+
+def _remove_words(batch: Sequence[Delete]) -> tuple[str, ...]:
+    menu = MENUS[family(batch[0].old.get("address"))]
+    return (f"/{'/'.join(menu)}/remove", "=.id=" + ",".join(c.old.ref for c in batch))
+
+
+def _add_words(change: Create) -> tuple[str, ...]:
+    r = change.new
+    address = r.get("address")
+    return (f"/{'/'.join(MENUS[family(address)])}/add", f"=list={r.get('list')}",
+            f"=address={address}", f"=comment={r.get('comment')}")
+
+
+def _set_words(change: Update) -> tuple[str, ...]:
+    r = change.new
+    return (f"/{'/'.join(MENUS[family(r.get('address'))])}/set", f"=.id={change.old.ref}",
+            f"=comment={r.get('comment')}", f"=disabled={'yes' if r.get('disabled') == 'true' else 'no'}")
+
+
+def _quietly_close(api: Any) -> None:
+    try:
+        api.close()
+    except (OSError, LibRouterosError):
+        pass
+
+
+class ApiWire:
+    """A logged-in librouteros session as a ``pipeline.Wire``: its encoder, its decoder,
+    its transport. librouteros's own reader cannot take ``.tag`` words (its
+    ``parse_word`` splits every word at ``=``), so replies are read a word at a time
+    with ``ApiProtocol.readWord`` and handed over unparsed."""
+
+    def __init__(self, api: Any) -> None:
+        self._protocol = api.protocol
+        self._transport = api.protocol.transport
+        self._encoding: str = api.protocol.encoding
+
+    def encode(self, words: Sequence[str]) -> bytes:
+        data: bytes = encode_sentence(*words, encoding=self._encoding)
+        return data
+
+    def send(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def read_sentence(self) -> Sequence[str]:
+        words = tuple(iter(self._protocol.readWord, ""))
+        if not words:
+            raise UnexpectedReply("an empty sentence")
+        if words[0] == "!fatal":
+            self._protocol.close()
+            raise FatalError(words[1] if len(words) > 1 else "")
+        return words
+
+    def buffered(self) -> int:
+        pending = getattr(self._transport, "buffered", None)
+        return int(pending()) if pending is not None else 0
 
 
 def _no_progress(n: int) -> None:

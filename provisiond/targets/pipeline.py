@@ -1,0 +1,132 @@
+"""A bounded window of tagged RouterOS API commands over one session.
+
+RouterOS answers pipelined commands in any order and marks every reply with the
+``.tag`` of its command (ROUTEROS.md §1.6); librouteros sends one command and waits
+for its ``!done``. ``RouterTarget`` (``targets.routeros``) hands this module its
+commands, each with a token of its own (the Changes a command carries), and a ``Wire``
+built on librouteros's codec and the session's transport: this module adds only the
+tags and the window. Every reply is routed back to its token by tag: rows to
+``on_row``, traps and ``!done`` to ``on_answer`` once the command is finished, so a
+``!trap`` is always attributed to the command that caused it.
+
+A lost connection (an exception from the wire) ends the run with that exception;
+the caller knows which tokens were answered and fails the rest. Pure of librouteros:
+the wire is a Protocol, so the module is typed and tested without it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Wire(Protocol):
+    """One logged-in API session, at the level of sentences."""
+
+    def encode(self, words: Sequence[str]) -> bytes:
+        """One sentence on the wire (librouteros's encoder)."""
+        ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def read_sentence(self) -> Sequence[str]:
+        """The next reply sentence, reply word first; raises when the connection is lost."""
+        ...
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read: >0 means the next read will not wait."""
+        ...
+
+
+class UnexpectedReply(Exception):
+    """A reply without a tag, or with a tag that is not in flight: the stream is unusable."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """How one command ended: ``!done``'s ``=ret=`` and the message of every ``!trap``."""
+
+    ret: str = ""
+    traps: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _InFlight(Generic[T]):
+    token: T
+    answer: Answer
+
+
+def run(
+    wire: Wire,
+    commands: Iterable[tuple[T, Sequence[str]]],
+    *,
+    window: int,
+    on_answer: Callable[[T, Answer], None],
+    on_row: Callable[[T, Sequence[str]], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
+
+    ``on_answer(token, answer)`` is called once per command, when its ``!done``
+    arrives; ``on_row(token, words)`` for every ``!re`` of it (attribute words only).
+    ``stop`` set: no new command is sent; those in flight are still answered.
+    """
+    pending = iter(commands)
+    inflight: dict[str, _InFlight[T]] = {}
+    outgoing: list[bytes] = []
+    serial = 0
+    exhausted = False
+    while True:
+        while not exhausted and len(inflight) < window:
+            if stop is not None and stop.is_set():
+                exhausted = True
+                break
+            item = next(pending, None)
+            if item is None:
+                exhausted = True
+                break
+            token, words = item
+            tag = str(serial)
+            serial += 1
+            outgoing.append(wire.encode((*words, f".tag={tag}")))
+            inflight[tag] = _InFlight(token, Answer())
+        if outgoing and wire.buffered() == 0:
+            # About to wait for replies: send everything queued in one write. While
+            # replies are already buffered, keep reading them first and batch the refill.
+            wire.send(b"".join(outgoing))
+            outgoing.clear()
+        if not inflight:
+            return
+        sentence = wire.read_sentence()
+        kind, tag = sentence[0], ""
+        rest = sentence[1:]
+        for i, word in enumerate(rest):
+            if word.startswith(".tag="):
+                tag = word[5:]
+                rest = (*rest[:i], *rest[i + 1:])
+                break
+        entry = inflight.get(tag)
+        if entry is None:
+            raise UnexpectedReply(f"{kind} for tag {tag or '(none)'}, which is not in flight")
+        if kind == "!re":
+            if on_row is not None:
+                on_row(entry.token, rest)
+        elif kind == "!trap":
+            entry.answer.traps.append(_attr(rest, "message") or "unknown error")
+        elif kind == "!done":
+            entry.answer.ret = _attr(rest, "ret")
+            del inflight[tag]
+            on_answer(entry.token, entry.answer)
+        # !empty (7.18+, a print with no rows) carries nothing.
+
+
+def _attr(words: Sequence[str], name: str) -> str:
+    head = f"={name}="
+    for word in words:
+        if word.startswith(head):
+            return word[len(head):]
+    return ""
