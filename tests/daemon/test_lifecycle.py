@@ -31,7 +31,7 @@ def test_sigterm_lets_the_pass_in_flight_finish(
     billing: Billing, make_router: Callable[..., RouterSim], config: Callable[..., Path],
     start: Callable[..., DaemonProc],
 ) -> None:
-    slow = make_router(command_latency=0.05)  # 20 adds: about a second of applying
+    slow = make_router(command_latency=0.5)  # a slow link: the pipelined adds are answered half a second after they leave
     billing.join("Tower Hosts", *ALL)
     d = start(config(router_port=slow.port, daemon={"interval": "1s"}))
     wait_until(lambda: any(c.path.endswith("/add") for c in slow.history), what="adds started")
