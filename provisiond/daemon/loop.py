@@ -88,6 +88,7 @@ class Daemon:
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.health = Health(max_age=_max_age(settings))
+        self.metrics.watch(self.health)
         self.runner = PassRunner(settings, metrics=self.metrics, health=self.health)
         self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
         self.leading = False

@@ -52,6 +52,20 @@ class Metrics:
         self.backoff = Gauge("provisiond_target_backoff_seconds",
                              "Seconds until a failing target is tried again (0: not backing off)",
                              ["target"], registry=r)
+        self.consecutive_failures = Gauge(
+            "provisiond_target_consecutive_failures",
+            "Passes in a row in which a target could not be reached or applied (0: last one ok)",
+            ["target"], registry=r)
+        self.billing_reads = Counter("provisiond_billing_reads",
+                                     "Billing reads by result (ok, error, suspicious: refused as a "
+                                     "drop of more than source.max_account_drop)", ["result"],
+                                     registry=r)
+        self.healthy = Gauge("provisiond_healthy", "1 when /healthz answers 200, else 0",
+                             registry=r)
+
+    def watch(self, health: Health) -> None:
+        """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""
+        self.healthy.set_function(lambda: 1.0 if health.check()[0] else 0.0)
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

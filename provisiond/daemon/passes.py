@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from provisiond.core import render
-from provisiond.errors import ConfigError, ProvisiondError, SourceError
+from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.settings import Settings
 
@@ -47,6 +47,10 @@ class Backoff:
 
     def remaining(self, name: str) -> float:
         return max(0.0, self._until.get(name, 0.0) - self._clock())
+
+    def failures(self, name: str) -> int:
+        """Failures in a row of ``name`` (0 after a success)."""
+        return self._failures.get(name, 0)
 
     def failed(self, name: str) -> float:
         n = self._failures.get(name, 0) + 1
@@ -149,6 +153,8 @@ class PassRunner:
         except SourceError as exc:
             outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
             self.metrics.errors.labels("source").inc()
+            self.metrics.billing_reads.labels(
+                "suspicious" if isinstance(exc, SuspiciousSnapshot) else "error").inc()
             log.error("pass result=error source: %s; nothing written, retrying next interval", exc)
         except ConfigError as exc:
             # e.g. a password_file that vanished: fatal for this pass, not for the daemon.
@@ -179,6 +185,7 @@ class PassRunner:
 
     def _dry_run(self, rec: Any) -> Outcome:
         pp = rec.plan(skip=self._skip)
+        self.metrics.billing_reads.labels("ok").inc()
         for plan in pp.plans:
             c = plan.counts()
             log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
@@ -196,6 +203,7 @@ class PassRunner:
 
     def _apply(self, rec: Any, may_write: Callable[[], bool] | None = None) -> Outcome:
         pp = rec.plan(skip=self._skip)
+        self.metrics.billing_reads.labels("ok").inc()
         if may_write is not None and not may_write():
             # Planning can take a while; another provisiond may lead by now.
             log.error("pass result=error: lost the leader lock while planning; nothing written")
@@ -254,12 +262,14 @@ class PassRunner:
                 delay = self.backoff.failed(name)
                 m.errors.labels(name).inc()
                 m.backoff.labels(name).set(delay)
+                m.consecutive_failures.labels(name).set(self.backoff.failures(name))
                 failed.append(name)
                 log.warning("target=%s result=unavailable retry_in=%.1fs error=%r", name, delay, error)
                 continue
             if self.backoff.succeeded(name):
                 log.info("target=%s recovered", name)
             m.backoff.labels(name).set(0)
+            m.consecutive_failures.labels(name).set(0)
             if r is not None and r.failed:
                 m.errors.labels(name).inc()
             elif name not in refused:
