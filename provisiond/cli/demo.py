@@ -5,7 +5,7 @@ documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N account
 empty SQLite FreeRADIUS database, starts the RouterOS simulator as a separate process on
 a free loopback port, writes a config for all of them (tower hosts get addresses from a
 pool), then runs plan, apply and plan again through the same code the
-``plan`` and ``apply`` commands use. Only the CLI imports this module.
+``plan`` and ``apply`` commands use, and ``explain`` on one account. Only the CLI imports this module.
 
 The demo reads like a tour: per target and list a count of what changes and a few
 sample lines (``digest``); ``demo --full`` prints every line, as ``plan`` always does.
@@ -281,6 +281,7 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
     from provisiond import settings as settings_mod
     from provisiond.cli.commands import cmd_apply, cmd_plan
     from provisiond.cli.console import progress_wanted
+    from provisiond.cli.explain import cmd_explain
 
     tmp = None
     if directory is None:
@@ -322,6 +323,12 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
             codes.append(code)
             print(f"=== {title}: exit {code} in {time.monotonic() - t0:.2f}s ===", flush=True)
         ok = codes[1] == 0 and codes[2] == 0
+        if ok and not quiet:
+            # The question a support call starts with, on the first account.
+            print("\n=== provisiond explain 1000 ===", flush=True)
+            code = cmd_explain(settings, "1000", fmt="text", color=color, journal=3)
+            print(f"=== explain: exit {code} ===", flush=True)
+            ok = code == 0
         print("\ndemo: " + ("converged: the second plan has nothing to do." if ok
                             else "did NOT converge; see above."))
         return 0 if ok else 1

@@ -4,6 +4,7 @@ Framed-IP-Address in a real FreeRADIUS's Access-Accept, then leave, hold and rej
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,52 @@ def test_demo_runs_and_converges(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "demo: converged: the second plan has nothing to do." in out
     assert "+ lease tower-hosts 100.127.0.2" in out
+    # A tour: per list a count and three sample lines, then explain on one account.
+    assert re.search(r"^  legacy: \d+ to create$", out, re.M)
+    assert re.search(r"^    … \d+ more \(demo --full shows every line\)$", out, re.M)
+    assert "Explain: account 1000: converged on every target (exit 0)." in out
+    assert len(out.splitlines()) < 200
+
+
+def test_demo_full_prints_every_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from provisiond.cli import main as cli
+
+    assert cli.main(["demo", "--accounts", "40", "--full"]) == 0
+    out = capsys.readouterr().out
+    assert "more (demo --full" not in out
+    first_plan = out.split("=== provisiond plan ===")[1].split("=== plan:")[0]
+    creates = int(re.search(r"^Plan: (\d+) to create", first_plan, re.M).group(1))  # type: ignore[union-attr]
+    assert sum(1 for ln in first_plan.splitlines() if ln.startswith("    + ") and "lease" not in ln) == creates
+
+
+def test_demo_digest_cuts_each_block_to_a_count_and_samples() -> None:
+    from provisiond.cli.demo import digest
+
+    text = "\n".join([
+        "core-1 (routeros): 5 to create, 1 to update, 1 to delete, 1 conflict(s)",
+        "  tower-hosts",
+        *[f"    + tower-hosts 10.0.0.{i}  acct {i}" for i in range(5)],
+        "    ~ tower-hosts 10.0.0.9  acct 9  (comment: \"a\" -> \"b\")",
+        "    - tower-hosts 10.0.0.8  acct 8",
+        "    ! tower-hosts 10.0.0.7  acct 7: conflict: entry not created by provisiond",
+        "  legacy",
+        "    + legacy 10.0.1.1  acct 11",
+        "  > disconnect u1 session 1", "  > disconnect u2 session 2", "  > disconnect u3 session 3",
+        "  > disconnect u4 session 4", "  > disconnect u5 session 5",
+        "Plan: 6 to create, 1 to update, 1 to delete on 1 of 1 target(s); 1 conflict(s).",
+    ]) + "\n"
+    assert digest(text, sample=2).splitlines() == [
+        "core-1 (routeros): 5 to create, 1 to update, 1 to delete, 1 conflict(s)",
+        "  tower-hosts: 5 to create, 1 to update, 1 to delete, 1 conflict(s)",
+        "    + tower-hosts 10.0.0.0  acct 0",
+        "    + tower-hosts 10.0.0.1  acct 1",
+        "    … 6 more (demo --full shows every line)",
+        "  legacy: 1 to create",
+        "    + legacy 10.0.1.1  acct 11",
+        "  > disconnect u1 session 1", "  > disconnect u2 session 2",
+        "  … 3 more (demo --full shows every line)",
+        "Plan: 6 to create, 1 to update, 1 to delete on 1 of 1 target(s); 1 conflict(s).",
+    ]
 
 
 def test_saved_plan_with_allocations_records_the_same_leases_or_is_refused(world: World, radius_db: str) -> None:
