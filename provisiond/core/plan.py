@@ -75,7 +75,7 @@ class Plan:
         problems = []
         for group, n in sorted(per_group.items()):
             existing = self.existing.get(group, 0)
-            if existing < safety.min_existing:
+            if existing < safety.min_existing or existing == 0:  # min_existing = 0: nothing to lose
                 continue
             for action, limit in (
                 ("delete", safety.max_delete_ratio),
