@@ -38,8 +38,12 @@ class RouterDesire:
     lists: set[str] = field(default_factory=set)  # every list managed on this router
 
 
+# C0 and C1 control characters (ESC, BEL, DEL, …): a comment is one line of text.
+_CONTROLS = {i: " " for i in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def comment_for(marker: str, account: Account) -> str:
-    name = " ".join(account.name.split())  # one line, no control characters
+    name = " ".join(account.name.translate(_CONTROLS).split())  # one line, no control characters
     return f"{marker}:{account.id} {name}".rstrip()
 
 
