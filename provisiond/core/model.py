@@ -31,7 +31,10 @@ class RowProblem:
     message: str
 
     def __str__(self) -> str:
-        who = f"account {self.account_id}" if self.account_id else "row without account_id"
+        ident = self.account_id
+        if not ident.isprintable() or " " in ident:
+            ident = repr(ident)
+        who = f"account {ident}" if self.account_id else "row without account_id"
         return f"{who}: {self.message}"
 
 

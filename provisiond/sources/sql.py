@@ -93,6 +93,11 @@ def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
         if not account_id:
             problems.append(RowProblem("", f"row {count}: account_id is empty"))
             continue
+        if not account_id.isprintable() or " " in account_id:
+            # The id is written into router comments ("provisiond:<id> <name>") and read
+            # back up to the first space: it must be one word.
+            problems.append(RowProblem(account_id, "account_id has spaces or control characters"))
+            continue
         ip = ""
         if ip_raw is not None and ip_raw != "":
             try:
