@@ -6,7 +6,6 @@ the router list, FreeRADIUS's Access-Accept and the live session, without an int
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,12 +86,10 @@ retries = 2
     d.wait_log(r"pass=1 result=ok")
     assert fr.authenticate("tower1001", "pw1001")[1].get("Mikrotik-Rate-Limit") is None
 
-    t0 = time.monotonic()
-    billing.join("Tower Hosts", 1001)
+    billing.join("Tower Hosts", 1001)  # the interval is 300 s: NOTIFY drives what follows
     wait_until(lambda: any(e["address"] == "100.64.0.1" for e in router.entries("ip", "tower-hosts")),
                timeout=5, what="the router entry")
     wait_until(lambda: nas.received, timeout=5, what="the Disconnect-Request")
-    assert time.monotonic() - t0 < 4
     code, attrs = fr.authenticate("tower1001", "pw1001")
     assert code == 2
     assert attrs["Mikrotik-Rate-Limit"] == ["50M/50M"]
