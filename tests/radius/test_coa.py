@@ -174,3 +174,30 @@ def test_an_unexpected_error_in_one_request_is_a_result_not_an_exception(monkeyp
     results = sender.send(reqs)
     assert [(r.request.username, r.outcome) for r in results] == [("a", "error"), ("b", "error")]
     assert "odd packet" in results[0].detail
+
+
+@pytest.mark.parametrize("why", ["mode disconnect", "group with check rows"])
+def test_disconnect_even_when_every_changed_attribute_could_change_live(
+    radius_pg: str, nases: tuple[NasDouble, NasDouble, int], why: str,
+) -> None:
+    """legacy -> tower changes only Mikrotik-Rate-Limit and Session-Timeout, which a CoA
+    can carry (the test above gets a CoA for exactly this move); ``mode = "disconnect"``
+    and a group with radgroupcheck rows must still send a Disconnect."""
+    one, _, port = nases
+    policy(radius_pg)
+    if why == "group with check rows":
+        execute(radius_pg, "INSERT INTO radgroupcheck (groupname, attribute, op, value) "
+                           "VALUES ('tower', 'Simultaneous-Use', ':=', '1')")
+    target = coa_target(radius_pg, port, mode="disconnect" if why == "mode disconnect" else "coa")
+    assert sync(target, [account("1", "alice")], MAPS)[1].ok
+    session(radius_pg, "alice", "81a00001", NAS1, ip="10.64.0.10")
+    plan, result = sync(target, [account("1", "alice", groups=["Tower Hosts"])], MAPS)
+    assert result.ok
+    assert [(f["action"], f["username"], f["result"]) for f in result.followups] == [
+        ("disconnect", "alice", "ack")]
+    if why == "group with check rows":
+        assert "radgroupcheck" in result.followups[0]["reason"]
+    (packet,) = one.packets()
+    assert packet.code == P.DisconnectRequest
+    assert "Mikrotik-Rate-Limit" not in packet.attributes
+    target.close()
