@@ -152,12 +152,12 @@ class ProgressBars:
     """One bar per target (done / total, rate, time left) on stderr, shown once the work
     has run for ``delay`` seconds. ``factory`` is the engine's ``ProgressFactory``."""
 
-    def __init__(self, *, delay: float | None = None) -> None:
+    def __init__(self, *, delay: float | None = None, console: Console | None = None) -> None:
         self.delay = _delay() if delay is None else delay
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("changes"), _Rate(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False, redirect_stdout=False,
+            console=console or Console(stderr=True), transient=False, redirect_stdout=False,
             redirect_stderr=True,
         )
         self._lock = threading.Lock()
@@ -196,6 +196,7 @@ class ProgressBars:
     def __exit__(self, *exc: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer.join()  # wakes at once on cancel; a _show in progress completes
         with self._lock:
             if self._started:
                 for h, stream in self._handlers:

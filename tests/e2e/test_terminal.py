@@ -154,3 +154,20 @@ def test_apply_shows_progress_on_a_terminal_and_never_on_a_pipe(planned: World) 
     assert code == 0 and not BAR.search(err) and "━" not in err
     assert len(planned.entries("core-1", "tower-hosts")) == 70
     planned.assert_converged()
+
+
+@pytest.mark.parametrize(("delay", "shown"), [(0.0, True), (60.0, False)])
+def test_progress_shows_only_once_the_work_outlasts_the_delay(delay: float, shown: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from provisiond.cli.console import ProgressBars
+
+    buf = io.StringIO()
+    with ProgressBars(delay=delay, console=Console(file=buf, force_terminal=True, width=120)) as bars:
+        tick = bars.factory("core-1", 5)
+        for _ in range(5):
+            tick(1)
+    assert bool(BAR.search(re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue()))) is shown
+    assert not bars._timer or not bars._timer.is_alive()
