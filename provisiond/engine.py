@@ -457,9 +457,15 @@ def _summary(result: PassResult) -> dict[str, Any]:
 
 
 def _build_source(settings: Settings) -> Source:
+    s = settings.source
+    if s.type == "sonar":
+        from provisiond.sources.sonar import SonarSource
+
+        return SonarSource(s.resolved_url(), s.sonar_token(), page_size=s.sonar_page_size,
+                           timeout=s.timeout)
     from provisiond.sources.sql import SqlSource
 
-    s = settings.source
+    assert s.query is not None  # settings require it for type = "sql"
     try:
         url = s.resolved_url()
     except Exception as exc:  # noqa: BLE001 - a bad URL is a source error, named

@@ -83,16 +83,63 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SONAR_TIMEOUT = 300.0  # a whole Sonar read: 1,000 requests at 400/min fit in it
+
+
 class SourceSettings(_Model):
+    type: Literal["sql", "sonar"] = "sql"
     url: SecretStr
-    query: str
-    password_file: Path | None = None
-    timeout: Duration = 60.0
+    query: str | None = None  # sql: required
+    password_file: Path | None = None  # sql
+    token: SecretStr | None = None  # sonar: a personal access token (prefer token_file)
+    token_file: Path | None = None  # sonar
+    page_size: int | None = Field(None, ge=1, le=10000)  # sonar: default 100
+    timeout: Duration = 60.0  # sonar: default SONAR_TIMEOUT
     max_account_drop: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sonar_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "sonar" and data.get("timeout") is None:
+            data = {**data, "timeout": SONAR_TIMEOUT}
+        return data
+
+    @model_validator(mode="after")
+    def _by_type(self) -> SourceSettings:
+        problems = []
+        if self.type == "sql":
+            if self.query is None:
+                problems.append("query: required key is missing")
+            for key in ("token", "token_file", "page_size"):
+                if getattr(self, key) is not None:
+                    problems.append(f'{key}: only for type = "sonar"')
+        else:
+            for key in ("query", "password_file"):
+                if getattr(self, key) is not None:
+                    problems.append(f'{key}: not used with type = "sonar"')
+            if (self.token is None) == (self.token_file is None):
+                problems.append("token_file: set token_file or token, not both"
+                                if self.token is not None else "token_file: set token_file (or token)")
+            problems += _sonar_url_problems(self.url.get_secret_value())
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def sonar_page_size(self) -> int:
+        return self.page_size if self.page_size is not None else 100
+
+    def sonar_token(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        return _read_secret(self.token_file, "source.token_file")
 
     def resolved_url(self) -> str:
         from sqlalchemy.engine import make_url
 
+        if self.type == "sonar":
+            return self.url.get_secret_value()
         url = make_url(self.url.get_secret_value())
         if self.password_file is not None:
             url = url.set(password=_read_secret(self.password_file, "source.password_file"))
@@ -101,7 +148,34 @@ class SourceSettings(_Model):
     def display_url(self) -> str:
         from sqlalchemy.engine import make_url
 
+        if self.type == "sonar":
+            return self.url.get_secret_value()
         return make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+
+
+def _sonar_url_problems(url: str) -> list[str]:
+    """Sonar is reached over https://; plain http:// only to a loopback address (a test double)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        return [f"url: not a URL: {exc}"]
+    if parts.scheme not in ("http", "https") or not host:
+        return ["url: the Sonar instance's https:// URL (provisiond appends /api/graphql)"]
+    if parts.username or parts.password or parts.query or parts.fragment:
+        return ["url: just the instance's address, without credentials, query or fragment"]
+    if parts.scheme == "http":
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return [f"url: http:// only to a loopback address (the token would cross the "
+                    f"network in clear text); use https://{host}"]
+    return []
 
 
 class StateSettings(_Model):
@@ -295,6 +369,19 @@ class DaemonSettings(_Model):
     healthz_max_age: Duration | None = None  # default: three intervals
     log_format: Literal["text", "json"] = "text"
     retry_max: Duration = 600.0  # back-off ceiling for a failing target
+    webhook_listen: str | None = None  # Sonar webhooks: HOST:PORT serving /webhooks/sonar
+    webhook_token_file: Path | None = None  # the secret in the webhook URL's ?token=
+
+    @model_validator(mode="after")
+    def _webhook(self) -> DaemonSettings:
+        if self.webhook_listen is not None and self.webhook_token_file is None:
+            raise ValueError("webhook_token_file: required with webhook_listen (the secret "
+                             "Sonar sends in the URL's ?token=)")
+        return self
+
+    def webhook_token(self) -> str:
+        assert self.webhook_token_file is not None
+        return _read_secret(self.webhook_token_file, "daemon.webhook_token_file").strip()
 
 
 _config_path: ContextVar[Path | None] = ContextVar("provisiond_config_path", default=None)
@@ -519,6 +606,8 @@ def warnings(path: Path, settings: Settings) -> list[str]:
     inline = [f"router[{i}].password" for i, r in enumerate(settings.router) if r.password is not None]
     if settings.coa.secret is not None:
         inline.append("coa.secret")
+    if settings.source.token is not None:
+        inline.append("source.token")
     if settings.source.url.get_secret_value().count("@") and _url_has_password(
         settings.source.url.get_secret_value()
     ):
@@ -526,7 +615,7 @@ def warnings(path: Path, settings: Settings) -> list[str]:
     if inline and mode & (stat.S_IROTH | stat.S_IRGRP):
         out.append(
             f"{path} is readable by group/others and holds secrets inline: {', '.join(inline)}; "
-            "use password_file / secret_file (systemd LoadCredential=) or chmod 600"
+            "use password_file / secret_file / token_file (systemd LoadCredential=) or chmod 600"
         )
     for i, r in enumerate(settings.router):
         if not r.tls:

@@ -37,14 +37,18 @@ def check_config(path: Path) -> int:
 
     usernames: list[str] = []
     try:
-        source = SqlSource(settings.source.resolved_url(), settings.source.query,
-                           timeout=settings.source.timeout, display=settings.source.display_url())
-        found = source.check_columns()
-        problems += found
-        if not found and settings.radius is not None:
-            snapshot = source.read()
-            usernames = [u for a in snapshot.accounts.values() for u in a.usernames]
-        source.close()
+        if settings.source.type == "sonar":
+            problems += _check_sonar(settings)
+        else:
+            assert settings.source.query is not None
+            source = SqlSource(settings.source.resolved_url(), settings.source.query,
+                               timeout=settings.source.timeout, display=settings.source.display_url())
+            found = source.check_columns()
+            problems += found
+            if not found and settings.radius is not None:
+                snapshot = source.read()
+                usernames = [u for a in snapshot.accounts.values() for u in a.usernames]
+            source.close()
     except ProvisiondError as exc:
         problems += exc.problems if isinstance(exc, ConfigError) else [f"source: {exc}"]
     except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
@@ -75,6 +79,29 @@ def check_config(path: Path) -> int:
     print(f"{path}: OK ({len(settings.router)} router(s), {len(settings.address_list)} address list "
           f"mapping(s), {len(settings.radius_group)} RADIUS group(s), {len(settings.pool)} pool(s))")
     return EXIT_OK
+
+
+_SONAR_KEYS = {"url": "source.url", "token": "source.token_file", "schema": "source (Sonar's schema)",
+               "timeout": "source.url", "limit": "source (request limit)", "answer": "source"}
+
+
+def _check_sonar(settings: settings_mod.Settings) -> list[str]:
+    """One small query; the problem names what is wrong: URL, token or schema."""
+    from provisiond.sources.sonar import SonarError, SonarSource
+
+    s = settings.source
+    token = s.sonar_token()  # a ConfigError names source.token_file
+    source = SonarSource(s.resolved_url(), token, page_size=s.sonar_page_size, timeout=s.timeout)
+    try:
+        source.check()
+    except SonarError as exc:
+        key = _SONAR_KEYS.get(exc.kind, "source")
+        if exc.kind == "token" and s.token is not None:
+            key = "source.token"
+        return [f"{key}: {exc}"]
+    finally:
+        source.close()
+    return []
 
 
 def _reconciler(settings: settings_mod.Settings, *, readonly: bool) -> Any:

@@ -1,11 +1,13 @@
 """``provisiond demo``: the whole product with no outside services.
 
 Creates a SQLite billing database seeded with the three account groups from Sonar's
-documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts, an
-empty SQLite FreeRADIUS database, starts the RouterOS simulator as a separate process on
-a free loopback port, writes a config for all of them (tower hosts get addresses from a
-pool), then runs plan, apply and plan again through the same code the
-``plan`` and ``apply`` commands use, and ``explain`` on one account. Only the CLI imports this module.
+documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts -- or,
+with ``--source sonar``, the same accounts as Sonar objects served by the fake Sonar
+(``python -m provisiond.sim.sonar``) -- and an empty SQLite FreeRADIUS database, starts
+the RouterOS simulator as a separate process on a free loopback port, writes a config for
+all of them (tower hosts get addresses from a pool), then runs plan, apply and plan again
+through the same code the ``plan`` and ``apply`` commands use, and ``explain`` on one
+account. Only the CLI imports this module.
 
 The demo reads like a tour: per target and list a count of what changes and a few
 sample lines (``digest``); ``demo --full`` prints every line, as ``plan`` always does.
@@ -13,6 +15,7 @@ sample lines (``digest``); ``demo --full`` prints every line, as ``plan`` always
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -24,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers")
 NAMES = (
@@ -42,9 +46,33 @@ LEFT JOIN radius_accounts r ON r.account_id = a.id
 """
 
 
+DemoAccount = tuple[int, str, str, list[int], list[str], str]  # id, name, status, group ids, ips, username
+
+
+def demo_accounts(accounts: int, *, seed: int = 42) -> list[DemoAccount]:
+    """The demo's accounts, the same for every source. Deterministic."""
+    rnd = random.Random(seed)
+    out: list[DemoAccount] = []
+    for i in range(accounts):
+        account_id = 1000 + i
+        status = "delinquent" if rnd.random() < 0.05 else "active"
+        r = rnd.random()
+        groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
+        # 100.64.0.0/10 carrier-grade NAT space, one address per account, except tower
+        # hosts: they get theirs from the tower-hosts pool. Every 20th account also has
+        # an IPv6 address from 2001:db8::/32 (documentation range).
+        ips = []
+        if 1 not in groups:
+            ips.append(f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}")
+        if i % 20 == 0:
+            ips.append(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1")
+        out.append((account_id, f"{NAMES[i % len(NAMES)]} {i}", status, groups, ips,
+                    f"user{account_id}"))
+    return out
+
+
 def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
     """A small Sonar-like billing schema with ``accounts`` accounts. Deterministic."""
-    rnd = random.Random(seed)
     db = sqlite3.connect(path)
     db.executescript(
         """
@@ -57,21 +85,11 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
     )
     db.executemany("INSERT INTO groups VALUES (?, ?)", list(enumerate(GROUPS, 1)))
     acc, member, ips, radius = [], [], [], []
-    for i in range(accounts):
-        account_id = 1000 + i
-        status = "delinquent" if rnd.random() < 0.05 else "active"
-        acc.append((account_id, f"{NAMES[i % len(NAMES)]} {i}", status))
-        r = rnd.random()
-        groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
+    for account_id, name, status, groups, addresses, username in demo_accounts(accounts, seed=seed):
+        acc.append((account_id, name, status))
         member += [(account_id, g) for g in groups]
-        # 100.64.0.0/10 carrier-grade NAT space, one address per account, except tower
-        # hosts: they get theirs from the tower-hosts pool. Every 20th account also has
-        # an IPv6 address from 2001:db8::/32 (documentation range).
-        if 1 not in groups:
-            ips.append((account_id, f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"))
-        if i % 20 == 0:
-            ips.append((account_id, f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"))
-        radius.append((account_id, f"user{account_id}"))
+        ips += [(account_id, a) for a in addresses]
+        radius.append((account_id, username))
     db.executemany("INSERT INTO accounts VALUES (?, ?, ?)", acc)
     db.executemany("INSERT INTO account_groups VALUES (?, ?)", member)
     db.executemany("INSERT INTO ip_assignments VALUES (?, ?)", ips)
@@ -85,6 +103,38 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
     )
     db.commit()
     db.close()
+
+
+def sonar_tables(accounts: int, *, seed: int = 42) -> dict[str, list[dict[str, Any]]]:
+    """The same accounts as Sonar's objects, for the fake Sonar (``--data``).
+
+    Each account's addresses hang off one of the four owners Sonar knows, in turn: the
+    account itself, its RADIUS account, an inventory item at its address, or that
+    item's MAC-address field.
+    """
+    t: dict[str, list[dict[str, Any]]] = {
+        "account_statuses": [{"id": 1, "name": "active", "activates_account": True},
+                             {"id": 2, "name": "delinquent", "activates_account": False}],
+        "account_groups": [{"id": i, "name": g} for i, g in enumerate(GROUPS, 1)],
+        "accounts": [], "radius_accounts": [], "addresses": [], "inventory_items": [],
+        "inventory_model_field_data": [], "ip_assignments": [],
+    }
+    for n, (account_id, name, status, groups, ips, username) in enumerate(
+            demo_accounts(accounts, seed=seed)):
+        t["accounts"].append({"id": account_id, "name": name, "group_ids": groups,
+                              "account_status_id": 1 if status == "active" else 2})
+        t["radius_accounts"].append({"id": 50000 + n, "username": username, "account_id": account_id})
+        t["addresses"].append({"id": 60000 + n, "account_id": account_id, "serviceable": True})
+        t["inventory_items"].append({"id": 70000 + n, "address_id": 60000 + n})
+        t["inventory_model_field_data"].append(
+            {"id": 80000 + n, "inventory_item_id": 70000 + n, "value": f"02:00:00:00:{n >> 8 & 255:02x}:{n & 255:02x}"})
+        owner = (("Account", account_id), ("RadiusAccount", 50000 + n),
+                 ("InventoryItem", 70000 + n), ("InventoryModelFieldData", 80000 + n))[n % 4]
+        for ip in ips:
+            t["ip_assignments"].append({
+                "subnet": ip + ("/128" if ":" in ip else "/32"), "soft": False,
+                "ipassignmentable_type": owner[0], "ipassignmentable_id": owner[1]})
+    return t
 
 
 RADIUS_SCHEMA = """
@@ -129,19 +179,22 @@ def seed_radius(path: Path) -> None:
     db.close()
 
 
-def write_config(directory: Path, *, port: int, password_file: Path) -> Path:
+def write_config(directory: Path, *, port: int, password_file: Path,
+                 sonar: tuple[str, Path] | None = None) -> Path:
+    """The demo's config; ``sonar`` = (the fake Sonar's URL, its token file) reads Sonar."""
     billing = directory / "billing.db"
     radius = directory / "radius.db"
     state = directory / "state.db"
     config = directory / "provisiond.toml"
     query = BILLING_QUERY.strip().replace('"""', "")
+    if sonar is None:
+        source = f'url = "sqlite:///{billing}"\nquery = """\n{query}\n"""'
+    else:
+        source = f'type = "sonar"\nurl = "{sonar[0]}"\ntoken_file = "{sonar[1]}"\npage_size = 100'
     config.write_text(
         f'''# Written by `provisiond demo`.
 [source]
-url = "sqlite:///{billing}"
-query = """
-{query}
-"""
+{source}
 
 [state]
 url = "sqlite:///{state}"
@@ -276,8 +329,28 @@ def _cut(block: list[str], sample: int) -> list[str]:
     return block[:sample] + [f"{indent}… {len(block) - sample} more (demo --full shows every line)"]
 
 
+def start_sonar(data: Path, token_file: Path) -> tuple[subprocess.Popen[str], str]:
+    """``python -m provisiond.sim.sonar`` on a free loopback port: (process, its URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisiond.sim.sonar", "--listen", "127.0.0.1:0",
+         "--token-file", str(token_file), "--data", str(data), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on (http://[\d.]+:\d+)", line)
+        if m:
+            return proc, m.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("the fake Sonar did not start")
+
+
 def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = False,
-             color: str = "auto") -> int:
+             color: str = "auto", source: str = "sql") -> int:
     from provisiond import settings as settings_mod
     from provisiond.cli.commands import cmd_apply, cmd_plan
     from provisiond.cli.console import progress_wanted
@@ -290,20 +363,33 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
     else:
         workdir = Path(directory)
         workdir.mkdir(parents=True, exist_ok=True)
-        for name in ("billing.db", "radius.db", "state.db", "state.db-wal", "state.db-shm"):
+        for name in ("billing.db", "sonar.json", "radius.db", "state.db", "state.db-wal", "state.db-shm"):
             (workdir / name).unlink(missing_ok=True)
     password = secrets.token_urlsafe(12)
     password_file = workdir / "router-password"
     password_file.write_text(password + "\n", encoding="utf-8")
     os.chmod(password_file, 0o600)
     t0 = time.monotonic()
-    seed_billing(workdir / "billing.db", accounts)
+    sonar_proc: subprocess.Popen[str] | None = None
+    sonar: tuple[str, Path] | None = None
+    if source == "sonar":
+        data = workdir / "sonar.json"
+        data.write_text(json.dumps(sonar_tables(accounts)), encoding="utf-8")
+        token_file = workdir / "sonar-token"
+        token_file.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+        os.chmod(token_file, 0o600)
+        print(f"demo: wrote {accounts} Sonar accounts to {data} in {time.monotonic() - t0:.1f}s")
+        sonar_proc, sonar_url = start_sonar(data, token_file)
+        sonar = (sonar_url, token_file)
+        print(f"demo: fake Sonar on {sonar_url}")
+    else:
+        seed_billing(workdir / "billing.db", accounts)
+        print(f"demo: seeded {accounts} accounts into {workdir / 'billing.db'} "
+              f"in {time.monotonic() - t0:.1f}s")
     seed_radius(workdir / "radius.db")
-    print(f"demo: seeded {accounts} accounts into {workdir / 'billing.db'} "
-          f"in {time.monotonic() - t0:.1f}s")
     sim, port = start_simulator(password)
     try:
-        config = write_config(workdir, port=port, password_file=password_file)
+        config = write_config(workdir, port=port, password_file=password_file, sonar=sonar)
         print(f"demo: RouterOS simulator core-1 on 127.0.0.1:{port}; config {config}")
         settings = settings_mod.load(config)
         shape = None if full else digest
@@ -333,8 +419,10 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
                             else "did NOT converge; see above."))
         return 0 if ok else 1
     finally:
-        sim.terminate()
-        sim.wait(10)
+        for proc in (sim, sonar_proc):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
         if tmp is not None:
             tmp.cleanup()
 

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print every line of the diff (default: a summary per list with a few "
                            "sample lines)")
     _colour(demo)
+    demo.add_argument("--source", choices=["sql", "sonar"], default="sql",
+                      help="read billing from SQLite (default) or from a fake Sonar's GraphQL API")
 
     sub.add_parser("run", help="reconcile continuously (the systemd service)")
 
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from provisiond.cli.demo import run_demo
 
         return run_demo(accounts=args.accounts, directory=args.dir, quiet=args.quiet,
-                        full=args.full, color=args.color)
+                        full=args.full, color=args.color, source=args.source)
     path = settings_mod.config_path(args.config)
     if args.command == "check-config":
         return check_config(path)

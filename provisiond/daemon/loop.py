@@ -9,6 +9,7 @@ around it. One interval job (``max_instances=1``: passes never overlap;
 - leader election (``daemon.leader``): only the leader runs passes; a standby polls;
 - ``daemon.listen``: a billing ``NOTIFY`` moves the job's next run to now;
 - ``daemon.metrics``: ``/metrics`` and ``/healthz``;
+- ``daemon.webhook``: a Sonar webhook asks for a pass (scoped to the account it names);
 - ``daemon.sdnotify``: READY=1 once the first pass is done (or on entering standby),
   STATUS= after every pass, WATCHDOG=1 while the loop is healthy, RELOADING=1 and
   STOPPING=1.
@@ -48,6 +49,7 @@ from provisiond.daemon.metrics import Health, Metrics, serve
 from provisiond.daemon.passes import Display, PassRunner
 from provisiond.daemon.pg import is_postgresql
 from provisiond.daemon.sdnotify import Notifier, watchdog_interval
+from provisiond.daemon.webhook import WebhookReceiver
 from provisiond.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class Daemon:
         self.scheduler: Any = None
         self.listener: BillingListener | None = None
         self.http: Any = None
+        self.webhook: WebhookReceiver | None = None
         self.ready_sent = False
         self.stopping = False
         # Shared with the scheduler's worker thread, under _guard.
@@ -120,6 +123,18 @@ class Daemon:
                 self.http = serve(d.metrics_listen, self.metrics, self.health)
             except (OSError, ValueError) as exc:
                 log.error("daemon.metrics_listen: cannot listen on %s: %s", d.metrics_listen, exc)
+                self.leader.release()
+                return EXIT_ERROR
+        if d.webhook_listen:
+            try:
+                self.webhook = WebhookReceiver(d.webhook_listen, d.webhook_token(),
+                                               on_pass=self._webhook_pass, debounce=d.debounce).start()
+            except (OSError, ValueError, ConfigError) as exc:
+                log.error("daemon.webhook_listen: cannot serve webhooks on %s: %s",
+                          d.webhook_listen, exc)
+                if self.http is not None:
+                    self.http.shutdown()
+                    self.http.server_close()
                 self.leader.release()
                 return EXIT_ERROR
         self._set_leading(self.leading, first=True)
@@ -167,6 +182,8 @@ class Daemon:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        if self.webhook is not None:
+            self.webhook.stop()
         self.notifier.close()
         log.info("provisiond stopped")
 
@@ -206,6 +223,11 @@ class Daemon:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
         except (JobLookupError, SchedulerNotRunningError):
             pass  # shutting down: no new pass, as asked
+
+    def _webhook_pass(self, accounts: frozenset[str] | None) -> None:
+        """A Sonar event: a pass for ``accounts`` (None: a full one)."""
+        # SCOPED-HOOK(#10): until request_pass takes accounts, every event runs a full pass.
+        self.request_pass("webhook" if accounts is None else f"webhook account={','.join(sorted(accounts))}")
 
     def _job(self) -> None:
         with self._guard:
@@ -291,7 +313,7 @@ class Daemon:
                       "restart provisiond; the running configuration stays")
             self.notifier.ready("reload refused (state.url changed); running the previous configuration")
             return
-        for key in ("metrics_listen", "log_format"):
+        for key in ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file"):
             if getattr(new.daemon, key) != getattr(old.daemon, key):
                 log.warning("reload: daemon.%s changes only on restart", key)
         self.settings = new
