@@ -155,7 +155,7 @@ class SonarSource:
     def check(self) -> None:
         """One small query with every field a read uses: proves URL, token and schema."""
         self._count = 0
-        self._post("check (first account)", {
+        self._post("Sonar request 1 (check: the first account)", {
             "paginator": {"page": 1, "records_per_page": 1}, "sorter": BY_ID,
             "nested": {"page": 1, "records_per_page": 1}},
             deadline=time.monotonic() + min(self.timeout, 30.0))

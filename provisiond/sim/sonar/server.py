@@ -122,6 +122,11 @@ class FakeSonar:
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
 
+    def limit_to(self, limit: int, window: float) -> None:
+        """A new request limit, counted from now (another client using up the token, say)."""
+        self.settings.limit, self.settings.window = limit, window
+        self.limiter = _Limiter(limit, window)
+
     # -- GraphQL ------------------------------------------------------------------
 
     def answer(self, token: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -142,8 +147,9 @@ class FakeSonar:
                 raise TypeError("query must be a string and variables an object")
         except (ValueError, KeyError, TypeError) as exc:
             return 400, {"errors": [{"message": f"bad request: {exc}"}]}
-        for hook in list(self.before_request):
+        for hook in list(self.before_request):  # tests: change the world, or the request
             hook(doc)
+            query = doc["query"]
         result = graphql_sync(self.schema, query, variable_values=variables,
                               operation_name=doc.get("operationName"))
         out: dict[str, Any] = {"data": result.data}

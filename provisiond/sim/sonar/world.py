@@ -189,12 +189,19 @@ class World:
 
     @classmethod
     def load(cls, path: Path) -> World:
-        """A world from a JSON object of tables (``{"accounts": [{...}], …}``)."""
-        data = json.loads(path.read_text(encoding="utf-8"))
+        """A world from a JSON file of tables."""
+        try:
+            return cls.from_tables(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_tables(cls, data: dict[str, list[Row]]) -> World:
+        """A world from tables (``{"accounts": [{...}], …}``, as ``dump`` writes them)."""
         world = cls()
         unknown = set(data) - set(TABLES)
         if unknown:
-            raise ValueError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown table(s) {', '.join(sorted(unknown))}")
         for table in TABLES:
             for row in data.get(table, []):
                 world._insert(table, dict(row))

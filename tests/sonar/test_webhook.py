@@ -1,0 +1,178 @@
+"""The Sonar webhook endpoint: what each event asks for, what it refuses, and a real
+daemon turning an event into a pass within seconds."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import TOKEN
+
+from provisiond.daemon.webhook import MAX_BODY, WebhookReceiver, classify
+from provisiond.sim.sonar import FakeSonar, SonarSimSettings, World
+
+SECRET = "hook-secret-0123456789"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str] | None] = []
+        self.event = threading.Event()
+
+    def __call__(self, accounts: frozenset[str] | None) -> None:
+        self.calls.append(accounts)
+        self.event.set()
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[WebhookReceiver, Recorder, str]]:
+    rec = Recorder()
+    receiver = WebhookReceiver("127.0.0.1:0", SECRET, on_pass=rec, debounce=0.2).start()
+    yield receiver, rec, f"http://127.0.0.1:{receiver.port}/webhooks/sonar"
+    receiver.stop()
+
+
+def body(event: str, object_id: Any = 424, **current: Any) -> dict[str, Any]:
+    return {"event": event, "object_id": object_id, "current": {"id": object_id, **current},
+            "triggered_at": "2024-11-06 23:30:59.968026"}
+
+
+@pytest.mark.parametrize(("doc", "scope"), [
+    (body("account.status"), frozenset({"424"})),
+    (body("account.service.add", "77"), frozenset({"77"})),
+    (body("ipassignment.created", 3207, ipassignmentable_type="Account", ipassignmentable_id=424),
+     frozenset({"424"})),
+    (body("ipassignment.deleted", 3207, ipassignmentable_type="Account", ipassignmentable_id="9"),
+     frozenset({"9"})),
+    (body("ipassignment.created", 3207, ipassignmentable_type="RadiusAccount", ipassignmentable_id=5),
+     None),
+    (body("ticket.created", 1), None),
+    (body("account.status", "not-a-number"), None),
+])
+def test_what_each_event_asks_for(doc: dict[str, Any], scope: frozenset[str] | None) -> None:
+    assert classify(doc) == scope
+
+
+def test_events_become_passes(hook: tuple[WebhookReceiver, Recorder, str]) -> None:
+    receiver, rec, url = hook
+    assert httpx.head(url, params={"token": SECRET}).status_code == 200  # Sonar's check
+    r = httpx.post(url, params={"token": SECRET}, json=body("account.status"))
+    assert r.status_code == 200
+    assert rec.calls == [frozenset({"424"})]
+    # Other events: one debounced full pass for a burst.
+    for n in range(5):
+        assert httpx.post(url, params={"token": SECRET}, json=body("ticket.created", n)).status_code == 200
+    deadline = time.monotonic() + 5
+    while len(rec.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rec.calls == [frozenset({"424"}), None]
+    assert receiver.accepted == 6
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        return s.recv(200)
+
+
+def test_the_endpoint_refuses_and_stays_up(hook: tuple[WebhookReceiver, Recorder, str]) -> None:
+    receiver, rec, url = hook
+    good = json.dumps(body("account.status")).encode()
+    refusals = [
+        (httpx.post(url, content=good), 403),  # no token
+        (httpx.post(url, params={"token": "wrong"}, content=good), 403),
+        (httpx.head(url, params={"token": "wrong"}), 403),
+        (httpx.post(url.replace("sonar", "other"), params={"token": SECRET}, content=good), 404),
+        (httpx.post(url, params={"token": SECRET}, content=b"{not json"), 400),
+        (httpx.post(url, params={"token": SECRET}, json=["a", "list"]), 400),
+        (httpx.post(url, params={"token": SECRET}, json={"object_id": 1}), 400),
+        (httpx.post(url, params={"token": SECRET}, content=b"x" * (MAX_BODY + 1)), 413),
+    ]
+    assert [(r.status_code, want) for r, want in refusals] == [(want, want) for _, want in refusals]
+    path = f"/webhooks/sonar?token={SECRET}".encode()
+    assert _raw(receiver.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.0 411")
+    assert _raw(receiver.port, b"POST " + path + b" HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"
+                ).startswith(b"HTTP/1.0 413")
+    # A sender that opens a connection and sends nothing holds no one else up.
+    stalled = socket.create_connection(("127.0.0.1", receiver.port))
+    try:
+        assert httpx.post(url, params={"token": SECRET}, json=body("account.status")).status_code == 200
+    finally:
+        stalled.close()
+    assert rec.calls == [frozenset({"424"})]  # only the good one did anything
+    assert receiver.refused == len(refusals) + 2
+
+
+def test_a_webhook_turns_into_a_pass_in_the_daemon(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
+    from harness import DaemonProc, free_port, new_password, wait_until
+
+    from provisiond.sim import RouterSim, SimSettings
+
+    world = World()
+    world.account(424, "Ridge Tower", groups=["Tower Hosts"])
+    world.ip("Account", 424, "100.64.0.1/32")
+    world.account(425, "Crête Farm", groups=["Tower Hosts"])
+    sonar = FakeSonar(SonarSimSettings(token=TOKEN), world).start()
+    password, password_file = new_password(tmp_path)
+    router = RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
+    (tmp_path / "sonar-token").write_text(TOKEN)
+    (tmp_path / "hook-token").write_text(SECRET + "\n")
+    port = free_port()
+    config = tmp_path / "provisiond.toml"
+    config.write_text(f'''[source]
+type = "sonar"
+url = "{sonar.url}"
+token_file = "{tmp_path / 'sonar-token'}"
+[state]
+url = "sqlite:///{tmp_path / 'state.db'}"
+[[router]]
+name = "core-1"
+host = "127.0.0.1"
+port = {router.port}
+username = "admin"
+password_file = "{password_file}"
+[[address_list]]
+group = "Tower Hosts"
+list = "tower-hosts"
+[daemon]
+interval = "300s"
+jitter = 0
+debounce = "0.3s"
+webhook_listen = "127.0.0.1:{port}"
+webhook_token_file = "{tmp_path / 'hook-token'}"
+''')
+    config.chmod(0o600)
+    d = DaemonProc(config, log=tmp_path / "daemon.log")
+    try:
+        d.wait_log(r"pass=1 result=ok")
+        listed = lambda: {e["address"] for e in router.entries("ip", "tower-hosts")}  # noqa: E731
+        assert listed() == {"100.64.0.1"}
+
+        sonar.add_webhook(f"http://127.0.0.1:{port}/webhooks/sonar?token={SECRET}")
+        assert sonar.send_event("ipassignment.created", world.ip("Account", 425, "100.64.0.2/32")["id"]) == [200]
+        wait_until(lambda: listed() == {"100.64.0.1", "100.64.0.2"}, timeout=10,
+                   what="the webhook's pass")
+        d.wait_log(r"pass=2 result=ok")
+
+        # A sender that gets everything wrong changes nothing and stops nothing.
+        assert httpx.post(f"http://127.0.0.1:{port}/webhooks/sonar", content=b"x").status_code == 403
+        world.update("accounts", 424, name="Ridge Tower North")
+        assert sonar.send_event("account.updated", 424) == [200]
+        wait_until(lambda: any("Ridge Tower North" in e["comment"]
+                               for e in router.entries("ip", "tower-hosts")), timeout=10,
+                   what="the second webhook's pass")
+        assert d.proc.poll() is None
+        assert SECRET not in d.text() and TOKEN not in d.text()
+    finally:
+        d.stop()
+        router.stop()
+        sonar.stop()
