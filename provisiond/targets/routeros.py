@@ -290,7 +290,7 @@ class RouterTarget:
 
     def _remove(self, wire: ApiWire, deletes: list[Delete], result: ApplyResult) -> None:
         """Comma-joined ids in batches; a batch that traps is retried one id at a time."""
-        batches = [deletes[i:i + REMOVE_BATCH] for fam in (4, 6)
+        batches = [same[i:i + REMOVE_BATCH] for fam in (4, 6)
                    for same in [[c for c in deletes if family(c.old.get("address")) == fam]]
                    for i in range(0, len(same), REMOVE_BATCH)]
         retry: list[Delete] = []

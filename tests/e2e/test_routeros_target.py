@@ -45,6 +45,21 @@ def test_batched_remove_falls_back_when_an_id_is_already_gone(sim: RouterSim) ->
     t.close()
 
 
+def test_removing_both_families_at_once_removes_exactly_those(sim: RouterSim) -> None:
+    t = _target(sim)
+    v6 = tuple(Create(address_list_entry("l", f"2001:db8::{i:x}", Account(str(100 + i), "B"),
+                                         "provisiond")) for i in range(1, 4))
+    assert t.apply(Plan("core-1", "routeros", _creates(6) + v6)).ok
+    owned = sorted(t.observe().owned.values(), key=lambda r: r.get("address"))
+    gone = [r for r in owned if r.get("address") in ("10.1.0.1", "10.1.0.4", "2001:db8::2/128")]
+    result = t.apply(Plan("core-1", "routeros", tuple(Delete(r) for r in gone)))
+    assert result.ok and len(result.applied) == 3
+    # Each family's ids go to its own menu: an IPv6 entry's id never removes an IPv4 entry.
+    assert {e["address"] for e in sim.entries("ip", "l")} == {"10.1.0.0", "10.1.0.2", "10.1.0.3", "10.1.0.5"}
+    assert {e["address"] for e in sim.entries("ipv6", "l")} == {"2001:db8::1/128", "2001:db8::3/128"}
+    t.close()
+
+
 def test_set_on_a_vanished_entry_fails_that_change_only(sim: RouterSim) -> None:
     t = _target(sim)
     assert t.apply(Plan("core-1", "routeros", _creates(2))).ok
