@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from provisiond.sim.sonar import FakeSonar, SonarSimSettings, World
+sys.path.insert(0, str(Path(__file__).parent))
 
-TOKEN = "sonar-test-token-0123456789abcdef"
+from sonarlib import TOKEN  # noqa: E402
+
+from provisiond.sim.sonar import FakeSonar, SonarSimSettings, World  # noqa: E402
 
 
 @pytest.fixture
@@ -26,12 +30,3 @@ def make_sonar() -> Iterator[Callable[..., FakeSonar]]:
     yield make
     for sonar in started:
         sonar.stop()
-
-
-def populate(world: World, count: int, *, first: int = 1000) -> None:
-    """``count`` accounts: one address each on the account, every third a Tower Host."""
-    for i in range(count):
-        account = first + i
-        world.account(account, f"Account {i}", groups=["Tower Hosts"] if i % 3 == 0 else [])
-        world.ip("Account", account, f"100.64.{i >> 8}.{i & 255}/32")
-        world.radius_account(account, f"user{account}")

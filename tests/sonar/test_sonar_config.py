@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOKEN, populate
+from sonarlib import TOKEN, populate
 
 from provisiond import settings as settings_mod
 from provisiond.cli import main as cli

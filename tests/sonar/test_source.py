@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import TOKEN, populate
+from sonarlib import TOKEN, populate
 
 from provisiond.core.model import Account
 from provisiond.errors import SourceError

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TOKEN
+from sonarlib import TOKEN
 
 from provisiond.daemon.webhook import MAX_BODY, WebhookReceiver, classify
 from provisiond.sim.sonar import FakeSonar, SonarSimSettings, World
