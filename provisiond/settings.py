@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import fnmatch
+import math
 import os
 import re
 import stat
@@ -62,10 +63,16 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"not a duration: {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"not a duration provisiond can wait for: {value!r} (at most 10 years)")
     return seconds
 
 
+MAX_DURATION = 10 * 366 * 86400.0  # socket timeouts and timedelta both overflow far beyond
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A timeout or interval of 0 would mean "do not wait" (a non-blocking socket, a busy loop).
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # FreeRADIUS's priority column
 
 
 def _read_secret(path: Path, what: str) -> str:
@@ -94,7 +101,7 @@ class SourceSettings(_Model):
     token: SecretStr | None = None  # sonar: a personal access token (prefer token_file)
     token_file: Path | None = None  # sonar
     page_size: int | None = Field(None, ge=1, le=10000)  # sonar: default 100
-    timeout: Duration = 60.0  # sonar: default SONAR_TIMEOUT
+    timeout: PositiveDuration = 60.0  # sonar: default SONAR_TIMEOUT
     max_account_drop: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
@@ -194,8 +201,8 @@ class RouterSettings(_Model):
     password: SecretStr | None = None
     password_file: Path | None = None
     legacy_login: bool = False  # RouterOS before 6.43: MD5 challenge login
-    connect_timeout: Duration = 10.0
-    timeout: Duration = 60.0  # every read from the router; big lists need a generous one
+    connect_timeout: PositiveDuration = 10.0
+    timeout: PositiveDuration = 60.0  # every read from the router; big lists need a generous one
     connections: int = Field(2, ge=1, le=8)  # API sessions used at once for very large batches of adds
     pipeline: int = Field(256, ge=1, le=4096)  # tagged commands in flight per API session
 
@@ -269,7 +276,7 @@ class SafetySettings(_Model):
 class RadiusSettings(_Model):
     url: SecretStr
     password_file: Path | None = None
-    timeout: Duration = 30.0
+    timeout: PositiveDuration = 30.0
 
     def resolved_url(self) -> str:
         from sqlalchemy.engine import make_url
@@ -290,7 +297,7 @@ CoaMode = Literal["coa", "disconnect", "off"]
 
 class RadiusGroupMapping(_Selector):
     radius_group: str = Field(min_length=1)
-    priority: int = 0
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
     coa: CoaMode | None = None  # overrides [coa].mode for this group
 
 
@@ -300,8 +307,8 @@ class CoaSettings(_Model):
     secret_file: Path | None = None
     nas_secrets: bool = False  # take per-NAS secrets from FreeRADIUS's nas table
     port: int = Field(3799, ge=1, le=65535)
-    timeout: Duration = 2.0
-    retries: int = Field(3, ge=1)
+    timeout: PositiveDuration = 2.0
+    retries: int = Field(3, ge=1, le=100)
 
     def shared_secret(self) -> str | None:
         if self.secret is not None:
@@ -360,13 +367,13 @@ def _parse_range(text: str) -> netaddr.IPSet:
 
 
 class DaemonSettings(_Model):
-    interval: Duration = 60.0
+    interval: PositiveDuration = 60.0
     jitter: Duration = 5.0
     dry_run: bool = False
     notify_channel: str | None = None
     debounce: Duration = 1.0
     metrics_listen: str | None = None
-    healthz_max_age: Duration | None = None  # default: three intervals
+    healthz_max_age: PositiveDuration | None = None  # default: three intervals
     log_format: Literal["text", "json"] = "text"
     retry_max: Duration = 600.0  # back-off ceiling for a failing target
     webhook_listen: str | None = None  # Sonar webhooks: HOST:PORT serving /webhooks/sonar
