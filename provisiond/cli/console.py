@@ -83,7 +83,7 @@ def style_of(line: str) -> str | None:
         return "conflict"
     if line.startswith(("Plan:", "Apply:", "Scope:", "Explain:")):
         return "summary"
-    if line.startswith(("note:", "warning:")):
+    if stripped.startswith(("note:", "warning:")):
         return "note"
     if _HEADER.match(line):
         return "header"
@@ -129,7 +129,12 @@ def painter(choice: str) -> Painter:
 def progress_wanted(log_format: str) -> bool:
     """Progress only on a terminal stderr and never with JSON logs (nor on a pipe, nor in
     the journal: both are not terminals)."""
-    return log_format == "text" and Console(stderr=True).is_terminal
+    # The stream itself, not rich's is_terminal: FORCE_COLOR (honoured for colour) must
+    # never put live bars into a pipe or a log file.
+    try:
+        return log_format == "text" and os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced by a file-like without a descriptor
+        return False
 
 
 class _Rate(ProgressColumn):

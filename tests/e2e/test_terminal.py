@@ -145,7 +145,9 @@ def test_apply_shows_progress_on_a_terminal_and_never_on_a_pipe(planned: World) 
 
     for i in range(41, 61):
         planned.account(i, f"A{i}", groups=["Tower Hosts"], ips=[f"100.64.0.{i}"])
-    code, out, err = run(planned, "apply", stdout_tty=False, stderr_tty=False, env=fast)
+    # FORCE_COLOR may colour a pipe; it never puts live bars into one.
+    code, out, err = run(planned, "apply", stdout_tty=False, stderr_tty=False,
+                         env={**fast, "FORCE_COLOR": "1"})
     assert code == 0 and not BAR.search(err) and "━" not in err and ESC not in err
     for i in range(61, 71):
         planned.account(i, f"A{i}", groups=["Tower Hosts"], ips=[f"100.64.0.{i}"])
