@@ -205,7 +205,8 @@ class RouterSim:
 
     def cut_after(self, n: int, *, run: bool = False) -> None:
         """The ``n``-th sentence received from now on (1 = the next one, on any
-        connection) is the last on its connection: it is closed without an answer.
+        connection; 0 = the one an ``on_sentence`` observer is looking at) is the last
+        on its connection: it is closed without an answer.
         ``run`` runs the command first, as when the reply is lost on its way back."""
         with self._guard:
             self._cuts[self._received + n] = run
@@ -226,7 +227,8 @@ class RouterSim:
 
     def on_sentence(self, observer: Callable[[int, list[str]], None] | None) -> None:
         """Call ``observer(number, words)`` for every sentence received, before it runs
-        (number counts from the router's start)."""
+        (number counts from the router's start); it may call ``cut_after(0)`` or
+        ``stall_after(0)`` to break that very sentence."""
         with self._guard:
             self._observer = observer
 
@@ -395,6 +397,9 @@ class RouterSim:
         with self._guard:
             self._received += 1
             number, observer = self._received, self._observer
+        if observer is not None:  # outside the lock: it may call cut_after(0) and the like
+            observer(number, words)
+        with self._guard:
             cut = self._cuts.pop(number, None)
             stall = self._stalls.pop(number, None)
             rewrite = None
@@ -403,8 +408,6 @@ class RouterSim:
                     rewrite = fn
                     del self._rewrites[index]
                     break
-        if observer is not None:
-            observer(number, words)
         return cut, stall, rewrite
 
 
