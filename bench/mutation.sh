@@ -2,7 +2,7 @@
 # Mutation testing (mutmut) of the pure core and the safety paths. NOT run in CI: it takes
 # minutes to an hour depending on the subset and the machine.
 #
-#   bench/mutation.sh [--rev REV] [--tests "PYTEST PATHS"] [--keep] [FILE ...]
+#   bench/mutation.sh [--rev REV] [--tests "PYTEST PATHS"] [--only GLOB] [--keep] [FILE ...]
 #
 # FILE: modules to mutate, relative to the repo (default: the pure core's plan, diff,
 #       desire and addresses modules, where the safety check and the comparison live).
@@ -10,6 +10,8 @@
 # --tests: the tests mutmut runs against each mutant (default: the fast pure-core
 #          tests; pass e2e tests here to cover the I/O paths, e.g. engine.py with
 #          tests/e2e/test_cli_promises.py -- slower).
+# --only: mutate only the functions whose mutant names match GLOB, e.g.
+#         'provisiond.engine.xǁReconcilerǁread_source__mutmut_*' (the failed-read path).
 # --keep: leave the throwaway copy in place (its path is printed) to look at survivors
 #         with `cd DIR && $PYTHON -m mutmut show NAME`.
 #
@@ -23,6 +25,7 @@ REPO=$PWD
 PY=${PYTHON:-$REPO/.venv/bin/python}
 REV=""
 KEEP=""
+ONLY=()
 TESTS="tests/test_core.py tests/test_addresses.py tests/test_core_promises.py tests/ipam/test_allocate.py tests/radius/test_radius_desire.py tests/radius/test_effective_reply.py"
 FILES=()
 while [ $# -gt 0 ]; do
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
         --rev) REV=$2; shift 2 ;;
         --tests) TESTS=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only) ONLY+=("$2"); shift 2 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) FILES+=("$1"); shift ;;
     esac
 done
@@ -64,8 +68,13 @@ TOML
 echo "mutation: mutating ${FILES[*]}" >&2
 echo "mutation: tests ${sel[*]}" >&2
 start=$(date +%s)
-"$PY" -m mutmut run >"$WORK/run.log" 2>&1 || { tail -40 "$WORK/run.log" >&2; exit 1; }
+"$PY" -m mutmut run "${ONLY[@]}" >"$WORK/run.log" 2>&1 || { tail -40 "$WORK/run.log" >&2; exit 1; }
 "$PY" -m mutmut results --all true >"$WORK/results.txt" 2>&1 || true
+if [ ${#ONLY[@]} -gt 0 ]; then  # score only the mutants asked for
+    pattern=$(printf '%s\n' "${ONLY[@]}" | sed 's/[.]/[.]/g; s/[*]/.*/g' | paste -sd'|')
+    grep -E "^ *($pattern):" "$WORK/results.txt" >"$WORK/results.only" || true
+    mv "$WORK/results.only" "$WORK/results.txt"
+fi
 end=$(date +%s)
 "$PY" - "$WORK/results.txt" "$((end - start))" <<'PYEOF'
 import collections, re, sys

@@ -107,6 +107,7 @@ def test_an_update_carries_the_observed_entry_and_the_wanted_one_with_its_id() -
     assert isinstance(change, Update)
     assert change.old is have
     assert change.new == dataclasses.replace(want, ref="*7")
+    assert (change.new.account_id, change.new.account_name, change.new.ref) == ("1", "Renamed", "*7")
 
 
 def test_conflicts_come_sorted_by_list_then_address_value() -> None:
