@@ -129,3 +129,11 @@ def test_a_read_cut_short_by_the_request_limit_writes_nothing(
     assert lists(router) != before
     code, out, err = run(config, "plan")
     assert code == 0, out + err
+
+
+def test_demo_against_the_fake_sonar_process(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo starts `python -m provisiond.sim.sonar` as its own process.
+    assert cli.main(["demo", "--source", "sonar", "--accounts", "60", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "demo: fake Sonar on http://127.0.0.1:" in out
+    assert "demo: converged: the second plan has nothing to do." in out

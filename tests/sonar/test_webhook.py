@@ -176,3 +176,22 @@ webhook_token_file = "{tmp_path / 'hook-token'}"
         d.stop()
         router.stop()
         sonar.stop()
+
+
+def test_the_fake_sends_webhooks_to_loopback_only(hook: tuple[WebhookReceiver, Recorder, str]) -> None:
+    _, rec, url = hook
+    world = World()
+    world.account(7, "Seven")
+    sonar = FakeSonar(SonarSimSettings(token=TOKEN, webhooks=[f"{url}?token={SECRET}"]), world).start()
+    try:
+        with pytest.raises(ValueError, match="loopback only"):
+            sonar.add_webhook("http://192.0.2.1/webhooks/sonar")
+        # An operator fires one by hand: POST /_sim/event with the token.
+        r = httpx.post(sonar.url + "/_sim/event", json={"event": "account.status", "object_id": 7},
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.json() == {"deliveries": [200]}
+        assert rec.calls == [frozenset({"7"})]
+        sent = sonar.event_body("account.status", 7)
+        assert sent["current"]["name"] == "Seven" and "T" not in sent["triggered_at"]
+    finally:
+        sonar.stop()
