@@ -35,7 +35,7 @@ class Recorder:
 @pytest.fixture
 def hook() -> Iterator[tuple[WebhookReceiver, Recorder, str]]:
     rec = Recorder()
-    receiver = WebhookReceiver("127.0.0.1:0", SECRET, on_pass=rec, debounce=0.2).start()
+    receiver = WebhookReceiver("127.0.0.1:0", SECRET, on_pass=rec, debounce=1.0).start()
     yield receiver, rec, f"http://127.0.0.1:{receiver.port}/webhooks/sonar"
     receiver.stop()
 
