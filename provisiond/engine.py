@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ from provisiond.errors import (
 )
 from provisiond.core.model import Snapshot
 from provisiond.core.plan import Plan, Safety
+from provisiond.core.scope import Scope
 from provisiond.settings import Settings
 from provisiond.sources.base import Source
 from provisiond.state.base import Store
@@ -60,6 +61,7 @@ class PassPlan:
     ipam_json: dict[str, Any] | None = None
     now: datetime | None = None  # when the allocation was computed
     scope: tuple[str, ...] = ()  # the --target patterns this plan was limited to (empty: all)
+    accounts: frozenset[str] | None = None  # a scoped pass (--account, NOTIFY): its account ids
 
     @property
     def has_changes(self) -> bool:
@@ -102,6 +104,10 @@ class Reconciler:
         self.targets: list[Target] = list(targets) if targets is not None else build_targets(
             settings, self.store
         )
+        # Learnt by every full plan, used by scoped ones: managed entries per target
+        # and group (the safety check's base), billing addresses inside pools.
+        self._existing: dict[str, dict[str, int]] = {}
+        self._pool_billing: dict[str, tuple[str, ...]] = {}
 
     def close(self) -> None:
         for t in self.targets:
@@ -132,53 +138,31 @@ class Reconciler:
         now: datetime | None = None,
         skip: Callable[[str], bool] | None = None,
         targets: Sequence[str] | None = None,
+        accounts: Collection[str] | None = None,
     ) -> PassPlan:
         """Read billing, allocate, observe every target and diff. Writes nothing.
 
         ``skip(name)`` true leaves that target out of this pass (the daemon's back-off).
         ``targets`` (names or globs, ``--target``) limits the pass to those targets.
+        ``accounts``: a scoped pass for those account ids only (None: a full pass). It
+        widens itself to a full pass when another account's entry sits where a scoped
+        account wants one (only a full pass decides between the two).
         """
         chosen = self.in_scope(targets)
         targets_ = [t for t in chosen if skip is None or not skip(t.name)]
+        if accounts is not None:
+            scoped = self._plan_scoped(frozenset(accounts), targets_, now=now)
+            if scoped is not None:
+                scoped.scope = tuple(targets or ())
+                return scoped
         # Targets are read while billing is read and desire is computed: a pass costs
         # the longer of the two, not their sum. Reads only; nothing is written.
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:
             observing = [(t, pool.submit(_guarded, t, t.observe)) for t in targets_]
             snapshot = self.read_source()
-            now = now or datetime.now(UTC)
-            pp = PassPlan(snapshot=snapshot, now=now, scope=tuple(targets or ()))
-            allocated: Mapping[str, tuple[str, ...]] = {}
-            if self.settings.pool:
-                pp.allocation, pp.ipam_json = _allocate(self.settings, snapshot, self.store, now)
-                allocated = pp.allocation.addresses
-            desired, conflicts = self.desired(snapshot, allocated)
-            for p in snapshot.problems:
-                pp.notes.append(f"skipped billing row: {p}")
-            bare = self.without_address(snapshot, allocated)
-            if bare:
-                pp.notes.append(
-                    f"{len(bare)} account(s) in mapped groups have no address, so no list "
-                    f"entry: {', '.join(bare[:10])}{' …' if len(bare) > 10 else ''}"
-                )
-            # An account with a bad billing row keeps what it has on every target this
-            # pass: a typo in billing must not take a customer off the network.
-            tainted = {p.account_id for p in snapshot.problems if p.account_id}
-
-            def one(target: Target, observed: Observed) -> Plan:
-                changes, found = diff(observed, desired.get(target.name, {}))
-                if tainted:
-                    changes = [c for c in changes
-                               if isinstance(c, Create) or c.resource.account_id not in tainted]
-                plan = Plan(
-                    target=target.name,
-                    kind=target.kind,
-                    changes=tuple(changes),
-                    existing=count_by_group(observed.owned.values()),
-                    observed_checksum=observed.checksum,
-                    conflicts=tuple(conflicts.get(target.name, []) + found),
-                )
-                return target.plan_followups(plan)
-
+            pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
+            pp.scope = tuple(targets or ())
+            one = self._planner(snapshot, desired, conflicts)
             for target, future in observing:
                 observed = future.result()
                 outcome = (_guarded(target, one, target, observed)
@@ -188,7 +172,125 @@ class Reconciler:
                     pp.plans.append(outcome)
                 else:
                     pp.errors[target.name] = str(outcome)
+        self._remember(pp)
         return pp
+
+    def _prepare(
+        self, snapshot: Snapshot, now: datetime
+    ) -> tuple[PassPlan, dict[str, dict[Key, Resource]], dict[str, list[Conflict]]]:
+        """Allocation, desire and notes for a snapshot (full or scoped)."""
+        pp = PassPlan(snapshot=snapshot, now=now, accounts=snapshot.scope)
+        allocated: Mapping[str, tuple[str, ...]] = {}
+        if self.settings.pool:
+            pp.allocation, pp.ipam_json = _allocate(
+                self.settings, snapshot, self.store, now,
+                blocked_billing=self._billing_outside(snapshot.scope),
+            )
+            allocated = pp.allocation.addresses
+        desired, conflicts = self.desired(snapshot, allocated)
+        for p in snapshot.problems:
+            pp.notes.append(f"skipped billing row: {p}")
+        bare = self.without_address(snapshot, allocated)
+        if bare:
+            pp.notes.append(
+                f"{len(bare)} account(s) in mapped groups have no address, so no list "
+                f"entry: {', '.join(bare[:10])}{' …' if len(bare) > 10 else ''}"
+            )
+        return pp, desired, conflicts
+
+    def _planner(
+        self,
+        snapshot: Snapshot,
+        desired: Mapping[str, Mapping[Key, Resource]],
+        conflicts: Mapping[str, list[Conflict]],
+    ) -> Callable[[Target, Observed], Plan]:
+        # An account with a bad billing row keeps what it has on every target this
+        # pass: a typo in billing must not take a customer off the network.
+        tainted = {p.account_id for p in snapshot.problems if p.account_id}
+
+        def one(target: Target, observed: Observed) -> Plan:
+            changes, found = diff(observed, desired.get(target.name, {}))
+            if tainted:
+                changes = [c for c in changes
+                           if isinstance(c, Create) or c.resource.account_id not in tainted]
+            existing = observed.existing
+            if existing is None:
+                existing = count_by_group(observed.owned.values())
+            plan = Plan(
+                target=target.name,
+                kind=target.kind,
+                changes=tuple(changes),
+                existing=existing,
+                observed_checksum=observed.checksum,
+                conflicts=tuple(conflicts.get(target.name, []) + found),
+            )
+            return target.plan_followups(plan)
+
+        return one
+
+    def _plan_scoped(
+        self, accounts: frozenset[str], targets: Sequence[Target], *, now: datetime | None
+    ) -> PassPlan | None:
+        """A pass over ``accounts`` only; None when it must widen to a full pass.
+
+        Billing is read for those ids; each target reads only their part (``Scope``):
+        deletes can only hit entries of those accounts, and the safety check still
+        counts each group's whole managed size.
+        """
+        snapshot = self.source.read(accounts=accounts)
+        pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
+        scopes = self._scopes(accounts, snapshot, desired)
+        observed = dict(_each(targets, lambda t: t.observe(scopes[t.name])))
+        others = sorted({o for x in observed.values() if isinstance(x, Observed) for o in x.others})
+        if others:
+            log.info("scoped pass widened to a full pass: entries of account(s) %s sit where "
+                     "account(s) of the scope want theirs", ", ".join(others[:10]))
+            return None
+        one = self._planner(snapshot, desired, conflicts)
+        for target in targets:
+            seen = observed[target]
+            outcome = _guarded(target, one, target, seen) if isinstance(seen, Observed) else seen
+            pp.kinds[target.name] = target.kind
+            if isinstance(outcome, Plan):
+                pp.plans.append(outcome)
+            else:
+                pp.errors[target.name] = str(outcome)
+        return pp
+
+    def _scopes(
+        self,
+        accounts: frozenset[str],
+        snapshot: Snapshot,
+        desired: Mapping[str, Mapping[Key, Resource]],
+    ) -> dict[str, Scope]:
+        """One Scope per target for a scoped pass over ``accounts``."""
+        usernames = {u for a in snapshot.accounts.values() for u in a.usernames}
+        if any(t.kind == "radius" for t in self.targets):
+            written = getattr(self.store, "usernames_written", None)
+            if written is not None:
+                usernames |= written(accounts)
+        return {
+            t.name: Scope(
+                accounts=accounts,
+                wanted=desired.get(t.name, {}),
+                usernames=frozenset(usernames),
+                existing=self._existing.get(t.name),
+            )
+            for t in self.targets
+        }
+
+    def _remember(self, pp: PassPlan) -> None:
+        """Keep what a full plan learnt that scoped passes need (a few numbers per list)."""
+        for plan in pp.plans:
+            self._existing[plan.target] = dict(plan.existing)
+        if pp.snapshot is not None and self.settings.pool:
+            self._pool_billing = _pool_billing(self.settings, pp.snapshot)
+
+    def _billing_outside(self, scope: frozenset[str] | None) -> list[str]:
+        """Billing addresses inside pools, of accounts outside ``scope`` (last full read)."""
+        if scope is None:
+            return []
+        return [a for aid, addrs in self._pool_billing.items() if aid not in scope for a in addrs]
 
     def in_scope(self, patterns: Sequence[str] | None) -> list[Target]:
         """The targets whose name matches any of ``patterns`` (globs); all when None.
@@ -281,7 +383,8 @@ class Reconciler:
             # never hands an address out twice. A LeaseConflict (another process
             # reserved first) stops the pass before any write; the next pass re-plans.
             self.store.reserve(pp.allocation, pp.now or datetime.now(UTC))
-        if pp.snapshot is not None and self.store is not None:
+        if pp.snapshot is not None and pp.snapshot.scope is None and self.store is not None:
+            # A scoped read's few accounts are no yardstick for the next full read.
             self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
         todo: list[Plan] = []
         for plan in pp.plans:
@@ -349,11 +452,25 @@ class Reconciler:
         if outside:
             raise PlanRefused(", ".join(outside), "in the saved plan but outside its scope "
                               f"({', '.join(pp.scope)}): the file was edited; make a new plan")
-        if self.settings.pool:
+        made = doc.get("created_at")
+        now = datetime.fromisoformat(made) if made else datetime.now(UTC)
+        scopes: dict[str, Scope] = {}
+        if doc.get("accounts") is not None:
+            # A scoped plan: each target is checked over the same scope it was planned on.
+            accounts = frozenset(str(a) for a in doc["accounts"])
+            snapshot = self.source.read(accounts=accounts)
+            scoped, desired, _ = self._prepare(snapshot, now)
+            scopes = self._scopes(accounts, snapshot, desired)
+            pp.accounts = accounts
+            if self.settings.pool:
+                if scoped.ipam_json != doc.get("ipam"):
+                    raise StalePlan(
+                        "ipam", "leases or billing changed since the plan was made; make a new plan"
+                    )
+                pp.allocation, pp.ipam_json, pp.now = scoped.allocation, scoped.ipam_json, now
+        elif self.settings.pool:
             # The plan's addresses are only safe to push if the same leases get recorded
             # first: recompute the allocation as of the plan's time and insist it matches.
-            made = doc.get("created_at")
-            now = datetime.fromisoformat(made) if made else datetime.now(UTC)
             snapshot = self.read_source()
             allocation, ipam_json = _allocate(self.settings, snapshot, self.store, now)
             if ipam_json != doc.get("ipam"):
@@ -364,7 +481,8 @@ class Reconciler:
 
         def one(target: Target) -> Plan:
             entry = saved[target.name]
-            observed = target.observe()
+            scope = scopes.get(target.name)
+            observed = target.observe(scope) if scope is not None else target.observe()
             if observed.checksum != entry.get("observed_checksum"):
                 raise StalePlan(
                     target.name,
@@ -491,7 +609,8 @@ class WritableOnDemand:
     migrates the database) waits for the first write.
     """
 
-    READS = frozenset({"last_good_read", "leases", "radreply_owned", "history", "runs"})
+    READS = frozenset({"last_good_read", "leases", "radreply_owned", "history", "runs",
+                       "usernames_written"})
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -551,11 +670,30 @@ def build_targets(settings: Settings, store: Store) -> list[Target]:
 
 
 def _allocate(
-    settings: Settings, snapshot: Snapshot, store: Store | None, now: datetime
+    settings: Settings,
+    snapshot: Snapshot,
+    store: Store | None,
+    now: datetime,
+    *,
+    blocked_billing: Sequence[str] = (),
 ) -> tuple[Any, dict[str, Any]]:
     from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
     leases = store.leases() if store is not None else []
-    allocation = ipam.allocate(snapshot.accounts.values(), pools, leases, now)
+    allocation = ipam.allocate(snapshot.accounts.values(), pools, leases, now,
+                               scope=snapshot.scope, blocked_billing=blocked_billing)
     return allocation, allocation.to_json()
+
+
+def _pool_billing(settings: Settings, snapshot: Snapshot) -> dict[str, tuple[str, ...]]:
+    """Billing-assigned addresses that fall inside a pool, by account (usually none)."""
+    from provisiond.core import ipam
+
+    pools = [ipam.Pool.from_settings(p) for p in settings.pool]
+    out: dict[str, tuple[str, ...]] = {}
+    for account in snapshot.accounts.values():
+        inside = tuple(a for a in account.addresses if any(ipam.overlaps(p, a) for p in pools))
+        if inside:
+            out[account.id] = inside
+    return out

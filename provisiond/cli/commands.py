@@ -111,12 +111,19 @@ def _reconciler(settings: settings_mod.Settings, *, readonly: bool) -> Any:
 
 
 def scope_line(pp: Any) -> str | None:
-    """``Scope: core-* -> core-1, core-2`` for a plan limited with ``--target``."""
+    """``Scope: core-* -> core-1, core-2`` for a plan limited with ``--target``, and
+    ``Accounts: 1042, 1043`` for one limited with ``--account``."""
+    lines = []
+    if pp.accounts is not None:
+        shown = sorted(pp.accounts, key=lambda a: (len(a), a))
+        lines.append(f"Accounts: {', '.join(shown[:20])}{' …' if len(shown) > 20 else ''} "
+                     "(a scoped pass: other accounts not planned nor applied)")
     if not pp.scope:
-        return None
+        return "\n".join(lines) or None
     names = sorted(pp.kinds) or ["(none)"]
-    return (f"Scope: {', '.join(pp.scope)} -> {', '.join(names)} "
-            "(other targets not planned nor applied)")
+    lines.append(f"Scope: {', '.join(pp.scope)} -> {', '.join(names)} "
+                 "(other targets not planned nor applied)")
+    return "\n".join(lines)
 
 
 def cmd_plan(
@@ -125,13 +132,15 @@ def cmd_plan(
     fmt: str,
     out: str | None,
     targets: Sequence[str] | None = None,
+    accounts: frozenset[str] | None = None,
     color: str = "auto",
     digest: Callable[[str], str] | None = None,
 ) -> int:
-    """``digest`` reshapes the plain text before it is coloured (the demo's summary)."""
+    """``digest`` reshapes the plain text before it is coloured (the demo's summary).
+    ``accounts`` (``--account``): a scoped pass for those account ids."""
     rec = _reconciler(settings, readonly=True)
     try:
-        pp = rec.plan(targets=targets)
+        pp = rec.plan(targets=targets, accounts=accounts)
         safety = rec.safety
     finally:
         rec.close()
@@ -149,6 +158,8 @@ def cmd_plan(
             extra["scope"] = {"targets": list(pp.scope), "resolved": sorted(pp.kinds)}
         if pp.ipam_json:
             extra["ipam"] = pp.ipam_json
+        if pp.accounts is not None:
+            extra["accounts"] = sorted(pp.accounts)
         doc = render.render_json(pp.plans, errors=pp.errors, refused=refused, kinds=pp.kinds,
                                  extra=extra)
         if out:
@@ -178,6 +189,7 @@ def cmd_apply(
     force: bool,
     fmt: str,
     targets: Sequence[str] | None = None,
+    accounts: frozenset[str] | None = None,
     color: str = "auto",
     progress: bool = False,
     digest: Callable[[str], str] | None = None,
@@ -186,6 +198,10 @@ def cmd_apply(
     if plan_file and targets:
         print("error: --target cannot narrow a saved plan: it applies the scope it was made "
               "with; make a new plan with --target", file=sys.stderr)
+        return EXIT_ERROR
+    if plan_file and accounts:
+        print("error: --account cannot narrow a saved plan: it applies the accounts it was "
+              "made for; make a new plan with --account", file=sys.stderr)
         return EXIT_ERROR
     rec = _reconciler(settings, readonly=False)
     try:
@@ -197,7 +213,7 @@ def cmd_apply(
                 return EXIT_ERROR
             pp = rec.load_saved(doc)
         else:
-            pp = rec.plan(targets=targets)
+            pp = rec.plan(targets=targets, accounts=accounts)
         with progress_bars(progress) as bars:
             result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
     finally:

@@ -96,7 +96,17 @@ def _colour(p: argparse.ArgumentParser) -> None:
 def _scope_and_colour(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", "-t", dest="targets", action="append", metavar="NAME",
                    help="only this target: a router name or glob (core-*), or radius; repeatable")
+    p.add_argument("--account", dest="accounts", action="append", metavar="ID",
+                   help="a scoped pass: only this billing account (repeatable, or ID,ID)")
     _colour(p)
+
+
+def _accounts(values: list[str] | None) -> frozenset[str] | None:
+    """``--account`` values (each may also be comma-separated) -> ids, or None."""
+    if not values:
+        return None
+    ids = frozenset(p.strip() for v in values for p in v.split(",") if p.strip())
+    return ids or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,10 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return cmd_plan(settings, fmt=args.format, out=args.out, targets=args.targets,
-                            color=args.color)
+                            accounts=_accounts(args.accounts), color=args.color)
         if args.command == "apply":
             return cmd_apply(settings, plan_file=args.plan_file, force=args.force, fmt=args.format,
-                             targets=args.targets, color=args.color,
+                             targets=args.targets, accounts=_accounts(args.accounts),
+                             color=args.color,
                              progress=progress_wanted(log_format))
         if args.command == "explain":
             from provisiond.cli.explain import cmd_explain

@@ -163,10 +163,15 @@ class Observed:
     provisiond does not own (hand-made, dynamic, another instance's), with why.
     ``surplus``: owned duplicates of a key already in ``owned``; they get deleted.
     ``checksum``: a digest of everything above, so a saved plan can tell that the
-    target changed since it was made.
+    target changed since it was made. ``others`` (scoped observations only): accounts
+    outside the scope whose entries sit on keys the scope wants; the pass must widen.
+    ``existing``: managed entries per group when the observation was narrowed (so
+    ``owned`` is not the whole of it); None for a full observation.
     """
 
     owned: Mapping[Key, Resource]
     foreign: Mapping[Key, str] = field(default_factory=dict)
     surplus: tuple[Resource, ...] = ()
     checksum: str = ""
+    others: frozenset[str] = frozenset()
+    existing: Mapping[str, int] | None = None

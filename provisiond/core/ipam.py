@@ -188,6 +188,16 @@ def _billing_ranges(address: str) -> tuple[int, int, int] | None:
     return addresses.span(address)
 
 
+def overlaps(pool: Pool, address: str) -> bool:
+    """Whether a billing address or network shares any address with the pool."""
+    span = _billing_ranges(address)
+    if span is None or span[0] != pool.version:
+        return False
+    _, first, last = span
+    i = bisect.bisect_right(pool.starts, last) - 1
+    return i >= 0 and pool.ranges[i][1] >= first
+
+
 def _text(version: int, value: int) -> str:
     # One spelling per value whatever the Python version: the lease table is keyed by it.
     return addresses.text_of(version, value)
@@ -328,8 +338,17 @@ def allocate(
     pools: Sequence[Pool],
     leases: Sequence[Lease],
     now: datetime,
+    *,
+    scope: frozenset[str] | None = None,
+    blocked_billing: Iterable[str] = (),
 ) -> Allocation:
-    """Decide every account's pool address for this pass. See the module docstring."""
+    """Decide every account's pool address for this pass. See the module docstring.
+
+    ``scope`` (a scoped pass): ``accounts`` are only those ids' billing; leases of
+    accounts outside it are left as they are (they still block their addresses), and
+    only scoped ids missing from ``accounts`` release theirs. ``blocked_billing``:
+    billing addresses of accounts outside the scope, which no pool may hand out.
+    """
     ranked = sorted(pools, key=lambda p: (-p.priority, p.name))
     by_name = {p.name: p for p in pools}
     ordered = sorted(accounts, key=lambda a: account_order(a.id))
@@ -359,6 +378,13 @@ def allocate(
             holder[parsed] = lease
     sorted_held = {v: sorted(n for (w, n) in holder if w == v) for v in (4, 6)}
     blocked: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for address in blocked_billing:
+        span = _billing_ranges(address)
+        if span is not None:
+            if span[1] == span[2]:
+                used[span[0]].add(span[1])
+            else:
+                blocked[span[0]].append((span[1], span[2]))
     conflicts: list[AddressConflict] = []
     billing_family: dict[str, set[int]] = {}
     for account in ordered:
@@ -441,7 +467,10 @@ def allocate(
             addresses.setdefault(account.id, []).append(address)
 
     # Accounts gone from billing release what they held.
-    for account_id in sorted(set(leased_by) - seen, key=account_order):
+    gone = set(leased_by) - seen
+    if scope is not None:
+        gone &= scope  # an account outside the scope was not read, not removed
+    for account_id in sorted(gone, key=account_order):
         for lease in leased_by[account_id]:
             lease_pool = by_name.get(lease.pool)
             if lease_pool is None:

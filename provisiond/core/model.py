@@ -40,12 +40,15 @@ class RowProblem:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every account read from billing in one go."""
+    """Every account read from billing in one go, or (``scope`` set) every account of a
+    scoped read: those ids only. An id of ``scope`` missing from ``accounts`` has no
+    billing rows (any more)."""
 
     accounts: Mapping[str, Account]
     read_at: datetime
     rows: int = 0
     problems: tuple[RowProblem, ...] = field(default=())
+    scope: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.accounts)

@@ -7,18 +7,25 @@ an account whose rows disagree on its name or status is left out and reported to
 A read that fails or times out raises ``SourceError``: the reconciler then writes
 nothing anywhere. SQLAlchemy Core, so PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL)
 and SQLite all work.
+
+A scoped read (``read(accounts=ids)``) wraps the operator's query, so it stays one
+query in the config: ``SELECT * FROM (<query>) AS q WHERE CAST(q.account_id AS <text>)
+IN (...)``, with bound parameters, ``SCOPE_CHUNK`` ids per statement. Ids are compared
+as text because that is what a Snapshot keys accounts by, whatever the billing column's
+type (an integer column must match ``'1042'``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import itertools
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from provisiond.core import addresses
@@ -26,6 +33,9 @@ from provisiond.errors import SourceError
 from provisiond.core.model import Account, RowProblem, Snapshot
 
 log = logging.getLogger(__name__)
+
+SCOPE_CHUNK = 500  # ids per scoped statement: well under every driver's parameter limit
+_TEXT_TYPE = {"postgresql": "TEXT", "mysql": "CHAR", "mariadb": "CHAR", "sqlite": "TEXT"}
 
 REQUIRED_COLUMNS = (
     "account_id",
@@ -81,7 +91,9 @@ def _text(value: Any) -> str:
 Row = tuple[Any, Any, Any, Any, Any, Any]  # the REQUIRED_COLUMNS, in that order
 
 
-def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
+def aggregate(
+    rows: Iterable[Row], *, read_at: datetime, scope: frozenset[str] | None = None
+) -> Snapshot:
     """Rows of REQUIRED_COLUMNS -> a Snapshot; bad rows become ``RowProblem``s. Pure."""
     accounts: dict[str, _Builder] = {}
     problems: list[RowProblem] = []
@@ -131,6 +143,7 @@ def aggregate(rows: Iterable[Row], *, read_at: datetime) -> Snapshot:
         read_at=read_at,
         rows=count,
         problems=tuple(problems),
+        scope=scope,
     )
 
 
@@ -140,6 +153,7 @@ class SqlSource:
     def __init__(self, url: str, query: str, *, timeout: float, display: str) -> None:
         self._engine = make_engine(url, timeout=timeout)
         self._query = sa.text(query)
+        self._scoped = _scoped_query(query, self._engine.dialect.name)
         self.display = display
 
     def check_columns(self) -> list[str]:
@@ -160,39 +174,67 @@ class SqlSource:
             ]
         return []
 
-    def read(self) -> Snapshot:
+    def read(self, *, accounts: Collection[str] | None = None) -> Snapshot:
         read_at = datetime.now(UTC)
+        scope = None if accounts is None else frozenset(str(a).strip() for a in accounts)
         try:
             with self._engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=5000).execute(
-                    self._query
-                )
-                keys = [k.lower() for k in result.keys()]
-                missing = [c for c in REQUIRED_COLUMNS if c not in keys]
-                if missing:
-                    raise SourceError(
-                        f"billing query returns no column(s) {', '.join(missing)}; nothing written"
-                    )
-                idx = [keys.index(c) for c in REQUIRED_COLUMNS]
-                if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
-                    rows: Iterable[Row] = (tuple(r) for r in result)
+                if scope is None:
+                    rows: Iterable[Row] = self._rows(conn, self._query, {})
                 else:
-                    rows = (tuple(r[i] for i in idx) for r in result)
-                snapshot = aggregate(rows, read_at=read_at)
+                    ids = sorted(scope)
+                    rows = itertools.chain.from_iterable(
+                        self._rows(conn, self._scoped, {"ids": ids[i:i + SCOPE_CHUNK]})
+                        for i in range(0, len(ids), SCOPE_CHUNK)
+                    )
+                snapshot = aggregate(rows, read_at=read_at, scope=scope)
         except SQLAlchemyError as exc:
             raise SourceError(
                 f"billing read from {self.display} failed: {_reason(exc)}; nothing written"
             ) from exc
         for p in snapshot.problems:
             log.warning("source: skipped billing row: %s", p)
-        log.info(
-            "source: read accounts=%d rows=%d skipped=%d",
+        log.log(
+            logging.INFO if scope is None else logging.DEBUG,
+            "source: read accounts=%d rows=%d skipped=%d%s",
             len(snapshot), snapshot.rows, len(snapshot.problems),
+            "" if scope is None else f" scope={len(scope)}",
         )
         return snapshot
 
+    @staticmethod
+    def _rows(conn: Connection, query: Any, params: dict[str, Any]) -> Iterator[Row]:
+        """The REQUIRED_COLUMNS of every row, streamed, in that order."""
+        result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+            query, params
+        )
+        keys = [k.lower() for k in result.keys()]
+        missing = [c for c in REQUIRED_COLUMNS if c not in keys]
+        if missing:
+            result.close()
+            raise SourceError(
+                f"billing query returns no column(s) {', '.join(missing)}; nothing written"
+            )
+        idx = [keys.index(c) for c in REQUIRED_COLUMNS]
+        if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
+            for r in result:
+                yield tuple(r)
+        else:
+            for r in result:
+                yield tuple(r[i] for i in idx)
+
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _scoped_query(query: str, dialect: str) -> Any:
+    """The operator's query narrowed to ``:ids`` (an expanding parameter)."""
+    inner = query.strip().rstrip(";").rstrip()
+    as_text = _TEXT_TYPE.get(dialect, "VARCHAR(255)")
+    return sa.text(
+        # Newlines around the query: a trailing ``-- comment`` must not eat the ``)``.
+        f"SELECT * FROM (\n{inner}\n) AS q WHERE CAST(q.account_id AS {as_text}) IN :ids"
+    ).bindparams(sa.bindparam("ids", expanding=True))
 
 
 def _reason(exc: SQLAlchemyError) -> str:

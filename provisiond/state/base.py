@@ -9,7 +9,7 @@ smaller protocol (``targets.radius.RadiusLedger``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ class Store(Protocol):
     ) -> None: ...
 
     def radreply_owned(self) -> set[tuple[str, str]]: ...
+
+    def usernames_written(self, accounts: Collection[str]) -> set[str]: ...
 
     def radreply_record(
         self, *, added: Iterable[tuple[str, str, str]], removed: Iterable[tuple[str, str]]

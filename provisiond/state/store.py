@@ -27,7 +27,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -301,6 +301,30 @@ class StateStore:
             return
         with self._write(f"journal {target}") as conn:
             conn.execute(journal_t.insert(), rows)
+
+    def usernames_written(self, accounts: Collection[str]) -> set[str]:
+        """RADIUS usernames provisiond ever wrote rows for, for these accounts (the journal).
+
+        A scoped pass reads RADIUS rows by username; this finds a renamed username's
+        old rows, which billing no longer names.
+        """
+        ids = sorted(set(accounts))
+        out: set[str] = set()
+        with self._errors("journal usernames"), self._read("journal") as conn:
+            if conn is None:
+                return out
+            c = journal_t.c
+            for start in range(0, len(ids), 500):
+                query = sa.select(c.detail).where(
+                    c.account_id.in_(ids[start:start + 500]),
+                    c.kind.in_(("radusergroup", "radreply")),
+                    c.action != "delete",
+                )
+                for (detail,) in conn.execute(query):
+                    name = json.loads(detail).get("username")
+                    if name:
+                        out.add(str(name))
+        return out
 
     def history(
         self,

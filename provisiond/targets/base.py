@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from provisiond.core.changes import Change, Conflict, Key, Observed, Resource
 from provisiond.core.plan import Plan
+from provisiond.core.scope import Scope
 
 
 @dataclass(slots=True)
@@ -45,8 +46,13 @@ class Target(Protocol):
     name: str
     kind: str
 
-    def observe(self) -> Observed:
-        """Read what provisiond manages on this target. Raises TargetError."""
+    def observe(self, scope: Scope | None = None) -> Observed:
+        """Read what provisiond manages on this target. Raises TargetError.
+
+        With a ``Scope`` (a scoped pass) only the scope's part: the entries of its
+        accounts, and whatever sits on the keys they want; ``Observed.existing`` then
+        carries the managed size per group for the safety check.
+        """
         ...
 
     def plan_followups(self, plan: Plan) -> Plan:

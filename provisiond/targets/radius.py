@@ -34,6 +34,7 @@ from provisiond.core.addresses import ipv4_host
 from provisiond.core.changes import Change, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
+from provisiond.core.scope import Scope
 from provisiond.core.radius import COA_CHANGEABLE, FRAMED_IP, effective_reply, reply_diff
 from provisiond.settings import CoaMode, Settings
 from provisiond.targets.base import ApplyResult
@@ -187,24 +188,43 @@ class RadiusTarget:
         self.engine.dispose()
 
     # -- observe -----------------------------------------------------------------------
-    def observe(self) -> Observed:
+    def observe(self, scope: Scope | None = None) -> Observed:
+        """Managed rows; with ``scope`` only those of its usernames (a scoped pass)."""
+        if scope is None:
+            batches: list[list[str] | None] = [None]
+        else:
+            names = sorted(scope.usernames | {r.get("username") for r in scope.wanted.values()})
+            batches = [list(chunk) for chunk in _chunks(names)]
+        ug_rows: list[Any] = []
+        rr_rows: list[Any] = []
+        counts: dict[str, int] = {}
         try:
             with self.engine.connect() as conn:
-                ug_rows = (
-                    conn.execute(
-                        sa.select(radusergroup).where(radusergroup.c.groupname.in_(self.groups))
-                    ).all()
-                    if self.groups
-                    else []
-                )
-                # FreeRADIUS reads attribute names case-insensitively: framed-ip-address
-                # is the same attribute.
-                rr_rows = conn.execute(
-                    sa.select(radreply).where(sa.func.lower(radreply.c.attribute) == FRAMED_IP.lower())
-                ).all()
+                for batch in batches:
+                    ug = sa.select(radusergroup).where(radusergroup.c.groupname.in_(self.groups))
+                    # FreeRADIUS reads attribute names case-insensitively: framed-ip-address
+                    # is the same attribute.
+                    rr = sa.select(radreply).where(
+                        sa.func.lower(radreply.c.attribute) == FRAMED_IP.lower())
+                    if batch is not None:
+                        ug = ug.where(radusergroup.c.username.in_(batch))
+                        rr = rr.where(radreply.c.username.in_(batch))
+                    if self.groups:
+                        ug_rows += conn.execute(ug).all()
+                    rr_rows += conn.execute(rr).all()
+                if scope is not None and scope.existing is None and self.groups:
+                    counts = {
+                        str(g): int(n) for g, n in conn.execute(
+                            sa.select(radusergroup.c.groupname, sa.func.count())
+                            .where(radusergroup.c.groupname.in_(self.groups))
+                            .group_by(radusergroup.c.groupname)
+                        )
+                    }
         except sa.exc.SQLAlchemyError as exc:
             raise self._wrap(exc, "observe") from exc
         ledger = self.ledger.radreply_owned()
+        if scope is not None and scope.existing is None:
+            counts[FRAMED_IP] = sum(1 for _, attr in ledger if attr == FRAMED_IP)
         owned: dict[Key, Resource] = {}
         foreign: dict[Key, str] = {}
         surplus: list[Resource] = []
@@ -253,7 +273,9 @@ class RadiusTarget:
                 owned.pop(res.key, None)
         log.debug("radius observe target=%s owned=%d foreign=%d surplus=%d",
                   self.name, len(owned), len(foreign), len(surplus))
-        return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus), checksum=observed_digest(digest))
+        existing = None if scope is None else (scope.existing if scope.existing is not None else counts)
+        return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
+                        checksum=observed_digest(digest), existing=existing)
 
     # -- follow-ups ------------------------------------------------------------------------
     def plan_followups(self, plan: Plan) -> Plan:

@@ -8,6 +8,12 @@ one is a conflict). ``apply`` removes (comma-joined ids, in batches), adds, then
 each phase as a window of tagged commands (``targets.pipeline``) over librouteros's own
 codec and transport. A trap on one entry is reported for that entry; a lost connection
 fails the rest of the router. This is the only module that imports librouteros.
+
+A scoped pass (``observe(scope)``) reads only the scope's part: one print per family
+over all lists, selecting entries whose comment carries the marker of a scoped account
+(a range query: ``provisiond:1042`` <= comment < ``provisiond:1042!``, so ``1042 Name``
+but not ``10420``) or whose address a scoped account wants. A router scans its whole
+table for every print whatever the query, so fewer, wider prints are cheaper.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from provisiond.core.addresses import family, routeros_form, span
 from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
+from provisiond.core.scope import Scope
 from provisiond.settings import RouterSettings
 from provisiond.targets import pipeline
 from provisiond.targets.base import ApplyResult
@@ -47,6 +54,7 @@ PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout
 REMOVE_BATCH = 200
 ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
 _T = TypeVar("_T")
+SCOPE_CHUNK = 50  # accounts (and as many addresses) per scoped print: bounded query words
 DUPLICATE = "already have such entry"
 # What librouteros raises on a reply it cannot parse (a ``!trap`` without a message, a
 # ``!fatal`` without one, a word without ``=``): the connection's state is then
@@ -202,7 +210,9 @@ class RouterTarget:
             raise TargetError(self.name, f"print {list_name}: malformed reply from the router "
                                          f"({_malformed(exc)}); nothing planned") from exc
 
-    def observe(self) -> Observed:
+    def observe(self, scope: Scope | None = None) -> Observed:
+        if scope is not None:
+            return self._observe_scoped(scope)
         owned: dict[Key, Resource] = {}
         foreign: dict[Key, str] = {}
         surplus: list[Resource] = []
@@ -246,6 +256,112 @@ class RouterTarget:
         log.debug("%s: observed owned=%d foreign=%d", self.name, len(owned), len(foreign))
         return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
                         checksum=observed_digest(digest))
+
+    def _observe_scoped(self, scope: Scope) -> Observed:
+        owned: dict[Key, Resource] = {}
+        foreign: dict[Key, str] = {}
+        surplus: list[Resource] = []
+        others: set[str] = set()
+        digest: list[tuple[Any, ...]] = []
+        seen: set[tuple[int, str]] = set()
+        managed = set(self.lists)
+        wanted: dict[int, set[str]] = {4: set(), 6: set()}
+        for r in scope.wanted.values():
+            if r.kind == "address-list":
+                wanted[family(r.get("address"))].add(r.get("address"))
+        for fam in (4, 6):
+            for words in self._scope_queries(sorted(scope.accounts), sorted(wanted[fam])):
+                for row in self._query(fam, words):
+                    ref = str(row.get(".id", ""))
+                    if (fam, ref) in seen:
+                        continue  # matched by its comment and by its address
+                    seen.add((fam, ref))
+                    list_name = str(row.get("list", ""))
+                    if list_name not in managed:
+                        continue
+                    address = routeros_form(str(row.get("address", "")))
+                    comment = str(row.get("comment", ""))
+                    disabled = "true" if row.get("disabled") in (True, "true", "yes") else "false"
+                    dynamic = row.get("dynamic") in (True, "true", "yes")
+                    key: Key = ("address-list", (("list", list_name), ("address", address)))
+                    owner = None if dynamic else self.marker.owner(comment)
+                    if owner is None or owner not in scope.accounts:
+                        if key not in scope.wanted:
+                            continue  # not ours to judge: neither in scope nor wanted
+                        if owner is not None:
+                            others.add(owner)
+                            continue
+                        why = "dynamic entry" if dynamic else "entry not created by provisiond"
+                        foreign.setdefault(key, f"{why} (comment {comment!r})" if comment else why)
+                        digest.append((ref, list_name, address, comment, disabled, dynamic))
+                        continue
+                    digest.append((ref, list_name, address, comment, disabled, dynamic))
+                    entry = Resource(
+                        kind="address-list",
+                        group=list_name,
+                        ident=key[1],
+                        attrs=(("comment", comment), ("disabled", disabled)),
+                        account_id=owner,
+                        account_name=comment.split(" ", 1)[1] if " " in comment else "",
+                        ref=ref,
+                    )
+                    if key in owned:
+                        surplus.append(entry)
+                    else:
+                        owned[key] = entry
+        existing = scope.existing if scope.existing is not None else self._count_lists()
+        log.debug("%s: scoped observe accounts=%d owned=%d foreign=%d others=%d", self.name,
+                  len(scope.accounts), len(owned), len(foreign), len(others))
+        return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
+                        checksum=observed_digest(digest), others=frozenset(others),
+                        existing=existing)
+
+    def _scope_queries(self, accounts: list[str], addresses: list[str]) -> Iterator[list[str]]:
+        """Query words: OR over a chunk of accounts' marker ranges and wanted addresses."""
+        head = f"{self.marker.prefix}:"
+        for start in range(0, max(len(accounts), len(addresses)), SCOPE_CHUNK):
+            words: list[str] = []
+            terms = 0
+            for account in accounts[start:start + SCOPE_CHUNK]:
+                low = f"{head}{account}"
+                # low <= comment < low + "!": the id, then a space or nothing.
+                words += [f"?=comment={low}", f"?>comment={low}", "?#|",
+                          f"?<comment={low}!", "?#&"]
+                terms += 1
+            for address in addresses[start:start + SCOPE_CHUNK]:
+                words.append(f"?=address={address}")
+                terms += 1
+            words += ["?#|"] * (terms - 1)
+            yield words
+
+    def _query(self, fam: int, words: list[str]) -> Iterator[Mapping[str, Any]]:
+        path = self._api_or_connect().path(*MENUS[fam])
+        try:
+            yield from path.select(*PROPLIST).where(words)
+        except TrapError as exc:
+            raise TargetError(self.name, f"scoped print refused: {exc.message}") from exc
+        except (OSError, LibRouterosError) as exc:
+            self.close()
+            raise TargetUnavailable(self.name, f"scoped read failed: {_why(exc)}") from exc
+
+    def _count_lists(self) -> dict[str, int]:
+        """Entries per managed list (``count-only``; hand-made ones included): the safety
+        check's base when no full observation has counted provisiond's own."""
+        api = self._api_or_connect()
+        counts: dict[str, int] = {}
+        for fam in (4, 6):
+            path = api.path(*MENUS[fam])
+            for list_name in self.lists:
+                try:
+                    for row in api.rawCmd(str(path.join("print")), "=count-only=",
+                                          f"?=list={list_name}"):
+                        counts[list_name] = counts.get(list_name, 0) + int(row.get("ret", 0))
+                except TrapError as exc:
+                    raise TargetError(self.name, f"count {list_name} refused: {exc.message}") from exc
+                except (OSError, LibRouterosError) as exc:
+                    self.close()
+                    raise TargetUnavailable(self.name, f"counting {list_name} failed: {_why(exc)}") from exc
+        return counts
 
     def plan_followups(self, plan: Plan) -> Plan:
         return plan

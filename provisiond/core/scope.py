@@ -1,0 +1,91 @@
+"""Scoped passes: the values that narrow one pass to a few accounts.
+
+A billing change names accounts (a NOTIFY payload, ``apply --account``); a scoped pass
+reads, plans and writes only what belongs to them. Pure: the daemon parses payloads
+and coalesces requests here, the reconciler builds one ``Scope`` per target and hands
+it to ``Target.observe(scope)``, which reads only that part of the target.
+
+Correctness rests on one rule: a scoped pass must leave every target exactly as a full
+pass would. Where that would need knowledge of accounts outside the scope (another
+account's entry sits on an address a scoped account wants), the target reports that
+account in ``Observed.others`` and the reconciler widens the pass to a full one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from provisiond.core.changes import Key, Resource
+
+# An account id as a payload may carry it: printable, no separator, no whitespace.
+_ID = re.compile(r"[^\s,;'\"\\]{1,255}")
+MAX_PAYLOAD_IDS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one target needs to read for a scoped pass.
+
+    ``accounts``: the account ids of the pass. ``wanted``: this target's desired
+    resources for them (so the target also reads whatever sits on those keys).
+    ``usernames``: RADIUS usernames of those accounts, from billing and from what
+    provisiond wrote for them before (a renamed username's old rows). ``existing``:
+    managed entries per group, as the last full observation counted them, for the
+    safety check (None: the target counts them itself).
+    """
+
+    accounts: frozenset[str]
+    wanted: Mapping[Key, Resource] = field(default_factory=dict)
+    usernames: frozenset[str] = frozenset()
+    existing: Mapping[str, int] | None = None
+
+
+def parse_payload(payload: str) -> frozenset[str] | None:
+    """A NOTIFY payload -> the account ids it names, or None for "full pass".
+
+    Ids are separated by commas (whitespace around them is ignored). An empty payload,
+    or one with anything that is not an id (quotes, JSON, a stray separator), means a
+    full pass: an unreadable event must never narrow what gets reconciled.
+    """
+    text = payload.strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > MAX_PAYLOAD_IDS or not all(_ID.fullmatch(p) for p in parts):
+        return None
+    return frozenset(parts)
+
+
+@dataclass(slots=True)
+class Pending:
+    """Pass requests gathered while a pass runs (the daemon holds one, under its lock).
+
+    ``add(None)`` asks for a full pass; ``add(ids)`` for those accounts. ``take`` hands
+    over what to run next and starts over: a full pass when one was asked for or when
+    more than ``limit`` accounts are waiting (one full read is then cheaper than
+    narrowed reads of that many), else the gathered ids in one scoped pass.
+    """
+
+    full: bool = False
+    accounts: set[str] = field(default_factory=set)
+
+    def add(self, accounts: Iterable[str] | None) -> None:
+        if accounts is None:
+            self.full = True
+            self.accounts.clear()
+        elif not self.full:
+            self.accounts.update(accounts)
+
+    @property
+    def empty(self) -> bool:
+        return not self.full and not self.accounts
+
+    def take(self, limit: int) -> frozenset[str] | None:
+        """The next pass's scope (None: full) and an empty queue."""
+        full = self.full or len(self.accounts) > limit or not self.accounts
+        out = None if full else frozenset(self.accounts)
+        self.full = False
+        self.accounts = set()
+        return out
