@@ -372,6 +372,7 @@ class DaemonSettings(_Model):
     dry_run: bool = False
     notify_channel: str | None = None
     debounce: Duration = 1.0
+    scope_max_accounts: int = Field(default=500, ge=0)
     metrics_listen: str | None = None
     healthz_max_age: PositiveDuration | None = None  # default: three intervals
     log_format: Literal["text", "json"] = "text"

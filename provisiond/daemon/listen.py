@@ -1,12 +1,16 @@
 """``LISTEN`` on the billing database: a NOTIFY asks for a pass now instead of at the
-next interval.
+next interval, scoped to the accounts its payload names.
 
 Runs in its own thread, on its own autocommit psycopg connection (the billing source's
-SQLAlchemy pool is for reads). The first NOTIFY opens a debounce window; every NOTIFY
-inside it is folded in, and at its end ``on_change`` is called once, so a burst of
-billing edits gives one pass. A lost connection is logged, the daemon keeps its
-interval passes, and the thread reconnects with exponential back-off; after a
-reconnect it asks for a pass, since changes may have gone unheard meanwhile.
+SQLAlchemy pool is for reads). The payload is account ids separated by commas
+(``core.scope.parse_payload``); an empty or unreadable one means a full pass. The
+first NOTIFY after a quiet spell goes to ``on_change`` at once; the ones that follow
+within ``debounce`` are gathered and handed over together when that window ends, so a
+burst of billing edits gives a few passes, not one per row (the daemon folds requests
+that arrive during a pass into the next one as well). A lost connection is logged,
+the daemon keeps its interval passes, and the thread reconnects with exponential
+back-off; after a reconnect it asks for a full pass, since changes may have gone
+unheard meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
+from provisiond.core.scope import Pending, parse_payload
 from provisiond.daemon.pg import connect_kwargs, display
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between checks of the stop flag and the debounce deadline
 PING_EVERY = 30.0  # a cheap query now and then notices a half-dead connection
 FIRST_RETRY = 1.0
+MAX_GATHERED = 100_000  # more ids than this in one window: ask for a full pass
 
 
 class BillingListener:
@@ -35,7 +41,7 @@ class BillingListener:
         channel: str,
         *,
         debounce: float,
-        on_change: Callable[[str], None],
+        on_change: Callable[[frozenset[str] | None], None],
         retry_max: float = 60.0,
     ) -> None:
         self._url = url
@@ -71,7 +77,7 @@ class BillingListener:
                          display(self._url))
                 delay = FIRST_RETRY
                 if not first:
-                    self._on_change("reconnected")
+                    self._on_change(None)  # reconnected: what was missed is unknown
                 first = False
                 self._listen(conn)
             except psycopg.Error as exc:
@@ -93,21 +99,35 @@ class BillingListener:
             delay = min(delay * 2, self._retry_max)
 
     def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        window_end: float | None = None
+        window_end: float | None = None  # gathering a burst until then
+        gathered = Pending()
         folded = 0
         last_ping = time.monotonic()
         while not self._stop.is_set():
             for note in conn.notifies(timeout=POLL):
                 self.notifications += 1
-                folded += 1
+                accounts = parse_payload(note.payload)
                 log.debug("billing notify channel=%s payload=%.80s", note.channel, note.payload)
                 if window_end is None:
+                    # The first event after a quiet spell: no waiting.
                     window_end = time.monotonic() + self._debounce
+                    log.info("billing changed accounts=%s: pass requested",
+                             "all" if accounts is None else len(accounts))
+                    self._on_change(accounts)
+                else:
+                    gathered.add(accounts)
+                    folded += 1
             now = time.monotonic()
             if window_end is not None and now >= window_end:
-                log.info("billing changed notifications=%d: pass requested", folded)
-                window_end, folded = None, 0
-                self._on_change("notify")
+                if not gathered.empty:
+                    scope = gathered.take(limit=MAX_GATHERED)
+                    log.info("billing changed notifications=%d accounts=%s: pass requested",
+                             folded, "all" if scope is None else len(scope))
+                    self._on_change(scope)
+                    window_end = now + self._debounce  # still busy: keep gathering
+                else:
+                    window_end = None  # quiet again
+                folded = 0
             if now - last_ping >= PING_EVERY:
                 conn.execute("SELECT 1")
                 last_ping = now

@@ -7,7 +7,13 @@ around it. One interval job (``max_instances=1``: passes never overlap;
 ``PassRunner.run_once`` (``daemon.passes``), which holds the Reconciler. Around it:
 
 - leader election (``daemon.leader``): only the leader runs passes; a standby polls;
-- ``daemon.listen``: a billing ``NOTIFY`` moves the job's next run to now;
+- ``daemon.listen``: a billing ``NOTIFY`` calls ``request_pass`` with the accounts it
+  names; the job's next run moves to now. Requests that arrive while a pass runs are
+  gathered (``core.scope.Pending``) into the next one: a scoped pass over their
+  accounts, or one full pass when that is cheaper (more than
+  ``daemon.scope_max_accounts``) or when a full pass was asked for. An interval run,
+  or any run once ``daemon.interval`` has passed since the last full pass, is full;
+  that is the safety net for drift and missed events;
 - ``daemon.metrics``: ``/metrics`` and ``/healthz``;
 - ``daemon.webhook``: a Sonar webhook asks for a pass (scoped to the account it names);
 - ``daemon.sdnotify``: READY=1 once the first pass is done (or on entering standby),
@@ -42,6 +48,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from provisiond import settings as settings_mod
+from provisiond.core.scope import Pending
 from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
 from provisiond.daemon.listen import BillingListener
@@ -103,7 +110,9 @@ class Daemon:
         # Shared with the scheduler's worker thread, under _guard.
         self._guard = threading.Lock()
         self._in_pass_since: float | None = None
-        self._again = False
+        self._pending = Pending()  # requested passes not started yet
+        self._requested = False  # the job's next run was moved to now for them
+        self._last_full = time.monotonic()
         self._last_job = time.monotonic()
         self._heartbeat = time.monotonic()
 
@@ -164,7 +173,7 @@ class Daemon:
                 if self.leader.acquire():
                     log.info("leader lock won (%s): taking over", self.leader.description)
                     self._set_leading(True)
-                    self.request_pass("leader")
+                    self.request_pass(None, reason="leader")
 
     def _shutdown(self, watchdog: threading.Event | None) -> None:
         self.notifier.stopping()
@@ -207,16 +216,22 @@ class Daemon:
     def _missed(self, event: JobExecutionEvent) -> None:
         log.debug("scheduler: missed run at %s (coalesced)", event.scheduled_run_time)
 
-    def request_pass(self, reason: str) -> None:
-        """Run a pass now; if one is in flight, run another right after it."""
+    def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "") -> None:
+        """Run a pass now: scoped to ``accounts``, or full (None). If one is in flight,
+        the request is gathered into the pass right after it."""
         with self._guard:
             if self.stopping:
                 return
-            if self._in_pass_since is not None:
-                self._again = True
-                log.debug("pass requested reason=%s: after the one in flight", reason)
+            self._pending.add(accounts)
+            if self._in_pass_since is not None or self._requested:
+                log.debug("pass requested reason=%s: gathered into the next one", reason)
                 return
-        log.debug("pass requested reason=%s", reason)
+            self._requested = True
+        log.debug("pass requested reason=%s accounts=%s", reason,
+                  "all" if accounts is None else len(accounts))
+        self._run_now()
+
+    def _run_now(self) -> None:
         if self.scheduler is None:
             return
         try:
@@ -226,19 +241,29 @@ class Daemon:
 
     def _webhook_pass(self, accounts: frozenset[str] | None) -> None:
         """A Sonar event: a pass for ``accounts`` (None: a full one)."""
-        # SCOPED-HOOK(#10): until request_pass takes accounts, every event runs a full pass.
-        self.request_pass("webhook" if accounts is None else f"webhook account={','.join(sorted(accounts))}")
+        self.request_pass(accounts, reason="webhook")
+
+    def _next_scope(self) -> frozenset[str] | None:
+        """What this run covers (under _guard): None is a full pass."""
+        requested, self._requested = self._requested, False
+        due = time.monotonic() - self._last_full >= self.settings.daemon.interval
+        if not requested or due:
+            self._pending = Pending()  # a full pass covers every request so far
+            return None
+        return self._pending.take(self.settings.daemon.scope_max_accounts)
 
     def _job(self) -> None:
         with self._guard:
             if self.stopping:
                 return
             self._in_pass_since = self._last_job = time.monotonic()
-            self._again = False
+            scope = self._next_scope()
+            if scope is None:
+                self._last_full = time.monotonic()
         try:
             if not self._still_leading():
                 return
-            outcome = self.runner.run_once(may_write=self._still_leading)
+            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
@@ -247,9 +272,11 @@ class Daemon:
         finally:
             with self._guard:
                 self._in_pass_since = None
-                again, self._again = self._again, False
+                again = not self._pending.empty and not self.stopping
+                if again:
+                    self._requested = True
             if again:
-                self.request_pass("changed during the pass")
+                self._run_now()
 
     def _still_leading(self) -> bool:
         if not self.leading:
@@ -329,7 +356,7 @@ class Daemon:
             self._start_listener()
         log.info("reload: configuration valid; swapped in at the next pass (starting now)")
         self.notifier.ready("reloaded; " + self.health.last_result)
-        self.request_pass("reload")
+        self.request_pass(None, reason="reload")
 
     # -- watchdog -------------------------------------------------------------------
 

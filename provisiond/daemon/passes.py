@@ -112,6 +112,7 @@ class PassRunner:
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
         self.first_progress: Display | None = None  # shown around the next apply only
+        self._scope: frozenset[str] | None = None  # the pass in flight's accounts
 
     # -- configuration generations ------------------------------------------------
 
@@ -140,10 +141,17 @@ class PassRunner:
 
     # -- one pass -------------------------------------------------------------------
 
-    def run_once(self, *, may_write: Callable[[], bool] | None = None) -> Outcome:
-        """One pass. ``may_write`` (the leader check) is asked again between plan and apply."""
+    def run_once(
+        self,
+        *,
+        may_write: Callable[[], bool] | None = None,
+        accounts: frozenset[str] | None = None,
+    ) -> Outcome:
+        """One pass, scoped to ``accounts`` (None: full). ``may_write`` (the leader check)
+        is asked again between plan and apply."""
         self.count += 1
         started = time.monotonic()
+        self._scope = accounts
         try:
             rec = self._reconciler()
             if self.settings.daemon.dry_run:
@@ -173,18 +181,25 @@ class PassRunner:
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
                          + outcome.status
         self.health.last_result = outcome.status
-        if outcome.result == "ok":
+        if outcome.result == "ok" and accounts is None:
+            # Only a full pass vouches for every target (healthz).
             self.health.last_success = time.monotonic()
-        log.info("pass=%d result=%s duration=%.2fs changes=%d%s", self.count, outcome.result,
+        log.info("pass=%d result=%s duration=%.2fs changes=%d%s%s", self.count, outcome.result,
                  outcome.duration, outcome.changes,
+                 "" if accounts is None else f" scope={len(accounts)}",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
     def _skip(self, name: str) -> bool:
         return self.backoff.skip(name)
 
+    def _plan(self, rec: Any) -> Any:
+        if self._scope is None:
+            return rec.plan(skip=self._skip)
+        return rec.plan(skip=self._skip, accounts=self._scope)
+
     def _dry_run(self, rec: Any) -> Outcome:
-        pp = rec.plan(skip=self._skip)
+        pp = self._plan(rec)
         self.metrics.billing_reads.labels("ok").inc()
         for plan in pp.plans:
             c = plan.counts()
@@ -202,7 +217,7 @@ class PassRunner:
         return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed)
 
     def _apply(self, rec: Any, may_write: Callable[[], bool] | None = None) -> Outcome:
-        pp = rec.plan(skip=self._skip)
+        pp = self._plan(rec)
         self.metrics.billing_reads.labels("ok").inc()
         if may_write is not None and not may_write():
             # Planning can take a while; another provisiond may lead by now.
@@ -228,7 +243,8 @@ class PassRunner:
             m.refusals.labels(target).inc()
             log.info("target=%s result=refused reason=%r", target, why)
         failed = self._target_failures(pp, results=pr.results, refused=pr.refused)
-        self._pool_utilisation(rec)
+        if self._scope is None:  # a full read of the leases: not for every event
+            self._pool_utilisation(rec)
         t = render.totals(pp.plans)
         line = (f"{applied} change(s) applied ({t['create']} create, {t['update']} update, "
                 f"{t['delete']} delete planned) on {len(pp.plans)} target(s)")

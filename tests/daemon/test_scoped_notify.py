@@ -1,0 +1,112 @@
+"""``provisiond run`` with NOTIFY payloads (config/billing-notify-trigger.sql sends the
+ids a statement touched): a scoped pass for them, a full pass for anything unreadable,
+a burst gathered into a few passes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import Billing, DaemonProc, wait_until
+
+from provisiond.sim import RouterSim
+
+
+def listed(router: RouterSim) -> set[str]:
+    return {row["address"] for row in router.entries("ip", "tower-hosts")}
+
+
+def addresses(*accounts: int) -> set[str]:
+    return {Billing.address(a) for a in accounts}
+
+
+PASS = re.compile(r"pass=(\d+) result=ok duration=\S+ changes=(\d+)( scope=(\d+))?")
+
+
+def passes(d: DaemonProc, after: int) -> list[tuple[int, int | None]]:
+    """(changes, scope size or None for a full pass) of every pass logged past ``after``."""
+    return [(int(m[2]), int(m[4]) if m[4] else None) for m in PASS.finditer(d.text(), after)]
+
+
+def notify(billing: Billing, *payloads: str) -> None:
+    with billing.connect() as c:
+        for payload in payloads:
+            c.execute("SELECT pg_notify('provisiond', %s)", (payload,))
+
+
+def silently(billing: Billing, statement: str, *params: object) -> None:
+    """A billing change the trigger does not report."""
+    with billing.connect() as c, c.transaction():
+        c.execute("SET LOCAL session_replication_role = replica")  # no triggers fire
+        c.execute(statement, params)
+
+
+def test_notify_runs_a_scoped_pass_and_a_malformed_one_a_full_pass(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    billing.join("Tower Hosts", 1000, 1001)
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"}))
+    d.wait_log(r"listening for billing changes channel=provisiond")
+    d.wait_log(r"pass=1 result=ok")
+    assert listed(router) == addresses(1000, 1001)
+
+    mark = d.mark()
+    billing.join("Tower Hosts", 1002)  # the trigger sends "1002"
+    d.wait_log(r"pass=2 result=ok duration=\S+ changes=1 scope=1\b", after=mark)
+    assert listed(router) == addresses(1000, 1001, 1002)
+
+    # Billing changes behind the trigger's back (no notification), then a payload that
+    # is not a list of ids arrives: that means a full pass, which finds the change.
+    for n, payload in enumerate(('{"account_id": 1003}', "1003;DROP", " , ", "")):
+        silently(billing, "INSERT INTO account_groups VALUES (%s, 1)", 1003 + n)
+        mark = d.mark()
+        notify(billing, payload)
+        d.wait_log(rf"pass={3 + n} result=ok duration=\S+ changes=1\b", after=mark)
+        assert passes(d, mark) == [(1, None)], f"payload {payload!r}: {passes(d, mark)}"
+    assert listed(router) == addresses(*range(1000, 1007))
+
+    # Idempotent: a scoped pass for accounts already in step changes nothing.
+    mark = d.mark()
+    notify(billing, "1000,1003")
+    d.wait_log(r"pass=7 result=ok duration=\S+ changes=0 scope=2\b", after=mark)
+
+
+def test_a_burst_is_gathered_into_few_passes(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond",
+                             "debounce": "0.5s"}))
+    d.wait_log(r"pass=1 result=ok")
+    mark = d.mark()
+    # Twenty statements in one transaction: twenty notifications arrive together.
+    with billing.connect() as c, c.transaction():
+        for account in range(1000, 1020):
+            c.execute("INSERT INTO account_groups VALUES (%s, 1)", (account,))
+    wait_until(lambda: listed(router) == addresses(*range(1000, 1020)), what="the burst")
+    wait_until(lambda: sum(n for n, _ in passes(d, mark)) == 20, what="the passes' log lines")
+    done = passes(d, mark)
+    # The first notification starts a pass at once; the other nineteen wait for it.
+    assert 1 <= len(done) <= 2, done
+    assert all(scope is not None for _, scope in done), done
+
+
+def test_a_burst_beyond_scope_max_accounts_is_one_full_pass(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond",
+                             "debounce": "0.5s", "scope_max_accounts": 5}))
+    d.wait_log(r"pass=1 result=ok")
+    mark = d.mark()
+    with billing.connect() as c, c.transaction():
+        c.execute("INSERT INTO account_groups VALUES (1000, 1)")
+        for account in range(1001, 1020):
+            c.execute("INSERT INTO account_groups VALUES (%s, 1)", (account,))
+    wait_until(lambda: listed(router) == addresses(*range(1000, 1020)), what="the burst")
+    wait_until(lambda: sum(n for n, _ in passes(d, mark)) == 20, what="the passes' log lines")
+    done = passes(d, mark)
+    assert len(done) <= 2, done
+    assert done[-1][1] is None, done  # nineteen ids > scope_max_accounts: one full pass
