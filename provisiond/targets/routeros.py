@@ -220,42 +220,50 @@ class RouterTarget:
         for fam in (4, 6):
             for list_name in self.lists:
                 for row in self._rows(fam, list_name):
-                    address = routeros_form(str(row.get("address", "")))
-                    comment = str(row.get("comment", ""))
-                    ref = str(row.get(".id", ""))
-                    disabled = "true" if row.get("disabled") in (True, "true", "yes") else "false"
-                    dynamic = row.get("dynamic") in (True, "true", "yes")
-                    key: Key = ("address-list", (("list", list_name), ("address", address)))
-                    owner = None if dynamic else self.marker.owner(comment)
-                    digest.append((ref, list_name, address, comment, disabled, dynamic))
-                    if owner is not None and (not ref or not _readable(address)):
-                        # Without an id it cannot be changed; with an address that is not
-                        # one, it cannot be compared: either way it is left alone.
-                        why = "no .id" if not ref else f"an address provisiond cannot read ({address!r})"
-                        log.warning("%s: %s entry %s (comment %r) has %s: left alone",
-                                    self.name, list_name, ref or "?", comment, why)
-                        foreign.setdefault(key, f"provisiond's marker but {why}")
-                        continue
-                    if owner is None:
-                        why = "dynamic entry" if dynamic else "entry not created by provisiond"
-                        foreign.setdefault(key, f"{why} (comment {comment!r})" if comment else why)
-                        continue
-                    entry = Resource(
-                        kind="address-list",
-                        group=list_name,
-                        ident=key[1],
-                        attrs=(("comment", comment), ("disabled", disabled)),
-                        account_id=owner,
-                        account_name=comment.split(" ", 1)[1] if " " in comment else "",
-                        ref=ref,
-                    )
-                    if key in owned:
+                    key, entry, why, item = self._classify(row, list_name)
+                    digest.append(item)
+                    if entry is None:
+                        foreign.setdefault(key, why)
+                    elif key in owned:
                         surplus.append(entry)
                     else:
                         owned[key] = entry
         log.debug("%s: observed owned=%d foreign=%d", self.name, len(owned), len(foreign))
         return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
                         checksum=observed_digest(digest))
+
+    def _classify(
+        self, row: Mapping[str, Any], list_name: str
+    ) -> tuple[Key, Resource | None, str, tuple[Any, ...]]:
+        """One printed row -> (key, provisiond's Resource or None, why not, digest item)."""
+        address = routeros_form(str(row.get("address", "")))
+        comment = str(row.get("comment", ""))
+        ref = str(row.get(".id", ""))
+        disabled = "true" if row.get("disabled") in (True, "true", "yes") else "false"
+        dynamic = row.get("dynamic") in (True, "true", "yes")
+        key: Key = ("address-list", (("list", list_name), ("address", address)))
+        owner = None if dynamic else self.marker.owner(comment)
+        item = (ref, list_name, address, comment, disabled, dynamic)
+        if owner is not None and (not ref or not _readable(address)):
+            # Without an id it cannot be changed; with an address that is not
+            # one, it cannot be compared: either way it is left alone.
+            why = "no .id" if not ref else f"an address provisiond cannot read ({address!r})"
+            log.warning("%s: %s entry %s (comment %r) has %s: left alone",
+                        self.name, list_name, ref or "?", comment, why)
+            return key, None, f"provisiond's marker but {why}", item
+        if owner is None:
+            why = "dynamic entry" if dynamic else "entry not created by provisiond"
+            return key, None, f"{why} (comment {comment!r})" if comment else why, item
+        entry = Resource(
+            kind="address-list",
+            group=list_name,
+            ident=key[1],
+            attrs=(("comment", comment), ("disabled", disabled)),
+            account_id=owner,
+            account_name=comment.split(" ", 1)[1] if " " in comment else "",
+            ref=ref,
+        )
+        return key, entry, "", item
 
     def _observe_scoped(self, scope: Scope) -> Observed:
         owned: dict[Key, Resource] = {}
@@ -273,42 +281,23 @@ class RouterTarget:
             for words in self._scope_queries(sorted(scope.accounts), sorted(wanted[fam])):
                 for row in self._query(fam, words):
                     ref = str(row.get(".id", ""))
-                    if (fam, ref) in seen:
-                        continue  # matched by its comment and by its address
-                    seen.add((fam, ref))
                     list_name = str(row.get("list", ""))
-                    if list_name not in managed:
-                        continue
-                    address = routeros_form(str(row.get("address", "")))
-                    comment = str(row.get("comment", ""))
-                    disabled = "true" if row.get("disabled") in (True, "true", "yes") else "false"
-                    dynamic = row.get("dynamic") in (True, "true", "yes")
-                    key: Key = ("address-list", (("list", list_name), ("address", address)))
-                    owner = None if dynamic else self.marker.owner(comment)
-                    if owner is None or owner not in scope.accounts:
-                        if key not in scope.wanted:
-                            continue  # not ours to judge: neither in scope nor wanted
-                        if owner is not None:
-                            others.add(owner)
-                            continue
-                        why = "dynamic entry" if dynamic else "entry not created by provisiond"
-                        foreign.setdefault(key, f"{why} (comment {comment!r})" if comment else why)
-                        digest.append((ref, list_name, address, comment, disabled, dynamic))
-                        continue
-                    digest.append((ref, list_name, address, comment, disabled, dynamic))
-                    entry = Resource(
-                        kind="address-list",
-                        group=list_name,
-                        ident=key[1],
-                        attrs=(("comment", comment), ("disabled", disabled)),
-                        account_id=owner,
-                        account_name=comment.split(" ", 1)[1] if " " in comment else "",
-                        ref=ref,
-                    )
-                    if key in owned:
-                        surplus.append(entry)
-                    else:
-                        owned[key] = entry
+                    if list_name not in managed or (ref and (fam, ref) in seen):
+                        continue  # not a managed list, or matched by comment and address
+                    seen.add((fam, ref))
+                    key, entry, why, item = self._classify(row, list_name)
+                    if entry is not None and entry.account_id in scope.accounts:
+                        digest.append(item)
+                        if key in owned:
+                            surplus.append(entry)
+                        else:
+                            owned[key] = entry
+                    elif key in scope.wanted:
+                        if entry is not None:
+                            others.add(entry.account_id)  # only a full pass may decide
+                        else:
+                            digest.append(item)
+                            foreign.setdefault(key, why)
         existing = scope.existing if scope.existing is not None else self._count_lists()
         log.debug("%s: scoped observe accounts=%d owned=%d foreign=%d others=%d", self.name,
                   len(scope.accounts), len(owned), len(foreign), len(others))
