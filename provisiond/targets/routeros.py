@@ -320,8 +320,9 @@ class RouterTarget:
             for address in addresses[start:start + SCOPE_CHUNK]:
                 words.append(f"?=address={address}")
                 terms += 1
-            words += ["?#|"] * (terms - 1)
-            yield words
+            if terms:  # no words at all would print the whole table
+                words += ["?#|"] * (terms - 1)
+                yield words
 
     def _query(self, fam: int, words: list[str]) -> Iterator[Mapping[str, Any]]:
         path = self._api_or_connect().path(*MENUS[fam])
