@@ -1,7 +1,7 @@
 """``./dev bench``: provisiond at ISP size against the floor, in one table.
 
     ./dev bench [--accounts 100000] [--routers 4] [--lists 10] [--rtt-ms 1]
-                [--churn 2000] [--churn-rtt-ms 20]
+                [--churn 2000] [--churn-rtt-ms 20] [--changes 30] [--only NAME]
 
 Builds the scenario (``bench.scenario``), then runs each measurement of
 ``bench.measure`` in turn and prints one table: wall time, the floor it is compared
@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import measure
+from bench import measure, notify
 from bench.measure import Row
 from bench.scenario import Scenario
 
@@ -24,6 +24,7 @@ MEASUREMENTS: dict[str, Callable[[Scenario, argparse.Namespace], list[Row]]] = {
     "cold-apply": lambda s, a: measure.cold_apply(s),
     "noop-plan": lambda s, a: measure.noop_plan(s),
     "churn": lambda s, a: measure.churn(s, count=a.churn, rtt=a.churn_rtt_ms / 1000),
+    "notify": lambda s, a: notify.notify_latency(s, changes=a.changes),
 }
 
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rtt-ms", type=float, default=1.0)
     p.add_argument("--churn", type=int, default=2000, help="adds in the churn measurement")
     p.add_argument("--churn-rtt-ms", type=float, default=20.0)
+    p.add_argument("--changes", type=int, default=30,
+                   help="billing changes timed in the notify measurement (p50/p95)")
     p.add_argument("--only", action="append", choices=sorted(MEASUREMENTS),
                    help="run only these measurements (repeatable)")
     args = p.parse_args(argv)

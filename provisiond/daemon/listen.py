@@ -3,14 +3,13 @@ next interval, scoped to the accounts its payload names.
 
 Runs in its own thread, on its own autocommit psycopg connection (the billing source's
 SQLAlchemy pool is for reads). The payload is account ids separated by commas
-(``core.scope.parse_payload``); an empty or unreadable one means a full pass. The
-first NOTIFY after a quiet spell goes to ``on_change`` at once; the ones that follow
-within ``debounce`` are gathered and handed over together when that window ends, so a
-burst of billing edits gives a few passes, not one per row (the daemon folds requests
-that arrive during a pass into the next one as well). A lost connection is logged,
-the daemon keeps its interval passes, and the thread reconnects with exponential
-back-off; after a reconnect it asks for a full pass, since changes may have gone
-unheard meanwhile.
+(``core.scope.parse_payload``); an empty or unreadable one means a full pass. Every
+notification goes to ``on_change`` as it arrives: the daemon starts a pass at once
+when it is idle and gathers what arrives during a pass into the next one, so a burst
+of billing edits gives a few passes, not one per row, and no change waits for a timer.
+A lost connection is logged, the daemon keeps its interval passes, and the thread
+reconnects with exponential back-off; after a reconnect it asks for a full pass, since
+changes may have gone unheard meanwhile.
 """
 
 from __future__ import annotations
@@ -23,15 +22,14 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from provisiond.core.scope import Pending, parse_payload
+from provisiond.core.scope import parse_payload
 from provisiond.daemon.pg import connect_kwargs, display
 
 log = logging.getLogger(__name__)
 
-POLL = 0.2  # seconds between checks of the stop flag and the debounce deadline
+POLL = 0.2  # seconds between checks of the stop flag
 PING_EVERY = 30.0  # a cheap query now and then notices a half-dead connection
 FIRST_RETRY = 1.0
-MAX_GATHERED = 100_000  # more ids than this in one window: ask for a full pass
 
 
 class BillingListener:
@@ -40,13 +38,11 @@ class BillingListener:
         url: str,
         channel: str,
         *,
-        debounce: float,
         on_change: Callable[[frozenset[str] | None], None],
         retry_max: float = 60.0,
     ) -> None:
         self._url = url
         self.channel = channel
-        self._debounce = debounce
         self._on_change = on_change
         self._retry_max = max(FIRST_RETRY, retry_max)
         self._stop = threading.Event()
@@ -99,35 +95,15 @@ class BillingListener:
             delay = min(delay * 2, self._retry_max)
 
     def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        window_end: float | None = None  # gathering a burst until then
-        gathered = Pending()
-        folded = 0
         last_ping = time.monotonic()
         while not self._stop.is_set():
             for note in conn.notifies(timeout=POLL):
                 self.notifications += 1
                 accounts = parse_payload(note.payload)
-                log.debug("billing notify channel=%s payload=%.80s", note.channel, note.payload)
-                if window_end is None:
-                    # The first event after a quiet spell: no waiting.
-                    window_end = time.monotonic() + self._debounce
-                    log.info("billing changed accounts=%s: pass requested",
-                             "all" if accounts is None else len(accounts))
-                    self._on_change(accounts)
-                else:
-                    gathered.add(accounts)
-                    folded += 1
+                log.debug("billing notify channel=%s payload=%.80s accounts=%s", note.channel,
+                          note.payload, "all" if accounts is None else len(accounts))
+                self._on_change(accounts)
             now = time.monotonic()
-            if window_end is not None and now >= window_end:
-                if not gathered.empty:
-                    scope = gathered.take(limit=MAX_GATHERED)
-                    log.info("billing changed notifications=%d accounts=%s: pass requested",
-                             folded, "all" if scope is None else len(scope))
-                    self._on_change(scope)
-                    window_end = now + self._debounce  # still busy: keep gathering
-                else:
-                    window_end = None  # quiet again
-                folded = 0
             if now - last_ping >= PING_EVERY:
                 conn.execute("SELECT 1")
                 last_ping = now

@@ -315,7 +315,7 @@ class Daemon:
                         "PostgreSQL: interval passes only")
             return
         self.listener = BillingListener(
-            url, d.notify_channel, debounce=d.debounce,
+            url, d.notify_channel,
             on_change=self.request_pass, retry_max=min(d.retry_max, 60.0),
         ).start()
 
@@ -348,8 +348,7 @@ class Daemon:
         self.runner.swap_at_next_pass(new)
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):
             self.scheduler.reschedule_job(JOB_ID, trigger=_trigger(new))
-        if (new.daemon.notify_channel, new.daemon.debounce, new.source) != \
-                (old.daemon.notify_channel, old.daemon.debounce, old.source):
+        if (new.daemon.notify_channel, new.source) != (old.daemon.notify_channel, old.source):
             if self.listener is not None:
                 self.listener.stop()
                 self.listener = None

@@ -333,6 +333,10 @@ class RouterTarget:
         except (OSError, LibRouterosError) as exc:
             self.close()
             raise TargetUnavailable(self.name, f"scoped read failed: {_why(exc)}") from exc
+        except MALFORMED as exc:
+            self.close()
+            raise TargetError(self.name, f"scoped print: malformed reply from the router "
+                                         f"({_malformed(exc)}); nothing planned") from exc
 
     def _count_lists(self) -> dict[str, int]:
         """Entries per managed list (``count-only``; hand-made ones included): the safety
@@ -351,6 +355,10 @@ class RouterTarget:
                 except (OSError, LibRouterosError) as exc:
                     self.close()
                     raise TargetUnavailable(self.name, f"counting {list_name} failed: {_why(exc)}") from exc
+                except MALFORMED as exc:
+                    self.close()
+                    raise TargetError(self.name, f"count {list_name}: malformed reply from the "
+                                                 f"router ({_malformed(exc)})") from exc
         return counts
 
     def plan_followups(self, plan: Plan) -> Plan:

@@ -115,15 +115,16 @@ class Side:
         for suffix in ("radius.db", "state.db"):
             (self.tmp / f"{self.name}-{suffix}").unlink(missing_ok=True)
         load_schema(self.radius_url)
-        lines = ["[source]", f'url = "{self.billing_url}"', f'query = """{QUERY}"""', "",
+        # Accounts vanish by the handful here: no "suspicious drop" refusals.
+        lines = ["[source]", f'url = "{self.billing_url}"', f'query = """{QUERY}"""',
+                 "max_account_drop = 1.0", "",
                  "[state]", f'url = "sqlite:///{self.tmp / f"{self.name}-state.db"}"', "",
                  "[radius]", f'url = "{self.radius_url}"', ""]
         for i, sim in enumerate(self.sims, 1):
             lines += ["[[router]]", f'name = "core-{i}"', 'host = "127.0.0.1"',
                       f"port = {sim.port}", f'username = "{ROUTER_USER}"',
                       f'password_file = "{self.tmp / "router-pw"}"', 'timeout = "5s"', ""]
-        lines += ["[daemon]", 'interval = "300s"', 'notify_channel = "provisiond"',
-                  'debounce = "0.2s"', ""]
+        lines += ["[daemon]", 'interval = "300s"', 'notify_channel = "provisiond"', ""]
         self.config.write_text("\n".join(lines) + MAPPINGS, encoding="utf-8")
         self.config.chmod(0o600)
 
