@@ -97,9 +97,14 @@ def normalise_address(text: str, family: int) -> str:
     raise ValueError(f"not an address, range, network or DNS name: {value!r}")
 
 
+_ADDRESSISH = re.compile(r"[0-9A-Fa-f.:]+")
+
+
 def address_sort_key(text: str) -> tuple[int, int] | None:
     """Numeric position of the first address in ``text``, for ``?<``/``?>``."""
     head = text.split("-", 1)[0].split("/", 1)[0]
+    if not _ADDRESSISH.fullmatch(head):
+        return None  # a comment, a name: not worth netaddr's exception
     try:
         address = netaddr.IPAddress(head)
     except (netaddr.AddrFormatError, ValueError, TypeError):

@@ -100,6 +100,10 @@ class AddressTable:
         ids = self._by_list.get(list_name, {})
         return iter([self._rows[i] for i in ids])
 
+    def view(self, entry: Entry) -> RowView:
+        """``render(entry)`` computed only as far as a query looks (a print's scan)."""
+        return RowView(self, entry)
+
     def render(self, entry: Entry) -> dict[str, str]:
         """The properties a print shows for ``entry`` (unset ones omitted)."""
         row = {".id": entry.id_text, "list": entry.list, "address": entry.address}
@@ -294,6 +298,50 @@ class AddressTable:
         self._by_list.setdefault(entry.list, {})[entry.id] = None
         if entry.expires is not None:
             heapq.heappush(self._expiry, (entry.expires, entry.id))
+
+
+class RowView(Mapping[str, str]):
+    """The printed properties of one entry, rendered on demand.
+
+    A print tests its query against every row of the table; most rows fail on
+    ``list``, ``address`` or ``comment``, which need no rendering (dates are the
+    costly part). Anything else renders the whole row once.
+    """
+
+    __slots__ = ("_table", "_entry", "_full")
+
+    def __init__(self, table: AddressTable, entry: Entry) -> None:
+        self._table = table
+        self._entry = entry
+        self._full: dict[str, str] | None = None
+
+    def _row(self) -> dict[str, str]:
+        if self._full is None:
+            self._full = self._table.render(self._entry)
+        return self._full
+
+    def __getitem__(self, key: str) -> str:
+        entry = self._entry
+        if key == "list":
+            return entry.list
+        if key == "address":
+            return entry.address
+        if key == "comment" and entry.comment is not None:
+            return entry.comment
+        return self._row()[key]
+
+    def __contains__(self, key: object) -> bool:
+        if key in ("list", "address"):
+            return True
+        if key == "comment":
+            return self._entry.comment is not None
+        return key in self._row()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._row())
+
+    def __len__(self) -> int:
+        return len(self._row())
 
 
 class PartialSelection(Trap):

@@ -99,7 +99,7 @@ def _print(
     scanned: int = 0,
 ) -> Result:
     try:
-        query = compile_query(command.queries, family=family)
+        query = compile_query(command.queries, family=family, stored=family is not None)
     except QueryError as exc:
         raise Trap(f"invalid query: {exc}", 1) from exc
     source = rows(query.list_filter) if callable(rows) else rows
@@ -125,7 +125,7 @@ def _table_command(state: RouterState, table: AddressTable, verb: str, command: 
     if verb == "print":
         scanned = len(table)
         return _print(
-            lambda list_name: (table.render(e) for e in table.entries(list_name)),
+            lambda list_name: (table.view(e) for e in table.entries(list_name)),
             command,
             state=state,
             family=table.options.family,

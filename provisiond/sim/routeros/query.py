@@ -11,18 +11,44 @@ no ``false`` is left. ``?name`` / ``?-name`` test presence, ``?name=x`` and
 ``?=name=x`` equality, ``?<name=x`` / ``?>name=x`` order (numbers
 numerically, addresses by address, booleans and durations by value, strings
 lexically). ``?#`` applies ``!&|.`` and digit indexes to the stack.
+
+A print tests every row of the table, so ``compile_query`` also folds the stack
+program once into a tree of predicates (the stack operations are the same for every
+row) that short-circuits; ``Query.matches`` runs that. The boolean stack machine
+(``StackOps.apply``) states the semantics and the tree is built by the same rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .address import address_sort_key, normalise_address
 from .values import parse_bool, parse_duration
 
 Row = Mapping[str, str]
 Canon = Callable[[str], object]
+Predicate = Callable[[Row], bool]
+
+
+def _true(row: Row) -> bool:
+    return True
+
+
+def _not(p: Predicate) -> Predicate:
+    return lambda row: not p(row)
+
+
+def _and(a: Predicate, b: Predicate) -> Predicate:
+    return lambda row: a(row) and b(row)
+
+
+def _or(a: Predicate, b: Predicate) -> Predicate:
+    return lambda row: a(row) or b(row)
+
+
+def _all(preds: Sequence[Predicate]) -> Predicate:
+    return lambda row: all(p(row) for p in preds)
 
 _BOOLEAN = frozenset({"disabled", "dynamic", "invalid"})
 _DURATION = frozenset({"timeout", "uptime"})
@@ -91,6 +117,35 @@ class Test:
             return left < right
         return left > right
 
+    def predicate(self, family: int | None, *, stored: bool = False) -> Predicate:
+        """``evaluate`` with the constant side worked out once. ``stored``: rows hold
+        addresses in their stored (normalised) form, as the table's rows do."""
+        name, value, kind = self.name, self.value, self.kind
+        if kind == "has":
+            return lambda row: name in row
+        if kind == "lacks":
+            return lambda row: name not in row
+        if kind == "=":
+            right = _canonical(name, value, family)
+            if stored and name == "address" and family is not None:
+                return lambda row: (row[name] in (value, right)) if name in row else value == ""
+            return lambda row: (
+                row[name] == value or _canonical(name, row[name], family) == right
+            ) if name in row else value == ""
+        right_key = _order_key(name, value)
+        less = kind == "<"
+
+        def order(row: Row) -> bool:
+            if name not in row:
+                return False
+            actual = row[name]
+            left, right = _order_key(name, actual), right_key
+            if left[0] != right[0]:
+                left, right = (2, actual), (2, value)
+            return left < right if less else left > right
+
+        return order
+
 
 @dataclass(frozen=True, slots=True)
 class StackOps:
@@ -102,6 +157,42 @@ class StackOps:
         unknown = set(self.ops) - set("0123456789!&|.")
         if unknown:
             raise QueryError(f"unknown query operator {min(unknown)!r}")
+
+    def fold(self, stack: list[Predicate]) -> list[Predicate]:
+        """``apply`` on predicates instead of booleans: the same operations, built once."""
+
+        def peek(index: int) -> Predicate:
+            return stack[-1 - index] if index < len(stack) else _true
+
+        def pop() -> Predicate:
+            return stack.pop() if stack else _true
+
+        ops, position = self.ops, 0
+        while position < len(ops):
+            char = ops[position]
+            if char.isdigit():
+                end = position
+                while end < len(ops) and ops[end].isdigit():
+                    end += 1
+                value = peek(int(ops[position:end]))
+                if end == len(ops):
+                    stack[:] = [value]
+                    return stack
+                stack.append(value)
+                position = end + 1 if ops[end] == "." else end
+                continue
+            if char == "!":
+                stack.append(_not(pop()))
+            elif char == "&":
+                right, left = pop(), pop()
+                stack.append(_and(left, right))
+            elif char == "|":
+                right, left = pop(), pop()
+                stack.append(_or(left, right))
+            elif char == ".":
+                stack.append(peek(0))
+            position += 1
+        return stack
 
     def apply(self, stack: list[bool]) -> list[bool]:
         # The stack is a finite list over infinitely many implicit ``true``s,
@@ -150,8 +241,26 @@ class Query:
     steps: tuple[Step, ...] = ()
     #: Address family used to normalise ``?address=`` values (None: no menu).
     family: int | None = None
+    #: Rows come from an address table: addresses already in stored form.
+    stored: bool = False
+    _predicate: Predicate | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        stack: list[Predicate] = []
+        for step in self.steps:
+            if isinstance(step, Test):
+                stack.append(step.predicate(self.family, stored=self.stored))
+            else:
+                stack = step.fold(stack)
+        predicate = stack[0] if len(stack) == 1 else _all(tuple(stack)) if stack else _true
+        object.__setattr__(self, "_predicate", predicate)
 
     def matches(self, row: Row) -> bool:
+        assert self._predicate is not None
+        return self._predicate(row)
+
+    def matches_by_stack(self, row: Row) -> bool:
+        """``matches`` run on the boolean stack machine itself (the reference)."""
         stack: list[bool] = []
         for step in self.steps:
             if isinstance(step, Test):
@@ -190,10 +299,14 @@ def _parse_word(word: str) -> Step:
     return Test("=", name, value)
 
 
-def compile_query(words: Sequence[str], *, family: int | None = None) -> Query:
-    """Compile ``?`` words (each starting with ``?``) in client order."""
+def compile_query(
+    words: Sequence[str], *, family: int | None = None, stored: bool = False
+) -> Query:
+    """Compile ``?`` words (each starting with ``?``) in client order. ``stored``: the
+    rows will be the table's own (addresses normalised), which spares re-normalising
+    every row's address for ``?address=``."""
     steps = tuple(_parse_word(word) for word in words)
     for step in steps:
         if isinstance(step, Test) and not step.name:
             raise QueryError("query word without a property name")
-    return Query(steps, family)
+    return Query(steps, family, stored)
