@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -237,7 +237,7 @@ class Reconciler:
         deletes can only hit entries of those accounts, and the safety check still
         counts each group's whole managed size.
         """
-        snapshot = self.source.read(accounts=accounts)
+        snapshot = self.read_scoped(accounts)
         pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
         scopes = self._scopes(accounts, snapshot, desired)
         observed = dict(_each(targets, lambda t: t.observe(scopes[t.name])))
@@ -256,6 +256,13 @@ class Reconciler:
             else:
                 pp.errors[target.name] = str(outcome)
         return pp
+
+    def read_scoped(self, accounts: frozenset[str]) -> Snapshot:
+        """The source's read of ``accounts`` only, marked as scoped whatever the source."""
+        snapshot = self.source.read(accounts=accounts)
+        # Everything downstream (allocation, the drop check) tells a scoped read by its
+        # scope: a source that forgets to set it must not look like a full read.
+        return snapshot if snapshot.scope == accounts else replace(snapshot, scope=accounts)
 
     def _scopes(
         self,
@@ -458,7 +465,7 @@ class Reconciler:
         if doc.get("accounts") is not None:
             # A scoped plan: each target is checked over the same scope it was planned on.
             accounts = frozenset(str(a) for a in doc["accounts"])
-            snapshot = self.source.read(accounts=accounts)
+            snapshot = self.read_scoped(accounts)
             scoped, desired, _ = self._prepare(snapshot, now)
             scopes = self._scopes(accounts, snapshot, desired)
             pp.accounts = accounts

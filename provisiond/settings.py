@@ -371,7 +371,7 @@ class DaemonSettings(_Model):
     jitter: Duration = 5.0
     dry_run: bool = False
     notify_channel: str | None = None
-    debounce: Duration = 1.0  # no longer used (NOTIFYs start passes at once); still accepted
+    debounce: Duration = 1.0  # the Sonar webhook's window for full-pass events (NOTIFYs: none)
     scope_max_accounts: int = Field(default=500, ge=0)
     metrics_listen: str | None = None
     healthz_max_age: PositiveDuration | None = None  # default: three intervals

@@ -38,7 +38,7 @@ SENT: list[int] = []
 @pytest.fixture
 def listener(pg_url: str) -> Any:
     calls: list[tuple[Any, ...]] = []
-    lst = BillingListener(pg_url, CHANNEL, debounce=0.02, on_change=lambda *a, **k: calls.append(a))
+    lst = BillingListener(pg_url, CHANNEL, on_change=lambda *a, **k: calls.append(a))
     lst.start()
     wait_until(lambda: lst.connected, what="LISTEN")
     yield lst, calls
