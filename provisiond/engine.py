@@ -107,6 +107,9 @@ class Reconciler:
         # Learnt by every full plan, used by scoped ones: managed entries per target
         # and group (the safety check's base), billing addresses inside pools.
         self._existing: dict[str, dict[str, int]] = {}
+        # Deletes and updates scoped passes applied since the last full plan, per target
+        # and group: they count towards every later scoped pass's safety check.
+        self._since_full: dict[str, dict[str, dict[str, int]]] = {}
         self._pool_billing: dict[str, tuple[str, ...]] = {}
 
     def close(self) -> None:
@@ -290,8 +293,33 @@ class Reconciler:
         """Keep what a full plan learnt that scoped passes need (a few numbers per list)."""
         for plan in pp.plans:
             self._existing[plan.target] = dict(plan.existing)
+        self._since_full = {}
         if pp.snapshot is not None and self.settings.pool:
             self._pool_billing = _pool_billing(self.settings, pp.snapshot)
+
+    def _count_applied(self, outcome: ApplyResult, *, scoped: bool) -> None:
+        """Keep the numbers scoped passes check safety against in step with writes.
+
+        A full apply moves the managed counts to what the target holds after it (its
+        plan counted before: an empty router would stay 0); a scoped apply adds its
+        deletes and updates to those since the last full pass, checked against the
+        counts as that full pass left them.
+        """
+        if scoped:
+            since = self._since_full.setdefault(outcome.target, {})
+            for change in outcome.applied:
+                if change.action != "create":
+                    n = since.setdefault(change.resource.group, {})
+                    n[change.action] = n.get(change.action, 0) + 1
+            return
+        counts = self._existing.get(outcome.target)
+        if counts is None:
+            return
+        for change in outcome.applied:
+            step = {"create": 1, "delete": -1}.get(change.action, 0)
+            if step:
+                group = change.resource.group
+                counts[group] = max(0, counts.get(group, 0) + step)
 
     def _billing_outside(self, scope: frozenset[str] | None) -> list[str]:
         """Billing addresses inside pools, of accounts outside ``scope`` (last full read)."""
@@ -397,7 +425,8 @@ class Reconciler:
         for plan in pp.plans:
             if not force:
                 try:
-                    plan.check_safety(self.safety)
+                    plan.check_safety(self.safety, earlier=(
+                        self._since_full.get(plan.target) if pp.accounts is not None else None))
                 except PlanRefused as exc:
                     result.refused[plan.target] = str(exc)
                     log.warning("%s", exc)
@@ -423,6 +452,7 @@ class Reconciler:
                 self._journal(run_id, outcome)
             result.results.append(outcome)
             _log_result(outcome)
+            self._count_applied(outcome, scoped=pp.accounts is not None)
         result.duration = time.monotonic() - started
         if self.store is not None:
             self.store.finish_run(run_id, "ok" if result.ok else "failed", _summary(result))

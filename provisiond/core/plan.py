@@ -66,12 +66,23 @@ class Plan:
         )
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def check_safety(self, safety: Safety) -> None:
-        """Raise ``TooMuchChange`` naming the target, group and numbers when over a threshold."""
+    def check_safety(
+        self, safety: Safety, *, earlier: Mapping[str, Mapping[str, int]] | None = None
+    ) -> None:
+        """Raise ``TooMuchChange`` naming the target, group and numbers when over a threshold.
+
+        ``earlier``: changes per group and action already applied by scoped passes since
+        the last full one; they count with this plan's, so a run of small scoped passes
+        cannot together do what one full pass would be refused.
+        """
         per_group: dict[str, dict[str, int]] = {}
         for c in self.changes:
             g = per_group.setdefault(c.resource.group, {"delete": 0, "update": 0, "create": 0})
             g[c.action] += 1
+        for group, n in (earlier or {}).items():
+            if group in per_group:
+                for action in ("delete", "update"):
+                    per_group[group][action] += n.get(action, 0)
         problems = []
         for group, n in sorted(per_group.items()):
             existing = self.existing.get(group, 0)

@@ -113,6 +113,9 @@ class PassRunner:
         self.count = 0
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
+        # A plan was refused by safety: passes stay full until a full one goes through,
+        # so that the refused changes keep counting (a scoped pass would not see them).
+        self._refused = False
 
     # -- configuration generations ------------------------------------------------
 
@@ -151,6 +154,10 @@ class PassRunner:
         is asked again between plan and apply."""
         self.count += 1
         started = time.monotonic()
+        if accounts is not None and self._refused:
+            log.info("pass=%d: full instead of scoped (%d account(s)): a plan is refused by "
+                     "safety until apply --force or billing is fixed", self.count, len(accounts))
+            accounts = None
         self._scope = accounts
         try:
             rec = self._reconciler()
@@ -239,6 +246,10 @@ class PassRunner:
             applied += len(r.applied)
             for f in r.followups:
                 m.coa.labels(str(f.get("result", "unknown"))).inc()
+        if pr.refused:
+            self._refused = True
+        elif self._scope is None:
+            self._refused = False
         for target, why in pr.refused.items():
             m.refusals.labels(target).inc()
             log.info("target=%s result=refused reason=%r", target, why)

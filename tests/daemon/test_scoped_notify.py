@@ -109,3 +109,34 @@ def test_a_burst_beyond_scope_max_accounts_is_one_full_pass(
     done = passes(d, mark)
     assert len(done) <= 2, done
     assert done[-1][1] is None, done  # nineteen ids > scope_max_accounts: one full pass
+
+
+def test_scoped_passes_add_up_against_the_safety_thresholds(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    everyone = range(1000, 1020)
+    billing.join("Tower Hosts", *everyone)
+    d = start(config(daemon={"interval": "300s", "notify_channel": "provisiond"},
+                     extra="[safety]\nmax_delete_ratio = 0.3\nmin_existing = 10\n"))
+    d.wait_log(r"pass=1 result=ok")
+    # Each scoped pass deletes 2 of the list's 20 entries: fine alone, but together
+    # they may not do what one full pass would be refused (more than 30 %).
+    for n, pair in enumerate(((1000, 1001), (1002, 1003), (1004, 1005)), start=2):
+        billing.leave("Tower Hosts", *pair)
+        d.wait_log(rf"pass={n} result=ok duration=\S+ changes=2 scope=2\b")
+    assert listed(router) == addresses(*range(1006, 1020))
+    billing.leave("Tower Hosts", 1006, 1007)  # 8 of 20: refused, nothing written
+    d.wait_log(r"target=core-1 result=refused reason=.*tower-hosts: 8 deletes of 20 existing")
+    assert listed(router) == addresses(*range(1006, 1020))
+    # From now on passes are full until one goes through: the refused deletes still count,
+    # now against what the list holds (3 of 14: under 30 %, so it goes through).
+    mark = d.mark()
+    billing.leave("Tower Hosts", 1008)
+    d.wait_log(r"full instead of scoped \(1 account\(s\)\)", after=mark)
+    d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=3\n", after=mark)
+    assert listed(router) == addresses(*range(1009, 1020))
+    mark = d.mark()
+    billing.leave("Tower Hosts", 1009)  # scoped again
+    d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=1 scope=1\b", after=mark)
+    assert listed(router) == addresses(*range(1010, 1020))
