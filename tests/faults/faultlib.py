@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 FIGURES: list[str] = []
@@ -45,3 +50,36 @@ def daemon_config(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o600)
     return path
+
+
+WORKER = Path(__file__).with_name("apply_worker.py")
+
+
+class Worker:
+    """A warm ``provisiond apply`` process (``apply_worker.py``): started early, told to go later."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(config)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
+        )
+
+    def go(self) -> float:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        assert self.proc.stdout.readline() == b"ready\n", self.wait()
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+        return time.monotonic()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> tuple[int, str]:
+        """Exit code, and stdout + stderr."""
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, (out + err).decode(errors="replace")
+
+

@@ -79,7 +79,7 @@ def check(raw: list[tuple[Any, ...]]) -> dict[str, Any]:
     return out["core-1"].desired
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(rows)
 def test_bad_rows_never_crash_or_leak_pure(raw: list[tuple[Any, ...]]) -> None:
     check(raw)

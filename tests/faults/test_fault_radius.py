@@ -1,7 +1,7 @@
 """The RADIUS database lost in the middle of provisiond's transaction, and the state
 store unreachable or read-only.
 
-``provisiond apply`` runs as a real process. Another session holds a lock at one of
+``provisiond apply`` runs as a real process (a warm one: ``apply_worker.py``). Another session holds a lock at one of
 three points of the RADIUS transaction (the first statement, after the radusergroup
 changes, at the very last update), so the apply waits there with part of its work
 done inside the transaction; the test then terminates its database session. Nothing
@@ -11,7 +11,6 @@ before, the failure names the RADIUS target, and the next pass converges.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from dbservers import Server, fresh_database
-from faultlib import Figures
+from faultlib import Figures, Worker
 from harness import wait_until
 from world import World
 
@@ -79,11 +78,6 @@ def ledger(world: World) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-def apply_process(world: World) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "provisiond.cli", "--config", str(world.config), "apply"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2])
-
-
 def seed(world: World) -> None:
     world.account(1, "Alice", groups=["Tower Hosts"], ips=["100.64.3.1"], usernames=["alice"])
     world.account(2, "Bob", groups=["Tower Hosts"], ips=["100.64.3.2"], usernames=["bob"])
@@ -109,6 +103,7 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
     assert code == 0, out + err
     admin = sa.create_engine(radius_url, isolation_level="AUTOCOMMIT")
     half_written = 0
+    worker = Worker(world.config)  # a warm apply process; the next one warms up during a round
     for round_, (point, lock) in enumerate(POINTS, start=1):
         churn(world, round_)
         code, plan_text, _ = world.run("plan")
@@ -117,16 +112,17 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
         with admin.connect() as blocker, admin.connect() as watch:
             blocker.exec_driver_sql("BEGIN")
             blocker.exec_driver_sql(lock)
-            proc = apply_process(world)
+            current, worker = worker, Worker(world.config)
+            proc = current.proc
+            current.go()
             pid = wait_until(lambda: proc.poll() is not None or watch.exec_driver_sql(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'").scalar(), timeout=30, what=f"the apply held at {point}")
-            assert proc.poll() is None, proc.communicate()
+            assert proc.poll() is None, current.wait()
             watch.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")  # the database is gone
-            out_b, err_b = proc.communicate(timeout=60)
+            code, text = current.wait()
             blocker.exec_driver_sql("ROLLBACK")
-        text = (out_b + err_b).decode()
-        assert proc.returncode == 1, text
+        assert code == 1, text
         assert "Traceback" not in text
         assert "radius: " in text and "rolled back, nothing written" in text, text
         after = radius_rows(radius_url)
@@ -136,6 +132,8 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
         code, out, err = world.run("apply")
         assert code == 0, out + err
         world.assert_converged()
+    worker.kill()
+    worker.wait()
     admin.dispose()
     figures.record("RADIUS database lost mid-transaction", len(POINTS), lost=0, half_written=half_written)
 

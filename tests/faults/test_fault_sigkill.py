@@ -17,28 +17,23 @@ each kill an apply must converge, and over all trials:
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from dbservers import Server, fresh_database
-from faultlib import Figures
+from faultlib import Figures, Worker
 from harness import wait_until
 from world import World
 
 from provisiond.sim import RouterSim
 from provisiond.state.store import LEASE_LOCK, StateStore
 
-WORKER = Path(__file__).with_name("apply_worker.py")
 TRIALS = 20
 POOLED = range(1, 31)  # no billing address: one from the pool
 BILLED = range(31, 41)  # a billing address each
@@ -55,31 +50,6 @@ hold = "24h"
 def state_url(pg_server: Server) -> Iterator[str]:
     with fresh_database(pg_server, prefix="state") as url:
         yield url
-
-
-class Worker:
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(config)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
-        )
-
-    def go(self) -> float:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        assert self.proc.stdout.readline() == b"ready\n", self.wait()
-        self.proc.stdin.write(b"go\n")
-        self.proc.stdin.flush()
-        return time.monotonic()
-
-    def kill(self) -> None:
-        try:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def wait(self) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, err.decode(errors="replace")
 
 
 def members(world: World) -> set[int]:
