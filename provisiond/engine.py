@@ -349,6 +349,29 @@ class Reconciler:
             return None
         return _allocate(self.settings, snapshot, self.store, now)[0]
 
+    def observe_account(
+        self, account_id: str, snapshot: Snapshot, desired: Mapping[str, Mapping[Key, Resource]]
+    ) -> dict[str, Observed | str]:
+        """Each target's part for one account, for ``explain``: its entries and whatever
+        sits where it wants one (a scoped observe). A target that finds another account's
+        entry there is read whole, so the diff sees that entry as the full pass would. A
+        target's failure becomes its message."""
+        accounts = frozenset({account_id})
+        account = snapshot.accounts.get(account_id)
+        usernames = set(account.usernames if account is not None else ())
+        written = getattr(self.store, "usernames_written", None)
+        if written is not None:  # a renamed username's old rows
+            usernames |= written(accounts)
+
+        def one(target: Target) -> Observed:
+            wanted = {k: r for k, r in desired.get(target.name, {}).items()
+                      if r.account_id == account_id}
+            seen = target.observe(Scope(accounts=accounts, wanted=wanted,
+                                        usernames=frozenset(usernames)))
+            return target.observe() if seen.others else seen
+
+        return {t.name: o for t, o in _each(self.targets, one)}
+
     def without_address(
         self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
     ) -> list[str]:

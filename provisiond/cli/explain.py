@@ -2,8 +2,9 @@
 
 The question a support call starts with. Called by ``cli.main``. Reads billing through
 the Reconciler (the same suspicious-read check as a pass), computes the pass's IPAM
-decisions and desired state, observes every target (read only, in parallel) and diffs
-just this account's entries with ``core.diff``; nothing is written anywhere. Out: text
+decisions and desired state, reads only this account's part of every target
+(``Reconciler.observe_account``, a scoped observe, in parallel) and diffs just its
+entries with ``core.diff``; nothing is written anywhere. Out: text
 (coloured like ``plan`` on a terminal) or JSON, and an exit code: 0 converged
 everywhere, 2 a change is pending or an entry is in conflict, 1 unknown to billing (or
 a target could not be read).
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,18 +69,18 @@ def cmd_explain(settings: settings_mod.Settings, account_id: str, *, fmt: str, c
 def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
     """Everything provisiond knows and wants about one account, as a JSON-ready dict."""
     s = rec.settings
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="explain") as pool:
-        observing = [(t, pool.submit(_observe, t)) for t in rec.targets]
-        snapshot = rec.read_source()
-        now = datetime.now(UTC)
-        allocation = rec.allocate(snapshot, now)
-        allocated = allocation.addresses if allocation is not None else {}
-        desired, conflicts = rec.desired(snapshot, allocated)
-        account: Account | None = snapshot.accounts.get(account_id)
-        problems = [p.message for p in snapshot.problems if p.account_id == account_id]
-        views = [_view(t, f.result(), desired.get(t.name, {}), conflicts.get(t.name, []),
-                       account_id, tainted=bool(problems))
-                 for t, f in observing]
+    # The whole billing read (the same drop check and the same allocation as a pass);
+    # on the targets only this account's part (a scoped observe).
+    snapshot = rec.read_source()
+    allocation = rec.allocate(snapshot, datetime.now(UTC))
+    allocated = allocation.addresses if allocation is not None else {}
+    desired, conflicts = rec.desired(snapshot, allocated)
+    account: Account | None = snapshot.accounts.get(account_id)
+    problems = [p.message for p in snapshot.problems if p.account_id == account_id]
+    observed = rec.observe_account(account_id, snapshot, desired)
+    views = [_view(t, observed[t.name], desired.get(t.name, {}), conflicts.get(t.name, []),
+                   account_id, tainted=bool(problems))
+             for t in rec.targets]
     known = account is not None or bool(problems)
     entries = [e for v in views for e in v.entries]
     pending = sum(1 for e in entries if e["state"] in ("missing", "update", "delete"))
@@ -112,14 +112,6 @@ def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
 def _stamped(entry: dict[str, Any]) -> dict[str, Any]:
     at = entry.get("at")
     return {**entry, "at": at.isoformat(timespec="seconds")} if isinstance(at, datetime) else entry
-
-
-def _observe(target: Any) -> Observed | str:
-    try:
-        observed: Observed = target.observe()
-        return observed
-    except ProvisiondError as exc:
-        return str(exc)
 
 
 def _view(target: Any, observed: Observed | str, want_all: Mapping[Key, Resource],
