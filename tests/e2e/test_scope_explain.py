@@ -136,10 +136,19 @@ def test_explain_converged_pending_conflicting_and_unknown(world: World) -> None
             "provisiond (comment 'NOC')") in text
     assert doc["targets"][0]["status"] == "conflict"  # type: ignore[index]
 
+    # The address moves to another account: its entry (still account 1's) sits on the key
+    # account 3 wants, so the next pass updates that entry's comment.
+    world.account(1, "Ridge Tower", status="delinquent", groups=["Credit Card Pending"], ips=["100.64.0.9"])
+    world.account(3, "Zoë's Café", status="delinquent", ips=["100.64.0.1"])
+    code, text, doc = _explain(world, "3")
+    assert code == 2
+    assert ('  ~ delinquent 100.64.0.1  acct 3 "Zoë\'s Café"  pending update: comment: '
+            '"provisiond:1 Ridge Tower" -> "provisiond:3 Zoë\'s Café"') in text, text
+
     # Unknown to billing: exit 1, and still what provisiond holds for that id (nothing here).
     code, text, doc = _explain(world, "4242")
     assert code == 1 and doc["known"] is False
-    assert text.startswith("account 4242: unknown to billing (not among the 2 accounts read)")
+    assert text.startswith("account 4242: unknown to billing (not among the 3 accounts read)")
     assert text.endswith("Explain: account 4242: unknown to billing (exit 1).\n")
     # explain wrote nothing: the hand-made entry is still there, account 2 still not applied.
     assert world.entries("core-1", "tower-hosts")["100.64.0.2"]["comment"] == "NOC"
