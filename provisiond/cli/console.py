@@ -52,11 +52,11 @@ STYLES = {
     "summary": "bold",
     "ok": "green",
     "note": "yellow",
-    "key": "bold cyan",
+    "more": "dim",
 }
 
 _CHANGE = {"+": "create", "-": "delete", "~": "update", "!": "conflict", ">": "followup"}
-_HEADER = re.compile(r"^\S.* \((?:routeros|radius|[a-z-]+)\): ")
+_HEADER = re.compile(r"^\S.* \([a-z -]+\):(?: |$)")
 
 
 def colour_wanted(choice: str, stream: IO[str] | None = None) -> bool:
@@ -83,6 +83,8 @@ def style_of(line: str) -> str | None:
         return "conflict"
     if line.startswith(("Plan:", "Apply:", "Scope:", "Explain:")):
         return "summary"
+    if stripped.startswith("… "):
+        return "more"
     if stripped.startswith(("note:", "warning:")):
         return "note"
     if _HEADER.match(line):
