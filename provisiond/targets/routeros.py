@@ -211,6 +211,19 @@ class RouterTarget:
                                          f"({_malformed(exc)}); nothing planned") from exc
 
     def observe(self, scope: Scope | None = None) -> Observed:
+        kept = self._api is not None
+        try:
+            return self._observe(scope)
+        except TargetUnavailable as exc:
+            if not kept or not _closed(exc.__cause__):
+                raise
+            # The connection kept from the last pass was closed meanwhile (a router
+            # reboot, a firewall's idle timeout): one fresh connection before the router
+            # counts as down. A timeout is not retried: it would double the wait.
+            log.info("%s: connection kept from the last pass was closed; reconnecting", self.name)
+            return self._observe(scope)
+
+    def _observe(self, scope: Scope | None) -> Observed:
         if scope is not None:
             return self._observe_scoped(scope)
         owned: dict[Key, Resource] = {}
@@ -557,6 +570,11 @@ def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None
 def _readable(address: str) -> bool:
     """An IP address, network or range (not a DNS name, not garbage)."""
     return bool(address) and all(span(part) is not None for part in address.split("-", 1))
+
+
+def _closed(exc: BaseException | None) -> bool:
+    """The peer closed or reset the connection (not a timeout, not a refused login)."""
+    return isinstance(exc, (ConnectionClosed, ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError))
 
 
 def _malformed(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from faultlib import Figures
+from harness import wait_until
 from world import World
 
 from provisiond.sim import RouterSim
@@ -175,3 +176,34 @@ def test_router_connection_cut_at_20_points(world: World, figures: Figures) -> N
     figures.record("router connection cut (login, print, removes, add window, sets; one or both routers)",
                    len(CUTS), lost=0, duplicates=duplicates, foreign_touched=touched,
                    unreported=unreported)
+
+
+def test_connection_closed_between_passes_costs_no_pass(world: World, figures: Figures) -> None:
+    """The daemon keeps one Reconciler, and each router's connection, from pass to pass.
+    A connection closed while idle (a router reboot, a firewall's idle timeout) is
+    replaced at the next pass: the router is not reported down, nor put in back-off."""
+    from provisiond import settings as settings_mod
+    from provisiond.engine import Reconciler
+
+    sims = {name: world.router(name) for name in ("core-1", "core-2")}
+    billing = Billing(world)
+    world.write_config(lists=LISTS)
+    rec = Reconciler(settings_mod.load(world.config), readonly=False)
+    failed = 0
+    try:
+        for trial in range(3):
+            pp = rec.plan()
+            assert not pp.errors, pp.errors
+            assert rec.apply(pp).ok
+            for name, sim in sims.items():
+                assert mine(sim) == billing.expected(), name
+            sims["core-1"].drop_connections()  # idle: between passes
+            billing.churn(random.Random(trial), 100 + trial)
+            wait_until(lambda: sims["core-1"].connection_count == 0, what="the connection gone")
+            failed += bool(rec.plan().errors)
+        pp = rec.plan()
+        assert not pp.errors, pp.errors
+    finally:
+        rec.close()
+    figures.record("router connection closed between daemon passes", 3, lost=0, failed_passes=failed)
+    assert failed == 0
