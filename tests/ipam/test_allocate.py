@@ -277,17 +277,12 @@ def test_to_json_and_lines() -> None:
     assert a.lines()[0] == "+ lease towers 100.64.0.1  acct 1"
 
 
-def test_fifty_thousand_in_a_slash_16_is_fast() -> None:
-    import time
-
+def test_fifty_thousand_in_a_slash_16() -> None:
+    """Correct at scale; how fast is measured in bench/ipam_bench.py, not asserted here."""
     pool = Pool.build("big", "g", ["10.20.0.0/16"], exclude=["10.20.0.0/24"])
     accounts = members(50_000, "g")
-    start = time.perf_counter()
     a = allocate(accounts, [pool], [], NOW)
-    first = time.perf_counter() - start
     assert len(a.new) == 50_000 and not a.failures
     assert a.new[0].address == "10.20.1.0" and a.addresses["1"] == ("10.20.1.0",)
-    start = time.perf_counter()
     b = allocate(accounts, [pool], list(a.new), NOW)
     assert not b.changed
-    assert first < 30 and time.perf_counter() - start < 30  # O(n log n), not O(n * pool)
