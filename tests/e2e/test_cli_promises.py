@@ -164,3 +164,25 @@ def test_a_tampered_saved_plan_writes_nothing_to_the_router(world: World, tamper
     assert world.entries() == {} and writes(sim) == []
     assert world.run("apply")[0] == 0
     world.assert_converged()
+
+
+def test_the_account_drop_check_counts_accounts_with_only_bad_rows_and_allows_exactly_the_limit(
+    world: World,
+) -> None:
+    """10 accounts at the last good read; now 3 good ones and 2 whose every row is bad:
+    5 accounts seen, exactly the 50 % drop allowed, so the pass goes on (--force for the
+    safety threshold, which is another matter). Counting only the good ones (3) or
+    refusing at the limit would stop it."""
+    world.router("core-1")
+    for i in range(10):
+        world.account(5000 + i, f"A{i}", groups=["Tower Hosts"], ips=[f"100.64.40.{i + 1}"])
+    assert world.run("apply")[0] == 0
+    for i in range(5, 10):
+        world.remove_account(5000 + i)
+    for i in (3, 4):
+        world.sql("UPDATE ip_assignments SET address = 'not-an-ip' WHERE account_id = :i", i=5000 + i)
+    code, out, err = world.run("apply", "--force")
+    assert "billing returned" not in err, err
+    assert "account 5003: not an IP address or network: 'not-an-ip'" in out + err
+    assert sorted(world.entries("core-1", "tower-hosts")) == [f"100.64.40.{i + 1}" for i in range(5)]
+    world.assert_converged()
