@@ -7,7 +7,9 @@ deleted in Sonar during the read never pushes another out of it, and follows wha
 status, groups, RADIUS usernames and every IP assignment reachable from it (its own,
 its RADIUS accounts', its addresses' inventory items' and their field data's), and
 becomes the same ``Account`` value the SQL source makes (``sql.aggregate``).
-``read(accounts={…})`` reads just those accounts (a webhook's scoped pass).
+``read(accounts={…})`` reads just those accounts (a webhook's scoped pass); the
+Snapshot's ``scope`` says so, and an id of it missing from the Snapshot is an account
+Sonar no longer has.
 
 Sonar allows 400 requests a minute per user, shared with everything else using the
 token: requests are paced to stay under it, and on Sonar's limit answer the read waits
@@ -140,11 +142,12 @@ class SonarSource:
         deadline = time.monotonic() + self.timeout
         self._count = 0
         started = time.monotonic()
-        if accounts is None:
+        scope = None if accounts is None else frozenset(str(a).strip() for a in accounts)
+        if scope is None:
             entities = self._all(deadline)
         else:
-            entities = self._some(accounts, deadline)
-        snapshot = aggregate(self._rows(entities), read_at=read_at)
+            entities = self._some(scope, deadline)
+        snapshot = aggregate(self._rows(entities), read_at=read_at, scope=scope)
         for p in snapshot.problems:
             log.warning("source: skipped Sonar data: %s", p)
         log.info("source: read from Sonar accounts=%d requests=%d duration=%.1fs skipped=%d%s",

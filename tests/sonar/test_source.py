@@ -98,8 +98,10 @@ def test_scoped_read_returns_just_those_accounts(make_sonar: MakeSonar) -> None:
     sonar = make_sonar(world, page_cap=2)
     snapshot = source(sonar).read(accounts={"1003", "1007", "1011", "1049", "99999", "not-an-id"})
     assert sorted(snapshot.accounts) == ["1003", "1007", "1011", "1049"]
+    assert snapshot.scope == {"1003", "1007", "1011", "1049", "99999", "not-an-id"}
     assert snapshot.accounts["1049"].usernames == ("user1049",)
     assert source(sonar).read(accounts=set()).accounts == {}
+    assert source(sonar).read().scope is None
 
 
 def test_a_nested_list_longer_than_a_page_fails_the_read(make_sonar: MakeSonar) -> None:

@@ -161,7 +161,8 @@ webhook_token_file = "{tmp_path / 'hook-token'}"
         assert sonar.send_event("ipassignment.created", world.ip("Account", 425, "100.64.0.2/32")["id"]) == [200]
         wait_until(lambda: listed() == {"100.64.0.1", "100.64.0.2"}, timeout=10,
                    what="the webhook's pass")
-        d.wait_log(r"pass=2 result=ok")
+        d.wait_log(r"pass=2 result=ok .* scope=1")  # a scoped pass: account 425 only
+        assert "accounts=1 requests=1" in d.text()  # Sonar read for that account alone
 
         # A sender that gets everything wrong changes nothing and stops nothing.
         assert httpx.post(f"http://127.0.0.1:{port}/webhooks/sonar", content=b"x").status_code == 403
@@ -170,6 +171,16 @@ webhook_token_file = "{tmp_path / 'hook-token'}"
         wait_until(lambda: any("Ridge Tower North" in e["comment"]
                                for e in router.entries("ip", "tower-hosts")), timeout=10,
                    what="the second webhook's pass")
+        d.wait_log(r"pass=3 result=ok .* scope=1")
+        # An event about something that is not an account: a full pass.
+        radius = world.radius_account(425, "crete")
+        world.ip("RadiusAccount", radius["id"], "100.64.0.3/32")
+        assert sonar.send_event("ipassignment.created", 999, current={
+            "id": 999, "ipassignmentable_type": "RadiusAccount", "ipassignmentable_id": radius["id"]}) == [200]
+        wait_until(lambda: listed() == {"100.64.0.1", "100.64.0.2", "100.64.0.3"}, timeout=10,
+                   what="the full pass")
+        m = d.wait_log(r"pass=4 result=ok[^\n]*")
+        assert "scope=" not in m.group(0)
         assert d.proc.poll() is None
         assert SECRET not in d.text() and TOKEN not in d.text()
     finally:
