@@ -137,3 +137,27 @@ def test_demo_against_the_fake_sonar_process(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "demo: fake Sonar on http://127.0.0.1:" in out
     assert "demo: converged: the second plan has nothing to do." in out
+
+
+def test_a_scoped_apply_reads_and_changes_only_those_accounts(
+    tmp_path: Path, make_sonar: MakeSonar, routers: Callable[[str], RouterSim]
+) -> None:
+    world = World.from_tables(demo.sonar_tables(ACCOUNTS))
+    sonar = make_sonar(world, page_cap=50)
+    config, router = setup(tmp_path / "sonar", routers, sonar)
+    assert run(config, "apply")[0] == 0
+    before = lists(router)
+    world.set_groups(1001, ["Legacy Customers"])  # 1001 was in Credit Card Pending only
+    world.update("accounts", 1005, name="Renamed")
+    requests = sonar.requests
+    code, out, err = run(config, "apply", "--account", "1001")
+    assert code == 0, out + err
+    assert sonar.requests == requests + 1  # one request, for that account
+    changed = lists(router) ^ before
+    assert {(e[1], e[2]) for e in changed} == {("cc-pending", "100.64.0.1"), ("legacy", "100.64.0.1")}
+    # The other change waits for its own pass; a full pass then finds only it.
+    code, out, err = run(config, "apply")
+    assert code == 0, out + err
+    assert '"Renamed"' in out and "acct 1001" not in out
+    code, out, err = run(config, "plan")
+    assert code == 0, out + err
