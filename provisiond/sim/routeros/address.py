@@ -8,6 +8,8 @@ router prints and uses in its (list, address) unique key:
 * a range that is exactly one CIDR block becomes that block, others stay
   ``a-b`` with both ends normalised;
 * IPv6 host: compact lowercase WITH ``/128``; IPv6 network: host bits cleared;
+  IPv6 text is what Linux's ``inet_ntop`` prints (netaddr calls it), so IPv4-mapped
+  and -compatible addresses keep a dotted tail: ``::ffff:10.9.9.9/128`` [inf];
 * anything else that looks like a DNS name is kept verbatim.
 
 A value of the other family, or garbage, raises ``ValueError``.
