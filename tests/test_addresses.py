@@ -99,11 +99,17 @@ def spelling(draw: st.DrawFn) -> str:
 # -- the pure normal form ------------------------------------------------------------
 
 
+# No per-example deadline: the machine running the suite may be busy.
+FAST = settings(deadline=None)
+
+
+@FAST
 @given(st.one_of(V6, st.integers(0, 2**128 - 1)))
 def test_ipv6_text_is_what_linux_inet_ntop_prints(value: int) -> None:
     assert addresses.text_of(6, value) == socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
+@FAST
 @given(spelling())
 @example("::ffff:10.9.9.9")
 @example("::FFFF:a09:909")
@@ -144,6 +150,7 @@ def test_not_an_address_value(bad: str) -> None:
         addresses.billing_form(bad)
 
 
+@FAST
 @given(spelling())
 def test_simulator_stores_the_same_form(text: str) -> None:
     """What the simulated router stores for a spelling is provisiond's form of it."""
