@@ -5,6 +5,13 @@ writes nothing anywhere; ``Reconciler.apply`` records leases in the StateStore b
 any target write, then applies every target in its own worker so one failing router
 never stops the others, and journals every change. A failing or suspicious billing
 read raises ``SourceError`` before anything is written.
+
+A scoped pass (``plan(accounts=ids)``: ``--account``, a NOTIFY, a webhook) runs the same
+steps over those accounts only: a scoped billing read, allocation for them, and one
+``core.scope.Scope`` per target so each reads only their part. It widens to a full pass
+when a target finds another account's entry where a scoped account wants one. The
+Reconciler remembers from its full passes what scoped ones need: managed counts per
+list (the safety check's base) and billing addresses inside pools.
 """
 
 from __future__ import annotations
