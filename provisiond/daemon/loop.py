@@ -31,8 +31,6 @@ This is the only module that imports APScheduler.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import os
 import signal
@@ -266,8 +264,6 @@ class Daemon:
             if not self._still_leading():
                 return
             outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
-            if scope is None:
-                _give_back_memory()
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
@@ -398,21 +394,6 @@ class Daemon:
         if since is None and now - last > late:
             return f"no pass started for {now - last:.0f}s"
         return None
-
-
-def _give_back_memory() -> None:
-    """Hand the heap a full pass grew back to the system before idling.
-
-    A full pass at ISP size builds hundreds of thousands of rows and Resources; once
-    they are freed, glibc keeps the pages for reuse and the idle daemon stays as big
-    as its largest pass. ``malloc_trim`` returns them. A no-op where glibc is absent.
-    """
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _jitter(settings: Settings) -> float:
