@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +44,7 @@ from provisiond.core.scope import Scope
 from provisiond.settings import Settings
 from provisiond.sources.base import Source
 from provisiond.state.base import Store
-from provisiond.targets.base import ApplyResult, Target
+from provisiond.targets.base import ApplyResult, ComparesWhileReading, Target
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +166,25 @@ class Reconciler:
                 scoped.scope = tuple(targets or ())
                 return scoped
         # Targets are read while billing is read and desire is computed: a pass costs
-        # the longer of the two, not their sum. Reads only; nothing is written.
+        # the longer of the two, not their sum. Reads only; nothing is written. A target
+        # that can compare while it reads (``ComparesWhileReading``) sends its reads at
+        # once and waits for the desired state before it parses the answers.
+        wanted: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
+
+        def observe(target: Target) -> Observed:
+            if isinstance(target, ComparesWhileReading):
+                return target.observe_against(lambda: wanted.result().get(target.name, {}))
+            return target.observe()
+
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:
-            observing = [(t, pool.submit(_guarded, t, t.observe)) for t in targets_]
-            snapshot = self.read_source()
-            pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
+            observing = [(t, pool.submit(_guarded, t, observe, t)) for t in targets_]
+            try:
+                snapshot = self.read_source()
+                pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
+            except BaseException as exc:
+                wanted.set_exception(exc)  # the readers stop waiting, and the pass fails
+                raise
+            wanted.set_result(desired)
             pp.scope = tuple(targets or ())
             one = self._planner(snapshot, desired, conflicts)
             for target, future in observing:
@@ -187,7 +201,7 @@ class Reconciler:
 
     def _prepare(
         self, snapshot: Snapshot, now: datetime
-    ) -> tuple[PassPlan, dict[str, dict[Key, Resource]], dict[str, list[Conflict]]]:
+    ) -> tuple[PassPlan, dict[str, Mapping[Key, Resource]], dict[str, list[Conflict]]]:
         """Allocation, desire and notes for a snapshot (full or scoped)."""
         pp = PassPlan(snapshot=snapshot, now=now, accounts=snapshot.scope)
         allocated: Mapping[str, tuple[str, ...]] = {}
@@ -394,7 +408,7 @@ class Reconciler:
 
     def desired(
         self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
-    ) -> tuple[dict[str, dict[Key, Resource]], dict[str, list[Conflict]]]:
+    ) -> tuple[dict[str, Mapping[Key, Resource]], dict[str, list[Conflict]]]:
         s = self.settings
         mappings = [
             desire.ListMapping(
@@ -409,7 +423,7 @@ class Reconciler:
             snapshot.accounts.values(), allocated, mappings, [r.name for r in s.router],
             marker=s.marker,
         )
-        desired: dict[str, dict[Key, Resource]] = {n: d.desired for n, d in per_router.items()}
+        desired: dict[str, Mapping[Key, Resource]] = {n: d.desired for n, d in per_router.items()}
         conflicts: dict[str, list[Conflict]] = {n: d.conflicts for n, d in per_router.items()}
         if s.radius is not None:
             from provisiond.core.radius import radius as radius_desire

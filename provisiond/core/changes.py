@@ -10,7 +10,7 @@ which also feeds the plan checksum and is what a saved plan is rebuilt from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -167,6 +167,10 @@ class Observed:
     outside the scope whose entries sit on keys the scope wants; the pass must widen.
     ``existing``: managed entries per group when the observation was narrowed (so
     ``owned`` is not the whole of it); None for a full observation.
+    ``in_step``: keys of provisiond's own resources that a target compared with the
+    desired state while reading and found equal; they are not in ``owned`` (a big router
+    read against billing keeps only what differs), so such a target also fills
+    ``existing``.
     """
 
     owned: Mapping[Key, Resource]
@@ -175,3 +179,4 @@ class Observed:
     checksum: str = ""
     others: frozenset[str] = frozenset()
     existing: Mapping[str, int] | None = None
+    in_step: Container[Key] = frozenset()

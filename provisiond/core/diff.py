@@ -35,15 +35,21 @@ def _sort_key(change: Change) -> tuple[int, str, tuple[tuple[int, int, str], ...
 def diff(
     observed: Observed, desired: Mapping[Key, Resource]
 ) -> tuple[list[Change], list[Conflict]]:
-    """Changes that turn ``observed.owned`` into ``desired``, in apply order."""
+    """Changes that turn ``observed.owned`` into ``desired``, in apply order.
+
+    Keys in ``observed.in_step`` are already as desired and need nothing.
+    """
     changes: list[Change] = [Delete(r) for r in observed.surplus]
     conflicts: list[Conflict] = []
     for key, have in observed.owned.items():
         if key not in desired:
             changes.append(Delete(have))
+    in_step = observed.in_step
     for key, want in desired.items():
         have_r = observed.owned.get(key)
         if have_r is None:
+            if key in in_step:
+                continue
             why = observed.foreign.get(key)
             if why is not None:
                 conflicts.append(Conflict(want, why))

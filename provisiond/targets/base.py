@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from provisiond.core.changes import Change, Conflict, Key, Observed, Resource
 from provisiond.core.plan import Plan
@@ -70,6 +70,19 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ComparesWhileReading(Protocol):
+    """A target that compares what it reads with the desired state as it reads it.
+
+    ``observe_against(desired)`` starts its reads, then calls ``desired()`` (which may
+    block until billing has been read) and returns an ``Observed`` whose ``owned``
+    holds only what differs; the rest is in ``in_step``. The reconciler prefers it to
+    ``observe`` for a pass; ``observe`` stays for everything else.
+    """
+
+    def observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed: ...
 
 
 DesiredState = Mapping[Key, Resource]

@@ -68,12 +68,15 @@ def run(
     on_answer: Callable[[T, Answer], None],
     on_row: Callable[[T, Sequence[str]], None] | None = None,
     stop: threading.Event | None = None,
+    before_reading: Callable[[], None] | None = None,
 ) -> None:
     """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
 
     ``on_answer(token, answer)`` is called once per command, when its ``!done``
     arrives; ``on_row(token, words)`` for every ``!re`` of it (attribute words only).
     ``stop`` set: no new command is sent; those in flight are still answered.
+    ``before_reading()`` is called once, after the first window went out and before
+    the first reply is read (the router works meanwhile).
     """
     pending = iter(commands)
     inflight: dict[str, _InFlight[T]] = {}
@@ -101,14 +104,19 @@ def run(
             outgoing.clear()
         if not inflight:
             return
+        if before_reading is not None:
+            before_reading()
+            before_reading = None
         sentence = wire.read_sentence()
         kind, tag = sentence[0], ""
-        rest = sentence[1:]
-        for i, word in enumerate(rest):
-            if word.startswith(".tag="):
+        rest: list[str] = []
+        for word in sentence[1:]:
+            if word[:1] == "=":
+                rest.append(word)
+            elif word.startswith(".tag=") and not tag:
                 tag = word[5:]
-                rest = (*rest[:i], *rest[i + 1:])
-                break
+            else:
+                raise UnexpectedReply(f"{kind} carries a word that is no attribute: {word[:40]!r}")
         entry = inflight.get(tag)
         if entry is None:
             raise UnexpectedReply(f"{kind} for tag {tag or '(none)'}, which is not in flight")

@@ -32,13 +32,14 @@ import librouteros
 import librouteros.login
 from librouteros.connections import SocketTransport
 from librouteros.exceptions import ConnectionClosed, FatalError, LibRouterosError, TrapError
-from librouteros.protocol import encode_sentence
+from librouteros.protocol import decode_length, determine_length, encode_sentence
 from librouteros.query import Key as RosKey
 
 from provisiond.core.addresses import family, routeros_form, span
 from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
-from provisiond.core.plan import Plan, observed_digest
+from provisiond.core.desire import ListEntries
+from provisiond.core.plan import DigestSum, Plan, observed_digest
 from provisiond.core.scope import Scope
 from provisiond.settings import RouterSettings
 from provisiond.targets import pipeline
@@ -51,6 +52,7 @@ logging.getLogger("librouteros").setLevel(logging.INFO)
 
 MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
+PROPLIST_WORD = "=.proplist=" + ",".join(PROPLIST)
 REMOVE_BATCH = 200
 ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
 _T = TypeVar("_T")
@@ -104,6 +106,43 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
     def buffered(self) -> int:
         """Bytes received and not yet read (the pipeline batches its writes while > 0)."""
         return len(self._buf) - self._pos
+
+    def _fill(self, need: int) -> None:
+        """At least ``need`` unread bytes in the buffer."""
+        if len(self._buf) - self._pos >= need:
+            return
+        chunks = [self._buf[self._pos:]]
+        have = len(chunks[0])
+        while have < need:
+            got = self.sock.recv(65536)
+            if not got:
+                raise ConnectionClosed("Connection unexpectedly closed.")
+            chunks.append(got)
+            have += len(got)
+        self._buf = b"".join(chunks)
+        self._pos = 0
+
+    def read_sentence(self, encoding: str) -> list[str]:
+        """One sentence's words, cut straight from the buffer with librouteros's length
+        codec (``determine_length``/``decode_length``): the same words
+        ``ApiProtocol.readWord`` returns, without three calls per word."""
+        words: list[str] = []
+        while True:
+            self._fill(1)
+            first = self._buf[self._pos]
+            if first == 0:
+                self._pos += 1
+                return words
+            if first < 0x80:
+                length, head = first, 1
+            else:
+                head = determine_length(self._buf[self._pos:self._pos + 1]) + 1
+                self._fill(head)
+                length = decode_length(self._buf[self._pos:self._pos + head])
+            self._fill(head + length)
+            start = self._pos + head
+            self._pos = start + length
+            words.append(self._buf[start:self._pos].decode(encoding, errors="ignore"))
 
     def read(self, length: int) -> bytes:
         end = self._pos + length
@@ -196,24 +235,15 @@ class RouterTarget:
 
     # -- observe --------------------------------------------------------------------
 
-    def _rows(self, fam: int, list_name: str) -> Iterator[Mapping[str, Any]]:
-        path = self._api_or_connect().path(*MENUS[fam])
-        try:
-            yield from path.select(*PROPLIST).where(RosKey("list") == list_name)
-        except TrapError as exc:
-            raise TargetError(self.name, f"print {list_name} refused: {exc.message}") from exc
-        except (OSError, LibRouterosError) as exc:
-            self.close()
-            raise TargetUnavailable(self.name, f"reading list {list_name} failed: {_why(exc)}") from exc
-        except MALFORMED as exc:
-            self.close()
-            raise TargetError(self.name, f"print {list_name}: malformed reply from the router "
-                                         f"({_malformed(exc)}); nothing planned") from exc
-
     def observe(self, scope: Scope | None = None) -> Observed:
+        """Every managed list as it is: all of provisiond's entries in ``owned``; with a
+        ``scope``, only what concerns its accounts."""
+        return self._reconnecting(lambda: self._observe(scope))
+
+    def _reconnecting(self, read: Callable[[], Observed]) -> Observed:
         kept = self._api is not None
         try:
-            return self._observe(scope)
+            return read()
         except TargetUnavailable as exc:
             if not kept or not _closed(exc.__cause__):
                 raise
@@ -221,29 +251,49 @@ class RouterTarget:
             # reboot, a firewall's idle timeout): one fresh connection before the router
             # counts as down. A timeout is not retried: it would double the wait.
             log.info("%s: connection kept from the last pass was closed; reconnecting", self.name)
-            return self._observe(scope)
+            return read()
 
     def _observe(self, scope: Scope | None) -> Observed:
         if scope is not None:
             return self._observe_scoped(scope)
-        owned: dict[Key, Resource] = {}
-        foreign: dict[Key, str] = {}
-        surplus: list[Resource] = []
-        digest: list[tuple[Any, ...]] = []
-        for fam in (4, 6):
-            for list_name in self.lists:
-                for row in self._rows(fam, list_name):
-                    key, entry, why, item = self._classify(row, list_name)
-                    digest.append(item)
-                    if entry is None:
-                        foreign.setdefault(key, why)
-                    elif key in owned:
-                        surplus.append(entry)
-                    else:
-                        owned[key] = entry
-        log.debug("%s: observed owned=%d foreign=%d", self.name, len(owned), len(foreign))
-        return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
-                        checksum=observed_digest(digest))
+        return self._observe_against(dict)
+
+    def observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed:
+        """Read every managed list, comparing each row with ``desired()`` as it arrives.
+
+        All the filtered prints (one per list and family) go out at once, tagged, before
+        ``desired()`` is called: the router works while billing is read. Rows are parsed
+        straight from the reply words; an own entry that is exactly as desired is only
+        counted (``in_step``), so a converged router of 100,000 entries leaves nothing
+        behind but a set of addresses. The checksum covers every row all the same.
+        """
+        return self._reconnecting(lambda: self._observe_against(desired))
+
+    def _observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed:
+        wire = self._wire_or_unavailable()
+        reader = _ListReader(self, desired)
+        prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PROPLIST_WORD, f"?list={name}"))
+                  for fam in (4, 6) for name in self.lists]
+        try:
+            pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
+                         on_answer=reader.answered, on_row=reader.row, before_reading=reader.start)
+        except TargetError:
+            self.close()
+            raise
+        except (OSError, LibRouterosError) as exc:
+            self.close()
+            raise TargetUnavailable(self.name, f"reading list {reader.reading()} failed: {_why(exc)}") from exc
+        except (UnexpectedReply, *MALFORMED) as exc:
+            self.close()
+            raise TargetError(self.name, f"print: malformed reply from the router "
+                                         f"({_malformed(exc)}); nothing planned") from exc
+        observed = reader.observed()
+        log.debug("%s: observed owned=%d existing=%d foreign=%d", self.name, len(observed.owned),
+                  sum((observed.existing or {}).values()), len(observed.foreign))
+        return observed
+
+    def _wire_or_unavailable(self) -> ApiWire:
+        return ApiWire(self._api_or_connect())
 
     def _classify(
         self, row: Mapping[str, Any], list_name: str
@@ -541,7 +591,10 @@ class ApiWire:
         self._transport.write(data)
 
     def read_sentence(self) -> Sequence[str]:
-        words = tuple(iter(self._protocol.readWord, ""))
+        if isinstance(self._transport, BufferedTransport):
+            words: Sequence[str] = self._transport.read_sentence(self._encoding)
+        else:
+            words = tuple(iter(self._protocol.readWord, ""))
         if not words:
             raise UnexpectedReply("an empty sentence")
         if words[0] == "!fatal":
@@ -552,6 +605,115 @@ class ApiWire:
     def buffered(self) -> int:
         pending = getattr(self._transport, "buffered", None)
         return int(pending()) if pending is not None else 0
+
+
+class _ListReader:
+    """The rows of one router's prints -> an ``Observed``, compared with the desired state.
+
+    Per row: the id, address (in RouterOS form), comment and flags, read from the words;
+    a digest of them; then either nothing more (an own entry exactly as desired: its
+    address joins ``in_step``) or a Resource in ``owned`` / ``surplus``, or a reason in
+    ``foreign``.
+    """
+
+    def __init__(self, target: RouterTarget, desired: Callable[[], Mapping[Key, Resource]]) -> None:
+        self._target = target
+        self._desired = desired
+        self._want: Mapping[str, Mapping[str, Resource]] = {}
+        self.digest = DigestSum()
+        self.owned: dict[Key, Resource] = {}
+        self.foreign: dict[Key, str] = {}
+        self.surplus: list[Resource] = []
+        self.in_step: dict[str, set[str]] = {}
+        self._done: set[tuple[int, str]] = set()
+
+    def start(self) -> None:
+        """The prints are out: now wait for the desired state (billing read meanwhile)."""
+        want = self._desired()
+        if isinstance(want, ListEntries):
+            self._want = want.lists
+        else:
+            by_list: dict[str, dict[str, Resource]] = {}
+            for r in want.values():
+                by_list.setdefault(r.group, {})[r.get("address")] = r
+            self._want = by_list
+
+    def reading(self) -> str:
+        """The list whose print was being read (the first not answered yet)."""
+        return next((name for fam in (4, 6) for name in self._target.lists
+                     if (fam, name) not in self._done), "?")
+
+    def answered(self, token: tuple[int, str], answer: Answer) -> None:
+        self._done.add(token)
+        if answer.traps:
+            raise TargetError(self._target.name, f"print {token[1]} refused: {answer.traps[0]}")
+
+    def row(self, token: tuple[int, str], words: Sequence[str]) -> None:
+        list_name = token[1]
+        ref = raw = comment = ""
+        disabled = dynamic = False
+        for word in words:
+            if word.startswith("=.id="):
+                ref = word[5:]
+            elif word.startswith("=address="):
+                raw = word[9:]
+            elif word.startswith("=comment="):
+                comment = word[9:]
+            elif word.startswith("=disabled="):
+                disabled = word[10:] in _TRUE
+            elif word.startswith("=dynamic="):
+                dynamic = word[9:] in _TRUE
+        address = routeros_form(raw)
+        flag = "true" if disabled else "false"
+        self.digest.add(f"{ref}\0{list_name}\0{address}\0{comment}\0{flag}\0{dynamic}")
+        owner = None if dynamic else self._target.marker.owner(comment)
+        in_step = self.in_step.setdefault(list_name, set())
+        if owner is not None and ref and address not in in_step:
+            want = self._want.get(list_name, {}).get(address)
+            if (want is not None and want.attrs == ((_COMMENT, comment), (_DISABLED, flag))
+                    and ("address-list", want.ident) not in self.owned):
+                in_step.add(want.ident[1][1])
+                return
+        key, entry, why, _ = self._target._classify(
+            {".id": ref, "address": raw, "comment": comment, "disabled": flag, "dynamic": dynamic},
+            list_name)
+        if entry is None:
+            self.foreign.setdefault(key, why)
+            return
+        if key in self.owned or address in in_step:
+            self.surplus.append(entry)
+        else:
+            self.owned[key] = entry
+
+    def observed(self) -> Observed:
+        steps = {name: addresses for name, addresses in self.in_step.items() if addresses}
+        existing = {name: len(a) for name, a in steps.items()}
+        for r in self.owned.values():
+            existing[r.group] = existing.get(r.group, 0) + 1
+        return Observed(owned=self.owned, foreign=self.foreign, surplus=tuple(self.surplus),
+                        checksum=self.digest.hexdigest(), in_step=_InStep(steps),
+                        existing=existing)
+
+
+class _InStep:
+    """``key in in_step`` over {list: {address}}, without a key per entry."""
+
+    __slots__ = ("_lists",)
+
+    def __init__(self, lists: Mapping[str, set[str]]) -> None:
+        self._lists = lists
+
+    def __contains__(self, key: object) -> bool:
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == "address-list"):
+            return False
+        ident = key[1]
+        if len(ident) != 2:
+            return False
+        return str(ident[1][1]) in self._lists.get(str(ident[0][1]), ())
+
+
+_TRUE = ("true", "yes")
+_COMMENT, _DISABLED = "comment", "disabled"
 
 
 def _no_progress(n: int) -> None:
