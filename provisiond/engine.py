@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -512,16 +512,19 @@ class Reconciler:
             return
         from provisiond.core.changes import change_to_json
 
-        entries: list[dict[str, Any]] = []
-        for c in outcome.applied:
-            entries.append({**change_to_json(c), "result": "ok", "message": ""})
-        for c, message in outcome.failed:
-            entries.append({**change_to_json(c), "result": "failed", "message": message})
-        for conflict in outcome.collisions:
-            entries.append({"action": "create", **conflict.to_json(), "result": "collision",
-                            "message": conflict.reason})
-        if entries:
-            self.store.journal(run_id, outcome.target, entries)
+        def entries() -> Iterator[dict[str, Any]]:
+            # A generator: a cold apply journals 100,000 changes per router, and the
+            # store writes them in chunks rather than as one list of dicts.
+            for c in outcome.applied:
+                yield {**change_to_json(c), "result": "ok", "message": ""}
+            for c, message in outcome.failed:
+                yield {**change_to_json(c), "result": "failed", "message": message}
+            for conflict in outcome.collisions:
+                yield {"action": "create", **conflict.to_json(), "result": "collision",
+                       "message": conflict.reason}
+
+        if outcome.applied or outcome.failed or outcome.collisions:
+            self.store.journal(run_id, outcome.target, entries())
 
     def load_saved(self, doc: Mapping[str, Any]) -> PassPlan:
         """Rebuild a saved JSON plan and check every target is still as it was observed."""

@@ -127,6 +127,7 @@ leases_t = sa.Table(
 )
 
 _JOURNAL_COLUMNS = ("action", "kind", "group", "account_id", "result", "message")
+JOURNAL_CHUNK = 5000  # journal rows per insert (and per transaction)
 _TABLES = ("reads", "runs", "journal", "radreply_ledger", "leases")
 
 
@@ -278,9 +279,14 @@ class StateStore:
         *,
         at: datetime | None = None,
     ) -> None:
-        """Record applied changes: each entry is a change's JSON plus ``result`` and ``message``."""
+        """Record applied changes: each entry is a change's JSON plus ``result`` and ``message``.
+
+        ``entries`` may be a generator: rows are built and written ``JOURNAL_CHUNK`` at a
+        time, each chunk in its own short transaction, so a journal of 100,000 changes is
+        never one list in memory and never holds the write lock while it is built.
+        """
         when = _utc(at) if at is not None else datetime.now(UTC)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for entry in entries:
             detail = {k: v for k, v in entry.items() if k not in _JOURNAL_COLUMNS}
             rows.append(
@@ -297,8 +303,13 @@ class StateStore:
                     "message": str(entry.get("message", "")),
                 }
             )
-        if not rows:
-            return
+            if len(rows) >= JOURNAL_CHUNK:
+                self._journal_rows(target, rows)
+                rows = []
+        if rows:
+            self._journal_rows(target, rows)
+
+    def _journal_rows(self, target: str, rows: list[dict[str, Any]]) -> None:
         with self._write(f"journal {target}") as conn:
             conn.execute(journal_t.insert(), rows)
 
