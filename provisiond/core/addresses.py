@@ -179,6 +179,9 @@ def sort_key(value: str) -> tuple[int, int, str]:
     if not value or not (value[0].isdigit() or ":" in value):
         return (2, 0, value)  # a username, group or list name: skip the parser
     head = value.split("/", 1)[0].split("-", 1)[0]
+    if _is_canonical_v4(head):  # the common case, without the parser
+        a, b, c, d = head.split(".")
+        return (0, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), value)
     try:
         ip = ipaddress.ip_address(head)
     except ValueError:
