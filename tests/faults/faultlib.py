@@ -56,30 +56,58 @@ WORKER = Path(__file__).with_name("apply_worker.py")
 
 
 class Worker:
-    """A warm ``provisiond apply`` process (``apply_worker.py``): started early, told to go later."""
+    """``provisiond apply`` processes forked from a warm server (``apply_worker.py``):
+    ``go()`` starts one and returns at once, ``kill()`` SIGKILLs it, ``wait()`` gives its
+    exit code (-9 when killed) and its output. One apply at a time."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, logs: Path) -> None:
+        self.logs = logs
+        self.runs = 0
+        self.pid = 0
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), str(config)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
+            stdout=subprocess.PIPE, cwd=Path(__file__).parents[2],
         )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == b"ready\n", "the apply worker did not start"
 
     def go(self) -> float:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        assert self.proc.stdout.readline() == b"ready\n", self.wait()
-        self.proc.stdin.write(b"go\n")
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.runs += 1
+        self.proc.stdin.write(f"go {self.logs / f'apply-{self.runs}.log'}\n".encode())
+        self.proc.stdin.flush()
+        self.pid = int(self.proc.stdout.readline())
+        self.proc.stdin.write(b"run\n")  # the child starts only now that its pid is known
         self.proc.stdin.flush()
         return time.monotonic()
 
-    def kill(self) -> None:
+    def alive(self) -> bool:
+        if not self.pid:
+            return False
         try:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{self.pid}/stat") as fh:  # a zombie waits for the server's waitpid
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+    def kill(self) -> None:
+        if not self.pid:  # never a pid that may have been reused
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
     def wait(self) -> tuple[int, str]:
         """Exit code, and stdout + stderr."""
-        out, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, (out + err).decode(errors="replace")
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("exit "), line
+        self.pid = 0
+        return int(line.split()[1]), (self.logs / f"apply-{self.runs}.log").read_text(errors="replace")
 
-
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)

@@ -1,7 +1,8 @@
 """The RADIUS database lost in the middle of provisiond's transaction, and the state
 store unreachable or read-only.
 
-``provisiond apply`` runs as a real process (a warm one: ``apply_worker.py``). Another session holds a lock at one of
+``provisiond apply`` runs as a real process (forked from a warm server,
+``apply_worker.py``). Another session holds a lock at one of
 three points of the RADIUS transaction (the first statement, after the radusergroup
 changes, at the very last update), so the apply waits there with part of its work
 done inside the transaction; the test then terminates its database session. Nothing
@@ -103,7 +104,7 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
     assert code == 0, out + err
     admin = sa.create_engine(radius_url, isolation_level="AUTOCOMMIT")
     half_written = 0
-    worker = Worker(world.config)  # a warm apply process; the next one warms up during a round
+    worker = Worker(world.config, world.tmp)  # applies forked from a warm server
     for round_, (point, lock) in enumerate(POINTS, start=1):
         churn(world, round_)
         code, plan_text, _ = world.run("plan")
@@ -112,15 +113,13 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
         with admin.connect() as blocker, admin.connect() as watch:
             blocker.exec_driver_sql("BEGIN")
             blocker.exec_driver_sql(lock)
-            current, worker = worker, Worker(world.config)
-            proc = current.proc
-            current.go()
-            pid = wait_until(lambda: proc.poll() is not None or watch.exec_driver_sql(
+            worker.go()
+            pid = wait_until(lambda: not worker.alive() or watch.exec_driver_sql(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'").scalar(), timeout=30, what=f"the apply held at {point}")
-            assert proc.poll() is None, current.wait()
+            assert worker.alive(), worker.wait()
             watch.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")  # the database is gone
-            code, text = current.wait()
+            code, text = worker.wait()
             blocker.exec_driver_sql("ROLLBACK")
         assert code == 1, text
         assert "Traceback" not in text
@@ -132,8 +131,7 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
         code, out, err = world.run("apply")
         assert code == 0, out + err
         world.assert_converged()
-    worker.kill()
-    worker.wait()
+    worker.close()
     admin.dispose()
     figures.record("RADIUS database lost mid-transaction", len(POINTS), lost=0, half_written=half_written)
 

@@ -1,7 +1,8 @@
 """SIGKILL of ``provisiond apply`` (a real process) at 20 random moments, with a pool
 configured and a PostgreSQL state store, over two simulated routers.
 
-Kill moments (seeded): at a random command a router receives (the process dies right
+The applies are forked from a warm server (``apply_worker.py``), so a kill lands in
+the apply, not in Python's imports. Kill moments (seeded): at a random command a router receives (the process dies right
 after sending it; the router still runs it), at a random time within a whole apply's
 duration, and while waiting for the lease lock inside the lease reservation. After
 each kill an apply must converge, and over all trials:
@@ -130,14 +131,12 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
     kinds: Counter[str] = Counter()
     killed = lost = doubled = dupes = bad_journal = 0
     journal_seen = 0
-    warm = [Worker(world.config), Worker(world.config)]  # two warm up while a trial runs
+    worker = Worker(world.config, world.tmp)
     for trial in range(TRIALS + 1):
         churn(world, rng, trial)
         for name, sim in sims.items():
             sim.reset_history()
             ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
-        current = warm.pop(0)
-        warm.append(Worker(world.config))
         kind = "none" if trial == 0 else rng.choice(["command"] * 3 + ["time"] * 2 + ["lease"] * 1)
         kinds[kind] += 1
         blocker = None
@@ -145,27 +144,27 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
             target = rng.choice(list(sims))
             sim = sims[target]
             at = sim.sentences_received + rng.randint(1, 10)
-            sim.on_sentence(lambda n, words, at=at: current.kill() if n == at else None)
+            sim.on_sentence(lambda n, words, at=at: worker.kill() if n == at else None)
         elif kind == "lease":
             blocker = sa.create_engine(state_url).connect()
             blocker.begin()
             blocker.execute(sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK)))
-        started = current.go()
+        started = worker.go()
         if kind == "time":
             time.sleep(rng.uniform(0, 0.9 * duration))
-            current.kill()
+            worker.kill()
         elif kind == "lease":
             assert blocker is not None
             watcher = sa.create_engine(state_url, isolation_level="AUTOCOMMIT")
             with watcher.connect() as w:  # outside the blocker's transaction: a fresh view
-                wait_until(lambda: current.proc.poll() is not None or w.execute(sa.text(
+                wait_until(lambda: not worker.alive() or w.execute(sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
                     "AND datname = current_database()")).scalar(),
                     what="the apply waiting for the lease lock")
             watcher.dispose()
-            assert current.proc.poll() is None, current.wait()
-            current.kill()
-        code, err = current.wait()
+            assert worker.alive(), worker.wait()
+            worker.kill()
+        code, err = worker.wait()
         if trial == 0:
             assert code == 0, err
             duration = time.monotonic() - started
@@ -206,9 +205,7 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
         bad_journal += len(bad)
         assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
         journal_seen = max([journal_seen] + [r["id"] for r in rows])
-    for worker in warm:
-        worker.kill()
-        worker.wait()
+    worker.close()
     figures.record("SIGKILL of apply (pool, PostgreSQL state store)", TRIALS, lost=lost,
                    doubled=doubled, duplicates=dupes, journal_made_up=bad_journal, killed=killed,
                    moments=dict(kinds))
