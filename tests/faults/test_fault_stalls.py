@@ -1,11 +1,13 @@
 """Routers that stall: one accepts the connection and never answers, one answers half
 a sentence and stalls. ``provisiond run`` (a real subprocess) gives up on each within
-its timeouts, the other router converges, passes go on, and once the stalled routers
+its timeouts, the other router converges, passes go on and systemd's watchdog keeps
+being fed, and once the stalled routers
 answer again everything converges and /healthz turns 200.
 """
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +26,16 @@ def get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def drain(sock: socket.socket) -> str:
+    """Every sd_notify datagram received since the last call, one per line."""
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return "\n".join(got)
+
+
 def listed(sim: RouterSim) -> set[str]:
     return {row["address"] for row in sim.entries("ip", "tower-hosts")}
 
@@ -38,6 +50,9 @@ def test_stalled_routers_are_given_up_and_the_others_converge(
     sims = {name: RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
             for name in ("core-1", "mute", "half")}
     port = free_port()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
     d: DaemonProc | None = None
     try:
         sims["mute"].set_stalled(True)  # accepts, reads, never answers (not even the login)
@@ -48,7 +63,8 @@ def test_stalled_routers_are_given_up_and_the_others_converge(
             daemon={"interval": "0.5s", "jitter": "0s", "retry_max": "1s",
                     "metrics_listen": f"127.0.0.1:{port}", "healthz_max_age": "30s"},
         )
-        d = DaemonProc(config, log=tmp_path / "daemon.log", verbosity="-v")
+        d = DaemonProc(config, log=tmp_path / "daemon.log", verbosity="-v",
+                       env={"NOTIFY_SOCKET": str(notify.getsockname()), "WATCHDOG_USEC": "3000000"})
         # Pass 1 ends while both stalls still hold: each router was given up on.
         d.wait_log(r"pass=1 result=partial .*failed=(mute,half|half,mute)", timeout=30)
         assert listed(sims["core-1"]) == want
@@ -58,6 +74,10 @@ def test_stalled_routers_are_given_up_and_the_others_converge(
         assert "mute: cannot connect to 127.0.0.1" in log and "timed out" in log
         assert "half: reading list tower-hosts failed: timed out" in log
         d.wait_log(r"pass=3 result=")  # the loop goes on
+        drain(notify)  # from here on, with both stalls holding,
+        fed: list[str] = []  # systemd's watchdog keeps being fed
+        wait_until(lambda: fed.append(drain(notify)) or "\n".join(fed).count("WATCHDOG=1") >= 2,
+                   timeout=10, what="watchdog keep-alives while two routers stall")
         assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
         code, body = get(f"http://127.0.0.1:{port}/healthz")
         assert code == 503, body
@@ -81,3 +101,4 @@ def test_stalled_routers_are_given_up_and_the_others_converge(
             d.stop()
         for sim in sims.values():
             sim.stop()
+        notify.close()
