@@ -27,12 +27,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from provisiond.core import desire
+from provisiond.core import desire, render
 from provisiond.core.changes import Conflict, Create, Key, Observed, Resource, change_from_json
 from provisiond.core.diff import count_by_group, diff
 from provisiond.errors import (
     ConfigError,
     PlanRefused,
+    UnmatchedMapping,
     SourceError,
     StalePlan,
     SuspiciousSnapshot,
@@ -41,6 +42,12 @@ from provisiond.errors import (
 from provisiond.core.model import Snapshot
 from provisiond.core.plan import Plan, Safety
 from provisiond.core.scope import Scope
+from provisiond.core.plan import (
+    Selector,
+    check_pools,
+    unmatched,
+    unmatched_by_target,
+)
 from provisiond.settings import Settings
 from provisiond.sources.base import Source
 from provisiond.state.base import Store
@@ -69,6 +76,14 @@ class PassPlan:
     now: datetime | None = None  # when the allocation was computed
     scope: tuple[str, ...] = ()  # the --target patterns this plan was limited to (empty: all)
     accounts: frozenset[str] | None = None  # a scoped pass (--account, NOTIFY): its account ids
+    # Mappings whose group/status matches no billing account this pass (typos, mostly).
+    unmatched: list[Selector] = field(default_factory=list)
+    ipam_refused: str | None = None  # why apply refuses the allocation without --force
+
+    @property
+    def ipam_changes(self) -> int:
+        """Lease decisions (new, returned, released) this plan records."""
+        return int(self.allocation.change_count) if self.allocation is not None else 0
 
     @property
     def has_changes(self) -> bool:
@@ -186,7 +201,7 @@ class Reconciler:
                 raise
             wanted.set_result(desired)
             pp.scope = tuple(targets or ())
-            one = self._planner(snapshot, desired, conflicts)
+            one = self._planner(snapshot, desired, conflicts, unmatched_by_target(pp.unmatched))
             for target, future in observing:
                 observed = future.result()
                 outcome = (_guarded(target, one, target, observed)
@@ -204,16 +219,27 @@ class Reconciler:
     ) -> tuple[PassPlan, dict[str, Mapping[Key, Resource]], dict[str, list[Conflict]]]:
         """Allocation, desire and notes for a snapshot (full or scoped)."""
         pp = PassPlan(snapshot=snapshot, now=now, accounts=snapshot.scope)
+        if snapshot.scope is None:
+            # Only a full read can tell that a group matches nobody; a scoped pass deletes
+            # only its own accounts' entries and is checked again by the next full pass.
+            pp.unmatched = unmatched(
+                selectors(self.settings),
+                groups={g for a in snapshot.accounts.values() for g in a.groups},
+                statuses={a.status for a in snapshot.accounts.values()},
+            )
+        protected = unmatched_by_target(pp.unmatched)
         allocated: Mapping[str, tuple[str, ...]] = {}
         if self.settings.pool:
-            pp.allocation, pp.ipam_json = _allocate(
+            pp.allocation, pp.ipam_json, pp.ipam_refused = _allocate(
                 self.settings, snapshot, self.store, now,
                 blocked_billing=self._billing_outside(snapshot.scope),
+                protected=protected.get("ipam", {}),
             )
             allocated = pp.allocation.addresses
         desired, conflicts = self.desired(snapshot, allocated)
         for p in snapshot.problems:
             pp.notes.append(f"skipped billing row: {p}")
+        pp.notes.extend(snapshot.notes)
         bare = self.without_address(snapshot, allocated)
         if bare:
             pp.notes.append(
@@ -227,6 +253,7 @@ class Reconciler:
         snapshot: Snapshot,
         desired: Mapping[str, Mapping[Key, Resource]],
         conflicts: Mapping[str, list[Conflict]],
+        protected: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Callable[[Target, Observed], Plan]:
         # An account with a bad billing row keeps what it has on every target this
         # pass: a typo in billing must not take a customer off the network.
@@ -247,6 +274,7 @@ class Reconciler:
                 existing=existing,
                 observed_checksum=observed.checksum,
                 conflicts=tuple(conflicts.get(target.name, []) + found),
+                unmatched=(protected or {}).get(target.name, {}),
             )
             return target.plan_followups(plan)
 
@@ -270,7 +298,7 @@ class Reconciler:
             log.info("scoped pass widened to a full pass: entries of account(s) %s sit where "
                      "account(s) of the scope want theirs", ", ".join(others[:10]))
             return None
-        one = self._planner(snapshot, desired, conflicts)
+        one = self._planner(snapshot, desired, conflicts, unmatched_by_target(pp.unmatched))
         for target in targets:
             seen = observed[target]
             outcome = _guarded(target, one, target, seen) if isinstance(seen, Observed) else seen
@@ -456,6 +484,16 @@ class Reconciler:
             result.results = [ApplyResult(target=p.target, error=f"{p.target}: not applied: lost the "
                                           "leader lock") for p in pp.plans if p.changes or p.followups]
             return result
+        if pp.ipam_refused and not force:
+            # Every target's desired state was built from this allocation: pushing it
+            # without recording its leases would break "leases before any write".
+            result.refused["ipam"] = pp.ipam_refused
+            for plan in pp.plans:
+                if plan.changes or plan.followups:
+                    result.refused[plan.target] = (f"{plan.target}: not applied: the IPAM plan "
+                                                   "it builds on was refused (see ipam)")
+            result.duration = time.monotonic() - started
+            return result
         run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
         if pp.allocation is not None and self.store is not None:
             # Leases are recorded before any target write: a crash after this point
@@ -473,7 +511,7 @@ class Reconciler:
                         self._since_full.get(plan.target) if pp.accounts is not None else None))
                 except PlanRefused as exc:
                     result.refused[plan.target] = str(exc)
-                    log.warning("%s", exc)
+                    log.debug("%s", exc)  # shown by the CLI, logged by the daemon: once
                     continue
             if plan.changes or plan.followups:
                 todo.append(plan)
@@ -519,11 +557,11 @@ class Reconciler:
                 yield {**change_to_json(c), "result": "ok", "message": ""}
             for c, message in outcome.failed:
                 yield {**change_to_json(c), "result": "failed", "message": message}
-            for conflict in outcome.collisions:
-                yield {"action": "create", **conflict.to_json(), "result": "collision",
+            for conflict in outcome.conflicts:
+                yield {"action": "create", **conflict.to_json(), "result": "conflict",
                        "message": conflict.reason}
 
-        if outcome.applied or outcome.failed or outcome.collisions:
+        if outcome.applied or outcome.failed or outcome.conflicts:
             self.store.journal(run_id, outcome.target, entries())
 
     def load_saved(self, doc: Mapping[str, Any]) -> PassPlan:
@@ -556,7 +594,14 @@ class Reconciler:
             # The plan's addresses are only safe to push if the same leases get recorded
             # first: recompute the allocation as of the plan's time and insist it matches.
             snapshot = self.read_source()
-            allocation, ipam_json = _allocate(self.settings, snapshot, self.store, now)
+            found = unmatched(
+                selectors(self.settings),
+                groups={g for a in snapshot.accounts.values() for g in a.groups},
+                statuses={a.status for a in snapshot.accounts.values()},
+            )
+            allocation, ipam_json, pp.ipam_refused = _allocate(
+                self.settings, snapshot, self.store, now,
+                protected=unmatched_by_target(found).get("ipam", {}))
             if ipam_json != doc.get("ipam"):
                 raise StalePlan(
                     "ipam", "leases or billing changed since the plan was made; make a new plan"
@@ -580,6 +625,7 @@ class Reconciler:
                 observed_checksum=observed.checksum,
                 conflicts=(),
                 followups=tuple(entry.get("followups", [])),
+                unmatched=dict(entry.get("unmatched", {})),
             )
             if plan.checksum() != entry.get("checksum"):
                 raise PlanRefused(
@@ -606,11 +652,13 @@ def _guarded(item: Any, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except (TargetError, PlanRefused) as exc:
-        log.error("%s", exc)
+        # Reported once, by whoever shows the result (the CLI's output, the daemon's
+        # per-target line); a log line here would say it a second time.
+        log.debug("%s", exc)
         return str(exc)
     except ConfigError as exc:  # e.g. this target's password_file cannot be read
         name = getattr(item, "name", getattr(item, "target", "?"))
-        log.error("%s: %s", name, exc)
+        log.debug("%s: %s", name, exc)
         return f"{name}: {exc}"
 
 
@@ -632,15 +680,18 @@ def _each(items: Sequence[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any
 def _log_result(r: ApplyResult) -> None:
     counts = r.counts()
     log.info(
-        "target=%s result=%s created=%d updated=%d deleted=%d failed=%d collisions=%d%s",
+        "target=%s result=%s created=%d updated=%d deleted=%d failed=%d conflicts=%d%s",
         r.target, "ok" if r.ok else "failed", counts["create"], counts["update"],
-        counts["delete"], len(r.failed), len(r.collisions),
+        counts["delete"], len(r.failed), len(r.conflicts),
         f" error={r.error!r}" if r.error else "",
     )
+    # INFO, not WARNING: the CLI prints these on stdout already (an error is said once);
+    # the daemon logs at INFO, so the service journal still has every one.
     for _, message in r.failed[:20]:
-        log.warning("%s", message)
-    for conflict in r.collisions:
-        log.warning("%s: collision: %s %s", r.target, conflict.resource.ident, conflict.reason)
+        log.info("%s", message)
+    for conflict in r.conflicts:
+        log.info("%s: conflict: %s: %s", r.target, render.resource_line(conflict.resource),
+                 conflict.reason)
 
 
 def _summary(result: PassResult) -> dict[str, Any]:
@@ -649,7 +700,7 @@ def _summary(result: PassResult) -> dict[str, Any]:
         "errors": dict(result.plan.errors),
         "targets": {
             r.target: {"applied": len(r.applied), "failed": len(r.failed),
-                       "collisions": len(r.collisions), "error": r.error}
+                       "conflicts": len(r.conflicts), "error": r.error}
             for r in result.results
         },
     }
@@ -760,14 +811,34 @@ def _allocate(
     now: datetime,
     *,
     blocked_billing: Sequence[str] = (),
-) -> tuple[Any, dict[str, Any]]:
+    protected: Mapping[str, str] | None = None,
+) -> tuple[Any, dict[str, Any], str | None]:
+    """The allocation, its JSON, and why apply must refuse it unforced (or None)."""
     from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
     leases = store.leases() if store is not None else []
     allocation = ipam.allocate(snapshot.accounts.values(), pools, leases, now,
                                scope=snapshot.scope, blocked_billing=blocked_billing)
-    return allocation, allocation.to_json()
+    try:
+        check_pools(allocation, leases, protected or {})
+    except UnmatchedMapping as exc:
+        return allocation, allocation.to_json(), str(exc)
+    return allocation, allocation.to_json(), None
+
+
+def selectors(settings: Settings) -> list[Selector]:
+    """Every mapping's selector with what it fills and where: the unmatched-mapping rule's input."""
+    out = [
+        Selector(f"address_list[{i}]", m.list, tuple(r.name for r in settings.routers_for(m)),
+                 group=m.group, status=m.status)
+        for i, m in enumerate(settings.address_list)
+    ]
+    out += [Selector(f"radius_group[{i}]", m.radius_group, ("radius",), group=m.group, status=m.status)
+            for i, m in enumerate(settings.radius_group)]
+    out += [Selector(f"pool[{i}]", p.name, ("ipam",), group=p.group)
+            for i, p in enumerate(settings.pool)]
+    return out
 
 
 def _pool_billing(settings: Settings, snapshot: Snapshot) -> dict[str, tuple[str, ...]]:

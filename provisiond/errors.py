@@ -58,5 +58,10 @@ class TooMuchChange(PlanRefused):
     """A plan exceeds a safety threshold; ``--force`` is the only bypass."""
 
 
+class UnmatchedMapping(PlanRefused):
+    """A plan would empty a list, RADIUS group or pool whose mapping's group or status
+    matches no account in billing (a typo, most likely); ``--force`` is the only bypass."""
+
+
 class StalePlan(PlanRefused):
     """The target changed since the saved plan was made."""

@@ -10,6 +10,7 @@ and are read from files (``password_file``; a relative path is looked up in syst
 from __future__ import annotations
 
 import builtins
+import difflib
 import fnmatch
 import math
 import os
@@ -75,15 +76,43 @@ PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # FreeRADIUS's priority column
 
 
+CREDENTIALS_HINT = (
+    "by hand, point $CREDENTIALS_DIRECTORY at the files the unit's LoadCredential= lines name, e.g. "
+    "sudo CREDENTIALS_DIRECTORY=/etc/provisiond/credentials /opt/provisiond/bin/provisiond check-config"
+)
+
+
+def secret_path(path: Path) -> tuple[Path, str]:
+    """Where a ``*_file`` is read from, and how that was decided (for messages).
+
+    An absolute path is used as it is. A relative one names a systemd credential: it is
+    looked up in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), or, when that is not
+    set (run by hand), relative to the current directory.
+    """
+    if path.is_absolute():
+        return path, ""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        return Path(creds) / path, f"relative names are looked up in $CREDENTIALS_DIRECTORY ({creds})"
+    return Path.cwd() / path, (
+        "relative names are looked up in $CREDENTIALS_DIRECTORY, which is not set, so in the "
+        f"current directory ({Path.cwd()}); {CREDENTIALS_HINT}"
+    )
+
+
 def _read_secret(path: Path, what: str) -> str:
-    if not path.is_absolute():
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            path = Path(creds) / path
+    full, how = secret_path(path)
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return full.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise ConfigError([f"{what}: cannot read {path}: {exc.strerror}"]) from exc
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([f"{what}: cannot read {full}: {reason}" + (f" ({how})" if how else "")]) from exc
+
+
+def _unknown_keys(model: type[BaseModel], data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` has keys the model does not know: then "unknown key; did you mean"
+    says what is wrong, and a rule such as "set password_file" would only add noise."""
+    return any(k not in model.model_fields for k in data)
 
 
 class _Model(BaseModel):
@@ -219,7 +248,7 @@ class RouterSettings(_Model):
     @model_validator(mode="before")
     @classmethod
     def _password(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not _unknown_keys(cls, data):
             has_pw, has_file = data.get("password") is not None, data.get("password_file") is not None
             if not has_pw and not has_file:
                 raise ValueError("set password_file (or password)")
@@ -247,7 +276,8 @@ class _Selector(_Model):
     @model_validator(mode="before")
     @classmethod
     def _one_selector(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (data.get("group") is None) == (data.get("status") is None):
+        if (isinstance(data, dict) and not _unknown_keys(cls, data)
+                and (data.get("group") is None) == (data.get("status") is None)):
             raise ValueError("set exactly one of group or status")
         return data
 
@@ -557,7 +587,7 @@ def _problems_from(exc: ValidationError) -> list[str]:
         if err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         elif err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(loc)
         elif err["type"] == "missing":
             msg = "required key is missing"
         for line in msg.split("\n"):
@@ -568,6 +598,42 @@ def _problems_from(exc: ValidationError) -> list[str]:
             else:
                 problems.append(f"{where}: {line}")
     return problems
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model class a key path points into (``["router", 0, "pasword"]`` -> RouterSettings)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        found = _model_in(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(loc: Sequence[int | str]) -> str:
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    model = _model_at(loc)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1].lower(), list(model.model_fields), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -18,12 +18,16 @@ from typing import Any
 from provisiond import settings as settings_mod
 from provisiond.cli.console import painter, progress_bars
 from provisiond.core import render
+from provisiond.core.model import Snapshot
 from provisiond.errors import ConfigError, PlanRefused, ProvisiondError
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-def check_config(path: Path) -> int:
+def check_config(path: Path, *, connect: bool = False) -> int:
+    """Validate the config, read every secret file, run the billing query and check that
+    every mapping matches someone in billing; with ``connect``, also log in to every router
+    and the RADIUS database. Writes nothing anywhere. Exit 0 OK, 1 problems."""
     try:
         settings = settings_mod.load(path)
     except ConfigError as exc:
@@ -31,11 +35,11 @@ def check_config(path: Path) -> int:
             print(f"error: {problem}")
         print(f"{path}: {len(exc.problems)} problem(s)")
         return EXIT_ERROR
-    problems: list[str] = []
+    problems = secret_problems(settings)
     warnings = settings_mod.warnings(path, settings)
     from provisiond.sources.sql import SqlSource
 
-    usernames: list[str] = []
+    snapshot: Snapshot | None = None
     try:
         if settings.source.type == "sonar":
             problems += _check_sonar(settings)
@@ -43,21 +47,27 @@ def check_config(path: Path) -> int:
             assert settings.source.query is not None
             source = SqlSource(settings.source.resolved_url(), settings.source.query,
                                timeout=settings.source.timeout, display=settings.source.display_url())
-            found = source.check_columns()
-            problems += found
-            if not found and settings.radius is not None:
-                snapshot = source.read()
-                usernames = [u for a in snapshot.accounts.values() for u in a.usernames]
-            source.close()
+            try:
+                found = source.check_columns()
+                problems += found
+                if not found:
+                    snapshot = source.read()
+            finally:
+                source.close()
+    except ConfigError:
+        pass  # an unreadable source.password_file / token_file: reported by secret_problems
     except ProvisiondError as exc:
-        problems += exc.problems if isinstance(exc, ConfigError) else [f"source: {exc}"]
+        problems.append(f"source: {exc}")
     except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
         problems.append(f"source.url: {type(exc).__name__}: {exc}")
-    if settings.radius is not None:
+    if snapshot is not None:
+        problems += unmatched_problems(settings, snapshot)
+    if settings.radius is not None and not any(p.startswith("radius.") for p in problems):
         import sqlalchemy as sa
 
         from provisiond.targets.radius import check_radius_config
 
+        usernames = [u for a in snapshot.accounts.values() for u in a.usernames] if snapshot else []
         try:
             engine = sa.create_engine(settings.radius.resolved_url())
             warnings += check_radius_config(settings, engine, usernames)
@@ -71,13 +81,19 @@ def check_config(path: Path) -> int:
     warnings += permission_warnings(settings.state.url.get_secret_value())
     for w in warnings:
         print(f"warning: {w}")
+    failed = 0
+    if connect:
+        for line, ok in connection_checks(settings):
+            print(f"connect: {line}")
+            failed += not ok
     for problem in problems:
         print(f"error: {problem}")
-    if problems:
-        print(f"{path}: {len(problems)} problem(s)")
+    if problems or failed:
+        print(f"{path}: {len(problems) + failed} problem(s)")
         return EXIT_ERROR
     print(f"{path}: OK ({len(settings.router)} router(s), {len(settings.address_list)} address list "
-          f"mapping(s), {len(settings.radius_group)} RADIUS group(s), {len(settings.pool)} pool(s))")
+          f"mapping(s), {len(settings.radius_group)} RADIUS group(s), {len(settings.pool)} pool(s)"
+          + (", every connection tested" if connect else "") + ")")
     return EXIT_OK
 
 
@@ -102,6 +118,79 @@ def _check_sonar(settings: settings_mod.Settings) -> list[str]:
     finally:
         source.close()
     return []
+
+
+def secret_problems(settings: settings_mod.Settings) -> list[str]:
+    """Read every secret file provisiond will need, now rather than at the first pass."""
+    checks: list[tuple[str, Callable[[], object]]] = []
+    for i, r in enumerate(settings.router):
+        if r.password_file is not None:
+            checks.append((f"router[{i}].password_file", r.secret))
+    if settings.source.password_file is not None:
+        checks.append(("source.password_file", settings.source.resolved_url))
+    if settings.source.token_file is not None:
+        checks.append(("source.token_file", settings.source.sonar_token))
+    if settings.radius is not None and settings.radius.password_file is not None:
+        checks.append(("radius.password_file", settings.radius.resolved_url))
+    if settings.coa.secret_file is not None:
+        checks.append(("coa.secret_file", settings.coa.shared_secret))
+    out = []
+    for where, read in checks:
+        try:
+            read()
+        except ConfigError as exc:
+            out += [f"{where}: cannot read {p.split(': cannot read ', 1)[-1]}" for p in exc.problems]
+    return out
+
+
+def unmatched_problems(settings: settings_mod.Settings, snapshot: Snapshot) -> list[str]:
+    """Every mapping whose group or status matches no account, with billing's closest first."""
+    from provisiond.core.plan import closest, unmatched
+    from provisiond.engine import selectors
+
+    groups = {g for a in snapshot.accounts.values() for g in a.groups}
+    statuses = {a.status for a in snapshot.accounts.values()}
+    out = []
+    for sel in unmatched(selectors(settings), groups=groups, statuses=statuses):
+        name, have, what = ((sel.group, groups, "groups") if sel.group is not None
+                            else (sel.status or "", statuses, "statuses"))
+        listed = closest(name, have)
+        billing = (", ".join(json.dumps(n, ensure_ascii=False) for n in listed)
+                   + (", …" if len(have) > len(listed) else "")) if listed else "none"
+        out.append(
+            f"{sel.describe()} matches no account in billing; plan and apply will not empty "
+            f"{sel.fills} without --force; billing's {what}, closest first: {billing}"
+        )
+    return out
+
+
+def connection_checks(settings: settings_mod.Settings) -> list[tuple[str, bool]]:
+    """Log in to every router and the RADIUS database; change nothing. (line, ok) each."""
+    from provisiond.errors import TargetError
+    from provisiond.targets.routeros import RouterTarget
+
+    out: list[tuple[str, bool]] = []
+    for r in settings.router:
+        target = RouterTarget(r, lists=(), marker=settings.marker)
+        try:
+            out.append((f"{r.name}: ok: {target.check_connection()}", True))
+        except (TargetError, ConfigError) as exc:
+            out.append((f"{r.name}: FAILED: {_unprefixed(str(exc), r.name)}", False))
+        finally:
+            target.close()
+    if settings.radius is not None:
+        from provisiond.targets.radius import check_connection
+
+        try:
+            line = check_connection(settings.radius.resolved_url(), timeout=settings.radius.timeout)
+            out.append((f"radius: ok: {line}", True))
+        except (TargetError, ConfigError) as exc:
+            out.append((f"radius: FAILED: {_unprefixed(str(exc), 'radius')}", False))
+    return out
+
+
+def _unprefixed(message: str, name: str) -> str:
+    return message.removeprefix(f"{name}: ")
 
 
 def _reconciler(settings: settings_mod.Settings, *, readonly: bool) -> Any:
@@ -150,12 +239,18 @@ def cmd_plan(
         try:
             plan.check_safety(safety)
         except PlanRefused as exc:
-            refused[plan.target] = f"apply will refuse this without --force: {exc}"
+            refused[plan.target] = ("apply will refuse this without --force: "
+                                    + str(exc).removeprefix(f"{plan.target}: "))
+    if pp.ipam_refused:
+        refused["ipam"] = ("apply will refuse this without --force: "
+                           + pp.ipam_refused.removeprefix("ipam: "))
     if out or fmt == "json":
         extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat(),
                                  "notes": pp.notes}
         if pp.scope:
             extra["scope"] = {"targets": list(pp.scope), "resolved": sorted(pp.kinds)}
+        if pp.ipam_refused:
+            extra["ipam_refused"] = refused["ipam"]
         if pp.ipam_json:
             extra["ipam"] = pp.ipam_json
         if pp.accounts is not None:
@@ -172,7 +267,8 @@ def cmd_plan(
         del doc
     if fmt != "json":
         text = render.render_text(pp.plans, errors=pp.errors, refused=refused, notes=pp.notes,
-                                  ipam=pp.allocation.lines() if pp.allocation else ())
+                                  ipam=pp.allocation.lines() if pp.allocation else (),
+                                  ipam_changes=pp.ipam_changes)
         scope = scope_line(pp)
         if scope:
             text = scope + "\n" + text
@@ -222,7 +318,8 @@ def cmd_apply(
         print(json.dumps(apply_json(result), indent=2, ensure_ascii=False))
     else:
         text = render.render_text(pp.plans, errors=pp.errors, refused=result.refused,
-                                  notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else ())
+                                  notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else (),
+                                  ipam_changes=pp.ipam_changes)
         scope = scope_line(pp)
         if scope:
             text = scope + "\n" + text
@@ -238,23 +335,20 @@ def apply_lines(result: Any) -> list[str]:
         state = "ok" if r.ok else "FAILED"
         lines.append(
             f"{r.target}: {state}: {counts['create']} created, {counts['update']} updated, "
-            f"{counts['delete']} deleted, {len(r.failed)} failed, {len(r.collisions)} collision(s)"
+            f"{counts['delete']} deleted, {len(r.failed)} failed, {len(r.conflicts)} conflict(s)"
             + (f" [{sum(1 for f in r.followups if f.get('result') == 'ack')} of "
                f"{len(r.followups)} CoA/Disconnect acknowledged]" if r.followups else "")
         )
         if r.error:
-            lines.append(f"  error: {r.error}")
+            lines.append(f"  error: {r.error.removeprefix(r.target + ': ')}")
         for _, message in r.failed[:50]:
             lines.append(f"  failed: {message}")
-        for conflict in r.collisions[:50]:
-            lines.append(f"  collision: {render.resource_line(conflict.resource)}: {conflict.reason}")
+        for conflict in r.conflicts[:50]:
+            lines.append(f"  conflict: {render.resource_line(conflict.resource)}: {conflict.reason}")
         for f in r.followups:
             if f.get("result") != "ack":
                 lines.append(f"  {render.followup_line(f)}: {f.get('result')} {f.get('detail', '')}".rstrip())
-    for target, message in result.refused.items():
-        lines.append(f"{target}: REFUSED: {message}")
-    for target, message in result.plan.errors.items():
-        lines.append(f"{target}: FAILED: {message}")
+    # Refusals and targets that could not be planned are in the plan printed above.
     lines.append(f"Apply: {'ok' if result.ok else 'FAILED'} in {result.duration:.1f}s.")
     return lines
 
@@ -275,7 +369,7 @@ def apply_json(result: Any) -> dict[str, Any]:
                 "error": r.error,
                 "applied": [change_to_json(c) for c in r.applied],
                 "failed": [{**change_to_json(c), "message": m} for c, m in r.failed],
-                "collisions": [c.to_json() for c in r.collisions],
+                "conflicts": [c.to_json() for c in r.conflicts],
                 "followups": [dict(f) for f in r.followups],
             }
             for r in result.results

@@ -79,7 +79,7 @@ def style_of(line: str) -> str | None:
         return "refused"
     if stripped.startswith(("error:", "failed:")) or ": FAILED" in line or line.startswith("Apply: FAILED"):
         return "failed"
-    if stripped.startswith(("conflict:", "collision:")):
+    if stripped.startswith("conflict:"):
         return "conflict"
     if line.startswith(("Plan:", "Apply:", "Scope:", "Explain:")):
         return "summary"

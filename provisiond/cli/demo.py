@@ -298,7 +298,7 @@ def digest(text: str, *, sample: int = SAMPLE) -> str:
             out.extend(_cut(lines[block_start:j], sample))
             i = j
             continue
-        if indent == 2:  # a run of lines of one kind: follow-ups, failures, collisions
+        if indent == 2:  # a run of lines of one kind: follow-ups, failures, conflicts
             word = line.split()[0]
             j = i
             while j < len(lines) and lines[j].startswith("  " + word) and not lines[j].startswith("    "):

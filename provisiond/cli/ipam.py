@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings, *, now: datetime | None = 
     url = settings.state.url.get_secret_value()
     try:
         if args.ipam_command == "release":
-            return _release(url, args.account, args.pool, pools, now)
+            return _release(url, args.account, args.pool, pools, now, settings=settings)
         with StateStore.open(url, readonly=True) as store:
             leases = store.leases()
         if args.ipam_command == "list":
@@ -93,18 +93,51 @@ def _show(leases: Sequence[Lease], account: str, fmt: str, now: datetime) -> int
     return EXIT_OK if mine else EXIT_ERROR
 
 
-def _release(url: str, account: str, pool: str | None, pools: Sequence[Pool], now: datetime) -> int:
+def _release(url: str, account: str, pool: str | None, pools: Sequence[Pool], now: datetime,
+             *, settings: Settings) -> int:
     holds = {p.name: p.hold.total_seconds() for p in pools}
     with StateStore.open(url) as store:
         released = store.release(account, pool, now=now, hold=holds)
+        held = [x for x in store.leases(pool) if x.account_id == account and x.state == "held"
+                and x not in released]
     where = f" in pool {pool}" if pool else ""
     if not released:
+        if held:  # released before (by hand or by a pass): it is held, say so
+            for x in held:
+                until = x.held_until.isoformat() if x.held_until else "?"
+                print(f"{x.pool} {x.address}  acct {x.account_id} is already held (until {until})")
+            return EXIT_OK
         print(f"account {account} has no leased address{where}", file=sys.stderr)
         return EXIT_ERROR
     for x in released:
         until = x.held_until.isoformat() if x.held_until else "?"
-        print(f"released {x.pool} {x.address}  acct {x.account_id} (held until {until})")
+        print(f"released {x.pool} {x.address}  acct {x.account_id}: held until {until}")
+    for warning in _still_in_group(settings, account, {x.pool for x in released}):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _still_in_group(settings: Settings, account: str, released: set[str]) -> list[str]:
+    """Warn when billing still puts the account in a released pool's group: the next
+    pass gives the held address straight back (the hold keeps it for the account)."""
+    from provisiond.sources.sql import SqlSource
+
+    try:
+        source = SqlSource(settings.source.resolved_url(), settings.source.query,
+                           timeout=settings.source.timeout, display=settings.source.display_url())
+        try:
+            acct = source.read().accounts.get(account)
+        finally:
+            source.close()
+    except Exception as exc:  # noqa: BLE001 - the release is done; this is only advice
+        return [f"could not read billing to check account {account}'s groups: {exc}"]
+    if acct is None:
+        return []
+    return [
+        f"account {account} is still in group {p.group!r} of pool {p.name} in billing: the next "
+        "pass hands its address back; take it out of the group in billing to free the address"
+        for p in settings.pool if p.name in released and p.group in acct.groups
+    ]
 
 
 def _table(leases: Sequence[Lease], now: datetime) -> None:

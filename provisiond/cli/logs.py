@@ -7,11 +7,13 @@ secret on purpose, and this filter masks anything shaped like one (``password=â€
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 _PATTERNS = [
     (re.compile(r"(=?(?:password|passwd|secret|response)=)[^\s'\",]+", re.I), r"\1***"),
@@ -34,14 +36,48 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+_PAIR = re.compile(r"""(?<!\S)([a-z_][a-z0-9_]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
+
+
+def split_pairs(message: str) -> tuple[str, dict[str, Any]]:
+    """``"pass=3 result=ok changes=2 done"`` -> ``("done", {"pass": 3, "result": "ok", "changes": 2})``.
+
+    Values quoted with ``%r`` lose their quotes; whole numbers become numbers.
+    """
+    fields: dict[str, Any] = {}
+
+    def take(m: re.Match[str]) -> str:
+        key, value = m.group(1), m.group(2)
+        if key in _RESERVED:
+            return m.group(0)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            try:
+                fields[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                fields[key] = value[1:-1]
+        elif re.fullmatch(r"-?\d+", value):
+            fields[key] = int(value)
+        else:
+            fields[key] = value
+        return ""
+
+    rest = _PAIR.sub(take, message)
+    return " ".join(rest.split()), fields
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the message's key=value pairs become fields of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        msg, fields = split_pairs(record.getMessage())
+        doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": msg,
         }
+        doc.update(fields)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False)

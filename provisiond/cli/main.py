@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sub.add_parser("check-config", help="validate the config and test the billing query")
+    check = sub.add_parser("check-config", help="validate the config, its secrets, the billing query "
+                           "and the mappings (writes nothing)")
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to every router and the RADIUS database (changes nothing)")
 
     plan = sub.add_parser("plan", help="show what would change (writes nothing)")
     plan.add_argument("--format", choices=["text", "json"], default="text")
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         ipam_cmd.add_parser(sub)
     except ImportError:  # IPAM not installed in this build
         pass
+    _config_everywhere(sub)
     return p
 
 
@@ -110,6 +114,20 @@ def _accounts(values: list[str] | None) -> frozenset[str] | None:
     return ids or None
 
 
+def _config_everywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Accept ``--config`` after the subcommand too (``provisiond plan --config F``).
+
+    SUPPRESS as the default: a subcommand that is not given ``--config`` leaves the
+    value from before the subcommand (or None) alone.
+    """
+    for parser in sub.choices.values():
+        parser.add_argument("--config", "-c", metavar="PATH", default=argparse.SUPPRESS,
+                            help="config file (also accepted before the subcommand)")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _config_everywhere(action)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbosity=args.verbose, fmt=args.log_format or "text")
@@ -120,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         full=args.full, color=args.color, source=args.source)
     path = settings_mod.config_path(args.config)
     if args.command == "check-config":
-        return check_config(path)
+        return check_config(path, connect=args.connect)
     try:
         settings = settings_mod.load(path)
     except ConfigError as exc:

@@ -155,6 +155,19 @@ def billing_form(text: str) -> str:
     return form_of(parsed)
 
 
+def has_host_bits(text: str) -> bool:
+    """``100.64.30.9/30`` -> True: a network written with an address inside it."""
+    try:
+        ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        try:
+            ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
 @lru_cache(maxsize=1 << 16)
 def routeros_form(text: str) -> str:
     """The string RouterOS prints for an address-list ``address`` it was given ``text`` for.

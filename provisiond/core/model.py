@@ -49,6 +49,8 @@ class Snapshot:
     rows: int = 0
     problems: tuple[RowProblem, ...] = field(default=())
     scope: frozenset[str] | None = None
+    # Rows used, but not quite as billing wrote them (an address with host bits set).
+    notes: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.accounts)

@@ -4,20 +4,24 @@ to what was reviewed.
 Built by the reconciler from ``diff``; rendered by ``render``; applied by the target.
 Safety follows octoDNS: the share of deletes and of updates against the managed
 entries that exist in a group (an address list, a RADIUS group) may not exceed the
-configured ratios once that group holds ``min_existing`` entries. ``--force`` is the
-only bypass, and the daemon never forces.
+configured ratios once that group holds ``min_existing`` entries. A second rule knows
+no size: a mapping whose group or status matches no account in billing (a typo such as
+``"Tower Host"``) never empties its list, RADIUS group or pool. ``--force`` is the only
+bypass, and the daemon never forces.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from provisiond.core.changes import Change, Conflict, change_to_json
-from provisiond.errors import TooMuchChange
+from provisiond.core.ipam import Allocation, Lease
+from provisiond.errors import TooMuchChange, UnmatchedMapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class Plan:
     # Follow-up actions a target does after its changes (CoA/Disconnect for RADIUS);
     # each is a flat JSON object, rendered on its own line.
     followups: tuple[Mapping[str, Any], ...] = ()
+    # Groups (list names, RADIUS groups) filled by a mapping that matches no billing
+    # account this pass -> which mapping and why; such a group is never emptied unforced.
+    unmatched: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -73,12 +80,18 @@ class Plan:
 
         ``earlier``: changes per group and action already applied by scoped passes since
         the last full one; they count with this plan's, so a run of small scoped passes
-        cannot together do what one full pass would be refused.
+        cannot together do what one full pass would be refused. ``UnmatchedMapping`` when
+        the plan would empty a group whose mapping matches nobody in billing.
         """
         per_group: dict[str, dict[str, int]] = {}
         for c in self.changes:
             g = per_group.setdefault(c.resource.group, {"delete": 0, "update": 0, "create": 0})
             g[c.action] += 1
+        emptied = []
+        for group, why in sorted(self.unmatched.items()):
+            held, mine = self.existing.get(group, 0), per_group.get(group)
+            if held and mine and mine["delete"] >= held and not mine["create"]:
+                emptied.append(f"{group}: {mine['delete']} deletes would empty it, but {why}")
         for group, n in (earlier or {}).items():
             if group in per_group:
                 for action in ("delete", "update"):
@@ -98,10 +111,86 @@ class Plan:
                         f"{group}: {n[action]} {action}s of {existing} existing entries "
                         f"({ratio:.1%}) exceeds max_{action}_ratio {limit:.1%}"
                     )
+        if emptied:
+            raise UnmatchedMapping(
+                self.target, "; ".join(emptied + problems)
+                + " (a typo in the config? use --force to apply anyway)",
+            )
         if problems:
             raise TooMuchChange(
                 self.target, "; ".join(problems) + " (use --force to apply anyway)"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """One mapping's selector, for the unmatched-mapping rule.
+
+    ``where`` is its config path (``address_list[0]``), ``fills`` the list, RADIUS group
+    or pool it fills, ``targets`` the target names it writes to (routers, ``radius``,
+    ``ipam`` for a pool).
+    """
+
+    where: str
+    fills: str
+    targets: tuple[str, ...]
+    group: str | None = None
+    status: str | None = None
+
+    def describe(self) -> str:
+        if self.group is not None:
+            return f"{self.where}.group {json.dumps(self.group, ensure_ascii=False)}"
+        return f"{self.where}.status {json.dumps(self.status, ensure_ascii=False)}"
+
+    def matches(self, groups: Set[str], statuses: Set[str]) -> bool:
+        return self.group in groups if self.group is not None else self.status in statuses
+
+
+def unmatched(
+    selectors: Iterable[Selector], *, groups: Set[str], statuses: Set[str]
+) -> list[Selector]:
+    """The selectors that match no account: billing has no such group (or status)."""
+    return [s for s in selectors if not s.matches(groups, statuses)]
+
+
+def unmatched_by_target(found: Iterable[Selector]) -> dict[str, dict[str, str]]:
+    """target -> group it fills -> why it is protected; what ``Plan.unmatched`` takes."""
+    out: dict[str, dict[str, str]] = {}
+    for s in found:
+        for target in s.targets:
+            why = f"{s.describe()} matches no account in billing"
+            mine = out.setdefault(target, {})
+            mine[s.fills] = f"{mine[s.fills]}; {why}" if s.fills in mine else why
+    return out
+
+
+def closest(name: str, candidates: Iterable[str], *, limit: int = 10) -> list[str]:
+    """``candidates`` most similar to ``name`` first (case-insensitive), at most ``limit``."""
+
+    def score(c: str) -> float:
+        return difflib.SequenceMatcher(None, name.casefold(), c.casefold()).ratio()
+
+    return sorted(set(candidates), key=lambda c: (-score(c), c))[:limit]
+
+
+def check_pools(
+    allocation: Allocation, leases: Sequence[Lease], unmatched_pools: Mapping[str, str]
+) -> None:
+    """Raise ``UnmatchedMapping`` when the allocation would release every address of a
+    pool whose group matches no account (and give none out in it)."""
+    problems = []
+    for pool, why in sorted(unmatched_pools.items()):
+        leased = {x.address for x in leases if x.pool == pool and x.state == "leased"}
+        if not leased:
+            continue
+        released = {x.address for x in allocation.releases if x.pool == pool}
+        kept = any(x.pool == pool for x in (*allocation.new, *allocation.returns))
+        if leased <= released and not kept:
+            problems.append(f"pool {pool}: {len(released)} releases would empty it, but {why}")
+    if problems:
+        raise UnmatchedMapping(
+            "ipam", "; ".join(problems) + " (a typo in the config? use --force to apply anyway)"
+        )
 
 
 def observed_digest(items: list[tuple[Any, ...]]) -> str:

@@ -67,6 +67,7 @@ def render_text(
     refused: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     ipam: Sequence[str] = (),
+    ipam_changes: int = 0,
 ) -> str:
     errors = errors or {}
     refused = refused or {}
@@ -96,10 +97,14 @@ def render_text(
         for f in plan.followups:
             out.append(f"  {followup_line(f)}")
         if plan.target in refused:
-            out.append(f"  REFUSED: {refused[plan.target]}")
+            out.append(f"  REFUSED: {refused[plan.target].removeprefix(plan.target + ': ')}")
+    planned = {p.target for p in plans}
+    for target, message in refused.items():
+        if target not in planned:  # e.g. "ipam": refused, but not a target with a plan
+            out.append(f"{target}: REFUSED: {message.removeprefix(target + ': ')}")
     for target, message in errors.items():
-        out.append(f"{target}: FAILED: {message}")
-    out.append(summary_line(plans, errors=errors, refused=refused))
+        out.append(f"{target}: FAILED: {message.removeprefix(target + ': ')}")
+    out.append(summary_line(plans, errors=errors, refused=refused, ipam_changes=ipam_changes))
     return "\n".join(out) + "\n"
 
 
@@ -118,13 +123,17 @@ def summary_line(
     *,
     errors: Mapping[str, str] | None = None,
     refused: Mapping[str, str] | None = None,
+    ipam_changes: int = 0,
 ) -> str:
+    """One line: what is planned, lease changes (new, returned, released) included."""
     t = totals(plans)
     changed = sum(1 for p in plans if p.changes)
     line = (
         f"Plan: {t['create']} to create, {t['update']} to update, {t['delete']} to delete "
         f"on {changed} of {len(plans) + len(errors or {})} target(s)"
     )
+    if ipam_changes:
+        line += f"; {ipam_changes} lease change(s)"
     if t["conflicts"]:
         line += f"; {t['conflicts']} conflict(s)"
     if t["followups"]:
@@ -148,6 +157,8 @@ def plan_json(plan: Plan, *, refused: str | None = None) -> dict[str, Any]:
         "conflicts": [c.to_json() for c in plan.conflicts],
         "followups": [dict(f) for f in plan.followups],
     }
+    if plan.unmatched:
+        out["unmatched"] = dict(plan.unmatched)
     if refused:
         out["refused"] = refused
     return out

@@ -3,7 +3,8 @@
 The pass runner records into ``Metrics`` after every pass; ``Health`` remembers when a
 pass last succeeded. ``serve`` answers ``GET /metrics`` (the text exposition of
 provisiond's own registry, nothing of the process-global one) and ``GET /healthz``
-(200 ``ok`` when a pass succeeded within ``healthz_max_age``, else 503 and the reason)
+(200 ``ok`` when a pass succeeded within ``healthz_max_age``, else 503 and the reason;
+lasting conflicts are named in the body either way, without failing health)
 from a small threading HTTP server.
 """
 
@@ -13,7 +14,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,6 +48,10 @@ class Metrics:
                            ["result"], registry=r)
         self.refusals = Counter("provisiond_safety_refusals",
                                 "Plans refused by the safety thresholds", ["target"], registry=r)
+        self.conflicts = Gauge("provisiond_conflicts",
+                               "Desired entries provisiond will not touch (held by an entry or row "
+                               "it does not own, or claimed twice), as of the last pass",
+                               ["target"], registry=r)
         self.leader = Gauge("provisiond_leader", "1 while this process holds the leader lock",
                             registry=r)
         self.backoff = Gauge("provisiond_target_backoff_seconds",
@@ -79,18 +84,26 @@ class Health:
     last_success: float | None = None  # time.monotonic()
     last_result: str = "no pass yet"
     standby: bool = False
+    conflicts: dict[str, int] = field(default_factory=dict)  # target -> entries left alone
+
+    def _detail(self) -> str:
+        """Conflicts do not fail health (provisiond did its job), but they are shown."""
+        if not self.conflicts:
+            return ""
+        each = ", ".join(f"{t} {n}" for t, n in sorted(self.conflicts.items()))
+        return f"; conflicts (entries provisiond will not touch, see `provisiond plan`): {each}"
 
     def check(self, now: float | None = None) -> tuple[bool, str]:
         now = time.monotonic() if now is None else now
         if self.standby:
             return True, "ok: standby (another provisiond is the leader)"
         if self.last_success is None:
-            return False, f"no successful pass yet; last: {self.last_result}"
+            return False, f"no successful pass yet; last: {self.last_result}{self._detail()}"
         age = now - self.last_success
         if age > self.max_age:
             return False, (f"last successful pass {age:.0f}s ago (healthz_max_age "
-                           f"{self.max_age:.0f}s); last: {self.last_result}")
-        return True, "ok"
+                           f"{self.max_age:.0f}s); last: {self.last_result}{self._detail()}")
+        return True, "ok" + self._detail()
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -75,6 +75,7 @@ class Outcome:
     duration: float = 0.0
     changes: int = 0
     failed: list[str] = field(default_factory=list)
+    conflicts: dict[str, int] = field(default_factory=dict)  # target -> entries left alone
 
 
 ReconcilerFactory = Callable[[Settings, bool], Any]
@@ -191,11 +192,23 @@ class PassRunner:
         if outcome.result == "ok" and accounts is None:
             # Only a full pass vouches for every target (healthz).
             self.health.last_success = time.monotonic()
-        log.info("pass=%d result=%s duration=%.2fs changes=%d%s%s", self.count, outcome.result,
-                 outcome.duration, outcome.changes,
+        if outcome.result != "error":  # an error pass saw no target: keep what is known
+            self.health.conflicts = {t: n for t, n in outcome.conflicts.items() if n}
+        conflicts = sum(outcome.conflicts.values())
+        log.info("pass=%d result=%s duration=%.2fs changes=%d conflicts=%d%s%s%s", self.count,
+                 outcome.result, outcome.duration, outcome.changes, conflicts,
+                 f" conflicts_on={','.join(sorted(self.health.conflicts))}" if conflicts else "",
                  "" if accounts is None else f" scope={len(accounts)}",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
+
+    def _conflicts(self, pp: Any, results: list[Any]) -> dict[str, int]:
+        """Entries provisiond will not touch, per target, this pass; sets the gauge."""
+        extra = {r.target: len(r.conflicts) for r in results}
+        out = {p.target: len(p.conflicts) + extra.get(p.target, 0) for p in pp.plans}
+        for target, n in out.items():
+            self.metrics.conflicts.labels(target).set(n)
+        return out
 
     def _skip(self, name: str) -> bool:
         return self.backoff.skip(name)
@@ -212,16 +225,24 @@ class PassRunner:
             c = plan.counts()
             log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
                      plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
+            # The diff itself at INFO: watching it is the point of dry-run mode.
             for change in plan.changes:
-                log.debug("dry-run target=%s %s", plan.target, render.change_line(change))
+                log.info("dry-run target=%s %s", plan.target, render.change_line(change))
+            for conflict in plan.conflicts:
+                log.info("dry-run target=%s conflict: %s: %s", plan.target,
+                         render.resource_line(conflict.resource), conflict.reason)
         failed = self._target_failures(pp, results=[])
-        line = render.summary_line(pp.plans, errors=pp.errors)
+        line = render.summary_line(pp.plans, errors=pp.errors, ipam_changes=pp.ipam_changes)
+        if pp.allocation is not None:
+            for text in pp.allocation.lines():
+                log.info("dry-run ipam %s", text)
         for note in pp.notes:
             log.info("dry-run note: %s", note)
         log.info("dry-run %s (nothing written)", line)
         ok = not pp.errors
         changes = sum(len(p.changes) for p in pp.plans)
-        return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed)
+        return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed,
+                       conflicts=self._conflicts(pp, []))
 
     def _apply(self, rec: Any, may_write: Callable[[], bool] | None = None) -> Outcome:
         pp = self._plan(rec)
@@ -266,8 +287,11 @@ class PassRunner:
         waiting = [n for n in self.backoff.names() if n not in failed]
         if waiting:
             line += f"; backing off: {', '.join(waiting)}"
+        conflicts = self._conflicts(pp, pr.results)
+        if sum(conflicts.values()):
+            line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
         return Outcome("ok" if pr.ok and not waiting else "partial", line, changes=applied,
-                       failed=failed)
+                       failed=failed, conflicts=conflicts)
 
     def _target_failures(self, pp: Any, *, results: list[Any],
                          refused: dict[str, str] | None = None) -> list[str]:

@@ -99,6 +99,7 @@ def aggregate(
     accounts: dict[str, _Builder] = {}
     problems: list[RowProblem] = []
     clashes: dict[str, tuple[set[str], set[str]]] = {}  # account id -> names, statuses
+    notes: dict[tuple[str, str], str] = {}
     count = 0
     for raw_id, name, status, group, ip_raw, username in rows:
         count += 1
@@ -118,6 +119,11 @@ def aggregate(
             except ValueError as exc:
                 problems.append(RowProblem(account_id, str(exc)))
                 continue
+            if "/" in str(ip_raw) and (account_id, ip) not in notes:
+                given = str(ip_raw).strip()
+                if addresses.has_host_bits(given):
+                    notes[(account_id, ip)] = (
+                        f"account {account_id}: {given} has host bits set; used as the network {ip}")
         acc = accounts.get(account_id)
         if acc is None:
             acc = accounts[account_id] = _Builder(account_id, _text(name), _text(status))
@@ -146,6 +152,7 @@ def aggregate(
         rows=count,
         problems=tuple(problems),
         scope=scope,
+        notes=tuple(notes.values()),
     )
 
 

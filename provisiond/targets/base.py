@@ -21,12 +21,12 @@ from provisiond.core.scope import Scope
 
 @dataclass(slots=True)
 class ApplyResult:
-    """What happened to one target's plan. ``failed`` and ``collisions`` carry messages."""
+    """What happened to one target's plan. ``failed`` and ``conflicts`` carry messages."""
 
     target: str
     applied: list[Change] = field(default_factory=list)
     failed: list[tuple[Change, str]] = field(default_factory=list)
-    collisions: list[Conflict] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
     followups: list[Mapping[str, Any]] = field(default_factory=list)  # e.g. CoA results
     error: str | None = None  # the whole target failed (unreachable, refused, rolled back)
 

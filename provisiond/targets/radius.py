@@ -661,6 +661,23 @@ def build_radius_target(settings: Settings, ledger: RadiusLedger) -> RadiusTarge
     )
 
 
+def check_connection(url: str, *, timeout: float) -> str:
+    """Connect and read one row of each table provisiond writes, changing nothing
+    (``check-config --connect``). Raises TargetError naming the database, never its password."""
+    url_obj = sa.engine.make_url(url)
+    display = url_obj.render_as_string(hide_password=True)
+    engine = sa.create_engine(url_obj, connect_args=_connect_args(url_obj, timeout))
+    try:
+        with engine.connect() as conn:
+            for table in (radusergroup, radreply):
+                conn.execute(sa.select(table.c.id).limit(1)).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetError("radius", f"{display}: {_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+    return f"connected to {display}; radusergroup and radreply readable"
+
+
 def check_radius_config(settings: Settings, engine: Engine, usernames: Iterable[str] = ()) -> list[str]:
     """Warnings an operator should act on: empty managed groups, usernames rlm_sql mangles."""
     out: list[str] = []

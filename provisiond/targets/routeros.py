@@ -225,6 +225,14 @@ class RouterTarget:
                 raise TargetUnavailable(self.name, f"cannot connect to {where}: {_why(exc)}") from exc
         return self._api
 
+    def check_connection(self) -> str:
+        """Log in and out again, changing nothing (``check-config --connect``). Raises TargetError."""
+        self._api_or_connect()
+        self.close()
+        s = self.settings
+        how = "API-SSL" if s.tls else "plain API"
+        return f"logged in to {s.host}:{s.api_port} ({how}) as {s.username}"
+
     def close(self) -> None:
         if self._api is not None:
             try:
@@ -523,7 +531,7 @@ class RouterTarget:
         for p in partial:
             result.applied += p.applied
             result.failed += p.failed
-            result.collisions += p.collisions
+            result.conflicts += p.conflicts
         if errors:
             raise errors[0]
 
@@ -531,7 +539,7 @@ class RouterTarget:
         if not answer.traps:
             result.applied.append(change)
         elif any(DUPLICATE in t for t in answer.traps):
-            result.collisions.append(Conflict(change.new, f"{answer.traps[0]} (not provisiond's)"))
+            result.conflicts.append(Conflict(change.new, f"{answer.traps[0]} (not provisiond's)"))
         else:
             result.failed.append((change, self._refused("add", change.new, answer.traps[0])))
         self._tick(1)
@@ -723,7 +731,7 @@ def _no_progress(n: int) -> None:
 def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None:
     """The target failed mid-way: every change not yet applied, failed or collided fails with ``why``."""
     done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
-    done |= {id(c.resource) for c in result.collisions}
+    done |= {id(c.resource) for c in result.conflicts}
     result.error = why
     result.failed += [(c, "not applied: " + why) for c in changes
                       if id(c) not in done and id(c.resource) not in done]

@@ -82,6 +82,8 @@ def test_hand_made_dynamic_and_unmanaged_entries_are_never_touched(world: World)
     sim.add_entry("ip", list_name="other-list", address="192.0.2.53", comment="provisiond:9 forged", dynamic=False)
     _seed(world)
     assert world.run("apply")[0] == 0
+    # Billing keeps knowing "Credit Card Pending" (else emptying cc-pending needs --force).
+    world.account(1047, "Stays Pending", groups=["Credit Card Pending"])
     world.remove_account(1042)
     world.remove_account(1043)
     assert world.run("apply")[0] == 0
@@ -107,7 +109,7 @@ def test_reads_only_managed_lists_with_filtered_prints(world: World) -> None:
     world.assert_converged()
 
 
-def test_collision_with_unowned_entry_is_reported_not_failed(world: World) -> None:
+def test_conflict_with_unowned_entry_is_reported_not_failed(world: World) -> None:
     sim = world.router("core-1")
     sim.add_entry("ip", list_name="tower-hosts", address="100.64.10.5", comment="hand", dynamic=False)
     _seed(world)
@@ -160,11 +162,11 @@ def test_safety_threshold_refuses_then_force_applies(world: World) -> None:
         world.remove_account(4000 + i)
     code, out, _ = world.run("plan")
     assert code == 2
-    assert ("REFUSED: apply will refuse this without --force: core-1: tower-hosts: 10 deletes of 20 "
+    assert ("REFUSED: apply will refuse this without --force: tower-hosts: 10 deletes of 20 "
             "existing entries (50.0%) exceeds max_delete_ratio 30.0%") in out
     code, out, _ = world.run("apply")
     assert code == 1
-    assert ("REFUSED: core-1: tower-hosts: 10 deletes of 20 existing entries (50.0%) exceeds "
+    assert ("REFUSED: tower-hosts: 10 deletes of 20 existing entries (50.0%) exceeds "
             "max_delete_ratio 30.0%") in out
     assert len(world.entries("core-1", "tower-hosts")) == 20, "a refused plan writes nothing"
     code, out, _ = world.run("apply", "--force")
@@ -189,12 +191,12 @@ def test_saved_plan_applies_exactly_and_stale_plan_is_refused(world: World) -> N
     edited["targets"][0]["changes"][0]["address"] = "192.0.2.99"
     (world.tmp / "edited.json").write_text(json.dumps(edited))
     code, out, err = world.run("apply", "--plan", str(world.tmp / "edited.json"))
-    assert code == 1 and "core-1: the saved plan's changes do not match its checksum" in out
+    assert code == 1 and "core-1: FAILED: the saved plan's changes do not match its checksum" in out
     entry_id = world.entries("core-1", "tower-hosts")["100.64.10.5"][".id"]
     sim.remove_entry("ip", entry_id)  # the router changes behind the plan's back
     code, out, err = world.run("apply", "--plan", str(plan_file))
     assert code == 1
-    assert "core-1: FAILED: core-1: its managed entries changed since the plan was made" in out
+    assert "core-1: FAILED: its managed entries changed since the plan was made" in out
     assert "100.64.10.50" not in world.entries("core-1", "tower-hosts")
     assert world.run("apply")[0] == 0
     world.assert_converged()
@@ -271,7 +273,7 @@ def test_one_router_down_does_not_stop_the_others(world: World) -> None:
     down.set_down(True)
     code, out, err = world.run("plan")
     assert code == 1
-    assert "edge-1: FAILED: edge-1: cannot connect to 127.0.0.1:" in out
+    assert "edge-1: FAILED: cannot connect to 127.0.0.1:" in out
     assert "core-1 (routeros): 4 to create" in out
     code, out, err = world.run("apply")
     assert code == 1
@@ -289,7 +291,7 @@ def test_wrong_password_names_the_router_and_hides_the_secret(world: World) -> N
     (world.tmp / "router-pw").write_text("wrong-password-xyz\n")
     code, out, err = world.run("-vv", "plan")
     assert code == 1
-    assert "core-1: login to 127.0.0.1:" in out and "invalid user name or password (6)" in out
+    assert "core-1: FAILED: login to 127.0.0.1:" in out and "invalid user name or password (6)" in out
     assert "wrong-password-xyz" not in out + err
     (world.tmp / "router-pw").write_text(ROUTER_PASSWORD + "\n")
     code, out, err = world.run("-vv", "apply")
@@ -372,7 +374,7 @@ def test_unreadable_password_file_fails_only_that_router(world: World) -> None:
     world.config.write_text(text)
     code, out, err = world.run("apply")
     assert code == 1
-    assert "edge-1: router edge-1: password_file: cannot read" in out
+    assert "edge-1: FAILED: router edge-1: password_file: cannot read" in out
     assert "core-1: ok: 4 created" in out
 
 

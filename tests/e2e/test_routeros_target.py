@@ -99,13 +99,13 @@ def test_connection_lost_mid_apply_fails_the_rest_and_reconnects_next_time(sim: 
     t.close()
 
 
-def test_add_colliding_at_apply_time_is_a_reported_collision(sim: RouterSim) -> None:
+def test_add_colliding_at_apply_time_is_a_reported_conflict(sim: RouterSim) -> None:
     """The router answers ``failure: already have such entry``: reported, not a failure."""
     t = _target(sim)
     sim.add_entry("ip", list_name="l", address="10.1.0.1", comment="raced", dynamic=False)
     result = t.apply(Plan("core-1", "routeros", _creates(3)))
     assert result.ok and len(result.applied) == 2
-    assert [(c.resource.get("address"), c.reason) for c in result.collisions] == [
+    assert [(c.resource.get("address"), c.reason) for c in result.conflicts] == [
         ("10.1.0.1", "failure: already have such entry (not provisiond's)")]
     assert {e["address"]: e.get("comment") for e in sim.entries("ip", "l")}["10.1.0.1"] == "raced"
     t.close()

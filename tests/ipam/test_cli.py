@@ -93,12 +93,14 @@ def test_show(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_release(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    until = (NOW + timedelta(minutes=10)).isoformat()
     assert ipam_cmd.run(parse("release", "1", "--pool", "towers6"), settings, now=NOW) == 0
-    assert capsys.readouterr().out.strip() == (
-        f"released towers6 2001:db8::1  acct 1 (held until {(NOW + timedelta(minutes=10)).isoformat()})"
-    )
-    assert ipam_cmd.run(parse("release", "1", "--pool", "towers6"), settings, now=NOW) == 1
-    assert "no leased address in pool towers6" in capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == f"released towers6 2001:db8::1  acct 1: held until {until}"
+    # Released before: the address is described as held, not as missing.
+    assert ipam_cmd.run(parse("release", "1", "--pool", "towers6"), settings, now=NOW) == 0
+    assert capsys.readouterr().out.strip() == f"towers6 2001:db8::1  acct 1 is already held (until {until})"
+    assert ipam_cmd.run(parse("release", "9", "--pool", "towers6"), settings, now=NOW) == 1
+    assert "account 9 has no leased address in pool towers6" in capsys.readouterr().err
     assert ipam_cmd.run(parse("release", "2"), settings, now=NOW) == 0
     with StateStore.open(settings.state.url.get_secret_value(), readonly=True) as store:
         assert {(x.account_id, x.state) for x in store.leases() if x.account_id == "2"} == {("2", "held")}
@@ -125,3 +127,31 @@ def test_release_on_postgres(pg_url: str, capsys: pytest.CaptureFixture[str]) ->
         store.reserve(allocate([Account("7", groups=frozenset({"towers"}))], pools, [], NOW), NOW)
     assert ipam_cmd.run(parse("release", "7"), s, now=NOW) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_release_warns_when_billing_still_has_the_account_in_the_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    billing = tmp_path / "billing.db"
+    with sqlite3.connect(billing) as db:
+        db.execute("CREATE TABLE a (id TEXT, grp TEXT)")
+        db.executemany("INSERT INTO a VALUES (?, ?)", [("1", "towers"), ("2", "other")])
+    s = Settings(
+        source={"url": f"sqlite:///{billing}",  # type: ignore[arg-type]
+                "query": "SELECT id AS account_id, '' AS account_name, 'active' AS status, grp AS "
+                         "group_name, NULL AS ip_address, NULL AS radius_username FROM a"},
+        state={"url": f"sqlite:///{tmp_path / 'state.db'}"},  # type: ignore[arg-type]
+        pool=[{"name": "towers", "group": "towers", "networks": ["100.64.0.0/29"]}],  # type: ignore[list-item]
+    )
+    pools = [Pool.from_settings(p) for p in s.pool]
+    accounts = [Account(i, groups=frozenset({"towers"})) for i in ("1", "2")]
+    with StateStore.open(s.state.url.get_secret_value()) as store:
+        store.reserve(allocate(accounts, pools, [], NOW), NOW)
+    assert ipam_cmd.run(parse("release", "1"), s, now=NOW) == 0
+    err = capsys.readouterr().err
+    assert ("warning: account 1 is still in group 'towers' of pool towers in billing: the next "
+            "pass hands its address back") in err
+    assert ipam_cmd.run(parse("release", "2"), s, now=NOW) == 0  # billing moved it: no warning
+    assert capsys.readouterr().err == ""
