@@ -129,3 +129,107 @@ def test_aggregate_skips_bad_rows_by_account() -> None:
         "row without account_id: row 3: account_id is empty",
         "account 2: not an IP address or network: '10.0.0.300'",
     ]
+
+
+# -- the unmatched-mapping rule (a typo in a group never empties a list) -------------
+
+
+def _radius_row(user: str, group: str) -> Resource:
+    return Resource(kind="radusergroup", group=group, ident=(("username", user), ("groupname", group)),
+                    attrs=(("priority", "1"),))
+
+
+@pytest.mark.parametrize(("existing", "deletes", "creates", "refused"), [
+    (1, 1, 0, True),        # one entry: far below min_existing, still protected
+    (50, 50, 0, True),
+    (3, 2, 0, False),       # not emptied
+    (3, 3, 1, False),       # something new arrives: not emptied
+    (0, 0, 1, False),
+])
+def test_an_unmatched_mapping_never_empties_its_group(
+    existing: int, deletes: int, creates: int, refused: bool
+) -> None:
+    from provisiond.errors import UnmatchedMapping
+
+    changes = [Delete(_entry(f"10.0.0.{i}")) for i in range(deletes)]
+    changes += [Create(_entry(f"10.0.1.{i}")) for i in range(creates)]
+    plan = Plan("core-1", "routeros", tuple(changes), existing={"l": existing},
+                unmatched={"l": 'address_list[0].group "Tower Host" matches no account in billing'})
+    lenient = Safety(max_delete_ratio=1.0, min_existing=1000)
+    if refused:
+        with pytest.raises(UnmatchedMapping, match=r'core-1: l: \d+ deletes would empty it, but '
+                           r'address_list\[0\].group "Tower Host" matches no account'):
+            plan.check_safety(lenient)
+    else:
+        plan.check_safety(lenient)
+    # Without the mark, the same plan passes the lenient thresholds.
+    Plan("core-1", "routeros", tuple(changes), existing={"l": existing}).check_safety(lenient)
+
+
+def test_unmatched_selectors_by_target_and_closest_names() -> None:
+    from provisiond.core.plan import Selector, closest, unmatched, unmatched_by_target
+
+    sels = [
+        Selector("address_list[0]", "tower-hosts", ("core-1", "edge-1"), group="Tower Host"),
+        Selector("address_list[1]", "delinquent", ("core-1",), status="delinquent"),
+        Selector("radius_group[0]", "legacy", ("radius",), group="Legacy"),
+        Selector("pool[0]", "towers", ("ipam",), group="Tower Hosts"),
+    ]
+    found = unmatched(sels, groups={"Tower Hosts", "Legacy Customers"}, statuses={"delinquent"})
+    assert [s.where for s in found] == ["address_list[0]", "radius_group[0]"]
+    by_target = unmatched_by_target(found)
+    assert set(by_target) == {"core-1", "edge-1", "radius"}
+    assert by_target["radius"] == {"legacy": 'radius_group[0].group "Legacy" matches no account in billing'}
+    assert closest("Tower Host", ["Legacy Customers", "Credit Card Pending", "Tower Hosts"])[0] == "Tower Hosts"
+    assert closest("delinquent", ["active", "Delinquent", "suspended"])[0] == "Delinquent"
+    assert closest("tower hosts", ["Tower Hosts", "x"])[0] == "Tower Hosts"
+    assert len(closest("a", [str(i) for i in range(30)], limit=10)) == 10
+
+
+def test_a_radius_group_of_an_unmatched_mapping_is_not_emptied() -> None:
+    from provisiond.errors import UnmatchedMapping
+
+    plan = Plan("radius", "radius", (Delete(_radius_row("bob", "legacy")),), existing={"legacy": 1},
+                unmatched={"legacy": "radius_group[0].group \"Legacy\" matches no account in billing"})
+    with pytest.raises(UnmatchedMapping, match="radius: legacy: 1 deletes would empty it"):
+        plan.check_safety(Safety())
+
+
+def test_a_pool_of_an_unmatched_mapping_is_not_emptied() -> None:
+    from provisiond.core.ipam import Pool, allocate
+    from provisiond.core.plan import check_pools
+    from provisiond.errors import UnmatchedMapping
+
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    pool = Pool.build("towers", "Tower Hosts", ["100.64.0.0/29"])
+    first = allocate([Account("1", groups=frozenset({"Tower Hosts"}))], [pool], [], now)
+    leases = list(first.new)
+    gone = allocate([Account("1")], [pool], leases, now)
+    assert [x.address for x in gone.releases] == ["100.64.0.1"]
+    why = {"towers": 'pool[0].group "Tower Hosts" matches no account in billing'}
+    with pytest.raises(UnmatchedMapping, match="ipam: pool towers: 1 releases would empty it"):
+        check_pools(gone, leases, why)
+    check_pools(gone, leases, {})  # a matched pool may empty
+    check_pools(first, [], why)  # nothing leased: nothing to empty
+
+
+@pytest.mark.parametrize(("text", "bits"), [
+    ("100.64.30.9/30", True), ("100.64.30.8/30", False), ("2001:db8::1/64", True),
+    ("100.64.30.9", False), ("banana/3", False),
+])
+def test_host_bits(text: str, bits: bool) -> None:
+    assert addresses.has_host_bits(text) is bits
+
+
+def test_aggregate_notes_host_bits_once_per_account() -> None:
+    rows = [("7", "n", "active", "g", "100.64.30.9/30", None), ("7", "n", "active", "h", "100.64.30.9/30", None)]
+    snap = aggregate(rows, read_at=datetime.now(UTC))
+    assert snap.accounts["7"].addresses == ("100.64.30.8/30",)
+    assert snap.notes == ("account 7: 100.64.30.9/30 has host bits set; used as the network 100.64.30.8/30",)
+    assert snap.problems == ()
+
+
+def test_summary_counts_lease_changes() -> None:
+    from provisiond.core.render import summary_line
+
+    assert summary_line([], ipam_changes=2) == "Plan: 0 to create, 0 to update, 0 to delete on 0 of 0 target(s); 2 lease change(s)."
