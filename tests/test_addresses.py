@@ -201,7 +201,7 @@ def test_apply_then_plan_plans_nothing(sim: RouterSim, target: RouterTarget, tex
     assert [c.action for c in plan.changes] == ["create"]
     sim.reset_history()
     result = target.apply(plan)
-    assert result.ok and not result.collisions, result
+    assert result.ok and not result.conflicts, result
     # Written in the form RouterOS stores: the router did not have to rewrite it.
     sent = [dict(c.attributes)["address"] for c in sim.history if c.path.endswith("/add")]
     menu = "ipv6" if addresses.family(account.addresses[0]) == 6 else "ip"

@@ -63,7 +63,7 @@ def test_routeros_reports_every_change_once(sim: RouterSim, connections: int) ->
     )
     seen = Counter()
     result = t.apply(Plan("core-1", "routeros", changes), progress=seen)
-    assert len(result.failed) == 1 and len(result.collisions) == 1
+    assert len(result.failed) == 1 and len(result.conflicts) == 1
     assert seen.total == len(changes) == len(result.applied) + 2
     # Without a callback nothing changes.
     assert t.apply(Plan("core-1", "routeros", _creates(3, start=3000))).ok

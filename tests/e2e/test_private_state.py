@@ -52,6 +52,7 @@ def test_state_files_and_new_directories_are_private_whatever_the_umask(tmp_path
 def test_check_config_warns_when_the_state_store_is_wider(world: World) -> None:
     world.router("core-1")
     world.account(1042, "Ridge Tower", groups=["Tower Hosts"], ips=["100.64.10.5"])
+    world.write_config(lists=(("group", "Tower Hosts", "tower-hosts"),))  # every mapping matches
     assert world.run("apply")[0] == 0
     db = world.tmp / "state.db"
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
