@@ -146,7 +146,7 @@ def test_malformed_write_replies_fail_that_router_only(world: World, reply: Sent
     text = out + err
     assert "Traceback" not in text
     assert code == 1, text
-    assert "core-1" in err, text
+    assert "core-1: FAILED" in out, text  # said once, on stdout (not again in the log)
     assert len(world.entries("core-2", "tower-hosts")) == len(ACCOUNTS)  # the other router
     code, out, err = world.run("apply")
     assert code == 0, out + err
