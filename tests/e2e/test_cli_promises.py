@@ -103,7 +103,7 @@ def test_max_update_ratio_refuses_then_force_applies(world: World) -> None:
     sim.reset_history()
     code, out, _ = world.run("apply")
     assert code == 1
-    assert ("REFUSED: core-1: tower-hosts: 4 updates of 12 existing entries (33.3%) exceeds "
+    assert ("REFUSED: tower-hosts: 4 updates of 12 existing entries (33.3%) exceeds "
             "max_update_ratio 30.0%") in out
     assert world.entries() == before and writes(sim) == []
     code, out, _ = world.run("apply", "--force")

@@ -65,7 +65,7 @@ def _outcome(result: ApplyResult) -> dict[str, Any]:
     return {
         "applied": sorted((c.action, c.resource.group, c.resource.get("address")) for c in result.applied),
         "failed": sorted(m for _, m in result.failed),
-        "collisions": sorted((c.resource.group, c.resource.get("address")) for c in result.conflicts),
+        "conflicts": sorted((c.resource.group, c.resource.get("address")) for c in result.conflicts),
         "error": result.error,
     }
 

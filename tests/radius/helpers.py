@@ -55,12 +55,12 @@ def make_plan(
 ) -> tuple[Plan, list[Conflict]]:
     desired, conflicts = radius(accounts, allocated or {}, mappings)
     observed = target.observe()
-    changes, collisions = diff(observed, desired)
+    changes, found = diff(observed, desired)
     plan = Plan(
         target=target.name, kind=target.kind, changes=tuple(changes),
-        observed_checksum=observed.checksum, conflicts=tuple(conflicts + collisions),
+        observed_checksum=observed.checksum, conflicts=tuple(conflicts + found),
     )
-    return target.plan_followups(plan), conflicts + collisions
+    return target.plan_followups(plan), conflicts + found
 
 
 def sync(
