@@ -121,7 +121,7 @@ class Reconciler:
         readonly: bool = True,
     ) -> None:
         self.settings = settings
-        self.source: Source = source if source is not None else _build_source(settings)
+        self.source: Source = source if source is not None else build_source(settings)
         self.store: Store = store if store is not None else _open_store(settings, readonly=readonly)
         self.targets: list[Target] = list(targets) if targets is not None else build_targets(
             settings, self.store
@@ -709,7 +709,8 @@ def _summary(result: PassResult) -> dict[str, Any]:
 # -- building the parts from settings ------------------------------------------------
 
 
-def _build_source(settings: Settings) -> Source:
+def build_source(settings: Settings) -> Source:
+    """The billing Source the settings describe (SQL or Sonar)."""
     s = settings.source
     if s.type == "sonar":
         from provisiond.sources.sonar import SonarSource

@@ -120,11 +120,10 @@ def _release(url: str, account: str, pool: str | None, pools: Sequence[Pool], no
 def _still_in_group(settings: Settings, account: str, released: set[str]) -> list[str]:
     """Warn when billing still puts the account in a released pool's group: the next
     pass gives the held address straight back (the hold keeps it for the account)."""
-    from provisiond.sources.sql import SqlSource
+    from provisiond.engine import build_source
 
     try:
-        source = SqlSource(settings.source.resolved_url(), settings.source.query,
-                           timeout=settings.source.timeout, display=settings.source.display_url())
+        source = build_source(settings)
         try:
             acct = source.read().accounts.get(account)
         finally:
