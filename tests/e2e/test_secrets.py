@@ -158,7 +158,9 @@ def _daemon(config: Path, fmt: str) -> str:
                                  "--config", str(config), "run"], stdout=subprocess.PIPE, stderr=err)
         try:
             deadline = time.monotonic() + 60
-            while "pass=1 result=" not in log.read_text(errors="replace"):
+            # JSON lines carry the pass's key=value pairs as fields of their own.
+            first_pass = "pass=1 result=" if fmt == "text" else '"pass": 1, "result": '
+            while first_pass not in log.read_text(errors="replace"):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
