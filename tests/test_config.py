@@ -13,6 +13,7 @@ from provisiond import settings as settings_mod
 from provisiond.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "provisiond.example.toml"
+REFERENCE = Path(__file__).parent.parent / "config" / "provisiond.reference.toml"
 
 
 def _write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -36,11 +37,58 @@ GOOD_QUERY = ("SELECT id AS account_id, name AS account_name, status, grp AS gro
               "ip AS ip_address, username AS radius_username FROM a")
 
 
-def test_example_config_documents_a_valid_config() -> None:
-    s = settings_mod.load(EXAMPLE)
+def test_reference_config_is_valid() -> None:
+    s = settings_mod.load(REFERENCE)
     assert s.router[0].api_port == 8729
     assert s.pool[0].hold == 86400.0
     assert s.daemon.interval == 60.0
+
+
+def test_example_config_is_minimal_and_valid() -> None:
+    """SQL billing and one router; RADIUS, CoA, pools and TLS only in comments."""
+    s = settings_mod.load(EXAMPLE)
+    assert s.source.type == "sql" and len(s.router) == 1 and not s.router[0].tls
+    assert s.radius is None and not s.radius_group and not s.pool and s.coa.mode == "off"
+    assert s.router[0].password_file == Path("router-password")
+    text = EXAMPLE.read_text()
+    for commented in ("# [radius]", "# [coa]", "# [[pool]]", "# tls = true"):
+        assert commented in text
+
+
+def _keys(model: type, prefix: str = "") -> set[str]:
+    """Every key path of the settings models (``router.password_file``)."""
+    from pydantic import BaseModel
+
+    from provisiond.settings import _model_in
+
+    out = set()
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        out.add(prefix + name)
+        inner = _model_in(field.annotation)
+        if inner is not None and issubclass(inner, BaseModel):
+            out |= _keys(inner, prefix + name + ".")
+    return out
+
+
+def test_reference_config_documents_every_key() -> None:
+    import re
+
+    text = REFERENCE.read_text()
+    sections: dict[str, set[str]] = {"": set()}
+    section = ""
+    for line in text.splitlines():
+        m = re.match(r"^#?\s*\[{1,2}([a-z_]+)\]{1,2}\s*(#.*)?$", line)
+        if m:
+            section = m.group(1)
+            sections.setdefault(section, set())
+            continue
+        m = re.match(r"^#?\s*([a-z_]+)\s*=", line)
+        if m:
+            sections.setdefault(section, set()).add(m.group(1))
+    documented = {f"{s}.{k}" if s else k for s, keys in sections.items() for k in keys}
+    documented |= {s for s in sections if s}
+    missing = sorted(_keys(settings_mod.Settings) - documented)
+    assert missing == [], f"keys missing from {REFERENCE.name}: {missing}"
 
 
 def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:

@@ -417,6 +417,11 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
             ok = code == 0
         print("\ndemo: " + ("converged: the second plan has nothing to do." if ok
                             else "did NOT converge; see above."))
+        if tmp is None:  # --dir: everything stays, config included
+            print(f"demo: kept in {workdir}; try: provisiond --config {config} ipam list "
+                  "(the simulated router stops with the demo)")
+        else:
+            print(f"demo: {workdir} is deleted now; --dir DIR keeps the files and the config")
         return 0 if ok else 1
     finally:
         for proc in (sim, sonar_proc):

@@ -297,3 +297,26 @@ def test_json_logs_carry_key_value_pairs_as_fields() -> None:
     assert docs[1]["target"] == "edge-1" and docs[1]["level"] == "warning"
     assert docs[2]["msg"] == "configuration swapped in:" and docs[2]["routers"] == 2
     assert "Hunter2" not in stream.getvalue()
+
+
+def test_demo_dir_keeps_the_printed_config(tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import re
+
+    from provisiond.cli import main as cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["demo", "--accounts", "30", "--dir", str(tmp_path / "demo"), "--quiet"])
+    text = out.getvalue()
+    assert code == 0, text
+    printed = re.search(r"config (\S+provisiond\.toml)", text)
+    assert printed, text
+    config = Path(printed.group(1))
+    assert config.exists() and config.parent == tmp_path / "demo"
+    assert f"demo: kept in {tmp_path / 'demo'}" in text
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["ipam", "list", "--config", str(config)]) == 0
+    assert "tower-hosts" in out.getvalue()
