@@ -195,10 +195,12 @@ class PassRunner:
         if outcome.result != "error":  # an error pass saw no target: keep what is known
             self.health.conflicts = {t: n for t, n in outcome.conflicts.items() if n}
         conflicts = sum(outcome.conflicts.values())
-        log.info("pass=%d result=%s duration=%.2fs changes=%d conflicts=%d%s%s%s", self.count,
-                 outcome.result, outcome.duration, outcome.changes, conflicts,
-                 f" conflicts_on={','.join(sorted(self.health.conflicts))}" if conflicts else "",
+        # Lasting conflicts are on every pass line while they last (absent: none).
+        log.info("pass=%d result=%s duration=%.2fs changes=%d%s%s%s", self.count,
+                 outcome.result, outcome.duration, outcome.changes,
                  "" if accounts is None else f" scope={len(accounts)}",
+                 f" conflicts={conflicts} conflicts_on={','.join(sorted(self.health.conflicts))}"
+                 if conflicts else "",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
