@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from world import World
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
@@ -186,3 +187,34 @@ def test_saved_plan_with_allocations_records_the_same_leases_or_is_refused(world
     assert "100.64.99.2" in out
     assert "100.64.99.2" in world.entries("core-1", "tower-hosts")
     world.assert_converged()
+
+
+def test_explain_shows_radius_rows_and_a_hand_made_framed_ip_conflict(world: World, radius_db: str) -> None:
+    world.router("core-1")
+    world.account(1042, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    world.account(1043, "Crête Farm", groups=["Tower Hosts"], usernames=["crete"])
+    world.write_config(extra=POOL_AND_RADIUS.format(radius_url=radius_db))
+    assert world.run("apply")[0] == 0
+    code, out, err = world.run("explain", "1042", "--format", "json")
+    assert code == 0, out + err
+    doc = json.loads(out)
+    assert doc["ipam"]["leases"] == [{"account_id": "1042", "pool": "tower-hosts",
+                                      "address": "100.64.99.2", "state": "leased"}]
+    radius = next(t for t in doc["targets"] if t["target"] == "radius")
+    assert sorted((e["state"], e["line"]) for e in radius["entries"]) == [
+        ("present", 'ridge Framed-IP-Address = 100.64.99.2  acct 1042 "Ridge Tower"'),
+        ("present", 'tower ridge  priority 1  acct 1042 "Ridge Tower"'),
+    ]
+    # Someone writes crete's address by hand after it left the pool's group and came back.
+    world.account(1043, "Crête Farm", usernames=["crete"])
+    assert world.run("apply")[0] == 0
+    with sa.create_engine(radius_db).begin() as c:
+        c.execute(sa.text("INSERT INTO radreply (username, attribute, op, value) "
+                          "VALUES ('crete', 'Framed-IP-Address', '=', '10.9.9.9')"))
+    world.account(1043, "Crête Farm", groups=["Tower Hosts"], usernames=["crete"])
+    code, text, err = world.run("explain", "1043")
+    assert code == 2, text + err
+    assert re.search(r"^  ! crete Framed-IP-Address = 100\.64\.99\.3  acct 1043 \"Crête Farm\"  "
+                     r"conflict: .*10\.9\.9\.9", text, re.M), text
+    assert "  + tower crete  priority 1" in text
+    assert "held tower-hosts 100.64.99.3" in text
