@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 
 from provisiond.sim.routeros.query import QueryError, compile_query
 
-NAMES = ("comment", "address", "list", "disabled")
+NAMES = ("comment", "address", "list", "disabled", "timeout")
 VALUES = {
-    "comment": ("", "provisiond:10", "provisiond:10 A", "provisiond:104 B", "NOC", "10"),
+    "comment": ("", "provisiond:10", "provisiond:10 A", "provisiond:104 B", "NOC", "10", "-5",
+                "abc", "Ab:1", "10.0.0.9", "ff::1", "provisiond:10!", " x", "1d"),
     "address": ("10.0.0.1", "10.0.0.0/24", "10.0.0.2", "10.0.0.1/32", "192.0.2.7"),
     "list": ("a", "b", "10"),
     "disabled": ("true", "false", "yes", "no"),
+    "timeout": ("1d", "23h59m", "5m", "0s", "abc"),
 }
 ROW_VALUES = {**VALUES, "address": ("10.0.0.1", "10.0.0.0/24", "10.0.0.2", "192.0.2.7")}
 
@@ -30,7 +32,7 @@ rows = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(query=st.lists(words, max_size=8), row_list=st.lists(rows, min_size=1, max_size=5))
 def test_folded_predicates_agree_with_the_stack_machine(
     query: list[str], row_list: list[dict[str, str]]

@@ -51,6 +51,8 @@ def _all(preds: Sequence[Predicate]) -> Predicate:
     return lambda row: all(p(row) for p in preds)
 
 _BOOLEAN = frozenset({"disabled", "dynamic", "invalid"})
+# First characters a number or an address can start with (``_order_key``).
+_MAYBE_NUMBER = frozenset("-0123456789abcdefABCDEF.:")
 _DURATION = frozenset({"timeout", "uptime"})
 
 
@@ -129,16 +131,25 @@ class Test:
             right = _canonical(name, value, family)
             if stored and name == "address" and family is not None:
                 return lambda row: (row[name] in (value, right)) if name in row else value == ""
+            if name not in _BOOLEAN and name not in _DURATION and name != "address":
+                # Plain text: its canonical form is itself.
+                return lambda row: (row[name] == value) if name in row else value == ""
             return lambda row: (
                 row[name] == value or _canonical(name, row[name], family) == right
             ) if name in row else value == ""
         right_key = _order_key(name, value)
         less = kind == "<"
 
+        plain = name not in _DURATION
+
         def order(row: Row) -> bool:
             if name not in row:
                 return False
             actual = row[name]
+            if plain and (not actual or actual[0] not in _MAYBE_NUMBER):
+                # Neither a number nor an address (a comment, a name): plain text order,
+                # whatever the other side is (mixed kinds compare as text).
+                return actual < value if less else actual > value
             left, right = _order_key(name, actual), right_key
             if left[0] != right[0]:
                 left, right = (2, actual), (2, value)
