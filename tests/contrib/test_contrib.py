@@ -68,7 +68,7 @@ def test_dashboard_is_importable_grafana_json() -> None:
     titles = {p["title"] for p in graphs}
     for wanted in ("Passes by result", "Pass duration", "Changes applied by target and action",
                    "Errors by target", "Time since last good pass, per target", "Pool utilisation",
-                   "CoA / Disconnect results"):
+                   "CoA / Disconnect results", "Conflicts"):
         assert wanted in titles
     for p in graphs:
         assert p["targets"] and all(t["expr"] and t["datasource"]["uid"] == "${datasource}"
