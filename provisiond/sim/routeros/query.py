@@ -20,8 +20,10 @@ row) that short-circuits; ``Query.matches`` runs that. The boolean stack machine
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .address import address_sort_key, normalise_address
 from .values import parse_bool, parse_duration
@@ -29,6 +31,7 @@ from .values import parse_bool, parse_duration
 Row = Mapping[str, str]
 Canon = Callable[[str], object]
 Predicate = Callable[[Row], bool]
+V = TypeVar("V")
 
 
 def _true(row: Row) -> bool:
@@ -171,48 +174,27 @@ class StackOps:
 
     def fold(self, stack: list[Predicate]) -> list[Predicate]:
         """``apply`` on predicates instead of booleans: the same operations, built once."""
-
-        def peek(index: int) -> Predicate:
-            return stack[-1 - index] if index < len(stack) else _true
-
-        def pop() -> Predicate:
-            return stack.pop() if stack else _true
-
-        ops, position = self.ops, 0
-        while position < len(ops):
-            char = ops[position]
-            if char.isdigit():
-                end = position
-                while end < len(ops) and ops[end].isdigit():
-                    end += 1
-                value = peek(int(ops[position:end]))
-                if end == len(ops):
-                    stack[:] = [value]
-                    return stack
-                stack.append(value)
-                position = end + 1 if ops[end] == "." else end
-                continue
-            if char == "!":
-                stack.append(_not(pop()))
-            elif char == "&":
-                right, left = pop(), pop()
-                stack.append(_and(left, right))
-            elif char == "|":
-                right, left = pop(), pop()
-                stack.append(_or(left, right))
-            elif char == ".":
-                stack.append(peek(0))
-            position += 1
-        return stack
+        return self._run(stack, _true, _not, _and, _or)
 
     def apply(self, stack: list[bool]) -> list[bool]:
+        """The operations on a stack of booleans (the reference ``fold`` is checked against)."""
+        return self._run(stack, True, operator.not_, lambda a, b: a and b, lambda a, b: a or b)
+
+    def _run(
+        self,
+        stack: list[V],
+        true: V,
+        not_: Callable[[V], V],
+        and_: Callable[[V, V], V],
+        or_: Callable[[V, V], V],
+    ) -> list[V]:
         # The stack is a finite list over infinitely many implicit ``true``s,
         # top at the end; reading past the bottom yields ``true``.
-        def peek(index: int) -> bool:
-            return stack[-1 - index] if index < len(stack) else True
+        def peek(index: int) -> V:
+            return stack[-1 - index] if index < len(stack) else true
 
-        def pop() -> bool:
-            return stack.pop() if stack else True
+        def pop() -> V:
+            return stack.pop() if stack else true
 
         ops, position = self.ops, 0
         while position < len(ops):
@@ -229,13 +211,13 @@ class StackOps:
                 position = end + 1 if ops[end] == "." else end
                 continue
             if char == "!":
-                stack.append(not pop())
+                stack.append(not_(pop()))
             elif char == "&":
                 right, left = pop(), pop()
-                stack.append(left and right)
+                stack.append(and_(left, right))
             elif char == "|":
                 right, left = pop(), pop()
-                stack.append(left or right)
+                stack.append(or_(left, right))
             elif char == ".":
                 stack.append(peek(0))
             else:
