@@ -253,23 +253,30 @@ priority = 10
     return config
 
 
-def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", "demo",
-         "--password", password, "--name", "core-1", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+def spawn_listening(argv: list[str], pattern: str, what: str,
+                    *, wait: float = 20.0) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    """Start ``argv`` (a simulator) and wait for its line saying where it listens."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        m = re.search(r"listening on [\d.]+:(\d+)", line)
+        m = re.search(pattern, line)
         if m:
-            return proc, int(m.group(1))
+            return proc, m
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise RuntimeError("the RouterOS simulator did not start")
+    raise RuntimeError(f"{what} did not start")
+
+
+def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
+    proc, m = spawn_listening(
+        [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", "demo",
+         "--password", password, "--name", "core-1", "--quiet"],
+        r"listening on [\d.]+:(\d+)", "the RouterOS simulator",
+    )
+    return proc, int(m.group(1))
 
 
 SAMPLE = 3  # lines shown per list / RADIUS group in the demo's tour
@@ -331,22 +338,12 @@ def _cut(block: list[str], sample: int) -> list[str]:
 
 def start_sonar(data: Path, token_file: Path) -> tuple[subprocess.Popen[str], str]:
     """``python -m provisiond.sim.sonar`` on a free loopback port: (process, its URL)."""
-    proc = subprocess.Popen(
+    proc, m = spawn_listening(
         [sys.executable, "-m", "provisiond.sim.sonar", "--listen", "127.0.0.1:0",
          "--token-file", str(token_file), "--data", str(data), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        r"listening on (http://[\d.]+:\d+)", "the fake Sonar",
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"listening on (http://[\d.]+:\d+)", line)
-        if m:
-            return proc, m.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("the fake Sonar did not start")
+    return proc, m.group(1)
 
 
 def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = False,
