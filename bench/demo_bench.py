@@ -35,7 +35,7 @@ def bench(accounts: int) -> None:
         demo.seed_radius(d / "radius.db")
         password = secrets.token_urlsafe(12)
         (d / "pw").write_text(password)
-        sim, port = demo.start_simulator(password)
+        sim, port = demo.start_simulator(d / "pw")
         try:
             config = demo.write_config(d, port=port, password_file=d / "pw")
             base = [sys.executable, "-m", "provisiond.cli", "--config", str(config)]

@@ -55,7 +55,7 @@ class Sim:
 def start_sim(*, rtt: float, password: str, name: str) -> Sim:
     proc = subprocess.Popen(
         [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", USER,
-         "--password", password, "--name", name, "--quiet", "--command-latency", str(rtt)],
+         f"--password={password}", "--name", name, "--quiet", "--command-latency", str(rtt)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None

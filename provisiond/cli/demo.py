@@ -270,10 +270,10 @@ def spawn_listening(argv: list[str], pattern: str, what: str,
     raise RuntimeError(f"{what} did not start")
 
 
-def start_simulator(password: str) -> tuple[subprocess.Popen[str], int]:
+def start_simulator(password_file: Path) -> tuple[subprocess.Popen[str], int]:
     proc, m = spawn_listening(
         [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", "demo",
-         "--password", password, "--name", "core-1", "--quiet"],
+         "--password-file", str(password_file), "--name", "core-1", "--quiet"],
         r"listening on [\d.]+:(\d+)", "the RouterOS simulator",
     )
     return proc, int(m.group(1))
@@ -384,7 +384,7 @@ def run_demo(*, accounts: int, directory: str | None, quiet: bool, full: bool = 
         print(f"demo: seeded {accounts} accounts into {workdir / 'billing.db'} "
               f"in {time.monotonic() - t0:.1f}s")
     seed_radius(workdir / "radius.db")
-    sim, port = start_simulator(password)
+    sim, port = start_simulator(password_file)
     try:
         config = write_config(workdir, port=port, password_file=password_file, sonar=sonar)
         print(f"demo: RouterOS simulator core-1 on 127.0.0.1:{port}; config {config}")

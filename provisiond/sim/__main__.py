@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 8728), metavar="HOST:PORT")
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password", default="")
+    parser.add_argument("--password-file", type=Path, metavar="FILE",
+                        help="read the password from FILE (keeps it out of the process list)")
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--version", default=DEFAULT_VERSION, help="RouterOS version string to report")
@@ -67,7 +69,8 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
     host, port = args.listen
     return SimSettings(
         username=args.user,
-        password=args.password,
+        password=(args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+                  if args.password_file else args.password),
         version=args.version,
         identity=args.name,
         host=host,
