@@ -554,7 +554,7 @@ class Reconciler:
             # A generator: a cold apply journals 100,000 changes per router, and the
             # store writes them in chunks rather than as one list of dicts.
             for c in outcome.applied:
-                yield {**change_to_json(c), "result": "ok", "message": ""}
+                yield change_to_json(c)  # the store's defaults: result "ok", no message
             for c, message in outcome.failed:
                 yield {**change_to_json(c), "result": "failed", "message": message}
             for conflict in outcome.conflicts:

@@ -126,8 +126,9 @@ leases_t = sa.Table(
     sa.Column("held_until", UTCDateTime),
 )
 
-_JOURNAL_COLUMNS = ("action", "kind", "group", "account_id", "result", "message")
-JOURNAL_CHUNK = 5000  # journal rows per insert (and per transaction)
+_JOURNAL_SKIP = frozenset({"action", "kind", "group", "account_id", "result", "message"})
+_DETAIL_ENCODER = json.JSONEncoder(sort_keys=True, default=str)  # one encoder, not one per row
+JOURNAL_CHUNK = 20_000  # journal rows per executemany (and per transaction)
 _TABLES = ("reads", "runs", "journal", "radreply_ledger", "leases")
 
 
@@ -283,35 +284,46 @@ class StateStore:
 
         ``entries`` may be a generator: rows are built and written ``JOURNAL_CHUNK`` at a
         time, each chunk in its own short transaction, so a journal of 100,000 changes is
-        never one list in memory and never holds the write lock while it is built.
+        never one list in memory and never holds the write lock while it is built. A chunk
+        is plain tuples handed to the driver's ``executemany`` (one statement, bound once):
+        a cold apply journals 400,000 rows, and SQLAlchemy's per-row bind processing was
+        a third of its time.
         """
         when = _utc(at) if at is not None else datetime.now(UTC)
-        rows: list[dict[str, Any]] = []
+        skip = _JOURNAL_SKIP
+        encode = _DETAIL_ENCODER.encode
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
         for entry in entries:
-            detail = {k: v for k, v in entry.items() if k not in _JOURNAL_COLUMNS}
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "at": when,
-                    "target": target,
-                    "action": str(entry.get("action", "")),
-                    "kind": str(entry.get("kind", "")),
-                    "group_name": str(entry.get("group", "")),
-                    "account_id": str(entry.get("account_id", "")),
-                    "detail": json.dumps(detail, sort_keys=True, default=str),
-                    "result": str(entry.get("result", "ok")),
-                    "message": str(entry.get("message", "")),
-                }
-            )
+            get = entry.get
+            append((
+                str(get("action", "")),
+                str(get("kind", "")),
+                str(get("group", "")),
+                str(get("account_id", "")),
+                encode({k: v for k, v in entry.items() if k not in skip}),
+                str(get("result", "ok")),
+                str(get("message", "")),
+            ))
             if len(rows) >= JOURNAL_CHUNK:
-                self._journal_rows(target, rows)
+                self._journal_rows(run_id, target, when, rows)
                 rows = []
+                append = rows.append
         if rows:
-            self._journal_rows(target, rows)
+            self._journal_rows(run_id, target, when, rows)
 
-    def _journal_rows(self, target: str, rows: list[dict[str, Any]]) -> None:
+    def _journal_rows(self, run_id: str, target: str, when: datetime,
+                      rows: list[tuple[Any, ...]]) -> None:
         with self._write(f"journal {target}") as conn:
-            conn.execute(journal_t.insert(), rows)
+            dialect = conn.dialect
+            bind = journal_t.c.at.type.bind_processor(dialect)
+            at = bind(when) if bind is not None else when
+            mark = "?" if dialect.paramstyle == "qmark" else "%s"
+            columns = ("run_id", "at", "target", "action", "kind", "group_name", "account_id",
+                       "detail", "result", "message")
+            sql = (f"INSERT INTO journal ({', '.join(columns)}) "
+                   f"VALUES ({', '.join([mark] * len(columns))})")
+            conn.exec_driver_sql(sql, [(run_id, at, target, *r) for r in rows])
 
     def usernames_written(self, accounts: Collection[str]) -> set[str]:
         """RADIUS usernames provisiond ever wrote rows for, for these accounts (the journal).
