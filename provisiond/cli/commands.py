@@ -8,9 +8,10 @@ converged and 1 when any failed or was refused (the others are still applied).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -266,13 +267,10 @@ def cmd_plan(
             sys.stdout.write("\n")
         del doc
     if fmt != "json":
-        text = render.render_text(pp.plans, errors=pp.errors, refused=refused, notes=pp.notes,
-                                  ipam=pp.allocation.lines() if pp.allocation else (),
-                                  ipam_changes=pp.ipam_changes)
-        scope = scope_line(pp)
-        if scope:
-            text = scope + "\n" + text
-        sys.stdout.write(painter(color).text(digest(text) if digest else text))
+        lines = render.render_lines(pp.plans, errors=pp.errors, refused=refused, notes=pp.notes,
+                                    ipam=pp.allocation.lines() if pp.allocation else (),
+                                    ipam_changes=pp.ipam_changes)
+        write_text(_scoped(pp, lines), color=color, digest=digest)
     if pp.errors:
         return EXIT_ERROR
     return EXIT_CHANGES if pp.has_changes else EXIT_OK
@@ -317,15 +315,34 @@ def cmd_apply(
     if fmt == "json":
         print(json.dumps(apply_json(result), indent=2, ensure_ascii=False))
     else:
-        text = render.render_text(pp.plans, errors=pp.errors, refused=result.refused,
-                                  notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else (),
-                                  ipam_changes=pp.ipam_changes)
-        scope = scope_line(pp)
-        if scope:
-            text = scope + "\n" + text
-        text += "".join(line + "\n" for line in apply_lines(result))
-        sys.stdout.write(painter(color).text(digest(text) if digest else text))
+        lines = render.render_lines(pp.plans, errors=pp.errors, refused=result.refused,
+                                    notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else (),
+                                    ipam_changes=pp.ipam_changes)
+        write_text(itertools.chain(_scoped(pp, lines), apply_lines(result)), color=color, digest=digest)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _scoped(pp: Any, lines: Iterable[str]) -> Iterator[str]:
+    scope = scope_line(pp)
+    if scope:
+        yield scope
+    yield from lines
+
+
+def write_text(lines: Iterable[str], *, color: str, digest: Callable[[str], str] | None = None,
+               chunk: int = 2000) -> None:
+    """Lines of human output to stdout, as they are made, ``chunk`` lines per write.
+
+    A cold plan is 400,000 lines: streamed, the whole text is never one string in
+    memory. ``digest`` (the demo's summary) needs the whole text, so it still gets it.
+    """
+    paint = painter(color)
+    if digest is not None:
+        sys.stdout.write(paint.text(digest("".join(line + "\n" for line in lines))))
+        return
+    it = iter(lines)
+    while batch := "".join(line + "\n" for line in itertools.islice(it, chunk)):
+        sys.stdout.write(paint.text(batch))
 
 
 def apply_lines(result: Any) -> list[str]:

@@ -8,10 +8,10 @@ update), grouped by target and by list / RADIUS group, then one summary line.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from provisiond.core.changes import Change, Resource, Update
+from provisiond.core.changes import Change, Conflict, Resource, Update
 from provisiond.core.plan import Plan
 
 SYMBOL = {"create": "+", "delete": "-", "update": "~"}
@@ -69,43 +69,64 @@ def render_text(
     ipam: Sequence[str] = (),
     ipam_changes: int = 0,
 ) -> str:
+    """The human plan as one string (``render_lines`` joined, each line ending in a newline)."""
+    return "".join(line + "\n" for line in render_lines(
+        plans, errors=errors, refused=refused, notes=notes, ipam=ipam, ipam_changes=ipam_changes))
+
+
+def render_lines(
+    plans: Sequence[Plan],
+    *,
+    errors: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+    ipam: Sequence[str] = (),
+    ipam_changes: int = 0,
+) -> Iterator[str]:
+    """The human plan, one line at a time (no newlines), for the CLI to stream.
+
+    A cold plan has 400,000 lines: made one at a time, they are never all in memory
+    at once (only one plan's changes, by reference, while they are grouped).
+    """
     errors = errors or {}
     refused = refused or {}
-    out: list[str] = []
     for note in notes:
-        out.append(f"note: {note}")
+        yield f"note: {note}"
     if ipam:
-        out.append("ipam (state store):")
-        out.extend(f"    {line}" for line in ipam)
+        yield "ipam (state store):"
+        for line in ipam:
+            yield f"    {line}"
     for plan in plans:
         c = plan.counts()
-        out.append(
+        yield (
             f"{plan.target} ({plan.kind}): {c['create']} to create, {c['update']} to update, "
             f"{c['delete']} to delete"
             + (f", {len(plan.conflicts)} conflict(s)" if plan.conflicts else "")
         )
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[Change | Conflict]] = {}
         for change in plan.changes:
-            groups.setdefault(change.resource.group, []).append(change_line(change))
+            groups.setdefault(change.resource.group, []).append(change)
         for conflict in plan.conflicts:
-            groups.setdefault(conflict.resource.group, []).append(
-                f"! {resource_line(conflict.resource)}: conflict: {conflict.reason}"
-            )
+            groups.setdefault(conflict.resource.group, []).append(conflict)
         for group in sorted(groups):
-            out.append(f"  {group}")
-            out.extend(f"    {line}" for line in groups[group])
+            yield f"  {group}"
+            for item in groups[group]:
+                if isinstance(item, Conflict):
+                    yield f"    ! {resource_line(item.resource)}: conflict: {item.reason}"
+                else:
+                    yield f"    {change_line(item)}"
+        del groups
         for f in plan.followups:
-            out.append(f"  {followup_line(f)}")
+            yield f"  {followup_line(f)}"
         if plan.target in refused:
-            out.append(f"  REFUSED: {refused[plan.target].removeprefix(plan.target + ': ')}")
+            yield f"  REFUSED: {refused[plan.target].removeprefix(plan.target + ': ')}"
     planned = {p.target for p in plans}
     for target, message in refused.items():
         if target not in planned:  # e.g. "ipam": refused, but not a target with a plan
-            out.append(f"{target}: REFUSED: {message.removeprefix(target + ': ')}")
+            yield f"{target}: REFUSED: {message.removeprefix(target + ': ')}"
     for target, message in errors.items():
-        out.append(f"{target}: FAILED: {message.removeprefix(target + ': ')}")
-    out.append(summary_line(plans, errors=errors, refused=refused, ipam_changes=ipam_changes))
-    return "\n".join(out) + "\n"
+        yield f"{target}: FAILED: {message.removeprefix(target + ': ')}"
+    yield summary_line(plans, errors=errors, refused=refused, ipam_changes=ipam_changes)
 
 
 def totals(plans: Sequence[Plan]) -> dict[str, int]:
