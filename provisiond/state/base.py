@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from provisiond.core.changes import Change, Conflict
 from provisiond.core.ipam import Allocation, Lease
 
 
@@ -31,6 +32,12 @@ class Store(Protocol):
 
     def journal(
         self, run_id: str, target: str, entries: Iterable[Mapping[str, Any]], *,
+        at: datetime | None = None,
+    ) -> None: ...
+
+    def journal_changes(
+        self, run_id: str, target: str, *, applied: Iterable[Change] = (),
+        failed: Iterable[tuple[Change, str]] = (), conflicts: Iterable[Conflict] = (),
         at: datetime | None = None,
     ) -> None: ...
 

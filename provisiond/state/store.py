@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 
 from provisiond.errors import StoreError
+from provisiond.core.changes import Change, Conflict, Create, Update
 from provisiond.core.ipam import Allocation, Lease
 
 log = logging.getLogger(__name__)
@@ -289,31 +290,62 @@ class StateStore:
         a cold apply journals 400,000 rows, and SQLAlchemy's per-row bind processing was
         a third of its time.
         """
-        when = _utc(at) if at is not None else datetime.now(UTC)
         skip = _JOURNAL_SKIP
         encode = _DETAIL_ENCODER.encode
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
-        for entry in entries:
-            get = entry.get
-            append((
-                str(get("action", "")),
-                str(get("kind", "")),
-                str(get("group", "")),
-                str(get("account_id", "")),
-                encode({k: v for k, v in entry.items() if k not in skip}),
-                str(get("result", "ok")),
-                str(get("message", "")),
-            ))
+        self._journal_tuples(run_id, target, at, (
+            (str(entry.get("action", "")), str(entry.get("kind", "")), str(entry.get("group", "")),
+             str(entry.get("account_id", "")),
+             encode({k: v for k, v in entry.items() if k not in skip}),
+             str(entry.get("result", "ok")), str(entry.get("message", "")))
+            for entry in entries))
+
+    def journal_changes(
+        self,
+        run_id: str,
+        target: str,
+        *,
+        applied: Iterable[Change] = (),
+        failed: Iterable[tuple[Change, str]] = (),
+        conflicts: Iterable[Conflict] = (),
+        at: datetime | None = None,
+    ) -> None:
+        """``journal`` for a target's outcome: the same rows, made straight from the changes.
+
+        A cold apply's 400,000 rows skip the change's full JSON (``change_to_json``) and
+        its filtering: the detail is the resource's identity and attributes, its account
+        name, its id and (an update) what it was before.
+        """
+        encode = _DETAIL_ENCODER.encode
+
+        def rows() -> Iterator[tuple[str, ...]]:
+            for c in applied:
+                r = c.resource
+                yield c.action, r.kind, r.group, r.account_id, encode(_detail(c)), "ok", ""
+            for c, message in failed:
+                r = c.resource
+                yield c.action, r.kind, r.group, r.account_id, encode(_detail(c)), "failed", message
+            for conflict in conflicts:
+                r = conflict.resource
+                detail = _detail(Create(r))
+                detail["reason"] = conflict.reason
+                yield "create", r.kind, r.group, r.account_id, encode(detail), "conflict", conflict.reason
+
+        self._journal_tuples(run_id, target, at, rows())
+
+    def _journal_tuples(self, run_id: str, target: str, at: datetime | None,
+                        tuples: Iterable[tuple[str, ...]]) -> None:
+        when = _utc(at) if at is not None else datetime.now(UTC)
+        rows: list[tuple[str, ...]] = []
+        for row in tuples:
+            rows.append(row)
             if len(rows) >= JOURNAL_CHUNK:
                 self._journal_rows(run_id, target, when, rows)
                 rows = []
-                append = rows.append
         if rows:
             self._journal_rows(run_id, target, when, rows)
 
     def _journal_rows(self, run_id: str, target: str, when: datetime,
-                      rows: list[tuple[Any, ...]]) -> None:
+                      rows: list[tuple[str, ...]]) -> None:
         with self._write(f"journal {target}") as conn:
             dialect = conn.dialect
             bind = journal_t.c.at.type.bind_processor(dialect)
@@ -546,6 +578,20 @@ class StateStore:
         """Free every address whose hold ran out; returns the freed leases."""
         with self._write("expire holds", lock=LEASE_LOCK) as conn:
             return _delete_expired(conn, _utc(now))
+
+
+def _detail(change: Change) -> dict[str, Any]:
+    """A journal row's detail: ``change_to_json`` without the row's own columns."""
+    r = change.resource
+    out: dict[str, Any] = dict(r.ident)
+    out.update(r.attrs)
+    out["account_name"] = r.account_name
+    if r.ref:
+        out["id"] = r.ref
+    if isinstance(change, Update):
+        out["id"] = change.old.ref
+        out["before"] = dict(change.old.attrs)
+    return out
 
 
 def _leases(conn: Connection, pool: str | None) -> list[Lease]:

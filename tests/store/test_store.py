@@ -156,3 +156,40 @@ def test_naive_datetimes_are_utc(store: StateStore) -> None:
     run = store.start_run("apply")
     store.journal(run, "core-1", [_entry("create", "1", "100.64.0.1")], at=datetime(2025, 3, 1, 12))
     assert store.history()[0]["at"] == T0
+
+
+def test_journal_changes_writes_the_rows_journal_writes(store: StateStore) -> None:
+    """The engine's fast path (rows straight from the changes) and ``journal`` of each
+    change's JSON leave the same history: creates, updates, deletes, failures, conflicts."""
+    from provisiond.core.changes import Conflict, Create, Delete, Resource, Update, change_to_json
+
+    def entry(n: int, ref: str = "", comment: str = "provisiond:1 a") -> Resource:
+        return Resource("address-list", "tower-hosts",
+                        (("list", "tower-hosts"), ("address", f"100.64.0.{n}")),
+                        (("comment", comment), ("disabled", "false")),
+                        account_id=str(n), account_name=f"acct {n}", ref=ref)
+
+    applied = [Create(entry(1)), Delete(entry(2, "*2")),
+               Update(entry(3, "*3", "old"), entry(3, comment="new"))]
+    failed = [(Create(entry(4)), "core-1: add refused: failure: out of memory")]
+    conflicts = [Conflict(entry(5), "already have such entry (not provisiond's)")]
+    fast, slow = store.start_run("apply"), store.start_run("apply")
+    store.journal_changes(fast, "core-1", applied=applied, failed=failed, conflicts=conflicts, at=T0)
+    store.journal(slow, "core-1", [
+        *({**change_to_json(c), "result": "ok", "message": ""} for c in applied),
+        *({**change_to_json(c), "result": "failed", "message": m} for c, m in failed),
+        *({"action": "create", **c.to_json(), "result": "conflict", "message": c.reason}
+          for c in conflicts),
+    ], at=T0)
+
+    def rows(run: str) -> list[dict[str, object]]:
+        return sorted(({k: v for k, v in h.items() if k != "run_id"}
+                       for h in store.history() if h["run_id"] == run),
+                      key=lambda h: str(h["account_id"]))
+
+    assert len(rows(fast)) == 5
+    assert rows(fast) == rows(slow)
+    assert rows(fast)[2]["detail"] == {"list": "tower-hosts", "address": "100.64.0.3",
+                                       "comment": "new", "disabled": "false",
+                                       "account_name": "acct 3", "id": "*3",
+                                       "before": {"comment": "old", "disabled": "false"}}
