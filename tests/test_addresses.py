@@ -207,3 +207,20 @@ def test_apply_then_plan_plans_nothing(sim: RouterSim, target: RouterTarget, tex
     menu = "ipv6" if addresses.family(account.addresses[0]) == 6 else "ip"
     assert [e["address"] for e in sim.entries(menu, "l")] == sent
     assert _plan(target, account).changes == ()
+
+
+_OCTETS = st.sampled_from(["0", "00", "01", "7", "9", "10", "99", "100", "199", "200", "249", "250",
+                           "255", "256", "300", "007", "", "1a", "٣", "１", " 1", "1\n"])
+
+
+@given(st.lists(_OCTETS, min_size=3, max_size=5))
+def test_canonical_v4_fast_path_agrees_with_ipaddress(octets: list[str]) -> None:
+    """The fast path says 'already canonical' exactly when ipaddress prints the text back."""
+    from provisiond.core.addresses import is_canonical_v4
+
+    text = ".".join(octets)
+    try:
+        expected = str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        expected = False
+    assert is_canonical_v4(text) == expected
