@@ -16,8 +16,9 @@ the wire is a Protocol, so the module is typed and tested without it.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -69,6 +70,7 @@ def run(
     on_row: Callable[[T, Sequence[str]], None] | None = None,
     stop: threading.Event | None = None,
     before_reading: Callable[[], None] | None = None,
+    tags: Iterator[int] | None = None,
 ) -> None:
     """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
 
@@ -77,11 +79,14 @@ def run(
     ``stop`` set: no new command is sent; those in flight are still answered.
     ``before_reading()`` is called once, after the first window went out and before
     the first reply is read (the router works meanwhile).
+    ``tags``: where the ``.tag`` numbers come from; a caller that keeps a session
+    across runs passes one counter for it, so no tag is ever used twice on it and a
+    reply left over from an earlier run is an ``UnexpectedReply``, never an answer.
     """
     pending = iter(commands)
     inflight: dict[str, _InFlight[T]] = {}
     outgoing: list[bytes] = []
-    serial = 0
+    serial = tags if tags is not None else itertools.count()
     exhausted = False
     while True:
         while not exhausted and len(inflight) < window:
@@ -93,8 +98,7 @@ def run(
                 exhausted = True
                 break
             token, words = item
-            tag = str(serial)
-            serial += 1
+            tag = str(next(serial))
             outgoing.append(wire.encode((*words, f".tag={tag}")))
             inflight[tag] = _InFlight(token, Answer())
         if outgoing and wire.buffered() == 0:

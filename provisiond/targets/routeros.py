@@ -19,6 +19,7 @@ table for every print whatever the query, so fewer, wider prints are cheaper.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import socket
 import ssl
@@ -194,6 +195,9 @@ class RouterTarget:
         self._connect = connect or self._librouteros_connect
         self._api: Any = None
         self._tick: Callable[[int], None] = _no_progress  # the running apply's progress
+        # Command tags never restart (not per pass, not per connection): an answer left
+        # over from an earlier command can never be taken for a new one's.
+        self._tags = itertools.count()
 
     # -- connection -----------------------------------------------------------------
 
@@ -284,7 +288,8 @@ class RouterTarget:
                   for fam in (4, 6) for name in self.lists]
         try:
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
-                         on_answer=reader.answered, on_row=reader.row, before_reading=reader.start)
+                         on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
+                         tags=self._tags)
         except TargetError:
             self.close()
             raise
@@ -295,6 +300,12 @@ class RouterTarget:
             self.close()
             raise TargetError(self.name, f"print: malformed reply from the router "
                                          f"({_malformed(exc)}); nothing planned") from exc
+        except BaseException:
+            # Anything else (billing failed while the prints were out: ``desired()``
+            # raised) leaves their answers unread on the connection, where the next
+            # pass would take them for its own. The connection goes with them.
+            self.close()
+            raise
         observed = reader.observed()
         log.debug("%s: observed owned=%d existing=%d foreign=%d", self.name, len(observed.owned),
                   sum((observed.existing or {}).values()), len(observed.foreign))
@@ -408,6 +419,9 @@ class RouterTarget:
             self.close()
             raise TargetError(self.name, f"scoped print: malformed reply from the router "
                                          f"({_malformed(exc)}); nothing planned") from exc
+        except BaseException:
+            self.close()  # the rest of the print's answer is still on the connection
+            raise
 
     def _count_lists(self) -> dict[str, int]:
         """Entries per managed list (``count-only``; hand-made ones included): the safety
@@ -463,6 +477,9 @@ class RouterTarget:
             self.close()
             _fail_rest(result, plan.changes,
                        f"{self.name}: malformed reply from the router ({_malformed(exc)})")
+        except BaseException:
+            self.close()  # answers may be left unread: never hand them to the next command
+            raise
         return result
 
     def _wire(self) -> ApiWire:
@@ -471,7 +488,8 @@ class RouterTarget:
     def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str]]], result: ApplyResult,
                   done: Callable[[_T, Answer, ApplyResult], None], stop: threading.Event | None = None) -> None:
         pipeline.run(wire, commands, window=self.settings.pipeline,
-                     on_answer=lambda token, answer: done(token, answer, result), stop=stop)
+                     on_answer=lambda token, answer: done(token, answer, result), stop=stop,
+                     tags=self._tags)
 
     def _remove(self, wire: ApiWire, deletes: list[Delete], result: ApplyResult) -> None:
         """Comma-joined ids in batches; a batch that traps is retried one id at a time."""
