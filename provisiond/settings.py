@@ -109,6 +109,21 @@ def _read_secret(path: Path, what: str) -> str:
         raise ConfigError([f"{what}: cannot read {full}: {reason}" + (f" ({how})" if how else "")]) from exc
 
 
+def _read_token(path: Path, what: str) -> str:
+    """A token file's one line: surrounding blanks stripped, then printable ASCII only.
+
+    A second line or a control character would end up in an HTTP header, where httpx
+    refuses it with the whole header (token included) in its message."""
+    return _check_token(_read_secret(path, what).strip(), what)
+
+
+def _check_token(token: str, what: str) -> str:
+    if any(not (" " < c <= "~") for c in token):
+        raise ConfigError([f"{what}: the token must be one line of printable ASCII without "
+                           "spaces (a second line or a control character is not allowed)"])
+    return token
+
+
 def _unknown_keys(model: type[BaseModel], data: Mapping[str, Any]) -> bool:
     """Whether ``data`` has keys the model does not know: then "unknown key; did you mean"
     says what is wrong, and a rule such as "set password_file" would only add noise."""
@@ -167,9 +182,9 @@ class SourceSettings(_Model):
 
     def sonar_token(self) -> str:
         if self.token is not None:
-            return self.token.get_secret_value()
+            return _check_token(self.token.get_secret_value().strip(), "source.token")
         assert self.token_file is not None
-        return _read_secret(self.token_file, "source.token_file")
+        return _read_token(self.token_file, "source.token_file")
 
     def resolved_url(self) -> str:
         from sqlalchemy.engine import make_url
@@ -419,7 +434,7 @@ class DaemonSettings(_Model):
 
     def webhook_token(self) -> str:
         assert self.webhook_token_file is not None
-        return _read_secret(self.webhook_token_file, "daemon.webhook_token_file").strip()
+        return _read_token(self.webhook_token_file, "daemon.webhook_token_file")
 
 
 _config_path: ContextVar[Path | None] = ContextVar("provisiond_config_path", default=None)

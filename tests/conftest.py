@@ -37,3 +37,15 @@ def mariadb_url(mariadb: Server) -> Iterator[str]:
     """A fresh, empty MariaDB database for this test."""
     with fresh_database(mariadb) as url:
         yield url
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to loopback only: a developer's http_proxy & co. must not reroute them
+    (tests that prove the code ignores a proxy set one themselves)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)

@@ -2,7 +2,7 @@
 
 Every handler gets ``RedactSecrets``, a last line of defence: the code never logs a
 secret on purpose, and this filter masks anything shaped like one (``password=…``,
-``secret=…``, a password in a database URL) should a library put it in a message.
+``secret=…``, ``token=…``, ``Bearer …``, a password in a database URL) should a library put it in a message.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _PATTERNS = [
-    (re.compile(r"(=?(?:password|passwd|secret|response)=)[^\s'\",]+", re.I), r"\1***"),
+    (re.compile(r"(=?(?:password|passwd|secret|response|token)=)[^\s'\",&]+", re.I), r"\1***"),
+    (re.compile(r"(Bearer\s+)[^\s'\",]+", re.I), r"\1***"),
     (re.compile(r"(://[^:/@\s]+:)[^@/\s]+@"), r"\1***@"),
 ]
 

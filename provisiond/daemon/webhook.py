@@ -14,9 +14,10 @@ A ``POST`` body is only a hint of what changed; the pass re-reads billing:
   know): a full pass, debounced so a burst of events gives one.
 
 Refused, and nothing done: a wrong or missing token (403), a body over 1 MiB (413) or
-without a length (411), one that is not a JSON object with an ``event`` (400). Whatever
-a sender does, the handler thread answers or gives up (socket timeout) and the daemon
-goes on.
+without a length (411), one that is not a JSON object with an ``event`` (400, nesting
+too deep for the parser included). At most ``MAX_HANDLERS`` connections are handled at
+once; one more is closed without an answer. Whatever a sender does, the handler thread
+answers or gives up (socket timeout) and the daemon goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 PATH = "/webhooks/sonar"
 MAX_BODY = 1 << 20  # 1 MiB: Sonar's bodies are a few kB
 READ_TIMEOUT = 10.0  # seconds a sender may take to send its request
+MAX_HANDLERS = 16  # connections handled at once: slow senders cannot pile up threads
 
 OnPass = Callable[[frozenset[str] | None], None]
 
@@ -98,8 +100,33 @@ class _Debounce:
 
 
 class _Server(ThreadingHTTPServer):
+    """At most ``MAX_HANDLERS`` connections handled at once; one more is closed unanswered."""
+
     daemon_threads = True
     receiver: WebhookReceiver
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.receiver.refused += 1
+            log.warning("webhook from %s refused: %d connections already being handled",
+                        client_address[0], MAX_HANDLERS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -190,6 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         try:
             what = receiver.event(json.loads(body))
+        except RecursionError:  # deeply nested arrays/objects: json gives up, so do we
+            self._refuse(400, "not JSON (nested too deeply)")
+            return
         except ValueError as exc:  # JSONDecodeError included
             self._refuse(400, str(exc) if not isinstance(exc, json.JSONDecodeError) else "not JSON")
             return

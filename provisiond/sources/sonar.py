@@ -17,17 +17,20 @@ for the window and goes on, all within ``timeout``. Anything else -- no answer, 
 refused token, a GraphQL ``errors`` answer, a page that is not what it should be, a
 nested list longer than one page -- raises ``SonarError`` (a ``SourceError``) naming the
 request and why: the reconciler then writes nothing. The token never appears in a
-message or a log line.
+message or a log line, nor goes anywhere but ``url``: redirects are not followed, and to
+a loopback ``url`` no proxy from the environment is used.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import time
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -115,6 +118,8 @@ class SonarSource:
         limit: int = LIMIT,
         window: float = WINDOW,
     ) -> None:
+        if any(not (" " < c <= "~") for c in token):  # settings refuse it first (ConfigError)
+            raise SonarError("token", "the token must be one line of printable ASCII without spaces")
         self.endpoint = url.rstrip("/") + "/api/graphql"
         self.display = self.endpoint
         self._token = token
@@ -126,10 +131,12 @@ class SonarSource:
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-        }, follow_redirects=False)
+        }, follow_redirects=False, trust_env=not _loopback(url))
         self._count = 0
-        if logging.getLogger("httpx").level == logging.NOTSET:
-            logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
+        # httpx: one INFO line per request; httpcore: DEBUG lines about every request.
+        for name in ("httpx", "httpcore"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
 
     def close(self) -> None:
         self._client.close()
@@ -281,8 +288,9 @@ class SonarSource:
                                     f"({resp.headers.get('content-type', 'no type')}), not "
                                     "Sonar's JSON: is source.url the Sonar instance?")
         if isinstance(body, dict) and body.get("errors"):
+            errors = body["errors"] if isinstance(body["errors"], list) else [body["errors"]]
             messages = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                                 for e in body["errors"][:3])
+                                 for e in errors[:3])
             raise SonarError("schema", f"{what}: GraphQL error: {self._clean(messages)}")
         if status != 200:
             raise SonarError("answer", f"{what}: HTTP {status}: {self._snippet(body)}")
@@ -296,7 +304,14 @@ class SonarSource:
         return self._clean(str(text if text else body))[:200]
 
     def _clean(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        """``text`` without the token, as written or as a repr/escaped form shows it."""
+        if not self._token:
+            return text
+        forms = {self._token, repr(self._token)[1:-1], repr(self._token.encode())[2:-1],
+                 self._token.encode("unicode_escape").decode("ascii")}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
+        return text
 
     # -- entities -> rows -------------------------------------------------------------
 
@@ -304,7 +319,11 @@ class SonarSource:
         """One row per value (aggregate unions them), so one bad address skips only itself."""
         for e in entities:
             account_id = e["id"]
-            status = (e.get("account_status") or {}).get("name")
+            account_status = e.get("account_status")
+            if account_status is not None and not isinstance(account_status, dict):
+                raise SonarError("answer", f"account {account_id}: account_status is not an "
+                                           f"object: {account_status!r:.80}")
+            status = (account_status or {}).get("name")
             name = e.get("name")
             yield account_id, name, status, None, None, None
             for group in _entities(e, "account_groups", account_id):
@@ -336,12 +355,30 @@ def _entities(obj: dict[str, Any], name: str, account_id: int) -> list[dict[str,
     entities = coll.get("entities") if isinstance(coll, dict) else None
     if not isinstance(entities, list):
         raise SonarError("answer", f"account {account_id}: {name} is not a collection")
-    total = _int64((coll.get("page_info") or {}).get("total_count"))
+    page_info = coll.get("page_info")
+    if page_info is not None and not isinstance(page_info, dict):
+        raise SonarError("answer", f"account {account_id}: {name}.page_info is not an object: "
+                                   f"{page_info!r:.80}")
+    total = _int64((page_info or {}).get("total_count"))
     if total is not None and total > len(entities):
         raise SonarError("answer", f"account {account_id}: {name} has {total} entries but Sonar "
                                    f"returned {len(entities)} in one page; read failed "
                                    "(nested lists longer than one page are not read)")
     return [x for x in entities if isinstance(x, dict)]
+
+
+def _loopback(url: str) -> bool:
+    """Whether ``url`` is on this machine: then no proxy from http_proxy & co. sees the token.
+
+    A real Sonar (https) honours the operator's proxy settings. Redirects are never
+    followed, so the Authorization header goes to ``url`` and nowhere else."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _int64(value: Any) -> int | None:

@@ -206,3 +206,49 @@ def test_the_fake_sends_webhooks_to_loopback_only(hook: tuple[WebhookReceiver, R
         assert sent["current"]["name"] == "Seven" and "T" not in sent["triggered_at"]
     finally:
         sonar.stop()
+
+
+def test_a_body_nested_too_deeply_is_bad_json(hook: tuple[WebhookReceiver, Recorder, str]) -> None:
+    receiver, rec, url = hook
+    r = httpx.post(url, params={"token": SECRET}, content=b"[" * 100_000)  # < MAX_BODY
+    assert (r.status_code, r.text) == (400, "not JSON (nested too deeply)\n")
+    assert httpx.post(url, params={"token": SECRET}, json=body("account.status")).status_code == 200
+    assert rec.calls == [frozenset({"424"})]
+
+
+def test_connections_beyond_the_cap_are_closed(hook: tuple[WebhookReceiver, Recorder, str]) -> None:
+    from provisiond.daemon.webhook import MAX_HANDLERS
+
+    receiver, rec, url = hook
+    # Slow senders: each holds a handler thread (a request line, never finished).
+    slow = [socket.create_connection(("127.0.0.1", receiver.port), timeout=5)
+            for _ in range(MAX_HANDLERS)]
+    try:
+        for s in slow:
+            s.sendall(b"POST /webhooks/sonar")
+        deadline = time.monotonic() + 5
+        while True:  # one more is closed unanswered (the slow ones are accepted first)
+            with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as extra:
+                extra.sendall(b"HEAD /webhooks/sonar?token=" + SECRET.encode() + b" HTTP/1.0\r\n\r\n")
+                try:
+                    got = extra.recv(200)
+                except ConnectionResetError:
+                    got = b""
+            if got == b"":
+                break
+            assert time.monotonic() < deadline, "the extra connection was answered"
+    finally:
+        for s in slow:
+            s.close()
+    # The slow ones gone, their slots are free again.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            r = httpx.post(url, params={"token": SECRET}, json=body("account.status"))
+            if r.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the endpoint stayed full"
+        time.sleep(0.05)
+    assert rec.calls == [frozenset({"424"})]

@@ -184,7 +184,7 @@ class FakeSonar:
             req = urllib.request.Request(url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+                with _OPENER.open(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
                     status: int | str = int(resp.status)
             except urllib.error.HTTPError as exc:
                 status = exc.code
@@ -195,6 +195,16 @@ class FakeSonar:
                 self.deliveries.append((event, status))
             log.info("webhook event=%s object_id=%s status=%s", event, object_id, status)
         return results
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 3xx is the delivery's status: the URL (and its ?token=) goes nowhere else
+
+
+# Webhooks go straight to their loopback URL: never through a proxy from http_proxy & co.
+# (which would receive the ?token=), never on to where a redirect points.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 class _Handler(BaseHTTPRequestHandler):
