@@ -35,5 +35,5 @@ def world(tmp_path: Path, pg_url: str) -> Iterator[World]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FIGURES:
         terminalreporter.section("fault matrix")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
+        for trials in FIGURES:
+            terminalreporter.write_line(trials.line())

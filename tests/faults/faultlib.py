@@ -1,4 +1,4 @@
-"""Shared by the fault-matrix tests: the record of figures (trials and losses per fault)."""
+"""Shared by the fault-matrix tests: the record of figures (trials and losses per fault,\nsummed from each trial's observed outcome), the daemon config, the apply worker."""
 
 from __future__ import annotations
 
@@ -7,17 +7,69 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-FIGURES: list[str] = []
+FIGURES: list[Trials] = []
+
+
+class Trials:
+    """One line of the fault matrix, summed from what each trial observed.
+
+    ``with trials.trial() as outcome:`` runs one trial; the trial counts what it saw into
+    ``outcome`` (``outcome["lost"] += ...``, ``duplicates``, ``crashes``...) before it
+    asserts on it. The outcome is kept whatever happens; a trial that raised is counted
+    as ``failed`` and as at least one lost (nothing proves it kept everything), so a
+    failed or unfinished trial can never show as ``lost=0``. ``check()`` is what a figure
+    test asserts: trials ran, and nothing was lost, failed, or counted in ``zero``."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.outcomes: list[Counter[str]] = []
+        self.notes: dict[str, object] = {}
+        FIGURES.append(self)
+
+    @contextmanager
+    def trial(self) -> Iterator[Counter[str]]:
+        outcome = Counter[str]()
+        try:
+            yield outcome
+        except BaseException:
+            outcome["failed"] += 1
+            outcome["lost"] = max(outcome["lost"], 1)
+            raise
+        finally:
+            self.outcomes.append(outcome)
+
+    def note(self, **more: object) -> None:
+        """Facts about the figure that are not per-trial counts (``keys=17``)."""
+        self.notes.update(more)
+
+    def totals(self) -> dict[str, int]:
+        keys = {"lost": 0, "failed": 0} | {k: 0 for o in self.outcomes for k in o}
+        return {k: sum(o[k] for o in self.outcomes) for k in keys}
+
+    def line(self) -> str:
+        counts = "".join(f" {k}={v}" for k, v in self.totals().items())
+        notes = "".join(f" {k}={v}" for k, v in self.notes.items())
+        return f"{self.fault}: trials={len(self.outcomes)}{counts}{notes}"
+
+    def check(self, *zero: str) -> dict[str, int]:
+        """Assert trials ran and ``lost``, ``failed`` and every name in ``zero`` summed to 0."""
+        totals = self.totals()
+        assert self.outcomes, f"{self.fault}: no trial ran (deselected or never reached)"
+        bad = {k: totals.get(k, 0) for k in ("lost", "failed", *zero) if totals.get(k, 0)}
+        assert not bad, f"{self.fault}: {bad} over {len(self.outcomes)} trials"
+        return totals
 
 
 class Figures:
-    """``record(fault, trials, lost=..., **more)``: one line of the fault matrix."""
+    """The ``figures`` fixture: ``figures.trials(fault)`` starts one line of the matrix."""
 
-    def record(self, fault: str, trials: int, *, lost: int, **more: object) -> None:
-        extra = "".join(f" {k}={v}" for k, v in more.items())
-        FIGURES.append(f"{fault}: trials={trials} lost={lost}{extra}")
+    def trials(self, fault: str) -> Trials:
+        return Trials(fault)
 
 
 def daemon_config(

@@ -7,6 +7,7 @@ entries billing asks for.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -92,30 +93,43 @@ def test_billing_faults_write_nothing_to_routers_holding_entries(world: World, f
         ("same account twice, two statuses", twice("status", "'delinquent'"),
          "account 3: billing returns it with different statuses"),
     ]
+    trials = figures.trials("billing faults with routers holding entries")
+
+    def count(outcome: Counter[str]) -> None:
+        """What this trial's routers lost or were sent, against the tables before it."""
+        now = tables(world)
+        outcome["lost"] += sum(1 for name, rows in before.items() for row in rows if row not in now[name])
+        outcome["writes"] += len(writes(world))
+
     before = tables(world)
     for name, fault, message in cases:
+        with trials.trial() as outcome:
+            for sim in world.sims.values():
+                sim.reset_history()
+            undo = fault()
+            for verb in ("plan", "apply"):
+                code, out, err = world.run(verb)
+                assert "Traceback" not in out + err
+                assert message in out + err, f"{name}: {verb}: {out + err}"
+            count(outcome)
+            assert writes(world) == [], f"{name}: {writes(world)}"
+            assert tables(world) == before, name
+            undo()
+            code, out, err = world.run("apply")
+            assert code == 0, f"{name}: {out + err}"
+            assert tables(world) == before, name
+            world.assert_converged()
+
+    with trials.trial() as outcome, locked_accounts(world):  # a read that times out
         for sim in world.sims.values():
             sim.reset_history()
-        undo = fault()
-        for verb in ("plan", "apply"):
-            code, out, err = world.run(verb)
-            assert "Traceback" not in out + err
-            assert message in out + err, f"{name}: {verb}: {out + err}"
-        assert writes(world) == [], f"{name}: {writes(world)}"
-        assert tables(world) == before, name
-        undo()
-        code, out, err = world.run("apply")
-        assert code == 0, f"{name}: {out + err}"
-        assert tables(world) == before, name
-        world.assert_converged()
-
-    with locked_accounts(world):  # a read that times out
         world.write_config(source_extra='timeout = "1s"')
         code, out, err = world.run("apply")
+        count(outcome)
         assert code == 1
         assert "canceling statement due to statement timeout" in err and "nothing written" in err
     assert writes(world) == [] and tables(world) == before
     world.write_config()
     world.assert_converged()
-    figures.record("billing faults with routers holding entries", len(cases) + 1, lost=0,
-                   writes=len(writes(world)))
+    trials.check("writes")
+    assert len(trials.outcomes) == len(cases) + 1

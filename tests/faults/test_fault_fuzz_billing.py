@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from faultlib import Figures
+from faultlib import Trials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from world import World
@@ -87,7 +87,7 @@ def test_bad_rows_never_crash_or_leak_pure(raw: list[tuple[Any, ...]]) -> None:
 
 BILLING_TABLE = """CREATE TABLE billing_rows (account_id TEXT, account_name TEXT, status TEXT,
                                      group_name TEXT, ip_address TEXT, radius_username TEXT)"""
-RUNS: list[int] = []
+RUNS = Trials("hypothesis billing rows (whole apply, simulator)")
 
 
 def ready(world: World) -> None:
@@ -105,30 +105,33 @@ def ready(world: World) -> None:
 @given(raw=rows)
 def test_bad_rows_through_a_whole_apply(world: World, raw: list[tuple[Any, ...]]) -> None:
     ready(world)
-    RUNS.append(1)
-    sim = world.sims["core-1"]
-    for menu in ("ip", "ipv6"):  # an account with a bad row keeps what it has: start from nothing
-        for entry in sim.entries(menu):
-            sim.remove_entry(menu, entry[".id"])
-    world.sql("DELETE FROM billing_rows")
-    with world.engine.begin() as c:
-        if raw:
-            c.execute(sa.text("INSERT INTO billing_rows VALUES (:i, :n, :s, :g, :a, :u)"),
-                      [dict(zip("insgau", r)) for r in raw])
-    desired = check(raw)
-    snapshot = aggregate(raw, read_at=datetime.now(UTC))
-    # --force: random rows often leave a mapped group with no account at all, which the
-    # unmatched-mapping rule (rightly) will not empty unforced; this test is about bad rows.
-    code, out, err = world.run("apply", "--force")
-    assert "Traceback" not in out + err
-    assert code == 0, out + err
-    for p in snapshot.problems:
-        assert f"skipped billing row: {p}".splitlines()[0] in out, (str(p), out)
-    held = {(e["list"], e["address"]): e.get("comment") for e in world.sims["core-1"].entries("ip")}
-    held |= {(e["list"], e["address"]): e.get("comment") for e in world.sims["core-1"].entries("ipv6")}
-    assert held == {(e.group, dict(e.ident)["address"]): e.get("comment") for e in desired.values()}
-    world.assert_converged()
+    with RUNS.trial() as outcome:
+        sim = world.sims["core-1"]
+        for menu in ("ip", "ipv6"):  # an account with a bad row keeps what it has: start from nothing
+            for entry in sim.entries(menu):
+                sim.remove_entry(menu, entry[".id"])
+        world.sql("DELETE FROM billing_rows")
+        with world.engine.begin() as c:
+            if raw:
+                c.execute(sa.text("INSERT INTO billing_rows VALUES (:i, :n, :s, :g, :a, :u)"),
+                          [dict(zip("insgau", r)) for r in raw])
+        desired = check(raw)
+        snapshot = aggregate(raw, read_at=datetime.now(UTC))
+        # --force: random rows often leave a mapped group with no account at all, which the
+        # unmatched-mapping rule (rightly) will not empty unforced; this test is about bad rows.
+        code, out, err = world.run("apply", "--force")
+        assert "Traceback" not in out + err
+        assert code == 0, out + err
+        for p in snapshot.problems:
+            assert f"skipped billing row: {p}".splitlines()[0] in out, (str(p), out)
+        held = {(e["list"], e["address"]): e.get("comment") for e in world.sims["core-1"].entries("ip")}
+        held |= {(e["list"], e["address"]): e.get("comment") for e in world.sims["core-1"].entries("ipv6")}
+        want = {(e.group, dict(e.ident)["address"]): e.get("comment") for e in desired.values()}
+        outcome["lost"] += len(want.keys() - held.keys())
+        outcome["leaked"] += len(held.keys() - want.keys())
+        assert held == want
+        world.assert_converged()
 
 
-def test_fuzzed_billing_figures(figures: Figures) -> None:
-    figures.record("hypothesis billing rows (whole apply, simulator)", len(RUNS), lost=0)
+def test_fuzzed_billing_figures() -> None:
+    RUNS.check("leaked")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from faultlib import Figures
+from faultlib import Trials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -139,7 +139,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-CHECKED: list[str] = []
+CHECKED = Trials("hypothesis config keys x bad values (load + check-config)")
+KEYS: set[str] = set()
 
 
 def check_config(path: Path) -> tuple[int, str]:
@@ -164,26 +165,32 @@ def test_every_key_with_bad_values(home: Path, key: str, value: Any, through_cli
     path = home / "fuzz.toml"
     path.write_text(tomli_w.dumps(data))
     path.chmod(0o600)
-    CHECKED.append(key)
-    try:
-        loaded = settings_mod.load(path)
-    except ConfigError as exc:
-        # The key itself or a section above it; or, for a cross-check (an empty router
-        # list), the key that refers to it.
-        names = [key[:i] for i in range(len(key) + 1) if i == len(key) or key[i] in ".["]
-        names += RELATED.get(key.split("[")[0].split(".")[0], [])
-        heads = tuple(f"{a}{sep}" for a in names for sep in ":.[")
-        assert exc.problems
-        assert any(p.startswith(heads) for p in exc.problems), (key, value, exc.problems)
-        sections = tuple(f"{name}{sep}" for name in settings_mod.Settings.model_fields for sep in ":.[")
-        assert all(p.startswith(sections) for p in exc.problems), (key, value, exc.problems)
-    else:
-        sane(loaded)
-    if through_cli == 0:  # one in ten also through check-config: exit 0/1, never a traceback
-        code, text = check_config(path)
-        assert code in (0, 1) and "Traceback" not in text, text
+    KEYS.add(key)
+    with CHECKED.trial() as outcome:
+        try:
+            loaded = settings_mod.load(path)
+        except ConfigError as exc:
+            # The key itself or a section above it; or, for a cross-check (an empty router
+            # list), the key that refers to it.
+            names = [key[:i] for i in range(len(key) + 1) if i == len(key) or key[i] in ".["]
+            names += RELATED.get(key.split("[")[0].split(".")[0], [])
+            heads = tuple(f"{a}{sep}" for a in names for sep in ":.[")
+            outcome["rejected"] += 1
+            outcome["unnamed"] += not any(p.startswith(heads) for p in exc.problems)
+            assert exc.problems
+            assert any(p.startswith(heads) for p in exc.problems), (key, value, exc.problems)
+            sections = tuple(f"{name}{sep}" for name in settings_mod.Settings.model_fields for sep in ":.[")
+            assert all(p.startswith(sections) for p in exc.problems), (key, value, exc.problems)
+        else:
+            outcome["accepted"] += 1
+            sane(loaded)
+        if through_cli == 0:  # one in ten also through check-config: exit 0/1, never a traceback
+            code, text = check_config(path)
+            outcome["crashes"] += code not in (0, 1) or "Traceback" in text
+            assert code in (0, 1) and "Traceback" not in text, text
 
 
-def test_config_fuzz_figures(figures: Figures) -> None:
-    figures.record("hypothesis config keys x bad values (load + check-config)", len(CHECKED), lost=0,
-                   keys=len(set(CHECKED)), of=len(PATHS))
+def test_config_fuzz_figures() -> None:
+    CHECKED.note(keys=len(KEYS), of=len(PATHS))
+    CHECKED.check("crashes", "unnamed")
+    assert KEYS == set(PATHS), f"keys never tried: {sorted(set(PATHS) - KEYS)}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultlib import Figures
+from faultlib import Trials
 from harness import pg_kwargs, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +32,7 @@ payloads = st.one_of(
                      '{"account_id": "1\\n2"}', "=list=x", "\x01\x7f", "x" * 7999, "1" * 7999,
                      '{"accounts": [' + ",".join(['"1"'] * 1500) + "]}"]),
 )
-SENT: list[int] = []
+SENT = Trials("hypothesis NOTIFY payloads (listener on PostgreSQL)")
 
 
 @pytest.fixture
@@ -52,15 +52,19 @@ def test_any_notify_payload_asks_for_a_pass(listener: Any, pg_url: str, batch: l
     lst, calls = listener
     before = len(calls)
     caplog.set_level(logging.WARNING, logger="provisiond")
-    with psycopg.connect(**{**pg_kwargs(pg_url), "autocommit": False}) as c:
-        for p in batch:
-            c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, p))
-    SENT.append(len(batch))
-    wait_until(lambda: len(calls) > before, timeout=10, what="a pass requested")
-    assert lst.connected
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    with SENT.trial() as outcome:
+        with psycopg.connect(**{**pg_kwargs(pg_url), "autocommit": False}) as c:
+            for p in batch:
+                c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, p))
+        outcome["payloads"] += len(batch)
+        outcome["lost"] += 1  # until the listener is seen asking for a pass
+        wait_until(lambda: len(calls) > before, timeout=10, what="a pass requested")
+        outcome["lost"] -= 1
+        outcome["disconnected"] += not lst.connected
+        outcome["warnings"] += len([r for r in caplog.records if r.levelno >= logging.WARNING])
+        assert lst.connected
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
-def test_notify_fuzz_figures(figures: Figures) -> None:
-    figures.record("hypothesis NOTIFY payloads (listener on PostgreSQL)", sum(SENT), lost=0,
-                   batches=len(SENT))
+def test_notify_fuzz_figures() -> None:
+    SENT.check("disconnected", "warnings")

@@ -103,37 +103,42 @@ def test_radius_database_lost_mid_transaction(world: World, radius_url: str, fig
     code, out, err = world.run("apply")
     assert code == 0, out + err
     admin = sa.create_engine(radius_url, isolation_level="AUTOCOMMIT")
-    half_written = 0
+    trials = figures.trials("RADIUS database lost mid-transaction")
     worker = Worker(world.config, world.tmp)  # applies forked from a warm server
     for round_, (point, lock) in enumerate(POINTS, start=1):
-        churn(world, round_)
-        code, plan_text, _ = world.run("plan")
-        assert code == 2 and "radius (radius)" in plan_text
-        before, owned = radius_rows(radius_url), ledger(world)
-        with admin.connect() as blocker, admin.connect() as watch:
-            blocker.exec_driver_sql("BEGIN")
-            blocker.exec_driver_sql(lock)
-            worker.go()
-            pid = wait_until(lambda: not worker.alive() or watch.exec_driver_sql(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'").scalar(), timeout=30, what=f"the apply held at {point}")
-            assert worker.alive(), worker.wait()
-            watch.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")  # the database is gone
-            code, text = worker.wait()
-            blocker.exec_driver_sql("ROLLBACK")
-        assert code == 1, text
-        assert "Traceback" not in text
-        assert "radius: " in text and "rolled back, nothing written" in text, text
-        after = radius_rows(radius_url)
-        half_written += after != before
-        assert after == before, f"{point}: half-written"
-        assert ledger(world) == owned, f"{point}: the ledger kept claims of a rolled-back apply"
-        code, out, err = world.run("apply")
-        assert code == 0, out + err
-        world.assert_converged()
+        with trials.trial() as outcome:
+            churn(world, round_)
+            code, plan_text, _ = world.run("plan")
+            assert code == 2 and "radius (radius)" in plan_text
+            before, owned = radius_rows(radius_url), ledger(world)
+            with admin.connect() as blocker, admin.connect() as watch:
+                blocker.exec_driver_sql("BEGIN")
+                blocker.exec_driver_sql(lock)
+                worker.go()
+                pid = wait_until(lambda: not worker.alive() or watch.exec_driver_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'").scalar(), timeout=30, what=f"the apply held at {point}")
+                assert worker.alive(), worker.wait()
+                watch.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")  # the database is gone
+                code, text = worker.wait()
+                blocker.exec_driver_sql("ROLLBACK")
+            assert code == 1, text
+            assert "Traceback" not in text
+            assert "radius: " in text and "rolled back, nothing written" in text, text
+            after = radius_rows(radius_url)
+            outcome["lost"] += sum(1 for table, rows in before.items() for row in rows
+                                   if row not in after.get(table, []))
+            outcome["half_written"] += after != before
+            outcome["ledger_changed"] += ledger(world) != owned
+            assert after == before, f"{point}: half-written"
+            assert ledger(world) == owned, f"{point}: the ledger kept claims of a rolled-back apply"
+            code, out, err = world.run("apply")
+            assert code == 0, out + err
+            world.assert_converged()
     worker.close()
     admin.dispose()
-    figures.record("RADIUS database lost mid-transaction", len(POINTS), lost=0, half_written=half_written)
+    trials.check("half_written", "ledger_changed")
+    assert len(trials.outcomes) == len(POINTS)
 
 
 @pytest.mark.parametrize("how", ["unreachable", "read-only"])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from faultlib import Figures
+from faultlib import Figures, Trials
 from world import World
 
 from provisiond.core.addresses import span
@@ -102,31 +102,34 @@ def test_malformed_print_replies(world: World, figures: Figures, verb: str) -> N
     seeded(world)
     sim = world.sims["core-1"]
     before = world.entries("core-1", "tower-hosts")
-    lost = crashed = 0
+    trials = figures.trials(f"malformed print reply ({verb})")
     for name, rewrite, fails in PRINT_FAULTS:
-        sim.rewrite_next(PRINT, rewrite)
-        try:
-            code, out, err = world.run(verb)
-        except Exception as exc:  # noqa: BLE001 - a crash is what this test counts
-            crashed += 1
-            print(f"{name}: {verb} crashed: {exc!r}")
-            continue
-        text = out + err
-        assert "Traceback" not in text, f"{name}: {text}"
-        if fails:
-            assert code == 1, f"{name}: {text}"
-            assert "core-1" in text, f"{name}: the failure must name the router: {text}"
-        else:
-            assert code in (0, 2), f"{name}: {text}"
-        if "address" in name or ".id" in name:
-            assert "core-1" in err, f"{name}: the unreadable entry must be reported: {text}"
-        after = world.entries("core-1", "tower-hosts")
-        lost += len(before.keys() - after.keys())
-        assert after.keys() == before.keys(), f"{name}: entries lost: {before.keys() - after.keys()}"
-        assert removes(world) == [], f"{name}: {removes(world)}"
-        world.assert_converged()
-    figures.record(f"malformed print reply ({verb})", len(PRINT_FAULTS), lost=lost, crashes=crashed)
-    assert crashed == 0
+        with trials.trial() as outcome:
+            sim.rewrite_next(PRINT, rewrite)
+            try:
+                code, out, err = world.run(verb)
+            except Exception as exc:  # noqa: BLE001 - a crash is what this test counts
+                outcome["crashes"] += 1
+                print(f"{name}: {verb} crashed: {exc!r}")
+                continue
+            text = out + err
+            outcome["crashes"] += "Traceback" in text
+            assert "Traceback" not in text, f"{name}: {text}"
+            if fails:
+                assert code == 1, f"{name}: {text}"
+                assert "core-1" in text, f"{name}: the failure must name the router: {text}"
+            else:
+                assert code in (0, 2), f"{name}: {text}"
+            if "address" in name or ".id" in name:
+                assert "core-1" in err, f"{name}: the unreadable entry must be reported: {text}"
+            after = world.entries("core-1", "tower-hosts")
+            outcome["lost"] += len(before.keys() - after.keys())
+            outcome["removes"] += len(removes(world))
+            assert after.keys() == before.keys(), f"{name}: entries lost: {before.keys() - after.keys()}"
+            assert removes(world) == [], f"{name}: {removes(world)}"
+            world.assert_converged()
+    trials.check("crashes", "removes")
+    assert len(trials.outcomes) == len(PRINT_FAULTS)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +159,7 @@ def test_malformed_write_replies_fail_that_router_only(world: World, reply: Sent
 
 # -- the same, generated: any malformation of any row of the print --------------------
 
-GENERATED: list[int] = []
+GENERATED = Trials("hypothesis malformed print replies (plan)")
 
 
 def not_an_address(text: str) -> bool:
@@ -202,21 +205,26 @@ def test_generated_malformed_print_replies_never_delete(world: World, ops: list[
                 rows[i] = _mangle(op, rows[i], text)
         return tuple(rows)
 
+    before = {e["address"] for e in sim.entries("ip", "tower-hosts")}
     sim.rewrite_next(PRINT, rewrite)
-    GENERATED.append(len(ops))
-    code, out, err = world.run("plan", "--format", "json")
-    assert "Traceback" not in out + err
-    assert code in (0, 1, 2), out + err
-    if code == 1:  # reported once: in the JSON plan, with the router's name (not again in the log)
-        failed = [t for t in json.loads(out)["targets"] if t.get("error")]
-        assert [t["target"] for t in failed] == ["core-1"] and "core-1" in failed[0]["error"], out
-    if out.strip():
-        plan = json.loads(out)
-        actions = [c["action"] for t in plan["targets"] for c in t.get("changes", [])]
-        assert "delete" not in actions and "update" not in actions, (ops, out)
-    assert sim.entries("ip", "tower-hosts")  # plan wrote nothing; the table is whole
+    with GENERATED.trial() as outcome:
+        outcome["malformations"] += len(ops)
+        code, out, err = world.run("plan", "--format", "json")
+        outcome["crashes"] += "Traceback" in out + err
+        assert "Traceback" not in out + err
+        assert code in (0, 1, 2), out + err
+        if code == 1:  # reported once: in the JSON plan, with the router's name (not again in the log)
+            failed = [t for t in json.loads(out)["targets"] if t.get("error")]
+            assert [t["target"] for t in failed] == ["core-1"] and "core-1" in failed[0]["error"], out
+        if out.strip():
+            plan = json.loads(out)
+            actions = [c["action"] for t in plan["targets"] for c in t.get("changes", [])]
+            outcome["deletes_planned"] += sum(a in ("delete", "update") for a in actions)
+            assert "delete" not in actions and "update" not in actions, (ops, out)
+        after = {e["address"] for e in sim.entries("ip", "tower-hosts")}
+        outcome["lost"] += len(before - after)
+        assert before and after == before  # plan wrote nothing; the table is whole
 
 
-def test_generated_malformed_print_figures(figures: Figures) -> None:
-    figures.record("hypothesis malformed print replies (plan)", len(GENERATED), lost=0,
-                   malformations=sum(GENERATED))
+def test_generated_malformed_print_figures() -> None:
+    GENERATED.check("crashes", "deletes_planned")

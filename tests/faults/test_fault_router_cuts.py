@@ -96,6 +96,12 @@ def mine(sim: RouterSim) -> dict[tuple[str, str], str]:
     return out
 
 
+def duplicated(sim: RouterSim) -> int:
+    """How many of provisiond's entries on a router repeat a (list, address) it already holds."""
+    rows = [r for r in held(sim) if r.get("comment", "").startswith("provisiond:")]
+    return len(rows) - len({(r["list"], r["address"]) for r in rows})
+
+
 def counts(current: dict[tuple[str, str], str], want: dict[tuple[str, str], str]) -> dict[str, int]:
     """How many commands of each kind the apply will send to one router."""
     gone = current.keys() - want.keys()
@@ -118,65 +124,65 @@ def test_router_connection_cut_at_20_points(world: World, figures: Figures) -> N
     world.write_config(lists=LISTS, safety={"max_delete_ratio": 1.0, "max_update_ratio": 1.0, "min_existing": 0})
     code, out, err = world.run("apply")
     assert code == 0, out + err
-    duplicates = touched = unreported = 0
+    trials = figures.trials(
+        "router connection cut (login, print, removes, add window, sets; one or both routers)")
     for trial, cuts in enumerate(CUTS, start=1):
-        billing.churn(rng, trial)
-        want = billing.expected()
-        fired: list[str] = []
-        for name, sim in sims.items():
-            sim.reset_history()
-            sim.on_sentence(None)
-        for router, kind, which, run in cuts:
-            n = counts(mine(sims[router]), want)[kind]
-            assert n, f"trial {trial}: no {kind} planned for {router}"
-            k = {"mid": (n + 1) // 2, "last": n}.get(str(which), which)
-            assert isinstance(k, int)
-            seen = Counter[str]()
+        with trials.trial() as outcome:
+            billing.churn(rng, trial)
+            want = billing.expected()
+            fired: list[str] = []
+            for name, sim in sims.items():
+                sim.reset_history()
+                sim.on_sentence(None)
+            for router, kind, which, run in cuts:
+                n = counts(mine(sims[router]), want)[kind]
+                assert n, f"trial {trial}: no {kind} planned for {router}"
+                k = {"mid": (n + 1) // 2, "last": n}.get(str(which), which)
+                assert isinstance(k, int)
+                seen = Counter[str]()
 
-            def observe(number: int, words: list[str], *, router: str = router, kind: str = kind,
-                        k: int = k, run: bool = run, seen: Counter[str] = seen) -> None:
-                if KINDS[kind](words[0]):
-                    seen[kind] += 1
-                    if seen[kind] == k:
-                        fired.append(f"{router} {kind}#{k}")
-                        sims[router].cut_after(0, run=run)
+                def observe(number: int, words: list[str], *, router: str = router, kind: str = kind,
+                            k: int = k, run: bool = run, seen: Counter[str] = seen) -> None:
+                    if KINDS[kind](words[0]):
+                        seen[kind] += 1
+                        if seen[kind] == k:
+                            fired.append(f"{router} {kind}#{k}")
+                            sims[router].cut_after(0, run=run)
 
-            sims[router].on_sentence(observe)
-        code, out, err = world.run("apply")
-        text = out + err
-        assert "Traceback" not in text
-        assert len(fired) == len(cuts), f"trial {trial}: cut {fired}, wanted {cuts}"
-        cut_routers = {c[0] for c in cuts}
-        assert code == 1, f"trial {trial} {cuts}: {text}"
-        for router in cut_routers:
-            # Reported once, on stdout with the target's name (not repeated in the log).
-            unreported += f"{router}: FAILED" not in out
-            assert f"{router}: FAILED" in out, f"trial {trial}: the cut of {router} is not reported: {text}"
-        for name in sims.keys() - cut_routers:
-            assert mine(sims[name]) == want, f"trial {trial}: {name} did not converge beside the cut"
-        for sim in sims.values():
-            sim.on_sentence(None)
-        code, out, err = world.run("apply")
-        assert code == 0, f"trial {trial} {cuts}: {out + err}"
-        world.assert_converged()
-        for name, sim in sims.items():
-            try:
+                sims[router].on_sentence(observe)
+            code, out, err = world.run("apply")
+            text = out + err
+            assert "Traceback" not in text
+            assert len(fired) == len(cuts), f"trial {trial}: cut {fired}, wanted {cuts}"
+            cut_routers = {c[0] for c in cuts}
+            assert code == 1, f"trial {trial} {cuts}: {text}"
+            for router in cut_routers:
+                # Reported once, on stdout with the target's name (not repeated in the log).
+                outcome["unreported"] += f"{router}: FAILED" not in out
+                assert f"{router}: FAILED" in out, f"trial {trial}: the cut of {router} is not reported: {text}"
+            for name in sims.keys() - cut_routers:
+                assert mine(sims[name]) == want, f"trial {trial}: {name} did not converge beside the cut"
+            for sim in sims.values():
+                sim.on_sentence(None)
+            code, out, err = world.run("apply")
+            assert code == 0, f"trial {trial} {cuts}: {out + err}"
+            world.assert_converged()
+            for name, sim in sims.items():
+                outcome["duplicates"] += duplicated(sim)
                 got = mine(sim)
-            except AssertionError:
-                duplicates += 1
-                raise
-            assert got == want, f"trial {trial}: {name}"
-            others = [r for r in held(sim) if not r.get("comment", "").startswith("provisiond:")]
-            ids = {(menu, r[".id"]) for menu in ("ip", "ipv6") for r in sim.entries(menu)
-                   if not r.get("comment", "").startswith("provisiond:")}
-            hits = [c for c in sim.history if c.path.endswith(("/remove", "/set"))
-                    and ids & {(c.path.split("/")[1], i)
-                               for i in dict(c.attributes).get(".id", "").split(",")}]
-            touched += len(hits) + (others != foreign[name])
-            assert others == foreign[name] and not hits, f"trial {trial}: {name} touched {hits}"
-    figures.record("router connection cut (login, print, removes, add window, sets; one or both routers)",
-                   len(CUTS), lost=0, duplicates=duplicates, foreign_touched=touched,
-                   unreported=unreported)
+                outcome["lost"] += len(want.keys() - got.keys())
+                outcome["wrong"] += sum(1 for k in want.keys() & got.keys() if want[k] != got[k])
+                assert got == want, f"trial {trial}: {name}"
+                others = [r for r in held(sim) if not r.get("comment", "").startswith("provisiond:")]
+                ids = {(menu, r[".id"]) for menu in ("ip", "ipv6") for r in sim.entries(menu)
+                       if not r.get("comment", "").startswith("provisiond:")}
+                hits = [c for c in sim.history if c.path.endswith(("/remove", "/set"))
+                        and ids & {(c.path.split("/")[1], i)
+                                   for i in dict(c.attributes).get(".id", "").split(",")}]
+                outcome["foreign_touched"] += len(hits) + (others != foreign[name])
+                assert others == foreign[name] and not hits, f"trial {trial}: {name} touched {hits}"
+    trials.check("duplicates", "wrong", "foreign_touched", "unreported")
+    assert len(trials.outcomes) == len(CUTS)
 
 
 def test_connection_closed_between_passes_costs_no_pass(world: World, figures: Figures) -> None:
@@ -190,21 +196,24 @@ def test_connection_closed_between_passes_costs_no_pass(world: World, figures: F
     billing = Billing(world)
     world.write_config(lists=LISTS)
     rec = Reconciler(settings_mod.load(world.config), readonly=False)
-    failed = 0
+    trials = figures.trials("router connection closed between daemon passes")
     try:
         for trial in range(3):
-            pp = rec.plan()
-            assert not pp.errors, pp.errors
-            assert rec.apply(pp).ok
-            for name, sim in sims.items():
-                assert mine(sim) == billing.expected(), name
-            sims["core-1"].drop_connections()  # idle: between passes
-            billing.churn(random.Random(trial), 100 + trial)
-            wait_until(lambda: sims["core-1"].connection_count == 0, what="the connection gone")
-            failed += bool(rec.plan().errors)
+            with trials.trial() as outcome:
+                pp = rec.plan()
+                assert not pp.errors, pp.errors
+                assert rec.apply(pp).ok
+                for name, sim in sims.items():
+                    held_now = mine(sim)
+                    outcome["lost"] += len(billing.expected().keys() - held_now.keys())
+                    assert held_now == billing.expected(), name
+                sims["core-1"].drop_connections()  # idle: between passes
+                billing.churn(random.Random(trial), 100 + trial)
+                wait_until(lambda: sims["core-1"].connection_count == 0, what="the connection gone")
+                outcome["failed_passes"] += bool(rec.plan().errors)
         pp = rec.plan()
         assert not pp.errors, pp.errors
     finally:
         rec.close()
-    figures.record("router connection closed between daemon passes", 3, lost=0, failed_passes=failed)
-    assert failed == 0
+    trials.check("failed_passes")
+    assert len(trials.outcomes) == 3

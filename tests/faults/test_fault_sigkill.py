@@ -129,87 +129,90 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
     ids: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in sims}  # every .id ever seen
     duration = 0.0
     kinds: Counter[str] = Counter()
-    killed = lost = doubled = dupes = bad_journal = 0
     journal_seen = 0
+    trials = figures.trials("SIGKILL of apply (pool, PostgreSQL state store)")
     worker = Worker(world.config, world.tmp)
     for trial in range(TRIALS + 1):
-        churn(world, rng, trial)
-        for name, sim in sims.items():
-            sim.reset_history()
-            ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
-        kind = "none" if trial == 0 else rng.choice(["command"] * 3 + ["time"] * 2 + ["lease"] * 1)
-        kinds[kind] += 1
-        blocker = None
-        if kind == "command":
-            target = rng.choice(list(sims))
-            sim = sims[target]
-            at = sim.sentences_received + rng.randint(1, 8)
-            sim.on_sentence(lambda n, words, at=at: worker.kill() if n == at else None)
-        elif kind == "lease":
-            blocker = sa.create_engine(state_url).connect()
-            blocker.begin()
-            blocker.execute(sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK)))
-        started = worker.go()
-        if kind == "time":
-            time.sleep(rng.uniform(0, 0.9 * duration))
-            worker.kill()
-        elif kind == "lease":
-            assert blocker is not None
-            watcher = sa.create_engine(state_url, isolation_level="AUTOCOMMIT")
-            with watcher.connect() as w:  # outside the blocker's transaction: a fresh view
-                wait_until(lambda: not worker.alive() or w.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
-                    "AND datname = current_database()")).scalar(),
-                    what="the apply waiting for the lease lock")
-            watcher.dispose()
-            assert worker.alive(), worker.wait()
-            worker.kill()
-        code, err = worker.wait()
-        if trial == 0:
-            assert code == 0, err
-        if code == 0:  # the shortest whole apply so far bounds the random moments
-            elapsed = time.monotonic() - started
-            duration = elapsed if trial == 0 else min(duration, elapsed)
-        if blocker is not None:
-            blocker.rollback()
-            blocker.close()
-            blocker.engine.dispose()
-        for sim in sims.values():
-            sim.on_sentence(None)
-        killed += code == -signal.SIGKILL
-        assert "Traceback" not in err
-        for name, sim in sims.items():
-            ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
-        code, out, err = world.run("apply")
-        assert code == 0, f"trial {trial} ({kind}): {out + err}"
-        world.assert_converged()
-        # -- what was lost, doubled or made up
-        with StateStore.open(state_url, readonly=True) as store:
-            leases = store.leases()
-        inside = {str(a) for a in members(world) if a in POOLED}
-        leased = [x for x in leases if x.state == "leased"]
-        by_account = Counter(x.account_id for x in leased)
-        doubled += sum(n - 1 for n in by_account.values() if n > 1)
-        doubled += len(leases) - len({x.address for x in leases})
-        lost += len(inside - by_account.keys())
-        for x in leases:
-            if first.setdefault(x.account_id, x.address) != x.address:
-                lost += 1
-        want = {first[a] for a in inside} | {f"100.64.2.{a}" for a in members(world) if a in BILLED}
-        for name, sim in sims.items():
-            rows = sim.entries("ip", "tower-hosts")
-            mine = [r["address"] for r in rows if r.get("comment", "").startswith("provisiond:")]
-            dupes += len(mine) - len(set(mine))
-            assert set(mine) == want, f"trial {trial}: {name}"
-            assert [r for r in rows if not r.get("comment", "").startswith("provisiond:")] == foreign[name]
-        rows = journal(state_url, journal_seen)
-        bad = unrecorded(rows, sims, ids)
-        bad_journal += len(bad)
-        assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
-        journal_seen = max([journal_seen] + [r["id"] for r in rows])
+        with trials.trial() as outcome:
+            churn(world, rng, trial)
+            for name, sim in sims.items():
+                sim.reset_history()
+                ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
+            kind = "none" if trial == 0 else rng.choice(["command"] * 3 + ["time"] * 2 + ["lease"] * 1)
+            kinds[kind] += 1
+            blocker = None
+            if kind == "command":
+                target = rng.choice(list(sims))
+                sim = sims[target]
+                at = sim.sentences_received + rng.randint(1, 8)
+                sim.on_sentence(lambda n, words, at=at: worker.kill() if n == at else None)
+            elif kind == "lease":
+                blocker = sa.create_engine(state_url).connect()
+                blocker.begin()
+                blocker.execute(sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK)))
+            started = worker.go()
+            if kind == "time":
+                time.sleep(rng.uniform(0, 0.9 * duration))
+                worker.kill()
+            elif kind == "lease":
+                assert blocker is not None
+                watcher = sa.create_engine(state_url, isolation_level="AUTOCOMMIT")
+                with watcher.connect() as w:  # outside the blocker's transaction: a fresh view
+                    wait_until(lambda: not worker.alive() or w.execute(sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                        "AND datname = current_database()")).scalar(),
+                        what="the apply waiting for the lease lock")
+                watcher.dispose()
+                assert worker.alive(), worker.wait()
+                worker.kill()
+            code, err = worker.wait()
+            if trial == 0:
+                assert code == 0, err
+            if code == 0:  # the shortest whole apply so far bounds the random moments
+                elapsed = time.monotonic() - started
+                duration = elapsed if trial == 0 else min(duration, elapsed)
+            if blocker is not None:
+                blocker.rollback()
+                blocker.close()
+                blocker.engine.dispose()
+            for sim in sims.values():
+                sim.on_sentence(None)
+            outcome["killed"] += code == -signal.SIGKILL
+            assert "Traceback" not in err
+            for name, sim in sims.items():
+                ids[name].update({e[".id"]: (e["list"], e["address"]) for e in sim.entries("ip")})
+            code, out, err = world.run("apply")
+            assert code == 0, f"trial {trial} ({kind}): {out + err}"
+            world.assert_converged()
+            # -- what was lost, doubled or made up
+            with StateStore.open(state_url, readonly=True) as store:
+                leases = store.leases()
+            inside = {str(a) for a in members(world) if a in POOLED}
+            leased = [x for x in leases if x.state == "leased"]
+            by_account = Counter(x.account_id for x in leased)
+            outcome["doubled"] += sum(n - 1 for n in by_account.values() if n > 1)
+            outcome["doubled"] += len(leases) - len({x.address for x in leases})
+            outcome["lost"] += len(inside - by_account.keys())
+            for x in leases:
+                if first.setdefault(x.account_id, x.address) != x.address:
+                    outcome["lost"] += 1
+            want = {first[a] for a in inside} | {f"100.64.2.{a}" for a in members(world) if a in BILLED}
+            for name, sim in sims.items():
+                rows = sim.entries("ip", "tower-hosts")
+                mine = [r["address"] for r in rows if r.get("comment", "").startswith("provisiond:")]
+                outcome["duplicates"] += len(mine) - len(set(mine))
+                outcome["lost"] += len(want - set(mine))
+                outcome["foreign_touched"] += [r for r in rows if not r.get("comment", "").startswith(
+                    "provisiond:")] != foreign[name]
+                assert set(mine) == want, f"trial {trial}: {name}"
+                assert [r for r in rows if not r.get("comment", "").startswith("provisiond:")] == foreign[name]
+            rows = journal(state_url, journal_seen)
+            bad = unrecorded(rows, sims, ids)
+            outcome["journal_made_up"] += len(bad)
+            assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
+            journal_seen = max([journal_seen] + [r["id"] for r in rows])
     worker.close()
-    figures.record("SIGKILL of apply (pool, PostgreSQL state store)", TRIALS, lost=lost,
-                   doubled=doubled, duplicates=dupes, journal_made_up=bad_journal, killed=killed,
-                   moments=dict(kinds))
-    assert killed >= TRIALS * 3 // 4, f"only {killed} of {TRIALS} applies were killed mid-way"
-    assert (lost, doubled, dupes) == (0, 0, 0)
+    trials.note(moments=dict(kinds))
+    totals = trials.check("doubled", "duplicates", "foreign_touched", "journal_made_up")
+    assert len(trials.outcomes) == TRIALS + 1
+    assert totals["killed"] >= TRIALS * 3 // 4, f"only {totals['killed']} of {TRIALS} applies were killed mid-way"
