@@ -41,7 +41,7 @@ from provisiond.errors import (
 )
 from provisiond.core.model import Snapshot
 from provisiond.core.plan import Plan, Safety
-from provisiond.core.scope import Scope
+from provisiond.core.scope import Scope, UsernameHolders
 from provisiond.core.plan import (
     Selector,
     check_pools,
@@ -129,10 +129,13 @@ class Reconciler:
         # Learnt by every full plan, used by scoped ones: managed entries per target
         # and group (the safety check's base), billing addresses inside pools.
         self._existing: dict[str, dict[str, int]] = {}
-        # Deletes and updates scoped passes applied since the last full plan, per target
+        # Changes (creates too) scoped passes applied since the last full plan, per target
         # and group: they count towards every later scoped pass's safety check.
         self._since_full: dict[str, dict[str, dict[str, int]]] = {}
         self._pool_billing: dict[str, tuple[str, ...]] = {}
+        # RADIUS username -> accounts listing it (last full read, moved by scoped reads):
+        # a scoped pass touching a username held outside its scope widens.
+        self._holders: UsernameHolders | None = None
 
     def close(self) -> None:
         for t in self.targets:
@@ -293,7 +296,8 @@ class Reconciler:
         pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
         scopes = self._scopes(accounts, snapshot, desired)
         observed = dict(_each(targets, lambda t: t.observe(scopes[t.name])))
-        others = sorted({o for x in observed.values() if isinstance(x, Observed) for o in x.others})
+        others = sorted({o for x in observed.values() if isinstance(x, Observed) for o in x.others}
+                        | self._shared_usernames(accounts, snapshot, targets, observed))
         if others:
             log.info("scoped pass widened to a full pass: entries of account(s) %s sit where "
                      "account(s) of the scope want theirs", ", ".join(others[:10]))
@@ -307,7 +311,65 @@ class Reconciler:
                 pp.plans.append(outcome)
             else:
                 pp.errors[target.name] = str(outcome)
+        emptied = [e for plan in pp.plans for e in self._would_empty(plan)]
+        if emptied:
+            # Only a full read can tell whether the group's mapping still matches anyone
+            # (a typo'd group in billing would otherwise empty the list event by event).
+            log.info("scoped pass widened to a full pass: it would empty %s",
+                     ", ".join(emptied[:10]))
+            return None
         return pp
+
+    def _shared_usernames(
+        self,
+        accounts: frozenset[str],
+        snapshot: Snapshot,
+        targets: Sequence[Target],
+        observed: Mapping[Target, Observed | str],
+    ) -> set[str]:
+        """Accounts outside ``accounts`` that list a RADIUS username this pass touches.
+
+        Desire for a username billing lists on two accounts needs both (the lowest id
+        keeps it), and a row read by username may be another account's: only a full
+        pass decides. Learns the holders with one full billing read if no full pass ran
+        in this process yet (``apply --account``).
+        """
+        radius = [t for t in targets if t.kind == "radius"]
+        if not radius:
+            return set()
+        if self._holders is None:
+            self._holders = _holders(self.source.read())
+        for account_id in accounts:
+            account = snapshot.accounts.get(account_id)
+            self._holders.replace(account_id, account.usernames if account is not None else ())
+        names = {u for a in snapshot.accounts.values() for u in a.usernames}
+        for target in radius:
+            seen = observed.get(target)
+            if isinstance(seen, Observed):
+                names |= {r.get("username") for r in seen.owned.values()}
+        held = self._holders.outside(names, accounts)
+        if held:
+            log.debug("scoped pass: usernames also held outside the scope: %s",
+                      ", ".join(f"{u} ({', '.join(sorted(a))})" for u, a in sorted(held.items())[:10]))
+        return {a for ids in held.values() for a in ids}
+
+    def _would_empty(self, plan: Plan) -> list[str]:
+        """Groups a scoped plan would empty (with what scoped passes since the last full
+        one did), creating nothing there."""
+        since = self._since_full.get(plan.target, {})
+        per_group: dict[str, dict[str, int]] = {}
+        for c in plan.changes:
+            n = per_group.setdefault(c.resource.group, {"create": 0, "delete": 0})
+            if c.action in n:
+                n[c.action] += 1
+        out = []
+        for group, n in sorted(per_group.items()):
+            held = plan.existing.get(group, 0)
+            before = since.get(group, {})
+            left = held + before.get("create", 0) - before.get("delete", 0) - n["delete"]
+            if held and n["delete"] and not n["create"] and left <= 0:
+                out.append(f"{plan.target} {group}")
+        return out
 
     def read_scoped(self, accounts: frozenset[str]) -> Snapshot:
         """The source's read of ``accounts`` only, marked as scoped whatever the source."""
@@ -343,6 +405,8 @@ class Reconciler:
         for plan in pp.plans:
             self._existing[plan.target] = dict(plan.existing)
         self._since_full = {}
+        if pp.snapshot is not None and any(t.kind == "radius" for t in self.targets):
+            self._holders = _holders(pp.snapshot)
         if pp.snapshot is not None and self.settings.pool:
             self._pool_billing = _pool_billing(self.settings, pp.snapshot)
 
@@ -356,10 +420,9 @@ class Reconciler:
         """
         if scoped:
             since = self._since_full.setdefault(outcome.target, {})
-            for change in outcome.applied:
-                if change.action != "create":
-                    n = since.setdefault(change.resource.group, {})
-                    n[change.action] = n.get(change.action, 0) + 1
+            for change in outcome.applied:  # creates too: _would_empty counts them
+                n = since.setdefault(change.resource.group, {})
+                n[change.action] = n.get(change.action, 0) + 1
             return
         counts = self._existing.get(outcome.target)
         if counts is None:
@@ -816,6 +879,10 @@ def _allocate(
     except UnmatchedMapping as exc:
         return allocation, allocation.to_json(), str(exc)
     return allocation, allocation.to_json(), None
+
+
+def _holders(snapshot: Snapshot) -> UsernameHolders:
+    return UsernameHolders({a.id: a.usernames for a in snapshot.accounts.values() if a.usernames})
 
 
 def selectors(settings: Settings) -> list[Selector]:

@@ -14,7 +14,7 @@ account in ``Observed.others`` and the reconciler widens the pass to a full one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 from provisiond.core.changes import Key, Resource
@@ -88,4 +88,47 @@ class Pending:
         out = None if full else frozenset(self.accounts)
         self.full = False
         self.accounts = set()
+        return out
+
+
+class UsernameHolders:
+    """RADIUS username -> the billing accounts that list it, as the reads so far left it.
+
+    A scoped read returns only its accounts, so it cannot tell that a username is also
+    another account's (``core.radius`` gives a shared username to the lowest account id).
+    The reconciler fills this from every full read and moves each scoped read's accounts
+    to what that read says; a scoped pass touching a username held outside its scope
+    widens to a full pass.
+    """
+
+    __slots__ = ("_by_account", "_by_name")
+
+    def __init__(self, accounts: Mapping[str, Iterable[str]] | None = None) -> None:
+        self._by_account: dict[str, frozenset[str]] = {}
+        self._by_name: dict[str, set[str]] = {}
+        for account_id, names in (accounts or {}).items():
+            self.replace(account_id, names)
+
+    def replace(self, account_id: str, usernames: Iterable[str]) -> None:
+        """``account_id`` now lists ``usernames`` (none: it has none, or is gone)."""
+        new = frozenset(usernames)
+        old = self._by_account.pop(account_id, frozenset())
+        for name in old - new:
+            holders = self._by_name.get(name)
+            if holders is not None:
+                holders.discard(account_id)
+                if not holders:
+                    del self._by_name[name]
+        for name in new:
+            self._by_name.setdefault(name, set()).add(account_id)
+        if new:
+            self._by_account[account_id] = new
+
+    def outside(self, usernames: Iterable[str], scope: Set[str]) -> dict[str, set[str]]:
+        """Of ``usernames``, those an account outside ``scope`` lists -> those accounts."""
+        out: dict[str, set[str]] = {}
+        for name in usernames:
+            others = self._by_name.get(name, set()) - scope
+            if others:
+                out[name] = others
         return out
