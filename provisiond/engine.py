@@ -28,7 +28,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond.core import desire, render
-from provisiond.core.changes import Conflict, Create, Key, Observed, Resource, change_from_json
+from provisiond.core.changes import (
+    Change,
+    Conflict,
+    Create,
+    Key,
+    Observed,
+    Resource,
+    change_from_json,
+)
 from provisiond.core.diff import count_by_group, diff
 from provisiond.errors import (
     ConfigError,
@@ -261,12 +269,28 @@ class Reconciler:
         # An account with a bad billing row keeps what it has on every target this
         # pass: a typo in billing must not take a customer off the network.
         tainted = {p.account_id for p in snapshot.problems if p.account_id}
+        # RADIUS rows read back carry no account id: a tainted account's are known by
+        # its usernames (billing's, and those provisiond wrote for it before).
+        tainted_names: set[str] = set()
+        if tainted and any(t.kind == "radius" for t in self.targets):
+            tainted_names = {u for aid in tainted if (a := snapshot.accounts.get(aid)) is not None
+                             for u in a.usernames}
+            written = getattr(self.store, "usernames_written", None)
+            if written is not None:
+                tainted_names |= written(tainted)
+
+        def kept(c: Change) -> bool:
+            if isinstance(c, Create):
+                return True
+            if c.resource.account_id in tainted:
+                return False
+            return not (c.resource.kind in ("radusergroup", "radreply")
+                        and c.resource.get("username") in tainted_names)
 
         def one(target: Target, observed: Observed) -> Plan:
             changes, found = diff(observed, desired.get(target.name, {}))
             if tainted:
-                changes = [c for c in changes
-                           if isinstance(c, Create) or c.resource.account_id not in tainted]
+                changes = [c for c in changes if kept(c)]
             existing = observed.existing
             if existing is None:
                 existing = count_by_group(observed.owned.values())

@@ -131,3 +131,26 @@ def test_a_scoped_pass_never_empties_a_list_it_cannot_judge(world: World) -> Non
     code, out, err = world.run("apply", "--account", "8")  # refused again: nothing moves
     assert code != 0 and list(world.entries("core-1", "tower-hosts")) == ["100.64.1.8"]
 
+
+def test_a_bad_billing_row_keeps_the_accounts_radius_rows(world: World) -> None:
+    url = _radius_world(world)
+    for i in (1, 2, 3):
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"], ips=[f"100.64.1.{i}"],
+                      usernames=[f"t{i}"])
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    before = _rows(url)
+    # A typo in account 1's only billing row: skipped, so billing names no username for
+    # it; its rows are known by what provisiond wrote for it (the journal).
+    world.account(1, "Tower 1", groups=["Tower Hosts"], ips=["100.64.1.1x"], usernames=["t1"])
+    for args in (("plan",), ("plan", "--account", "1")):
+        code, out, err = world.run(*args)
+        assert code == 0, out + err
+        assert "skipped billing row: account 1" in out
+        assert "Plan: 0 to create, 0 to update, 0 to delete" in out
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert _rows(url) == before and "100.64.1.1" in world.entries("core-1", "tower-hosts")
+    # Billing fixed: nothing to do either.
+    world.account(1, "Tower 1", groups=["Tower Hosts"], ips=["100.64.1.1"], usernames=["t1"])
+    world.assert_converged()
