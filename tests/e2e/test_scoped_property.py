@@ -45,6 +45,7 @@ from provisiond.sim import RouterSim, SimSettings  # noqa: E402
 
 ACCOUNTS = (1, 2, 3, 4, 7, 10, 12, 21)  # 1 / 10 / 12 / 21: ids sharing leading digits
 GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers")
+ANCHOR = 99  # an account outside ACCOUNTS that every mapping selects
 MAPPINGS = """
 [[address_list]]
 group = "Tower Hosts"
@@ -138,9 +139,9 @@ class Side:
     def apply_here(self) -> None:
         """A full ``provisiond apply`` in this process (the reference side).
 
-        ``--force``: random billing often leaves a mapped group with no account at all,
-        which a full pass (rightly) will not empty unforced; scoped passes delete only their
-        accounts' entries and do not judge whole groups, so the reference forces.
+        ``--force``: a belt; the anchor account (``ANCHOR``) keeps every mapped group
+        matched, so neither side ever meets the unmatched-mapping rule (a scoped pass that
+        would empty a group widens to a full pass, which refuses unforced).
         """
         code, out = self.run_here("apply", "--force")
         assert code == 0, f"{self.name} apply:\n{out}"
@@ -254,6 +255,8 @@ def test_scoped_passes_leave_what_full_passes_leave(
     billing.clear()
     scoped.reset()
     full.reset()
+    # Never changed, in every mapped group: no list or RADIUS group ever empties.
+    billing.write(ANCHOR, Account("Anchor", "delinquent", set(GROUPS), 1, "anchor"))
     for aid, acct in start.items():
         billing.write(aid, _named(aid, acct))
     full.apply_here()
