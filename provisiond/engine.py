@@ -355,14 +355,13 @@ class Reconciler:
 
         Desire for a username billing lists on two accounts needs both (the lowest id
         keeps it), and a row read by username may be another account's: only a full
-        pass decides. Learns the holders with one full billing read if no full pass ran
-        in this process yet (``apply --account``).
+        pass decides. The holders are remembered from the last full pass of this process
+        (the daemon's); ``apply --account`` from the shell, with none, reads billing for
+        its accounts only and cannot tell (like billing addresses inside pools).
         """
         radius = [t for t in targets if t.kind == "radius"]
-        if not radius:
+        if not radius or self._holders is None:
             return set()
-        if self._holders is None:
-            self._holders = _holders(self.source.read())
         for account_id in accounts:
             account = snapshot.accounts.get(account_id)
             self._holders.replace(account_id, account.usernames if account is not None else ())
