@@ -146,22 +146,10 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
             words.append(self._buf[start:self._pos].decode(encoding, errors="ignore"))
 
     def read(self, length: int) -> bytes:
-        end = self._pos + length
-        if end <= len(self._buf):
-            data = self._buf[self._pos:end]
-            self._pos = end
-            return data
-        chunks = [self._buf[self._pos:]]
-        have = len(chunks[0])
-        while have < length:
-            got = self.sock.recv(65536)
-            if not got:
-                raise ConnectionClosed("Connection unexpectedly closed.")
-            chunks.append(got)
-            have += len(got)
-        self._buf = b"".join(chunks)
-        self._pos = length
-        return self._buf[:length]
+        self._fill(length)
+        start = self._pos
+        self._pos = start + length
+        return self._buf[start:self._pos]
 
 
 @dataclass(frozen=True, slots=True)
