@@ -116,6 +116,17 @@ class PassResult:
         )
 
 
+@dataclass(slots=True)
+class Remembered:
+    """What a full pass learns that later scoped passes build on (``Reconciler.remembered``):
+    managed entries per target and group, billing addresses inside pools by account, and
+    who holds each RADIUS username (None without a RADIUS target). Picklable."""
+
+    existing: dict[str, dict[str, int]] = field(default_factory=dict)
+    pool_billing: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    holders: UsernameHolders | None = None
+
+
 class Reconciler:
     """Holds the settings, the source, the targets and the store for one or many passes."""
 
@@ -184,13 +195,12 @@ class Reconciler:
         widens itself to a full pass when another account's entry sits where a scoped
         account wants one (only a full pass decides between the two).
         """
+        if accounts is not None:
+            scoped = self.plan_scoped(accounts, now=now, skip=skip, targets=targets)
+            if scoped is not None:
+                return scoped
         chosen = self.in_scope(targets)
         targets_ = [t for t in chosen if skip is None or not skip(t.name)]
-        if accounts is not None:
-            scoped = self._plan_scoped(frozenset(accounts), targets_, now=now)
-            if scoped is not None:
-                scoped.scope = tuple(targets or ())
-                return scoped
         # Targets are read while billing is read and desire is computed: a pass costs
         # the longer of the two, not their sum. Reads only; nothing is written. A target
         # that can compare while it reads (``ComparesWhileReading``) sends its reads at
@@ -224,6 +234,35 @@ class Reconciler:
                     pp.errors[target.name] = str(outcome)
         self._remember(pp)
         return pp
+
+    def plan_scoped(
+        self,
+        accounts: Collection[str],
+        *,
+        now: datetime | None = None,
+        skip: Callable[[str], bool] | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> PassPlan | None:
+        """``plan(accounts=...)`` without the widening: None when only a full pass may
+        decide (the daemon then runs that full pass where it runs full passes)."""
+        chosen = [t for t in self.in_scope(targets) if skip is None or not skip(t.name)]
+        scoped = self._plan_scoped(frozenset(accounts), chosen, now=now)
+        if scoped is not None:
+            scoped.scope = tuple(targets or ())
+        return scoped
+
+    def remembered(self) -> Remembered:
+        """What this Reconciler's full passes learnt that scoped passes need."""
+        return Remembered(existing={t: dict(c) for t, c in self._existing.items()},
+                          pool_billing=dict(self._pool_billing), holders=self._holders)
+
+    def absorb(self, learnt: Remembered) -> None:
+        """Take what a full pass made elsewhere (the daemon's full-pass process) learnt,
+        as if this Reconciler had made it: scoped passes build on it."""
+        self._existing = {t: dict(c) for t, c in learnt.existing.items()}
+        self._pool_billing = dict(learnt.pool_billing)
+        self._holders = learnt.holders
+        self._since_full = {}
 
     def _prepare(
         self, snapshot: Snapshot, now: datetime

@@ -81,6 +81,8 @@ class JsonFormatter(logging.Formatter):
         doc.update(fields)
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:  # formatted already (a record from the full-pass process)
+            doc["exc"] = redact(record.exc_text)
         return json.dumps(doc, ensure_ascii=False)
 
 

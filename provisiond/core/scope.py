@@ -103,32 +103,43 @@ class UsernameHolders:
 
     __slots__ = ("_by_account", "_by_name")
 
+    # Kept by the daemon between passes for every account with a username, so compact:
+    # a lone username or holder is stored as itself, only the rare shared ones as sets.
+
     def __init__(self, accounts: Mapping[str, Iterable[str]] | None = None) -> None:
-        self._by_account: dict[str, frozenset[str]] = {}
-        self._by_name: dict[str, set[str]] = {}
+        self._by_account: dict[str, str | frozenset[str]] = {}
+        self._by_name: dict[str, str | frozenset[str]] = {}
         for account_id, names in (accounts or {}).items():
             self.replace(account_id, names)
 
     def replace(self, account_id: str, usernames: Iterable[str]) -> None:
         """``account_id`` now lists ``usernames`` (none: it has none, or is gone)."""
         new = frozenset(usernames)
-        old = self._by_account.pop(account_id, frozenset())
+        old = _many(self._by_account.pop(account_id, frozenset()))
         for name in old - new:
-            holders = self._by_name.get(name)
-            if holders is not None:
-                holders.discard(account_id)
-                if not holders:
-                    del self._by_name[name]
-        for name in new:
-            self._by_name.setdefault(name, set()).add(account_id)
+            rest = _many(self._by_name.pop(name, frozenset())) - {account_id}
+            if rest:
+                self._by_name[name] = _one(rest)
+        for name in new - old:
+            self._by_name[name] = _one(_many(self._by_name.get(name, frozenset())) | {account_id})
         if new:
-            self._by_account[account_id] = new
+            self._by_account[account_id] = _one(new)
 
     def outside(self, usernames: Iterable[str], scope: Set[str]) -> dict[str, set[str]]:
         """Of ``usernames``, those an account outside ``scope`` lists -> those accounts."""
         out: dict[str, set[str]] = {}
         for name in usernames:
-            others = self._by_name.get(name, set()) - scope
+            held = self._by_name.get(name)
+            others = set() if held is None else _many(held) - scope
             if others:
-                out[name] = others
+                out[name] = set(others)
         return out
+
+
+def _one(values: frozenset[str]) -> str | frozenset[str]:
+    """A set of one as its only member (what ``_many`` reads back)."""
+    return next(iter(values)) if len(values) == 1 else values
+
+
+def _many(value: str | frozenset[str]) -> frozenset[str]:
+    return frozenset((value,)) if isinstance(value, str) else value

@@ -98,7 +98,7 @@ class Daemon:
         self.metrics = Metrics()
         self.health = Health(max_age=_max_age(settings))
         self.metrics.watch(self.health)
-        self.runner = PassRunner(settings, metrics=self.metrics, health=self.health)
+        self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True)
         self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
         self.leading = False
         self.scheduler: Any = None

@@ -4,7 +4,12 @@ Called by the daemon's scheduler job. Holds ONE Reconciler per configuration
 generation (built lazily, swapped at a pass boundary after a reload) so connections
 survive from pass to pass; a target whose connection broke reconnects by itself on
 its next observe. Per pass: ``plan(skip=<targets in back-off>)`` then, unless dry run,
-``apply(force=False, mode="daemon")``. What the loop does with each failure:
+``apply(force=False, mode="daemon")``, reduced to a ``Digest`` (``make_digest``) that
+the bookkeeping (metrics, back-off, the status line) works from. With ``isolate``
+(the daemon's choice) every full pass runs in a process of its own
+(``daemon.worker``) and only its Digest comes back, so the daemon stays small between
+passes; scoped passes run here, on the kept connections. What the loop does with each
+failure:
 
 - billing read failed (``SourceError``) or the state store failed: nothing is written,
   the pass counts as ``error``, the next interval tries again;
@@ -78,6 +83,127 @@ class Outcome:
     conflicts: dict[str, int] = field(default_factory=dict)  # target -> entries left alone
 
 
+@dataclass(slots=True)
+class TargetDigest:
+    """One target of a pass, as the bookkeeping needs it."""
+
+    error: str | None = None  # it could not be planned, or its apply failed as a whole
+    planned: bool = False  # it has a plan (its conflicts count)
+    conflicts: int = 0  # entries left alone: the plan's and the apply's
+    applied: dict[str, int] = field(default_factory=dict)  # action -> changes applied
+    coa: dict[str, int] = field(default_factory=dict)  # CoA / Disconnect result -> count
+    written: bool = False  # its apply ran (an ApplyResult exists)
+    failed: bool = False  # some of its changes failed
+
+
+@dataclass(slots=True)
+class Digest:
+    """One pass reduced to what the daemon keeps: a few numbers per target, picklable.
+
+    ``make_digest`` makes it from a PassPlan (and PassResult); a full pass run in the
+    full-pass process comes back as one, with what its Reconciler learnt for scoped
+    passes (``remembered``)."""
+
+    names: list[str]  # every target of the configuration, in order
+    targets: dict[str, TargetDigest]  # the targets this pass planned or tried to
+    line: str  # the summary, before the back-off notes
+    changes: int  # applied (planned, in a dry run)
+    ok: bool
+    refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
+    lost_leader: bool = False  # the leader lock went while planning: nothing written
+    pool_utilisation: dict[str, float] | None = None  # full passes with pools
+    remembered: Any = None  # engine.Remembered, from the full-pass process
+
+
+def make_digest(
+    rec: Any,
+    pp: Any,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    may_write: Callable[[], bool] | None = None,
+    progress: Any = None,
+) -> Digest:
+    """Apply ``pp`` (unless ``dry_run``: log its diff) and reduce the pass to a Digest.
+
+    Logs what only this process can see: a dry run's diff, each applied change at DEBUG.
+    ``progress`` is the engine's ProgressFactory for the apply."""
+    names = [t.name for t in rec.targets]
+    targets = {name: TargetDigest(error=pp.errors.get(name)) for name in pp.kinds}
+    for plan in pp.plans:
+        t = targets.setdefault(plan.target, TargetDigest())
+        t.planned, t.conflicts = True, len(plan.conflicts)
+    full = pp.accounts is None
+    if dry_run:
+        return _dry_run_digest(rec, pp, names, targets, full)
+    if may_write is not None and not may_write():
+        # Planning can take a while; another provisiond may lead by now.
+        return Digest(names, targets, "lost the leader lock while planning, nothing written",
+                      0, False, lost_leader=True)
+    pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress)
+    applied = 0
+    for r in pr.results:
+        t = targets.setdefault(r.target, TargetDigest())
+        t.written, t.failed = True, bool(r.failed)
+        t.error = t.error or r.error
+        t.conflicts += len(r.conflicts)
+        for c in r.applied:
+            t.applied[c.action] = t.applied.get(c.action, 0) + 1
+            log.debug("target=%s applied %s", r.target, render.change_line(c))
+        applied += len(r.applied)
+        for f in r.followups:
+            result = str(f.get("result", "unknown"))
+            t.coa[result] = t.coa.get(result, 0) + 1
+    total = render.totals(pp.plans)
+    line = (f"{applied} change(s) applied ({total['create']} create, {total['update']} update, "
+            f"{total['delete']} delete planned) on {len(pp.plans)} target(s)")
+    if pr.refused:
+        line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
+    return Digest(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
+                  pool_utilisation=_pool_utilisation(rec, settings) if full else None)
+
+
+def _dry_run_digest(
+    rec: Any, pp: Any, names: list[str], targets: dict[str, TargetDigest], full: bool
+) -> Digest:
+    for plan in pp.plans:
+        c = plan.counts()
+        log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
+                 plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
+        # The diff itself at INFO: watching it is the point of dry-run mode.
+        for change in plan.changes:
+            log.info("dry-run target=%s %s", plan.target, render.change_line(change))
+        for conflict in plan.conflicts:
+            log.info("dry-run target=%s conflict: %s: %s", plan.target,
+                     render.resource_line(conflict.resource), conflict.reason)
+    line = render.summary_line(pp.plans, errors=pp.errors, ipam_changes=pp.ipam_changes)
+    if pp.allocation is not None:
+        for text in pp.allocation.lines():
+            log.info("dry-run ipam %s", text)
+    for note in pp.notes:
+        log.info("dry-run note: %s", note)
+    log.info("dry-run %s (nothing written)", line)
+    changes = sum(len(p.changes) for p in pp.plans)
+    return Digest(names, targets, f"dry run: {line}", changes, not pp.errors,
+                  pool_utilisation=None)
+
+
+def _pool_utilisation(rec: Any, settings: Settings) -> dict[str, float] | None:
+    """Each pool's share of addresses in use (a full read of the leases: full passes only)."""
+    if not settings.pool or rec.store is None:
+        return None
+    from provisiond.core import ipam
+
+    try:
+        leases = rec.store.leases()
+    except ProvisiondError as exc:
+        log.warning("pool utilisation: cannot read leases: %s", exc)
+        return None
+    now = datetime.now(UTC)
+    return {p.name: float(ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)["utilisation"])
+            for p in settings.pool}
+
+
 ReconcilerFactory = Callable[[Settings, bool], Any]
 
 
@@ -103,13 +229,17 @@ class PassRunner:
         metrics: Metrics,
         health: Health,
         factory: ReconcilerFactory = _default_factory,
+        isolate: bool = False,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.health = health
         self._factory = factory
+        # Full passes in a process of their own (``daemon.worker``): the daemon's choice.
+        self.isolate = isolate
         self._rec: Any = None
         self._pending: Settings | None = None
+        self._learnt: Any = None  # what the last isolated full pass learnt, for scoped ones
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
         self.first_progress: Display | None = None  # shown around the next apply only
@@ -123,19 +253,26 @@ class PassRunner:
     def swap_at_next_pass(self, settings: Settings) -> None:
         self._pending = settings
 
+    def _swap(self) -> None:
+        if self._pending is None:
+            return
+        new, self._pending = self._pending, None
+        old = self._rec
+        self._rec = None
+        self._learnt = None
+        self.settings = new
+        self.backoff = Backoff(new.daemon.retry_max)
+        if old is not None:
+            old.close()
+        log.info("configuration swapped in: routers=%d lists=%d radius=%s pools=%d",
+                 len(new.router), len(new.address_list), new.radius is not None, len(new.pool))
+
     def _reconciler(self) -> Any:
-        if self._pending is not None:
-            new, self._pending = self._pending, None
-            old = self._rec
-            self._rec = None
-            self.settings = new
-            self.backoff = Backoff(new.daemon.retry_max)
-            if old is not None:
-                old.close()
-            log.info("configuration swapped in: routers=%d lists=%d radius=%s pools=%d",
-                     len(new.router), len(new.address_list), new.radius is not None, len(new.pool))
+        self._swap()
         if self._rec is None:
             self._rec = self._factory(self.settings, self.settings.daemon.dry_run)
+            if self._learnt is not None:
+                self._rec.absorb(self._learnt)
         return self._rec
 
     def close(self) -> None:
@@ -161,11 +298,8 @@ class PassRunner:
             accounts = None
         self._scope = accounts
         try:
-            rec = self._reconciler()
-            if self.settings.daemon.dry_run:
-                outcome = self._dry_run(rec)
-            else:
-                outcome = self._apply(rec, may_write)
+            digest = self._digest(may_write)
+            outcome = self._book(digest)
         except SourceError as exc:
             outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
             self.metrics.errors.labels("source").inc()
@@ -182,6 +316,7 @@ class PassRunner:
             if self._rec is not None:  # rebuild everything next pass
                 self._rec.close()
                 self._rec = None
+        accounts = self._scope  # a scoped pass may have widened
         outcome.duration = time.monotonic() - started
         self.metrics.passes.labels(outcome.result).inc()
         self.metrics.pass_duration.observe(outcome.duration)
@@ -204,148 +339,121 @@ class PassRunner:
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
-    def _conflicts(self, pp: Any, results: list[Any]) -> dict[str, int]:
-        """Entries provisiond will not touch, per target, this pass; sets the gauge."""
-        extra = {r.target: len(r.conflicts) for r in results}
-        out = {p.target: len(p.conflicts) + extra.get(p.target, 0) for p in pp.plans}
-        for target, n in out.items():
-            self.metrics.conflicts.labels(target).set(n)
-        return out
-
     def _skip(self, name: str) -> bool:
         return self.backoff.skip(name)
 
-    def _plan(self, rec: Any) -> Any:
-        if self._scope is None:
-            return rec.plan(skip=self._skip)
-        return rec.plan(skip=self._skip, accounts=self._scope)
+    def _digest(self, may_write: Callable[[], bool] | None) -> Digest:
+        """Plan and apply this pass: here, or (a full pass, isolated) in its own process."""
+        dry_run = self.settings.daemon.dry_run
+        if not self.isolate:
+            rec = self._reconciler()
+            if self._scope is None:
+                pp = rec.plan(skip=self._skip)
+            else:
+                pp = rec.plan(skip=self._skip, accounts=self._scope)
+            return self._here(rec, pp, dry_run, may_write)
+        if self._scope is not None:
+            rec = self._reconciler()
+            pp = rec.plan_scoped(self._scope, skip=self._skip)
+            if pp is not None:
+                return self._here(rec, pp, dry_run, may_write)
+            self._scope = None  # widened: only a full pass may decide
+        from provisiond.daemon import worker
 
-    def _dry_run(self, rec: Any) -> Outcome:
-        pp = self._plan(rec)
-        self.metrics.billing_reads.labels("ok").inc()
-        for plan in pp.plans:
-            c = plan.counts()
-            log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
-                     plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
-            # The diff itself at INFO: watching it is the point of dry-run mode.
-            for change in plan.changes:
-                log.info("dry-run target=%s %s", plan.target, render.change_line(change))
-            for conflict in plan.conflicts:
-                log.info("dry-run target=%s conflict: %s: %s", plan.target,
-                         render.resource_line(conflict.resource), conflict.reason)
-        failed = self._target_failures(pp, results=[])
-        line = render.summary_line(pp.plans, errors=pp.errors, ipam_changes=pp.ipam_changes)
-        if pp.allocation is not None:
-            for text in pp.allocation.lines():
-                log.info("dry-run ipam %s", text)
-        for note in pp.notes:
-            log.info("dry-run note: %s", note)
-        log.info("dry-run %s (nothing written)", line)
-        ok = not pp.errors
-        changes = sum(len(p.changes) for p in pp.plans)
-        return Outcome("ok" if ok else "partial", f"dry run: {line}", changes=changes, failed=failed,
-                       conflicts=self._conflicts(pp, []))
-
-    def _apply(self, rec: Any, may_write: Callable[[], bool] | None = None) -> Outcome:
-        pp = self._plan(rec)
-        self.metrics.billing_reads.labels("ok").inc()
-        if may_write is not None and not may_write():
-            # Planning can take a while; another provisiond may lead by now.
-            log.error("pass result=error: lost the leader lock while planning; nothing written")
-            return Outcome("error", "lost the leader lock while planning, nothing written")
+        self._swap()
+        skip = frozenset(n for n in self._names() if self._skip(n))
         display, self.first_progress = self.first_progress, None
-        if display is not None:
-            with display:
-                pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write,
+        digest = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
+        self._learnt = digest.remembered
+        digest.remembered = None
+        if self._rec is not None and self._learnt is not None:
+            self._rec.absorb(self._learnt)
+        return digest
+
+    def _here(self, rec: Any, pp: Any, dry_run: bool, may_write: Callable[[], bool] | None) -> Digest:
+        display, self.first_progress = self.first_progress, None
+        if display is None or dry_run:
+            return make_digest(rec, pp, self.settings, dry_run=dry_run, may_write=may_write)
+        with display:
+            return make_digest(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
                                progress=display.factory)
-        else:
-            pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write)
+
+    def _names(self) -> list[str]:
+        """Every target of the configuration (what the Reconciler builds, in its order)."""
+        s = self.settings
+        return [r.name for r in s.router] + (["radius"] if s.radius is not None else [])
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _book(self, digest: Digest) -> Outcome:
+        """Metrics, back-off and the status line of one pass, from its Digest."""
         m = self.metrics
-        applied = 0
-        for r in pr.results:
-            for c in r.applied:
-                m.changes.labels(r.target, c.action).inc()
-                log.debug("target=%s applied %s", r.target, render.change_line(c))
-            applied += len(r.applied)
-            for f in r.followups:
-                m.coa.labels(str(f.get("result", "unknown"))).inc()
-        if pr.refused:
-            self._refused = True
-        elif self._scope is None:
-            self._refused = False
-        for target, why in pr.refused.items():
-            m.refusals.labels(target).inc()
-            log.info("target=%s result=refused reason=%r", target, why)
-        failed = self._target_failures(pp, results=pr.results, refused=pr.refused)
-        if self._scope is None:  # a full read of the leases: not for every event
-            self._pool_utilisation(rec)
-        t = render.totals(pp.plans)
-        line = (f"{applied} change(s) applied ({t['create']} create, {t['update']} update, "
-                f"{t['delete']} delete planned) on {len(pp.plans)} target(s)")
-        if pr.refused:
-            line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
+        m.billing_reads.labels("ok").inc()
+        if digest.lost_leader:
+            log.error("pass result=error: lost the leader lock while planning; nothing written")
+            return Outcome("error", digest.line)
+        for name, t in digest.targets.items():
+            for action, n in t.applied.items():
+                m.changes.labels(name, action).inc(n)
+            for result, n in t.coa.items():
+                m.coa.labels(result).inc(n)
+        dry_run = self.settings.daemon.dry_run
+        if not dry_run:
+            if digest.refused:
+                self._refused = True
+            elif self._scope is None:
+                self._refused = False
+            for target, why in digest.refused.items():
+                m.refusals.labels(target).inc()
+                log.info("target=%s result=refused reason=%r", target, why)
+        failed = self._target_failures(digest)
+        for pool, share in (digest.pool_utilisation or {}).items():
+            m.pool_utilisation.labels(pool).set(share)
+        conflicts = {name: t.conflicts for name, t in digest.targets.items() if t.planned}
+        for target, n in conflicts.items():
+            m.conflicts.labels(target).set(n)
+        line = digest.line
+        if dry_run:
+            return Outcome("ok" if digest.ok else "partial", line, changes=digest.changes,
+                           failed=failed, conflicts=conflicts)
         if failed:
             line += f"; failing: {', '.join(failed)}"
         waiting = [n for n in self.backoff.names() if n not in failed]
         if waiting:
             line += f"; backing off: {', '.join(waiting)}"
-        conflicts = self._conflicts(pp, pr.results)
         if sum(conflicts.values()):
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
-        return Outcome("ok" if pr.ok and not waiting else "partial", line, changes=applied,
-                       failed=failed, conflicts=conflicts)
+        return Outcome("ok" if digest.ok and not waiting else "partial", line,
+                       changes=digest.changes, failed=failed, conflicts=conflicts)
 
-    def _target_failures(self, pp: Any, *, results: list[Any],
-                         refused: dict[str, str] | None = None) -> list[str]:
+    def _target_failures(self, digest: Digest) -> list[str]:
         """Update back-off, error counters and last-success gauges; return the failed names."""
         m = self.metrics
-        refused = refused or {}
-        by_name = {r.target: r for r in results}
         failed: list[str] = []
         now = time.time()
-        for name in self._target_names():
-            if name not in pp.kinds:  # left out: still backing off
+        for name in digest.names:
+            t = digest.targets.get(name)
+            if t is None:  # left out: still backing off
                 remaining = self.backoff.remaining(name)
                 m.backoff.labels(name).set(remaining)
                 log.info("target=%s result=backoff retry_in=%.1fs", name, remaining)
                 continue
-            r = by_name.get(name)
-            error = pp.errors.get(name) or (r.error if r is not None else None)
-            if error:
+            if t.error:
                 delay = self.backoff.failed(name)
                 m.errors.labels(name).inc()
                 m.backoff.labels(name).set(delay)
                 m.consecutive_failures.labels(name).set(self.backoff.failures(name))
                 failed.append(name)
-                log.warning("target=%s result=unavailable retry_in=%.1fs error=%r", name, delay, error)
+                log.warning("target=%s result=unavailable retry_in=%.1fs error=%r", name, delay, t.error)
                 continue
             if self.backoff.succeeded(name):
                 log.info("target=%s recovered", name)
             m.backoff.labels(name).set(0)
             m.consecutive_failures.labels(name).set(0)
-            if r is not None and r.failed:
+            if t.failed:
                 m.errors.labels(name).inc()
-            elif name not in refused:
+            elif name not in digest.refused:
                 m.last_success.labels(name).set(now)
-                if r is None:
+                if not t.written:
                     log.info("target=%s result=ok changes=0", name)
         return failed
-
-    def _target_names(self) -> list[str]:
-        rec = self._rec
-        return [t.name for t in rec.targets] if rec is not None else []
-
-    def _pool_utilisation(self, rec: Any) -> None:
-        if not self.settings.pool or rec.store is None:
-            return
-        from provisiond.core import ipam
-
-        try:
-            leases = rec.store.leases()
-        except ProvisiondError as exc:
-            log.warning("pool utilisation: cannot read leases: %s", exc)
-            return
-        now = datetime.now(UTC)
-        for p in self.settings.pool:
-            usage = ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)
-            self.metrics.pool_utilisation.labels(p.name).set(usage["utilisation"])

@@ -65,7 +65,10 @@ def test_a_leader_whose_lock_connection_is_lost_stops_writing(
     router.set_stalled(True)  # the next pass hangs in observe, after reading billing
     router.reset_history()
     billing.join("Tower Hosts", 1001)
-    wait_until(lambda: any(c.path.endswith("/print") for c in router.history), what="the next pass's print")
+    # The pass is scoped (a NOTIFY): its first command (a login on a new connection, or
+    # the print on a kept one) hangs.
+    wait_until(lambda: any(c.path.endswith(("/print", "/login")) for c in router.history),
+               what="the next pass's first command")
     # The leader's lock connection dies (a failover, an administrator) and someone else
     # takes the lock before the leader notices.
     high, low = LEADER_KEY >> 32, LEADER_KEY & 0xFFFFFFFF

@@ -82,7 +82,7 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
 
         def plan(self, skip: Any) -> Any:
             calls.append("plan")
-            return SimpleNamespace(plans=[], errors={}, kinds={}, notes=[])
+            return SimpleNamespace(plans=[], errors={}, kinds={}, notes=[], accounts=None)
 
         def apply(self, pp: Any, **kw: Any) -> Any:
             calls.append("apply")
