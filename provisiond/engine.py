@@ -53,6 +53,7 @@ from provisiond.core.scope import Scope, UsernameHolders
 from provisiond.core.plan import (
     Selector,
     check_pools,
+    emptied_pools,
     unmatched,
     unmatched_by_target,
 )
@@ -357,6 +358,14 @@ class Reconciler:
         """
         snapshot = self.read_scoped(accounts)
         pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
+        if pp.allocation is not None and pp.allocation.releases and self.store is not None:
+            pools = emptied_pools(pp.allocation, self.store.leases())
+            if pools:
+                # As for a list: only a full read can tell whether the pool's group still
+                # matches anyone (a typo'd group must not release the pool event by event).
+                log.info("scoped pass widened to a full pass: it would release every lease "
+                         "of pool(s) %s", ", ".join(pools))
+                return None
         scopes = self._scopes(accounts, snapshot, desired)
         observed = dict(_each(targets, lambda t: t.observe(scopes[t.name])))
         others = sorted({o for x in observed.values() if isinstance(x, Observed) for o in x.others}

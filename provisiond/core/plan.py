@@ -178,19 +178,25 @@ def check_pools(
 ) -> None:
     """Raise ``UnmatchedMapping`` when the allocation would release every address of a
     pool whose group matches no account (and give none out in it)."""
-    problems = []
-    for pool, why in sorted(unmatched_pools.items()):
-        leased = {x.address for x in leases if x.pool == pool and x.state == "leased"}
-        if not leased:
-            continue
-        released = {x.address for x in allocation.releases if x.pool == pool}
-        kept = any(x.pool == pool for x in (*allocation.new, *allocation.returns))
-        if leased <= released and not kept:
-            problems.append(f"pool {pool}: {len(released)} releases would empty it, but {why}")
+    problems = [f"pool {pool}: {n} releases would empty it, but {unmatched_pools[pool]}"
+                for pool, n in emptied_pools(allocation, leases).items() if pool in unmatched_pools]
     if problems:
         raise UnmatchedMapping(
             "ipam", "; ".join(problems) + " (a typo in the config? use --force to apply anyway)"
         )
+
+
+def emptied_pools(allocation: Allocation, leases: Sequence[Lease]) -> dict[str, int]:
+    """Pools whose every leased address the allocation releases, giving none out there
+    (pool -> releases)."""
+    out: dict[str, int] = {}
+    for pool in sorted({x.pool for x in allocation.releases}):
+        leased = {x.address for x in leases if x.pool == pool and x.state == "leased"}
+        released = {x.address for x in allocation.releases if x.pool == pool}
+        kept = any(x.pool == pool for x in (*allocation.new, *allocation.returns))
+        if leased and leased <= released and not kept:
+            out[pool] = len(released)
+    return out
 
 
 def observed_digest(items: list[tuple[Any, ...]]) -> str:

@@ -8,6 +8,8 @@ when another account's entry sits where a scoped account wants one.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from world import World
 
@@ -106,3 +108,30 @@ def test_scoped_pass_widens_when_another_account_holds_the_address(towers: World
     assert now["100.64.1.9"] == "provisiond:8 Tower 8"
     assert now["100.64.2.9"] == "provisiond:9 Tower 9"  # the widened pass did 9 too
     w.assert_converged()
+
+
+LEGACY_POOL = '[[pool]]\nname = "legacy"\ngroup = "Legacy Customers"\nnetworks = ["10.98.0.0/29"]\n'
+
+
+def test_a_scoped_pass_never_empties_a_pool(world: World) -> None:
+    """The pool's last member leaves (or its group is typo'd in billing): like a list, a
+    scoped pass cannot tell, so it widens, and the full pass refuses unforced."""
+    world.router("core-1")
+    world.account(1, "Tower 1", groups=["Tower Hosts"], ips=["100.64.1.1"])
+    # In a group mapped to a pool only (no list): no billing address, one from the pool.
+    world.account(50, "Legacy 50", groups=["Legacy Customers"])
+    world.write_config(extra=LEGACY_POOL)
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    world.account(50, "Legacy 50", groups=[])
+    code, out, err = world.run("apply", "--account", "50")
+    assert code == 1, out + err
+    assert "ipam: REFUSED: pool legacy: 1 releases would empty it" in out
+    code, out, _ = world.run("ipam", "list", "--format", "json")
+    leases = json.loads(out)["leases"]
+    assert [(x["account_id"], x["state"]) for x in leases] == [("50", "leased")]
+    code, out, err = world.run("apply", "--force")
+    assert code == 0, out + err
+    code, out, _ = world.run("ipam", "list", "--format", "json")
+    assert [(x["account_id"], x["state"]) for x in json.loads(out)["leases"]] == [("50", "held")]
+    world.assert_converged()
