@@ -121,11 +121,13 @@ class PassResult:
 class Remembered:
     """What a full pass learns that later scoped passes build on (``Reconciler.remembered``):
     managed entries per target and group, billing addresses inside pools by account, and
-    who holds each RADIUS username (None without a RADIUS target). Picklable."""
+    who holds each RADIUS username (None without a RADIUS target), the accounts in each
+    pool's group (None without pools). Picklable."""
 
     existing: dict[str, dict[str, int]] = field(default_factory=dict)
     pool_billing: dict[str, tuple[str, ...]] = field(default_factory=dict)
     holders: UsernameHolders | None = None
+    pool_members: dict[str, set[str]] | None = None
 
 
 class Reconciler:
@@ -153,6 +155,9 @@ class Reconciler:
         # and group: they count towards every later scoped pass's safety check.
         self._since_full: dict[str, dict[str, dict[str, int]]] = {}
         self._pool_billing: dict[str, tuple[str, ...]] = {}
+        # Pool -> accounts in its group (last full read, moved by scoped reads): a scoped
+        # pass releasing a pool's last lease widens only when the group matches nobody.
+        self._pool_members: dict[str, set[str]] | None = None
         # RADIUS username -> accounts listing it (last full read, moved by scoped reads):
         # a scoped pass touching a username held outside its scope widens.
         self._holders: UsernameHolders | None = None
@@ -255,13 +260,15 @@ class Reconciler:
     def remembered(self) -> Remembered:
         """What this Reconciler's full passes learnt that scoped passes need."""
         return Remembered(existing={t: dict(c) for t, c in self._existing.items()},
-                          pool_billing=dict(self._pool_billing), holders=self._holders)
+                          pool_billing=dict(self._pool_billing), holders=self._holders,
+                          pool_members=self._pool_members)
 
     def absorb(self, learnt: Remembered) -> None:
         """Take what a full pass made elsewhere (the daemon's full-pass process) learnt,
         as if this Reconciler had made it: scoped passes build on it."""
         self._existing = {t: dict(c) for t, c in learnt.existing.items()}
         self._pool_billing = dict(learnt.pool_billing)
+        self._pool_members = learnt.pool_members
         self._holders = learnt.holders
         self._since_full = {}
 
@@ -358,14 +365,13 @@ class Reconciler:
         """
         snapshot = self.read_scoped(accounts)
         pp, desired, conflicts = self._prepare(snapshot, now or datetime.now(UTC))
-        if pp.allocation is not None and pp.allocation.releases and self.store is not None:
-            pools = emptied_pools(pp.allocation, self.store.leases())
-            if pools:
-                # As for a list: only a full read can tell whether the pool's group still
-                # matches anyone (a typo'd group must not release the pool event by event).
-                log.info("scoped pass widened to a full pass: it would release every lease "
-                         "of pool(s) %s", ", ".join(pools))
-                return None
+        pools = self._pools_left_unmatched(accounts, snapshot, pp)
+        if pools:
+            # As for a list: a pool whose group may match nobody now (a typo'd group in
+            # billing) is for a full pass to refuse, not to release event by event.
+            log.info("scoped pass widened to a full pass: it would release every lease of "
+                     "pool(s) %s, whose group may match no account", ", ".join(pools))
+            return None
         scopes = self._scopes(accounts, snapshot, desired)
         observed = dict(_each(targets, lambda t: t.observe(scopes[t.name])))
         others = sorted({o for x in observed.values() if isinstance(x, Observed) for o in x.others}
@@ -391,6 +397,27 @@ class Reconciler:
                      ", ".join(emptied[:10]))
             return None
         return pp
+
+    def _pools_left_unmatched(
+        self, accounts: frozenset[str], snapshot: Snapshot, pp: PassPlan
+    ) -> list[str]:
+        """Pools this scoped pass would release every lease of while their group may
+        match no account (known from the last full read of this process, moved by the
+        scoped reads since; without one, every such pool)."""
+        members = self._pool_members
+        if members is not None:
+            for p in self.settings.pool:
+                held = members.setdefault(p.name, set())
+                for account_id in accounts:
+                    account = snapshot.accounts.get(account_id)
+                    if account is not None and p.group in account.groups:
+                        held.add(account_id)
+                    else:
+                        held.discard(account_id)
+        if pp.allocation is None or not pp.allocation.releases or self.store is None:
+            return []
+        emptied = emptied_pools(pp.allocation, self.store.leases())
+        return [p for p in emptied if members is None or not members.get(p)]
 
     def _shared_usernames(
         self,
@@ -480,6 +507,8 @@ class Reconciler:
             self._holders = _holders(pp.snapshot)
         if pp.snapshot is not None and self.settings.pool:
             self._pool_billing = _pool_billing(self.settings, pp.snapshot)
+            self._pool_members = {p.name: {a.id for a in pp.snapshot.accounts.values()
+                                           if p.group in a.groups} for p in self.settings.pool}
 
     def _count_applied(self, outcome: ApplyResult, *, scoped: bool) -> None:
         """Keep the numbers scoped passes check safety against in step with writes.

@@ -135,3 +135,33 @@ def test_a_scoped_pass_never_empties_a_pool(world: World) -> None:
     code, out, _ = world.run("ipam", "list", "--format", "json")
     assert [(x["account_id"], x["state"]) for x in json.loads(out)["leases"]] == [("50", "held")]
     world.assert_converged()
+
+
+def test_a_pool_emptied_while_its_group_still_matches_stays_scoped(world: World) -> None:
+    """What the daemon remembers from its full pass: the pool's group still has a member
+    (with a billing address, so no lease), so releasing the last lease is no typo."""
+    from provisiond import settings as settings_mod
+    from provisiond.engine import Reconciler
+
+    world.router("core-1")
+    world.account(1, "Tower 1", groups=["Tower Hosts"], ips=["100.64.1.1"])
+    world.account(50, "Legacy 50", groups=["Legacy Customers"])
+    world.account(51, "Legacy 51", groups=["Legacy Customers"], ips=["100.64.5.1"])
+    world.write_config(extra=LEGACY_POOL)
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    rec = Reconciler(settings_mod.load(world.config), readonly=False)
+    try:
+        assert rec.plan().accounts is None  # a full plan, as the daemon's first pass
+        world.account(50, "Legacy 50", groups=[])
+        pp = rec.plan(accounts=["50"])
+        assert pp.accounts == frozenset({"50"}), "widened although 51 is still in the group"
+        assert [x.address for x in pp.allocation.releases] == ["10.98.0.1"]
+        world.account(50, "Legacy 50", groups=["Legacy Customers"])
+        assert rec.plan(accounts=["50"]).accounts == frozenset({"50"})
+        world.account(51, "Legacy 51", groups=[])  # the group's other member leaves first
+        assert rec.plan(accounts=["51"]).accounts == frozenset({"51"})
+        world.account(50, "Legacy 50", groups=[])  # now the group matches nobody
+        assert rec.plan(accounts=["50"]).accounts is None, "a possible typo: widened"
+    finally:
+        rec.close()
