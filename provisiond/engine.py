@@ -209,13 +209,13 @@ class Reconciler:
         targets_ = [t for t in chosen if skip is None or not skip(t.name)]
         # Targets are read while billing is read and desire is computed: a pass costs
         # the longer of the two, not their sum. Reads only; nothing is written. A target
-        # that can compare while it reads (``ComparesWhileReading``) sends its reads at
-        # once and waits for the desired state before it parses the answers.
+        # that can compare while it reads (``ComparesWhileReading``) reads its answers at
+        # once and compares them with the desired state once ``wanted`` is done.
         wanted: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
 
         def observe(target: Target) -> Observed:
             if isinstance(target, ComparesWhileReading):
-                return target.observe_against(lambda: wanted.result().get(target.name, {}))
+                return target.observe_against(wanted)
             return target.observe()
 
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:

@@ -11,6 +11,7 @@ report how far it got through a ``progress`` callback (the CLI's progress bar).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,13 +77,14 @@ class Target(Protocol):
 class ComparesWhileReading(Protocol):
     """A target that compares what it reads with the desired state as it reads it.
 
-    ``observe_against(desired)`` starts its reads, then calls ``desired()`` (which may
-    block until billing has been read) and returns an ``Observed`` whose ``owned``
-    holds only what differs; the rest is in ``in_step``. The reconciler prefers it to
-    ``observe`` for a pass; ``observe`` stays for everything else.
+    ``observe_against(desired)`` starts its reads at once; ``desired`` is done once
+    billing has been read (every target's desired state, by target name; its exception
+    when the read failed). It returns an ``Observed`` whose ``owned`` holds only what
+    differs; the rest is in ``in_step``. The reconciler prefers it to ``observe`` for a
+    pass; ``observe`` stays for everything else.
     """
 
-    def observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed: ...
+    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed: ...
 
 
 DesiredState = Mapping[Key, Resource]

@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,7 +53,12 @@ logging.getLogger("librouteros").setLevel(logging.INFO)
 
 MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
-PROPLIST_WORD = "=.proplist=" + ",".join(PROPLIST)
+# A full read's prints are filtered by list: the list is known from the print, and
+# nothing reads ``timeout``. Fewer words per row for the router to write and us to read.
+PRINT_PROPLIST_WORD = "=.proplist=.id,address,comment,dynamic,disabled"
+# Rows a reader keeps, unparsed past their words, while billing is still being read;
+# past this many it waits for the desired state (a bound on memory, not a cost).
+PENDING_ROWS = 50_000
 REMOVE_BATCH = 200
 ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
 _T = TypeVar("_T")
@@ -126,24 +131,50 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
     def read_sentence(self, encoding: str) -> list[str]:
         """One sentence's words, cut straight from the buffer with librouteros's length
         codec (``determine_length``/``decode_length``): the same words
-        ``ApiProtocol.readWord`` returns, without three calls per word."""
+        ``ApiProtocol.readWord`` returns, without three calls per word.
+
+        A word shorter than 128 bytes that is already in the buffer (nearly every word
+        of a print) is cut without a call; anything else takes ``_word``."""
         words: list[str] = []
+        buf, pos = self._buf, self._pos
+        end = len(buf)
         while True:
-            self._fill(1)
-            first = self._buf[self._pos]
-            if first == 0:
-                self._pos += 1
+            if pos < end:
+                length = buf[pos]
+                if length < 0x80:
+                    if length == 0:
+                        self._pos = pos + 1
+                        return words
+                    stop = pos + 1 + length
+                    if stop <= end:
+                        words.append(buf[pos + 1:stop].decode(encoding, "ignore"))
+                        pos = stop
+                        continue
+            self._pos = pos
+            if not self._word(encoding, words):
                 return words
-            if first < 0x80:
-                length, head = first, 1
-            else:
-                head = determine_length(self._buf[self._pos:self._pos + 1]) + 1
-                self._fill(head)
-                length = decode_length(self._buf[self._pos:self._pos + head])
-            self._fill(head + length)
-            start = self._pos + head
-            self._pos = start + length
-            words.append(self._buf[start:self._pos].decode(encoding, errors="ignore"))
+            buf, pos = self._buf, self._pos
+            end = len(buf)
+
+    def _word(self, encoding: str, words: list[str]) -> bool:
+        """The next word onto ``words``, filling the buffer as needed; False at the
+        sentence's end (the empty word)."""
+        self._fill(1)
+        first = self._buf[self._pos]
+        if first == 0:
+            self._pos += 1
+            return False
+        if first < 0x80:
+            length, head = first, 1
+        else:
+            head = determine_length(self._buf[self._pos:self._pos + 1]) + 1
+            self._fill(head)
+            length = decode_length(self._buf[self._pos:self._pos + head])
+        self._fill(head + length)
+        start = self._pos + head
+        self._pos = start + length
+        words.append(self._buf[start:self._pos].decode(encoding, "ignore"))
+        return True
 
     def read(self, length: int) -> bytes:
         self._fill(length)
@@ -256,28 +287,32 @@ class RouterTarget:
     def _observe(self, scope: Scope | None) -> Observed:
         if scope is not None:
             return self._observe_scoped(scope)
-        return self._observe_against(dict)
+        nothing: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
+        nothing.set_result({})
+        return self._observe_against(nothing)
 
-    def observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed:
-        """Read every managed list, comparing each row with ``desired()`` as it arrives.
+    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
+        """Read every managed list, comparing each row with this router's part of
+        ``desired`` (every target's desired state, by name, once billing is read).
 
-        All the filtered prints (one per list and family) go out at once, tagged, before
-        ``desired()`` is called: the router works while billing is read. Rows are parsed
-        straight from the reply words; an own entry that is exactly as desired is only
-        counted (``in_step``), so a converged router of 100,000 entries leaves nothing
-        behind but a set of addresses. The checksum covers every row all the same.
+        All the filtered prints (one per list and family) go out at once, tagged, and
+        their answers are read at once: the router works, and its rows are cut into
+        words, while billing is read. Rows that arrive before the desired state wait in
+        that compact form (up to ``PENDING_ROWS``); then every row is compared as it
+        comes. An own entry that is exactly as desired is only counted (``in_step``), so
+        a converged router of 100,000 entries leaves nothing behind but a set of
+        addresses. The checksum covers every row all the same.
         """
         return self._reconnecting(lambda: self._observe_against(desired))
 
-    def _observe_against(self, desired: Callable[[], Mapping[Key, Resource]]) -> Observed:
+    def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
         wire = self._wire_or_unavailable()
         reader = _ListReader(self, desired)
-        prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PROPLIST_WORD, f"?list={name}"))
+        prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))
                   for fam in (4, 6) for name in self.lists]
         try:
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
-                         on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
-                         tags=self._tags)
+                         on_answer=reader.answered, on_row=reader.row, tags=self._tags)
         except TargetError:
             self.close()
             raise
@@ -289,11 +324,12 @@ class RouterTarget:
             raise TargetError(self.name, f"print: malformed reply from the router "
                                          f"({_malformed(exc)}); nothing planned") from exc
         except BaseException:
-            # Anything else (billing failed while the prints were out: ``desired()``
-            # raised) leaves their answers unread on the connection, where the next
-            # pass would take them for its own. The connection goes with them.
+            # Anything else (billing failed while the prints were out: the desired
+            # state's future raised) leaves their answers unread on the connection, where
+            # the next pass would take them for its own. The connection goes with them.
             self.close()
             raise
+        reader.finish()  # every answer is read: waits for billing if it is still read
         observed = reader.observed()
         log.debug("%s: observed owned=%d existing=%d foreign=%d", self.name, len(observed.owned),
                   sum((observed.existing or {}).values()), len(observed.foreign))
@@ -624,26 +660,37 @@ class ApiWire:
 class _ListReader:
     """The rows of one router's prints -> an ``Observed``, compared with the desired state.
 
-    Per row: the id, address (in RouterOS form), comment and flags, read from the words;
-    a digest of them; then either nothing more (an own entry exactly as desired: its
-    address joins ``in_step``) or a Resource in ``owned`` / ``surplus``, or a reason in
-    ``foreign``.
+    Per row: the id, address, comment and flags, read from the words. Until the
+    desired state is known, that is all: the row waits in ``_pending`` (arrival order
+    kept, so the first of two own entries on one key is still the one kept). Then per
+    row: a digest of it (the address in RouterOS form), and either nothing more (an own
+    entry exactly as desired: its address joins ``in_step``) or a Resource in ``owned``
+    / ``surplus``, or a reason in ``foreign``.
     """
 
-    def __init__(self, target: RouterTarget, desired: Callable[[], Mapping[Key, Resource]]) -> None:
+    def __init__(self, target: RouterTarget,
+                 desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> None:
         self._target = target
+        self._head = f"{target.marker.prefix}:"
         self._desired = desired
-        self._want: Mapping[str, Mapping[str, Resource]] = {}
+        self._known = False  # set (from the thread that read billing) once desired is done
+        self._want: Mapping[str, Mapping[str, Resource]] | None = None
+        self._pending: list[tuple[str, str, str, str, bool, bool]] = []
         self.digest = DigestSum()
         self.owned: dict[Key, Resource] = {}
         self.foreign: dict[Key, str] = {}
         self.surplus: list[Resource] = []
-        self.in_step: dict[str, set[str]] = {}
+        self.in_step: dict[str, set[str]] = {name: set() for name in target.lists}
         self._done: set[tuple[int, str]] = set()
+        desired.add_done_callback(self._ready)
 
-    def start(self) -> None:
-        """The prints are out: now wait for the desired state (billing read meanwhile)."""
-        want = self._desired()
+    def _ready(self, _: object) -> None:
+        self._known = True
+
+    def _take_desired(self) -> None:
+        """Wait for the desired state (raises if billing failed), then compare every row
+        that waited for it."""
+        want = self._desired.result().get(self._target.name, {})
         if isinstance(want, ListEntries):
             self._want = want.lists
         else:
@@ -651,6 +698,14 @@ class _ListReader:
             for r in want.values():
                 by_list.setdefault(r.group, {})[r.get("address")] = r
             self._want = by_list
+        pending, self._pending = self._pending, []
+        for row in pending:
+            self._take(*row)
+
+    def finish(self) -> None:
+        """Every answer is in: compare what still waits for the desired state."""
+        if self._want is None:
+            self._take_desired()
 
     def reading(self) -> str:
         """The list whose print was being read (the first not answered yet)."""
@@ -663,32 +718,48 @@ class _ListReader:
             raise TargetError(self._target.name, f"print {token[1]} refused: {answer.traps[0]}")
 
     def row(self, token: tuple[int, str], words: Sequence[str]) -> None:
-        list_name = token[1]
         ref = raw = comment = ""
         disabled = dynamic = False
         for word in words:
-            if word.startswith("=.id="):
-                ref = word[5:]
-            elif word.startswith("=address="):
-                raw = word[9:]
-            elif word.startswith("=comment="):
-                comment = word[9:]
-            elif word.startswith("=disabled="):
-                disabled = word[10:] in _TRUE
-            elif word.startswith("=dynamic="):
-                dynamic = word[9:] in _TRUE
-        # A canonical dotted quad is already in RouterOS form: no cache look-up (400,000
-        # rows over 100,000 addresses would churn the cache without a hit).
-        address = raw if is_canonical_v4(raw) else routeros_form(raw)
+            name, _, value = word[1:].partition("=")
+            if name == ".id":
+                ref = value
+            elif name == "address":
+                raw = value
+            elif name == "comment":
+                comment = value
+            elif name == "disabled":
+                disabled = value in _TRUE
+            elif name == "dynamic":
+                dynamic = value in _TRUE
+        if self._want is None:
+            if not self._known and len(self._pending) < PENDING_ROWS:
+                self._pending.append((token[1], ref, raw, comment, disabled, dynamic))
+                return
+            self._take_desired()
+        self._take(token[1], ref, raw, comment, disabled, dynamic)
+
+    def _take(self, list_name: str, ref: str, raw: str, comment: str, disabled: bool,
+              dynamic: bool) -> None:
+        assert self._want is not None
+        wants = self._want.get(list_name)
+        # A desired address is in RouterOS form already: a row that prints one needs no
+        # parsing (400,000 rows over 100,000 addresses would churn a cache without a hit).
+        want = wants.get(raw) if wants is not None else None
+        if want is not None or is_canonical_v4(raw):
+            address = raw
+        else:
+            address = routeros_form(raw)
+            if wants is not None and address != raw:
+                want = wants.get(address)
         flag = "true" if disabled else "false"
         self.digest.add(f"{ref}\0{list_name}\0{address}\0{comment}\0{flag}\0{dynamic}")
-        owner = None if dynamic else self._target.marker.owner(comment)
+        own = not dynamic and comment.startswith(self._head)
         in_step = self.in_step.setdefault(list_name, set())
-        if owner is not None and ref and address not in in_step:
-            want = self._want.get(list_name, {}).get(address)
+        if own and ref and address not in in_step:
             if (want is not None and want.attrs == ((_COMMENT, comment), (_DISABLED, flag))
-                    and ("address-list", want.ident) not in self.owned):
-                in_step.add(want.ident[1][1])
+                    and (not self.owned or ("address-list", want.ident) not in self.owned)):
+                in_step.add(address)
                 return
         key, entry, why, _ = self._target._classify(
             {".id": ref, "address": raw, "comment": comment, "disabled": flag, "dynamic": dynamic},

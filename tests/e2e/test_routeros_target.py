@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 
 import pytest
 
-from provisiond.core.changes import Create, Delete, Update
+from provisiond.core.changes import Create, Delete, Key, Observed, Resource, Update
 from provisiond.core.desire import address_list_entry
+from provisiond.core.diff import diff
+from provisiond.errors import SourceError
 from provisiond.core.model import Account
 from provisiond.core.plan import Plan
 from provisiond.settings import RouterSettings
 from provisiond.sim import RouterSim, SimSettings
+from provisiond.targets import routeros
 from provisiond.targets.routeros import RouterTarget
 
 
@@ -108,4 +112,67 @@ def test_add_colliding_at_apply_time_is_a_reported_conflict(sim: RouterSim) -> N
     assert [(c.resource.get("address"), c.reason) for c in result.conflicts] == [
         ("10.1.0.1", "failure: already have such entry (not provisiond's)")]
     assert {e["address"]: e.get("comment") for e in sim.entries("ip", "l")}["10.1.0.1"] == "raced"
+    t.close()
+
+
+class _BillingDoneWhenAsked(Future[Mapping[str, Mapping[Key, Resource]]]):
+    """The desired state of a billing read that ends exactly when a reader first waits
+    for it: every row read before that waited for it (or its error, when ``fails``)."""
+
+    def __init__(self, desired: Mapping[str, Mapping[Key, Resource]], fails: bool = False) -> None:
+        super().__init__()
+        self._value, self._fails = desired, fails
+
+    def result(self, timeout: float | None = None) -> Mapping[str, Mapping[Key, Resource]]:
+        if not self.done():
+            if self._fails:
+                self.set_exception(SourceError("billing read failed"))
+            else:
+                self.set_result(self._value)
+        return super().result(timeout)
+
+
+def _summary(o: Observed) -> tuple[object, ...]:
+    return (sorted((k, r.attrs, r.ref) for k, r in o.owned.items()), sorted(o.foreign.items()),
+            sorted((r.key, r.ref) for r in o.surplus), o.checksum, dict(o.existing or {}),
+            sorted(k for k in _keys() if k in o.in_step))
+
+
+def _keys() -> list[Key]:
+    return [("address-list", (("list", "l"), ("address", f"10.1.0.{i}"))) for i in range(8)]
+
+
+@pytest.mark.parametrize("pending", [1, 3, 50_000])
+def test_rows_read_before_billing_is_done_are_compared_as_if_it_had_been(
+        sim: RouterSim, monkeypatch: pytest.MonkeyPatch, pending: int) -> None:
+    """A reader does not wait for billing to read its rows; whenever the desired state
+    comes (after 1 row, 3 rows, or all of them), the observation is the same."""
+    t = _target(sim)
+    assert t.apply(Plan("core-1", "routeros", _creates(6))).ok
+    sim.add_entry("ip", list_name="l", address="10.1.0.1", comment="provisiond:1 A1",
+                  dynamic=False, allow_duplicate=True)  # a second own entry on one key
+    sim.add_entry("ip", list_name="l", address="10.1.0.6", comment="hand-made", dynamic=False)
+    want = {e.key: e for e in (
+        *(c.new for c in _creates(4)),  # 10.1.0.0-3 as they are; 4 and 5 are surplus
+        address_list_entry("l", "10.1.0.2", Account("2", "Renamed"), "provisiond"),  # replaces 2
+        address_list_entry("l", "10.1.0.6", Account("6", "A6"), "provisiond"),  # hand-made
+        address_list_entry("l", "10.1.0.7", Account("7", "A7"), "provisiond"),  # missing
+    )}
+    known: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
+    known.set_result({"core-1": want})
+    first = t.observe_against(known)
+    monkeypatch.setattr(routeros, "PENDING_ROWS", pending)
+    late = t.observe_against(_BillingDoneWhenAsked({"core-1": want}))
+    assert _summary(late) == _summary(first)
+    changes, conflicts = diff(late, want)
+    assert sorted((c.action, c.resource.get("address")) for c in changes) == [
+        ("create", "10.1.0.7"), ("delete", "10.1.0.1"), ("delete", "10.1.0.4"),
+        ("delete", "10.1.0.5"), ("update", "10.1.0.2")]
+    assert [(c.resource.get("address"), c.reason) for c in conflicts] == [
+        ("10.1.0.6", "entry not created by provisiond (comment 'hand-made')")]
+    # Billing fails while the rows are read: the observation fails with it, and the
+    # next one starts on a clean connection.
+    with pytest.raises(SourceError):
+        t.observe_against(_BillingDoneWhenAsked({"core-1": want}, fails=True))
+    assert _summary(t.observe_against(known)) == _summary(first)
     t.close()
