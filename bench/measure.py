@@ -70,7 +70,14 @@ def cold_apply(scenario: Scenario) -> list[Row]:
 
 
 def noop_plan(scenario: Scenario) -> list[Row]:
-    """``provisiond plan`` with nothing to do, against billing read + prints all at once."""
+    """``provisiond plan`` with nothing to do, against billing read + prints all at once.
+
+    Run alone (``--only noop-plan``), the routers are started and filled first with the
+    raw writer: the same adds provisiond sends, so they are converged without an apply.
+    """
+    if not scenario.sims:
+        scenario.start_routers()
+        floors.writers([s.port for s in scenario.sims], scenario.password, lambda: adds(scenario))
     config = scenario.write_config()
     code, wall, rss = provisiond(config, "plan")
     lists = [list_name(i) for i in range(scenario.lists)]
