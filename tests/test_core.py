@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provisiond.core import addresses, desire
 from provisiond.core.changes import Create, Delete, Observed, Resource, Update, change_from_json, change_to_json
@@ -233,3 +235,12 @@ def test_summary_counts_lease_changes() -> None:
     from provisiond.core.render import summary_line
 
     assert summary_line([], ipam_changes=2) == "Plan: 0 to create, 0 to update, 0 to delete on 0 of 0 target(s); 2 lease change(s)."
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=12) | st.sampled_from(["Ridge Tower", " Lead", "Trail ", "a  b", "a\u00a0b",
+                                              "a\u2028b", "tab\there", "esc\x1b", "\u3000x", ""]))
+def test_comment_names_are_one_line_of_single_spaces(name: str) -> None:
+    """The fast path for a name that is one line already gives what cleaning it gives."""
+    cleaned = " ".join(name.translate({i: " " for i in (*range(0x20), *range(0x7F, 0xA0))}).split())
+    assert desire.comment_for("provisiond", Account("7", name)) == f"provisiond:7 {cleaned}".rstrip()

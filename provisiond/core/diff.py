@@ -7,7 +7,7 @@ Desired resources whose key is held by an object provisiond does not own become
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 
 from provisiond.core.addresses import sort_key
 from provisiond.core.changes import (
@@ -21,6 +21,7 @@ from provisiond.core.changes import (
     Resource,
     Update,
 )
+from provisiond.core.desire import ListEntries, ListSteps, entry_resource
 
 
 def _ident_key(r: Resource) -> tuple[tuple[int, int, str], ...]:
@@ -45,7 +46,7 @@ def diff(
         if key not in desired:
             changes.append(Delete(have))
     in_step = observed.in_step
-    for key, want in desired.items():
+    for key, want in _not_in_step(desired, in_step, observed.owned):
         have_r = observed.owned.get(key)
         if have_r is None:
             if key in in_step:
@@ -60,6 +61,28 @@ def diff(
     changes.sort(key=_sort_key)
     conflicts.sort(key=lambda c: (c.resource.group, _ident_key(c.resource)))
     return changes, conflicts
+
+
+def _not_in_step(
+    desired: Mapping[Key, Resource], in_step: Container[Key], owned: Mapping[Key, Resource]
+) -> Iterator[tuple[Key, Resource]]:
+    """The desired items that may need a change: all of them, or (a router's entries
+    against what it found in step over those very entries) only those left over, list
+    by list, without a look-up per entry."""
+    if not (isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
+            and in_step.lists is desired.lists):
+        yield from desired.items()
+        return
+    for name, entries in desired.lists.items():
+        left = in_step.left.get(name, entries)
+        for address, entry in left.items():
+            r = entry_resource(name, address, entries[address])
+            yield r.key, r
+    # A key both owned and in step (RouterTarget never reports one) is compared as owned,
+    # as the look-up per entry does.
+    for key in owned:
+        if key in in_step and key in desired:
+            yield key, desired[key]
 
 
 def _with_ref(r: Resource, ref: str) -> Resource:

@@ -39,7 +39,8 @@ from librouteros.query import Key as RosKey
 from provisiond.core.addresses import family, is_canonical_v4, routeros_form, span
 from provisiond.core.changes import Change, Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
-from provisiond.core.desire import ListEntries
+from provisiond.core.desire import Entry, ListEntries, ListSteps
+from provisiond.core.model import Account
 from provisiond.core.plan import DigestSum, Plan, observed_digest
 from provisiond.core.scope import Scope
 from provisiond.settings import RouterSettings
@@ -56,9 +57,11 @@ PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout
 # A full read's prints are filtered by list: the list is known from the print, and
 # nothing reads ``timeout``. Fewer words per row for the router to write and us to read.
 PRINT_PROPLIST_WORD = "=.proplist=.id,address,comment,dynamic,disabled"
-# Rows a reader keeps, unparsed past their words, while billing is still being read;
-# past this many it waits for the desired state (a bound on memory, not a cost).
-PENDING_ROWS = 50_000
+# While billing is read, a full read only receives its answers, as bytes: the router
+# is never held up by a full socket, and billing has the interpreter to itself. Past
+# this many bytes (about 280,000 rows) it stops receiving until billing is done.
+PREFETCH_BYTES = 32 << 20
+PREFETCH_POLL = 0.02  # seconds between looks at whether billing is done, when nothing arrives
 REMOVE_BATCH = 200
 ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
 _T = TypeVar("_T")
@@ -175,6 +178,32 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         self._pos = start + length
         words.append(self._buf[start:self._pos].decode(encoding, "ignore"))
         return True
+
+    def prefetch(self, until: Callable[[], bool], *, limit: int, poll: float) -> None:
+        """Receive what the router sends, unparsed, until ``until()`` is true or ``limit``
+        bytes wait in the buffer; looks at ``until`` at least every ``poll`` seconds.
+
+        A closed connection ends it quietly: the next read raises, as without it."""
+        chunks: list[bytes] = []
+        have = len(self._buf) - self._pos
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(poll)
+        try:
+            while have < limit and not until():
+                try:
+                    got = self.sock.recv(1 << 20)
+                except TimeoutError:
+                    continue
+                if not got:
+                    break
+                chunks.append(got)
+                have += len(got)
+        finally:
+            self.sock.settimeout(timeout)
+            if chunks:
+                chunks.insert(0, self._buf[self._pos:])
+                self._buf = b"".join(chunks)
+                self._pos = 0
 
     def read(self, length: int) -> bytes:
         self._fill(length)
@@ -296,23 +325,24 @@ class RouterTarget:
         ``desired`` (every target's desired state, by name, once billing is read).
 
         All the filtered prints (one per list and family) go out at once, tagged, and
-        their answers are read at once: the router works, and its rows are cut into
-        words, while billing is read. Rows that arrive before the desired state wait in
-        that compact form (up to ``PENDING_ROWS``); then every row is compared as it
-        comes. An own entry that is exactly as desired is only counted (``in_step``), so
-        a converged router of 100,000 entries leaves nothing behind but a set of
-        addresses. The checksum covers every row all the same.
+        their answers are received, as bytes, while billing is read (up to
+        ``PREFETCH_BYTES``): the router works meanwhile and is never held up by a full
+        socket. Then every row is parsed and compared as it comes. An own entry that is
+        exactly as desired is only counted (``in_step``), so a converged router of
+        100,000 entries leaves nothing behind but a set of addresses. The checksum
+        covers every row all the same.
         """
         return self._reconnecting(lambda: self._observe_against(desired))
 
     def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
         wire = self._wire_or_unavailable()
-        reader = _ListReader(self, desired)
+        reader = _ListReader(self, wire, desired)
         prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))
                   for fam in (4, 6) for name in self.lists]
         try:
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
-                         on_answer=reader.answered, on_row=reader.row, tags=self._tags)
+                         on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
+                         tags=self._tags)
         except TargetError:
             self.close()
             raise
@@ -329,7 +359,6 @@ class RouterTarget:
             # the next pass would take them for its own. The connection goes with them.
             self.close()
             raise
-        reader.finish()  # every answer is read: waits for billing if it is still read
         observed = reader.observed()
         log.debug("%s: observed owned=%d existing=%d foreign=%d", self.name, len(observed.owned),
                   sum((observed.existing or {}).values()), len(observed.foreign))
@@ -632,6 +661,7 @@ class ApiWire:
         self._protocol = api.protocol
         self._transport = api.protocol.transport
         self._encoding: str = api.protocol.encoding
+        self._buffered = self._transport if isinstance(self._transport, BufferedTransport) else None
 
     def encode(self, words: Sequence[str]) -> bytes:
         data: bytes = encode_sentence(*words, encoding=self._encoding)
@@ -641,8 +671,8 @@ class ApiWire:
         self._transport.write(data)
 
     def read_sentence(self) -> Sequence[str]:
-        if isinstance(self._transport, BufferedTransport):
-            words: Sequence[str] = self._transport.read_sentence(self._encoding)
+        if self._buffered is not None:
+            words: Sequence[str] = self._buffered.read_sentence(self._encoding)
         else:
             words = tuple(iter(self._protocol.readWord, ""))
         if not words:
@@ -656,56 +686,45 @@ class ApiWire:
         pending = getattr(self._transport, "buffered", None)
         return int(pending()) if pending is not None else 0
 
+    def prefetch(self, until: Callable[[], bool], *, limit: int, poll: float) -> None:
+        """Receive replies unparsed until ``until()`` (see ``BufferedTransport.prefetch``)."""
+        if self._buffered is not None:
+            self._buffered.prefetch(until, limit=limit, poll=poll)
+
 
 class _ListReader:
     """The rows of one router's prints -> an ``Observed``, compared with the desired state.
 
-    Per row: the id, address, comment and flags, read from the words. Until the
-    desired state is known, that is all: the row waits in ``_pending`` (arrival order
-    kept, so the first of two own entries on one key is still the one kept). Then per
-    row: a digest of it (the address in RouterOS form), and either nothing more (an own
-    entry exactly as desired: its address joins ``in_step``) or a Resource in ``owned``
-    / ``surplus``, or a reason in ``foreign``.
+    ``start`` receives the answers unparsed until the desired state is known. Then per
+    row: the id, address, comment and flags, read from the words; a digest of them (the
+    address in RouterOS form); then either nothing more (an own entry exactly as
+    desired: taken out of ``_left``, the desired entries not found yet) or a Resource in
+    ``owned`` / ``surplus``, or a reason in ``foreign``.
     """
 
-    def __init__(self, target: RouterTarget,
+    def __init__(self, target: RouterTarget, wire: ApiWire,
                  desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> None:
         self._target = target
+        self._wire = wire
         self._head = f"{target.marker.prefix}:"
         self._desired = desired
-        self._known = False  # set (from the thread that read billing) once desired is done
-        self._want: Mapping[str, Mapping[str, Resource]] | None = None
-        self._pending: list[tuple[str, str, str, str, bool, bool]] = []
+        self._lists: Mapping[str, Mapping[str, Entry]] = {}
+        self._left: dict[str, dict[str, Entry]] = {}
         self.digest = DigestSum()
         self.owned: dict[Key, Resource] = {}
         self.foreign: dict[Key, str] = {}
         self.surplus: list[Resource] = []
-        self.in_step: dict[str, set[str]] = {name: set() for name in target.lists}
         self._done: set[tuple[int, str]] = set()
-        desired.add_done_callback(self._ready)
 
-    def _ready(self, _: object) -> None:
-        self._known = True
-
-    def _take_desired(self) -> None:
-        """Wait for the desired state (raises if billing failed), then compare every row
-        that waited for it."""
+    def start(self) -> None:
+        """The prints are out: receive their answers until the desired state is known
+        (raises if billing failed), then take this router's part of it."""
+        self._wire.prefetch(self._desired.done, limit=PREFETCH_BYTES, poll=PREFETCH_POLL)
         want = self._desired.result().get(self._target.name, {})
-        if isinstance(want, ListEntries):
-            self._want = want.lists
-        else:
-            by_list: dict[str, dict[str, Resource]] = {}
-            for r in want.values():
-                by_list.setdefault(r.group, {})[r.get("address")] = r
-            self._want = by_list
-        pending, self._pending = self._pending, []
-        for row in pending:
-            self._take(*row)
-
-    def finish(self) -> None:
-        """Every answer is in: compare what still waits for the desired state."""
-        if self._want is None:
-            self._take_desired()
+        if not isinstance(want, ListEntries):
+            want = _as_entries(want)
+        self._lists = want.lists
+        self._left = {name: dict(self._lists.get(name, {})) for name in self._target.lists}
 
     def reading(self) -> str:
         """The list whose print was being read (the first not answered yet)."""
@@ -718,6 +737,7 @@ class _ListReader:
             raise TargetError(self._target.name, f"print {token[1]} refused: {answer.traps[0]}")
 
     def row(self, token: tuple[int, str], words: Sequence[str]) -> None:
+        list_name = token[1]
         ref = raw = comment = ""
         disabled = dynamic = False
         for word in words:
@@ -732,71 +752,63 @@ class _ListReader:
                 disabled = value in _TRUE
             elif name == "dynamic":
                 dynamic = value in _TRUE
-        if self._want is None:
-            if not self._known and len(self._pending) < PENDING_ROWS:
-                self._pending.append((token[1], ref, raw, comment, disabled, dynamic))
-                return
-            self._take_desired()
-        self._take(token[1], ref, raw, comment, disabled, dynamic)
-
-    def _take(self, list_name: str, ref: str, raw: str, comment: str, disabled: bool,
-              dynamic: bool) -> None:
-        assert self._want is not None
-        wants = self._want.get(list_name)
-        # A desired address is in RouterOS form already: a row that prints one needs no
-        # parsing (400,000 rows over 100,000 addresses would churn a cache without a hit).
-        want = wants.get(raw) if wants is not None else None
-        if want is not None or is_canonical_v4(raw):
+        flag = "true" if disabled else "false"
+        own = bool(ref) and not dynamic and comment.startswith(self._head)
+        left = self._left[list_name]
+        # A desired address is in RouterOS form already: an own row that prints one
+        # needs no parsing (400,000 rows over 100,000 addresses would churn a cache).
+        entry = left.pop(raw, None) if own else None
+        if entry is not None or is_canonical_v4(raw):
             address = raw
         else:
             address = routeros_form(raw)
-            if wants is not None and address != raw:
-                want = wants.get(address)
-        flag = "true" if disabled else "false"
+            if own and address != raw:
+                entry = left.pop(address, None)
         self.digest.add(f"{ref}\0{list_name}\0{address}\0{comment}\0{flag}\0{dynamic}")
-        own = not dynamic and comment.startswith(self._head)
-        in_step = self.in_step.setdefault(list_name, set())
-        if own and ref and address not in in_step:
-            if (want is not None and want.attrs == ((_COMMENT, comment), (_DISABLED, flag))
-                    and (not self.owned or ("address-list", want.ident) not in self.owned)):
-                in_step.add(address)
-                return
-        key, entry, why, _ = self._target._classify(
+        if entry is not None:
+            if (entry[0] == comment and not disabled
+                    and (not self.owned or _key(list_name, address) not in self.owned)):
+                return  # in step: it stays out of ``_left``
+            left[address] = entry  # not as desired: compared as owned below
+        key, resource, why, _ = self._target._classify(
             {".id": ref, "address": raw, "comment": comment, "disabled": flag, "dynamic": dynamic},
             list_name)
-        if entry is None:
+        if resource is None:
             self.foreign.setdefault(key, why)
             return
-        if key in self.owned or address in in_step:
-            self.surplus.append(entry)
+        in_step = address in self._lists.get(list_name, ()) and address not in left
+        if key in self.owned or in_step:
+            self.surplus.append(resource)
         else:
-            self.owned[key] = entry
+            self.owned[key] = resource
 
     def observed(self) -> Observed:
-        steps = {name: addresses for name, addresses in self.in_step.items() if addresses}
-        existing = {name: len(a) for name, a in steps.items()}
+        # What is left is copied: a dict keeps its size after its entries are popped.
+        steps = ListSteps(self._lists, {name: dict(left) for name, left in self._left.items()})
+        existing = {name: n for name in self._target.lists if (n := steps.count(name))}
         for r in self.owned.values():
             existing[r.group] = existing.get(r.group, 0) + 1
         return Observed(owned=self.owned, foreign=self.foreign, surplus=tuple(self.surplus),
-                        checksum=self.digest.hexdigest(), in_step=_InStep(steps),
-                        existing=existing)
+                        checksum=self.digest.hexdigest(), in_step=steps, existing=existing)
 
 
-class _InStep:
-    """``key in in_step`` over {list: {address}}, without a key per entry."""
+def _key(list_name: str, address: str) -> Key:
+    return ("address-list", (("list", list_name), ("address", address)))
 
-    __slots__ = ("_lists",)
 
-    def __init__(self, lists: Mapping[str, set[str]]) -> None:
-        self._lists = lists
-
-    def __contains__(self, key: object) -> bool:
-        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == "address-list"):
-            return False
-        ident = key[1]
-        if len(ident) != 2:
-            return False
-        return str(ident[1][1]) in self._lists.get(str(ident[0][1]), ())
+def _as_entries(desired: Mapping[Key, Resource]) -> ListEntries:
+    """Any desired address-list Resources as ``ListEntries``; one that is not as
+    ``desire`` makes them (another ``disabled``) never counts as in step: its comment
+    is left out, so it is compared as owned."""
+    lists: dict[str, dict[str, Entry]] = {}
+    for r in desired.values():
+        if r.kind != "address-list":
+            continue
+        comment = r.get("comment")
+        usual = r.attrs == (("comment", comment), ("disabled", "false"))
+        lists.setdefault(r.group, {})[r.get("address")] = (
+            comment if usual else "\0", Account(r.account_id, r.account_name))
+    return ListEntries(lists)
 
 
 _TRUE = ("true", "yes")

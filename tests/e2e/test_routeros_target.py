@@ -115,20 +115,31 @@ def test_add_colliding_at_apply_time_is_a_reported_conflict(sim: RouterSim) -> N
     t.close()
 
 
-class _BillingDoneWhenAsked(Future[Mapping[str, Mapping[Key, Resource]]]):
-    """The desired state of a billing read that ends exactly when a reader first waits
-    for it: every row read before that waited for it (or its error, when ``fails``)."""
+class _BillingDoneAfter(Future[Mapping[str, Mapping[Key, Resource]]]):
+    """The desired state of a billing read that is done the ``looks``-th time a reader
+    asks whether it is, or when it waits for it (with its error, when ``fails``): no
+    clock, no race."""
 
-    def __init__(self, desired: Mapping[str, Mapping[Key, Resource]], fails: bool = False) -> None:
+    def __init__(self, desired: Mapping[str, Mapping[Key, Resource]], looks: int,
+                 fails: bool = False) -> None:
         super().__init__()
-        self._value, self._fails = desired, fails
+        self._value, self._looks, self._fails = desired, looks, fails
 
-    def result(self, timeout: float | None = None) -> Mapping[str, Mapping[Key, Resource]]:
-        if not self.done():
+    def _finish(self) -> None:
+        if not super().done():
             if self._fails:
                 self.set_exception(SourceError("billing read failed"))
             else:
                 self.set_result(self._value)
+
+    def done(self) -> bool:
+        self._looks -= 1
+        if self._looks <= 0:
+            self._finish()
+        return super().done()
+
+    def result(self, timeout: float | None = None) -> Mapping[str, Mapping[Key, Resource]]:
+        self._finish()
         return super().result(timeout)
 
 
@@ -142,11 +153,11 @@ def _keys() -> list[Key]:
     return [("address-list", (("list", "l"), ("address", f"10.1.0.{i}"))) for i in range(8)]
 
 
-@pytest.mark.parametrize("pending", [1, 3, 50_000])
-def test_rows_read_before_billing_is_done_are_compared_as_if_it_had_been(
-        sim: RouterSim, monkeypatch: pytest.MonkeyPatch, pending: int) -> None:
-    """A reader does not wait for billing to read its rows; whenever the desired state
-    comes (after 1 row, 3 rows, or all of them), the observation is the same."""
+@pytest.mark.parametrize(("looks", "limit"), [(1, 1 << 20), (3, 1), (3, 1 << 20), (40, 1 << 20)])
+def test_answers_received_while_billing_is_read_are_compared_as_if_it_had_been_done(
+        sim: RouterSim, monkeypatch: pytest.MonkeyPatch, looks: int, limit: int) -> None:
+    """A reader receives its answers while billing is read (up to a limit) and parses
+    them once it is done; whenever that is, the observation is the same."""
     t = _target(sim)
     assert t.apply(Plan("core-1", "routeros", _creates(6))).ok
     sim.add_entry("ip", list_name="l", address="10.1.0.1", comment="provisiond:1 A1",
@@ -161,8 +172,9 @@ def test_rows_read_before_billing_is_done_are_compared_as_if_it_had_been(
     known: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
     known.set_result({"core-1": want})
     first = t.observe_against(known)
-    monkeypatch.setattr(routeros, "PENDING_ROWS", pending)
-    late = t.observe_against(_BillingDoneWhenAsked({"core-1": want}))
+    monkeypatch.setattr(routeros, "PREFETCH_BYTES", limit)
+    monkeypatch.setattr(routeros, "PREFETCH_POLL", 0.001)
+    late = t.observe_against(_BillingDoneAfter({"core-1": want}, looks))
     assert _summary(late) == _summary(first)
     changes, conflicts = diff(late, want)
     assert sorted((c.action, c.resource.get("address")) for c in changes) == [
@@ -170,9 +182,9 @@ def test_rows_read_before_billing_is_done_are_compared_as_if_it_had_been(
         ("delete", "10.1.0.5"), ("update", "10.1.0.2")]
     assert [(c.resource.get("address"), c.reason) for c in conflicts] == [
         ("10.1.0.6", "entry not created by provisiond (comment 'hand-made')")]
-    # Billing fails while the rows are read: the observation fails with it, and the
-    # next one starts on a clean connection.
+    # Billing fails while the answers are received: the observation fails with it, and
+    # the next one starts on a clean connection.
     with pytest.raises(SourceError):
-        t.observe_against(_BillingDoneWhenAsked({"core-1": want}, fails=True))
+        t.observe_against(_BillingDoneAfter({"core-1": want}, looks, fails=True))
     assert _summary(t.observe_against(known)) == _summary(first)
     t.close()

@@ -1,0 +1,55 @@
+"""``diff`` over a router's desired entries (``ListEntries``) and what it found in step
+(``ListSteps``: the entries it did not) looks only at what is left; whatever the
+entries, it must plan exactly what the look-up per entry plans over Resources."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisiond.core.changes import Key, Observed, Resource
+from provisiond.core.desire import Entry, ListEntries, ListSteps, address_list_entry, comment_for
+from provisiond.core.diff import diff
+from provisiond.core.model import Account
+
+LISTS = ("a", "b")
+ADDRESSES = tuple(f"10.0.0.{i}" for i in range(6))
+
+
+def _entry(list_name: str, address: str, name: str) -> Resource:
+    return address_list_entry(list_name, address, Account(address.rsplit(".", 1)[1], name), "provisiond")
+
+
+class _Keys:
+    """The same in-step keys as a plain container (the look-up per entry)."""
+
+    def __init__(self, keys: set[Key]) -> None:
+        self.keys = keys
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+
+cells = st.sampled_from([(n, a) for n in LISTS for a in ADDRESSES])
+
+
+@settings(max_examples=300, deadline=None)
+@given(want=st.sets(cells), steps=st.sets(cells), owned=st.dictionaries(cells, st.sampled_from(["X", "Y"])),
+       foreign=st.sets(cells))
+def test_skipping_in_step_lists_plans_what_the_lookup_per_entry_plans(
+        want: set[tuple[str, str]], steps: set[tuple[str, str]], owned: dict[tuple[str, str], str],
+        foreign: set[tuple[str, str]]) -> None:
+    lists: dict[str, dict[str, Entry]] = {}
+    for n, a in sorted(want):
+        account = Account(a.rsplit(".", 1)[1], "X")
+        lists.setdefault(n, {})[a] = (comment_for("provisiond", account), account)
+    desired = ListEntries(lists)
+    have = {_entry(n, a, name).key: _entry(n, a, name) for (n, a), name in owned.items()}
+    why = {_entry(n, a, "X").key: "hand-made" for n, a in foreign}
+    left = {n: {a: e for a, e in entries.items() if (n, a) not in steps} for n, entries in lists.items()}
+    fast = Observed(owned=have, foreign=why, in_step=ListSteps(lists, left))
+    slow = Observed(owned=have, foreign=why,
+                    in_step=_Keys({_entry(n, a, "X").key for n, a in steps if (n, a) in want}))
+    plain = {_entry(n, a, "X").key: _entry(n, a, "X") for n, a in want}
+    assert dict(desired.items()) == plain
+    assert diff(fast, desired) == diff(slow, plain)
