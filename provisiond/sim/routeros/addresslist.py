@@ -6,9 +6,12 @@ enable/disable (as a name -> text mapping) and with the rows to print;
 ``Trap`` with the router's wording. Not thread-safe: the caller holds the
 simulator lock.
 
-Entries are frozen ``Entry`` values in insertion (= print) order, indexed by
-id, by the unique key (list, normalised address) and by list, so the common
-``print ?list=X`` and duplicate checks never scan the whole table. Entries
+Entries are frozen ``Entry`` values in insertion (= print, = ``.id``) order,
+indexed by id, by the unique key (list, normalised address) (so by address: one
+look-up per list), by list and by comment (sorted), so duplicate checks never scan the whole table and a
+print whose query an index can answer (``Query.candidates``: ``?list=X``,
+``?=address=A``, comment ranges, and ORs/ANDs of them) tests only the rows the
+index names; any other query tests every row, as the router does. Entries
 with a timeout sit in an expiry heap and vanish once the clock passes their
 deadline (checked lazily at every access).
 
@@ -35,8 +38,11 @@ import heapq
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from sortedcontainers import SortedList
+
 from .address import normalise_address
 from .errors import ALREADY_HAVE, NO_SUCH_ITEM, Trap, invalid_value, unknown_parameter
+from .query import Atom, Eq, Query, Range
 from .values import format_bool, format_duration, format_timestamp, parse_bool, parse_duration
 
 Clock = Callable[[], float]
@@ -44,6 +50,7 @@ Clock = Callable[[], float]
 PROPERTIES = frozenset({"list", "address", "comment", "disabled", "timeout", "dynamic"})
 _SETTABLE = frozenset({"list", "address", "comment", "disabled", "timeout"})
 _UNSETTABLE = frozenset({"comment", "timeout"})
+_LAST_ID = 1 << 64  # above every id: (comment, _LAST_ID) sorts after every (comment, id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,11 @@ class AddressTable:
         self._next_id = options.first_id
         self._rows: dict[int, Entry] = {}
         self._by_key: dict[tuple[str, str], int] = {}
-        self._by_list: dict[str, dict[int, None]] = {}
+        #: Each list's ids in its print order (an entry moved there by ``set`` goes
+        #: last), each with when it joined the list, to sort a few of them in that order.
+        self._by_list: dict[str, dict[int, int]] = {}
+        self._joins = 0
+        self._by_comment: SortedList = SortedList()  # (comment, id)
         self._expiry: list[tuple[float, int]] = []
         #: Set once a duplicate key is injected; only then do removals look for twins.
         self._duplicates = False
@@ -99,6 +110,53 @@ class AddressTable:
             return iter(list(self._rows.values()))
         ids = self._by_list.get(list_name, {})
         return iter([self._rows[i] for i in ids])
+
+    def select(self, query: Query) -> list[RowView]:
+        """The rows ``query`` selects, in print order: each row of ``candidates`` (every
+        row when it is None: of the one list the query requires, if any) that passes
+        ``query.matches``."""
+        named = self.candidates(query)
+        source = self.entries(query.list_filter) if named is None else (self._rows[i] for i in named)
+        views = (RowView(self, entry) for entry in source)
+        return [view for view in views if query.matches(view)]
+
+    def candidates(self, query: Query) -> list[int] | None:
+        """The ids the indexes name for ``query`` (``Query.candidates``), in print order;
+        None when no index narrows the query beyond its list."""
+        self.expire()
+        atoms = query.candidates()
+        if atoms is None or (atoms and all(isinstance(a, Eq) and a.name == "list" for a in atoms)):
+            return None  # a whole list is read faster from its own index, in order
+        if self._duplicates and any(isinstance(a, Eq) and a.name == "address" for a in atoms):
+            return None  # the unique-key index holds one of each injected twin
+        ids: set[int] = set()
+        for atom in atoms:
+            ids.update(self._named(atom))
+        if query.list_filter is None:
+            return sorted(ids)
+        # Only rows of that list pass a ``?list=X`` query: in that list's own order.
+        joined = self._by_list.get(query.list_filter, {})
+        return sorted(ids, key=lambda i: joined.get(i, 0))
+
+    def _named(self, atom: Atom) -> Iterator[int]:
+        """The ids of the entries ``atom`` names (its property is indexed: ``query.INDEXED``)."""
+        if atom.name == "comment":
+            if isinstance(atom, Eq):
+                for value in atom.values:
+                    yield from (i for _, i in self._by_comment.irange((value,), (value, _LAST_ID)))
+                return
+            yield from (i for _, i in self._by_comment.irange(*_comment_bounds(atom)))
+            return
+        assert isinstance(atom, Eq)
+        for value in atom.values:
+            if atom.name == "list":
+                yield from self._by_list.get(value, ())
+                continue
+            # An address: the unique key (list, address) of each list (no duplicates).
+            for list_name in self._by_list:
+                ident = self._by_key.get((list_name, value))
+                if ident is not None:
+                    yield ident
 
     def view(self, entry: Entry) -> RowView:
         """``render(entry)`` computed only as far as a query looks (a print's scan)."""
@@ -161,17 +219,14 @@ class AddressTable:
         missing = [name for name in ("list", "address") if name not in attrs]
         if missing:
             raise Trap(f"missing value(s) of argument(s) {', '.join(missing)}", 1)
-        entry = Entry(
-            id=self._next_id,
-            list=self._list_name(attrs["list"]),
-            address=self._address(attrs["address"]),
-            created=self._clock(),
-            dynamic=dynamic,
-        )
+        list_name, address = self._list_name(attrs["list"]), self._address(attrs["address"])
+        created = self._clock()
+        fields: dict[str, object] = {"dynamic": dynamic}
         if len(attrs) > 2:
-            entry = self._apply(entry, {k: v for k, v in attrs.items() if k not in ("list", "address")})
+            fields.update(self._changes({k: v for k, v in attrs.items() if k not in ("list", "address")}))
         if "dynamic" in attrs:
-            entry = dataclasses.replace(entry, dynamic=_bool(attrs, "dynamic"))
+            fields["dynamic"] = _bool(attrs, "dynamic")
+        entry = Entry(self._next_id, list_name, address, created, **fields)  # type: ignore[arg-type]
         if entry.key in self._by_key:
             if not allow_duplicate:
                 raise Trap(ALREADY_HAVE)
@@ -203,6 +258,7 @@ class AddressTable:
             del members[ident]
             if not members:
                 del self._by_list[entry.list]
+            self._unindex(entry)
             if self._by_key.get(entry.key) == ident:
                 del self._by_key[entry.key]
                 self._reindex_duplicate(entry)
@@ -238,6 +294,10 @@ class AddressTable:
             raise invalid_value("address") from exc
 
     def _apply(self, entry: Entry, attrs: Mapping[str, str]) -> Entry:
+        return dataclasses.replace(entry, **self._changes(attrs))  # type: ignore[arg-type]
+
+    def _changes(self, attrs: Mapping[str, str]) -> dict[str, object]:
+        """The Entry fields ``attrs`` (of add or set) change, checked."""
         changes: dict[str, object] = {}
         for name, value in attrs.items():
             if name == "list":
@@ -254,7 +314,7 @@ class AddressTable:
                 changes["comment"] = None
             elif name == "!timeout":
                 changes["expires"] = None
-        return dataclasses.replace(entry, **changes)  # type: ignore[arg-type]
+        return changes
 
     def _timeout(self, value: str) -> dict[str, object]:
         if value in ("none-static", "none-dynamic", ""):
@@ -286,6 +346,7 @@ class AddressTable:
         for old in olds:
             if self._by_key.get(old.key) == old.id:
                 del self._by_key[old.key]
+            self._unindex(old)
         for entry in changed:
             self._store(entry)
         for old in olds:
@@ -295,9 +356,19 @@ class AddressTable:
     def _store(self, entry: Entry) -> None:
         self._rows[entry.id] = entry
         self._by_key[entry.key] = entry.id
-        self._by_list.setdefault(entry.list, {})[entry.id] = None
+        members = self._by_list.setdefault(entry.list, {})
+        if entry.id not in members:
+            self._joins += 1
+            members[entry.id] = self._joins
+        if entry.comment is not None:
+            self._by_comment.add((entry.comment, entry.id))
         if entry.expires is not None:
             heapq.heappush(self._expiry, (entry.expires, entry.id))
+
+    def _unindex(self, entry: Entry) -> None:
+        """Take ``entry`` out of the comment index."""
+        if entry.comment is not None:
+            self._by_comment.remove((entry.comment, entry.id))
 
 
 class RowView(Mapping[str, str]):
@@ -342,6 +413,18 @@ class RowView(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._row())
+
+    def rendered(self) -> dict[str, str]:
+        """Every printed property (``AddressTable.render``), rendered once."""
+        return self._row()
+
+
+def _comment_bounds(atom: Range) -> tuple[tuple[str, int] | None, tuple[str] | None]:
+    """``SortedList.irange`` bounds over (comment, id) for a comment range: after every
+    (low, id), before every (high, id)."""
+    low = (atom.low, _LAST_ID) if atom.low is not None else None
+    high = (atom.high,) if atom.high is not None else None
+    return low, high
 
 
 class PartialSelection(Trap):

@@ -16,6 +16,12 @@ A print tests every row of the table, so ``compile_query`` also folds the stack
 program once into a tree of predicates (the stack operations are the same for every
 row) that short-circuits; ``Query.matches`` runs that. The boolean stack machine
 (``StackOps.apply``) states the semantics and the tree is built by the same rules.
+
+The same fold, run on sets of rows instead of predicates, gives ``Query.candidates``:
+for a table's query, the rows an index can name that include every row the query
+selects (``Eq``: a property equal to one of a few texts; ``Range``: a property within
+a text range), or None when only a full scan can tell. An index only narrows what is
+tested: the table still runs ``matches`` on every candidate, in print order.
 """
 
 from __future__ import annotations
@@ -174,13 +180,13 @@ class StackOps:
 
     def fold(self, stack: list[Predicate]) -> list[Predicate]:
         """``apply`` on predicates instead of booleans: the same operations, built once."""
-        return self._run(stack, _true, _not, _and, _or)
+        return self.run(stack, _true, _not, _and, _or)
 
     def apply(self, stack: list[bool]) -> list[bool]:
         """The operations on a stack of booleans (the reference ``fold`` is checked against)."""
-        return self._run(stack, True, operator.not_, lambda a, b: a and b, lambda a, b: a or b)
+        return self.run(stack, True, operator.not_, lambda a, b: a and b, lambda a, b: a or b)
 
-    def _run(
+    def run(
         self,
         stack: list[V],
         true: V,
@@ -188,6 +194,7 @@ class StackOps:
         and_: Callable[[V, V], V],
         or_: Callable[[V, V], V],
     ) -> list[V]:
+        """The operations on any stack: ``true`` is what lies below its bottom."""
         # The stack is a finite list over infinitely many implicit ``true``s,
         # top at the end; reading past the bottom yields ``true``.
         def peek(index: int) -> V:
@@ -228,6 +235,114 @@ class StackOps:
 
 Step = Test | StackOps
 
+#: Properties an address table indexes (``AddressTable.select``): by value, and the
+#: comment also in text order.
+INDEXED = frozenset({"address", "list", "comment"})
+
+
+@dataclass(frozen=True, slots=True)
+class Eq:
+    """Rows whose ``name`` is one of ``values`` (stored text, exactly)."""
+
+    name: str
+    values: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Rows that have ``name``, with ``low`` < value < ``high`` in text order (None: no
+    bound on that side)."""
+
+    name: str
+    low: str | None = None
+    high: str | None = None
+
+    def holds(self, value: str) -> bool:
+        return (self.low is None or value > self.low) and (self.high is None or value < self.high)
+
+    def meet(self, other: Range) -> Range | None:
+        """The intersection of two ranges over the same property (None: empty)."""
+        low = self.low if other.low is None or (self.low is not None and self.low > other.low) else other.low
+        high = self.high if other.high is None or (self.high is not None and self.high < other.high) else other.high
+        if low is not None and high is not None and low >= high:
+            return None
+        return Range(self.name, low, high)
+
+
+Atom = Eq | Range
+#: A union of atoms: a superset of the rows a query (part) selects. None: any row.
+Candidates = tuple[Atom, ...] | None
+_MAX_PRODUCT = 64  # atom pairs an AND of two unions is worked out for (else one side)
+# Which side of an AND to keep when its atoms cannot be intersected: the likelier to
+# name few rows (an address or a comment before a whole list, a bounded range before
+# an open one).
+_RANK = {"address": 0, "comment": 1, "list": 3}
+
+
+def _rank(atom: Atom) -> int:
+    if isinstance(atom, Eq):
+        return _RANK.get(atom.name, 4)
+    bounded = atom.low is not None and atom.high is not None
+    return 2 if bounded else 5
+
+
+def _meet(a: Atom, b: Atom) -> tuple[Atom, ...]:
+    """Atoms covering every row in both ``a`` and ``b``."""
+    if a.name != b.name:
+        return (a,) if _rank(a) <= _rank(b) else (b,)
+    if isinstance(a, Eq) and isinstance(b, Eq):
+        values = a.values & b.values
+    elif isinstance(a, Eq) and isinstance(b, Range):
+        values = frozenset(v for v in a.values if b.holds(v))
+    elif isinstance(a, Range) and isinstance(b, Eq):
+        values = frozenset(v for v in b.values if a.holds(v))
+    else:
+        assert isinstance(a, Range) and isinstance(b, Range)
+        both = a.meet(b)
+        return (both,) if both is not None else ()
+    return (Eq(a.name, values),) if values else ()
+
+
+def _cand_and(a: Candidates, b: Candidates) -> Candidates:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if len(a) * len(b) <= _MAX_PRODUCT:
+        return tuple(atom for x in a for y in b for atom in _meet(x, y))
+    return a if max(map(_rank, a), default=0) <= max(map(_rank, b), default=0) else b
+
+
+def _cand_or(a: Candidates, b: Candidates) -> Candidates:
+    return None if a is None or b is None else a + b
+
+
+def _cand_not(a: Candidates) -> Candidates:
+    return None
+
+
+def _test_candidates(test: Test, family: int | None) -> Candidates:
+    """The rows of an address table that can pass ``test`` (None: any row)."""
+    name, value, kind = test.name, test.value, test.kind
+    if name not in INDEXED:
+        return None
+    if kind == "=":
+        if name == "comment" and value == "":
+            return None  # every row without a comment passes
+        # list and address are always present; comment, list and stored addresses
+        # compare as plain text, an address also by its stored form.
+        values = {value}
+        if name == "address":
+            values.add(str(_canonical(name, value, family)))
+        return (Eq(name, frozenset(values)),)
+    if kind in ("<", ">") and name == "comment" and _order_key(name, value)[0] == 2:
+        # Text that is neither a number nor an address is compared as text with
+        # whatever a row holds (``Test.evaluate``: mixed kinds compare as text).
+        if kind == "<":
+            return (Range(name, high=value),)
+        return (Range(name, low=value),)
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
@@ -261,6 +376,22 @@ class Query:
             else:
                 stack = step.apply(stack)
         return all(stack)
+
+    def candidates(self) -> Candidates:
+        """For an address table's query (``stored``): atoms whose rows include every row
+        the query selects, or None when no index can tell (see the module doc)."""
+        if not self.stored or self.family is None:
+            return None
+        stack: list[Candidates] = []
+        for step in self.steps:
+            if isinstance(step, Test):
+                stack.append(_test_candidates(step, self.family))
+            else:
+                stack = step.run(stack, None, _cand_not, _cand_and, _cand_or)
+        found: Candidates = None
+        for item in stack:
+            found = _cand_and(found, item)
+        return found
 
     @property
     def list_filter(self) -> str | None:
