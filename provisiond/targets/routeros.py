@@ -13,7 +13,8 @@ A scoped pass (``observe(scope)``) reads only the scope's part: one print per fa
 over all lists, selecting entries whose comment carries the marker of a scoped account
 (a range query: ``provisiond:1042`` <= comment < ``provisiond:1042!``, so ``1042 Name``
 but not ``10420``) or whose address a scoped account wants. A router scans its whole
-table for every print whatever the query, so fewer, wider prints are cheaper.
+table for every print whatever the query, so fewer, wider prints are cheaper; they go
+out together, tagged, like the full read's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ logging.getLogger("librouteros").setLevel(logging.INFO)
 
 MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
+SCOPED_PROPLIST_WORD = "=.proplist=" + ",".join(PROPLIST)  # a scoped print spans every list
 # A full read's prints are filtered by list: the list is known from the print, and
 # nothing reads ``timeout``. Fewer words per row for the router to write and us to read.
 PRINT_PROPLIST_WORD = "=.proplist=.id,address,comment,dynamic,disabled"
@@ -412,33 +414,70 @@ class RouterTarget:
         for r in scope.wanted.values():
             if r.kind == "address-list":
                 wanted[family(r.get("address"))].add(r.get("address"))
-        for fam in (4, 6):
-            for words in self._scope_queries(sorted(scope.accounts), sorted(wanted[fam])):
-                for row in self._query(fam, words):
-                    ref = str(row.get(".id", ""))
-                    list_name = str(row.get("list", ""))
-                    if list_name not in managed or (ref and (fam, ref) in seen):
-                        continue  # not a managed list, or matched by comment and address
-                    seen.add((fam, ref))
-                    key, entry, why, item = self._classify(row, list_name)
-                    if entry is not None and entry.account_id in scope.accounts:
+        prints = [((fam, n), (f"/{'/'.join(MENUS[fam])}/print", SCOPED_PROPLIST_WORD, *words))
+                  for fam in (4, 6)
+                  for n, words in enumerate(self._scope_queries(sorted(scope.accounts), sorted(wanted[fam])))]
+        for (fam, _), rows in zip((token for token, _ in prints), self._print_all(prints)):
+            for row in rows:
+                ref = row.get(".id", "")
+                list_name = row.get("list", "")
+                if list_name not in managed or (ref and (fam, ref) in seen):
+                    continue  # not a managed list, or matched by comment and address
+                seen.add((fam, ref))
+                key, entry, why, item = self._classify(row, list_name)
+                if entry is not None and entry.account_id in scope.accounts:
+                    digest.append(item)
+                    if key in owned:
+                        surplus.append(entry)
+                    else:
+                        owned[key] = entry
+                elif key in scope.wanted:
+                    if entry is not None:
+                        others.add(entry.account_id)  # only a full pass may decide
+                    else:
                         digest.append(item)
-                        if key in owned:
-                            surplus.append(entry)
-                        else:
-                            owned[key] = entry
-                    elif key in scope.wanted:
-                        if entry is not None:
-                            others.add(entry.account_id)  # only a full pass may decide
-                        else:
-                            digest.append(item)
-                            foreign.setdefault(key, why)
+                        foreign.setdefault(key, why)
         existing = scope.existing if scope.existing is not None else self._count_lists()
         log.debug("%s: scoped observe accounts=%d owned=%d foreign=%d others=%d", self.name,
                   len(scope.accounts), len(owned), len(foreign), len(others))
         return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
                         checksum=observed_digest(digest), others=frozenset(others),
                         existing=existing)
+
+    def _print_all(self, prints: Sequence[tuple[tuple[int, int], Sequence[str]]]) -> list[list[dict[str, str]]]:
+        """The rows of every print (as printed: text), each print's in the order sent.
+
+        All go out at once, tagged (one round trip, not one per print); the rows are
+        kept per print and handed back in the order of ``prints``, so nothing depends
+        on how the router interleaves its answers."""
+        rows: dict[tuple[int, int], list[dict[str, str]]] = {token: [] for token, _ in prints}
+
+        def answered(token: tuple[int, int], answer: Answer) -> None:
+            if answer.traps:
+                raise TargetError(self.name, f"scoped print refused: {answer.traps[0]}")
+
+        def row(token: tuple[int, int], words: Sequence[str]) -> None:
+            rows[token].append(dict(word[1:].partition("=")[::2] for word in words if word.startswith("=")))
+
+        if prints:
+            try:
+                pipeline.run(self._wire_or_unavailable(), prints,
+                             window=max(self.settings.pipeline, len(prints)),
+                             on_answer=answered, on_row=row, tags=self._tags)
+            except TargetError:
+                self.close()  # the other prints' answers may still be on the connection
+                raise
+            except (OSError, LibRouterosError) as exc:
+                self.close()
+                raise TargetUnavailable(self.name, f"scoped read failed: {_why(exc)}") from exc
+            except (UnexpectedReply, *MALFORMED) as exc:
+                self.close()
+                raise TargetError(self.name, f"scoped print: malformed reply from the router "
+                                             f"({_malformed(exc)}); nothing planned") from exc
+            except BaseException:
+                self.close()  # the rest of the answers are still on the connection
+                raise
+        return [rows[token] for token, _ in prints]
 
     def _scope_queries(self, accounts: list[str], addresses: list[str]) -> Iterator[list[str]]:
         """Query words: OR over a chunk of accounts' marker ranges and wanted addresses."""
@@ -458,23 +497,6 @@ class RouterTarget:
             if terms:  # no words at all would print the whole table
                 words += ["?#|"] * (terms - 1)
                 yield words
-
-    def _query(self, fam: int, words: list[str]) -> Iterator[Mapping[str, Any]]:
-        path = self._api_or_connect().path(*MENUS[fam])
-        try:
-            yield from path.select(*PROPLIST).where(words)
-        except TrapError as exc:
-            raise TargetError(self.name, f"scoped print refused: {exc.message}") from exc
-        except (OSError, LibRouterosError) as exc:
-            self.close()
-            raise TargetUnavailable(self.name, f"scoped read failed: {_why(exc)}") from exc
-        except MALFORMED as exc:
-            self.close()
-            raise TargetError(self.name, f"scoped print: malformed reply from the router "
-                                         f"({_malformed(exc)}); nothing planned") from exc
-        except BaseException:
-            self.close()  # the rest of the print's answer is still on the connection
-            raise
 
     def _count_lists(self) -> dict[str, int]:
         """Entries per managed list (``count-only``; hand-made ones included): the safety
