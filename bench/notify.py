@@ -8,7 +8,8 @@ process (interval 1 h: every pass after the first is NOTIFY-driven), waits for i
 another group one at a time: each UPDATE is timed from its COMMIT to the end of the pass
 that put the entry on every router (the daemon's log line; its clock is this machine's),
 and checked on every router afterwards. The floor: one print selecting an address (a
-scan of the whole table, as every router query is) plus one add, on every router at
+scan of the whole table on a router, as every query is; the simulator answers it from its
+address index, as it answers a scoped pass's prints) plus one add, on every router at
 once: the least a client that keeps no copy of the routers' lists must do per change.
 """
 
@@ -82,8 +83,8 @@ def _present(api: object, list_: str, addr: str) -> bool:
 
 
 def _floor(scenario: Scenario, runs: int) -> float:
-    """p50 of: a print selecting one address (a router scans its whole table for it)
-    and an add of one entry, on every router at once."""
+    """p50 of: a print selecting one address (a router scans its whole table for it; the
+    simulator looks it up) and an add of one entry, on every router at once."""
     apis = _apis(scenario)
     times = []
     try:
