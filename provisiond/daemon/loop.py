@@ -161,13 +161,15 @@ class Daemon:
         while True:
             self._heartbeat = time.monotonic()
             info = signal.sigtimedwait(SIGNALS, LOOP_TICK)
-            if info is not None:
-                if info.si_signo == signal.SIGHUP:
-                    self._reload()
-                else:
-                    log.info("signal=%s: stopping; no new pass starts, the one in flight "
-                             "finishes", signal.Signals(info.si_signo).name)
-                    return
+            # A tracer stopping and resuming the process (py-spy, gdb) can end the wait
+            # with signal number 0: not a signal of ours.
+            signo = info.si_signo if info is not None else 0
+            if signo == signal.SIGHUP:
+                self._reload()
+            elif signo in SIGNALS:
+                log.info("signal=%s: stopping; no new pass starts, the one in flight "
+                         "finishes", signal.Signals(signo).name)
+                return
             if not self.leading and time.monotonic() >= next_try:
                 next_try = time.monotonic() + _standby_poll(self.settings)
                 if self.leader.acquire():

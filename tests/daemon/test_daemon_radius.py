@@ -88,8 +88,8 @@ retries = 2
 
     billing.join("Tower Hosts", 1001)  # the interval is 300 s: NOTIFY drives what follows
     wait_until(lambda: any(e["address"] == "100.64.0.1" for e in router.entries("ip", "tower-hosts")),
-               timeout=5, what="the router entry")
-    wait_until(lambda: nas.received, timeout=5, what="the Disconnect-Request")
+               timeout=20, what="the router entry")
+    wait_until(lambda: nas.received, timeout=20, what="the Disconnect-Request")
     code, attrs = fr.authenticate("tower1001", "pw1001")
     assert code == 2
     assert attrs["Mikrotik-Rate-Limit"] == ["50M/50M"]
