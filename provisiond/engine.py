@@ -516,8 +516,14 @@ class Reconciler:
         A full apply moves the managed counts to what the target holds after it (its
         plan counted before: an empty router would stay 0); a scoped apply adds its
         deletes and updates to those since the last full pass, checked against the
-        counts as that full pass left them.
+        counts as that full pass left them. A target whose apply failed part-way may
+        hold writes it never acknowledged (a reply lost with the connection): its counts
+        are forgotten, and scoped passes count it on the target until the next full pass.
         """
+        if outcome.error is not None:
+            self._existing.pop(outcome.target, None)
+            self._since_full.pop(outcome.target, None)
+            return
         if scoped:
             since = self._since_full.setdefault(outcome.target, {})
             for change in outcome.applied:  # creates too: _would_empty counts them

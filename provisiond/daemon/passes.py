@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -240,6 +240,7 @@ class PassRunner:
         self._rec: Any = None
         self._pending: Settings | None = None
         self._learnt: Any = None  # what the last isolated full pass learnt, for scoped ones
+        self._in_child = False  # the pass in flight is a full one in its own process
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
         self.first_progress: Display | None = None  # shown around the next apply only
@@ -313,9 +314,12 @@ class PassRunner:
         except ProvisiondError as exc:  # the state store, or a target failing outside plan/apply
             outcome = Outcome("error", str(exc))
             log.error("pass result=error %s; nothing more written this pass", exc)
-            if self._rec is not None:  # rebuild everything next pass
+            if self._rec is not None and not self._in_child:  # rebuild everything next pass
                 self._rec.close()
                 self._rec = None
+            # It may have written part of its changes: no remembered count is trusted
+            # until the next full pass (scoped passes count each list on the target).
+            self._forget_counts()
         accounts = self._scope  # a scoped pass may have widened
         outcome.duration = time.monotonic() - started
         self.metrics.passes.labels(outcome.result).inc()
@@ -344,6 +348,8 @@ class PassRunner:
 
     def _digest(self, may_write: Callable[[], bool] | None) -> Digest:
         """Plan and apply this pass: here, or (a full pass, isolated) in its own process."""
+        self._in_child = False
+        self._swap()  # a reload takes effect before anything of this pass is decided
         dry_run = self.settings.daemon.dry_run
         if not self.isolate:
             rec = self._reconciler()
@@ -360,15 +366,24 @@ class PassRunner:
             self._scope = None  # widened: only a full pass may decide
         from provisiond.daemon import worker
 
-        self._swap()
         skip = frozenset(n for n in self._names() if self._skip(n))
         display, self.first_progress = self.first_progress, None
+        self._in_child = True
         digest = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
         self._learnt = digest.remembered
         digest.remembered = None
         if self._rec is not None and self._learnt is not None:
             self._rec.absorb(self._learnt)
         return digest
+
+    def _forget_counts(self) -> None:
+        """Managed counts from the last full pass are stale after a failed pass: keep
+        the rest of what it learnt, and let targets count live until the next one."""
+        if self._learnt is None:
+            return
+        self._learnt = replace(self._learnt, existing={})
+        if self._rec is not None:
+            self._rec.absorb(self._learnt)
 
     def _here(self, rec: Any, pp: Any, dry_run: bool, may_write: Callable[[], bool] | None) -> Digest:
         display, self.first_progress = self.first_progress, None

@@ -14,14 +14,15 @@ The full-pass process talks to the daemon over one socket pair (multiprocessing'
 handlers, so format and redaction are the daemon's), its progress ticks (the first
 pass's bars), the leader question before every write (``may_write``), and at the end
 the Digest or the error. It blocks SIGTERM as the daemon does, so a SIGTERM lets the
-pass in flight finish, as before. If the daemon dies, the process's next leader
-question goes unanswered and it writes nothing more.
+pass in flight finish, as before. If the daemon dies (the watchdog's SIGABRT, a
+kill -9), the process exits within PARENT_POLL: a standby may lead by now.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -40,6 +41,8 @@ from provisiond.settings import Settings
 log = logging.getLogger(__name__)
 
 TICK_EVERY = 0.1  # seconds between progress messages of one target
+PARENT_POLL = 0.5  # seconds between checks that the daemon is still there
+EXIT_ORPHANED = 3
 
 # Errors that cross the pipe by name: run_once tells them apart.
 _ERRORS: dict[str, Callable[[str], ProvisiondError]] = {
@@ -53,6 +56,10 @@ class WorkerDied(ProvisiondError):
     """The full-pass process ended without a result (killed, out of memory)."""
 
 
+class WorkerCrashed(ProvisiondError):
+    """The full-pass process failed with an unexpected exception (its traceback inside)."""
+
+
 def full_pass(
     settings: Settings,
     *,
@@ -63,11 +70,14 @@ def full_pass(
     """Run one full pass in a new process and return its Digest (with ``remembered``).
 
     Raises what the pass raised (SourceError, ConfigError, …), ``WorkerDied`` when the
-    process ended without an answer, RuntimeError for a crash (its traceback inside)."""
+    process ended without an answer, ``WorkerCrashed`` for an unexpected exception."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "provisiond.daemon.worker", str(theirs.fileno())],
+            # -P: the working directory (the state directory, under systemd) is not
+            # put on the module path.
+            [sys.executable, "-P", "-m", "provisiond.daemon.worker", str(theirs.fileno()),
+             str(os.getpid())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -132,13 +142,13 @@ def _serve(
             known = next((n for n in names if n in _ERRORS), None)
             raise (_ERRORS[known] if known else ProvisiondError)(text)
         elif kind == "crash":
-            raise RuntimeError(f"the full-pass process crashed:\n{message[1]}")
+            raise WorkerCrashed(f"the full-pass process crashed:\n{message[1]}")
 
 
 def _levels() -> dict[str, int]:
     """The daemon's logger levels (root as ""), for the full-pass process to filter alike."""
     out = {"": logging.getLogger().level}
-    for name, logger in logging.Logger.manager.loggerDict.items():
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
             out[name] = logger.level
     return out
@@ -227,11 +237,15 @@ class _Ticks:
             self.channel.send("tick", target, n)
 
 
-def main(fd: int) -> int:
-    """``python -m provisiond.daemon.worker FD``: one full pass for the daemon on the
-    other end of socket ``FD``."""
+def main(fd: int, parent: int) -> int:
+    """``python -m provisiond.daemon.worker FD PID``: one full pass for the daemon
+    ``PID`` on the other end of socket ``FD``."""
     # As in the daemon: a SIGTERM lets the pass in flight finish (the daemon waits for it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    # But not after the daemon is gone (the watchdog's SIGABRT, a kill -9): a standby may
+    # lead by now. Its writes died with it when passes ran inside it; so do they here.
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch",
+                     daemon=True).start()
     conn = Connection(fd)
     try:
         settings, skip, levels, progress = conn.recv()
@@ -241,9 +255,18 @@ def main(fd: int) -> int:
     return 0
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit at once when ``parent`` is no longer this process's parent (it died, even
+    before this process got going: then it was re-parented already)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(EXIT_ORPHANED)
+
+
 def _child(conn: Connection, settings: Settings, skip: frozenset[str],
            levels: dict[str, int], progress: bool) -> None:
     channel = _Channel(conn)
+    logging.raiseExceptions = False  # a record that cannot be sent is dropped, never printed raw
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -279,4 +302,4 @@ def _child(conn: Connection, settings: Settings, skip: frozenset[str],
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1])))
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
