@@ -25,6 +25,7 @@ import logging
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import librouteros
 import librouteros.login
 from librouteros.connections import SocketTransport
 from librouteros.exceptions import ConnectionClosed, FatalError, LibRouterosError, TrapError
-from librouteros.protocol import decode_length, determine_length, encode_sentence
+from librouteros.protocol import decode_length, determine_length, encode_sentence, encode_word
 from librouteros.query import Key as RosKey
 
 from provisiond.core.addresses import family, is_canonical_v4, routeros_form, span
@@ -179,6 +180,48 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         start = self._pos + head
         self._pos = start + length
         words.append(self._buf[start:self._pos].decode(encoding, "ignore"))
+        return True
+
+    def skim(self, take: Callable[[bytes, bytes, bytes], bool]) -> bool:
+        """Offer the next sentence, undecoded, to ``take(tag, id, rest)`` and drop it if
+        ``take`` returns True; False (nothing read) unless it is wholly buffered and a
+        ``!re`` of words shorter than 128 bytes: one ``.tag=``, one ``=.id=``, and the
+        rest one run of ``=`` words (``rest``: those words as sent, lengths included).
+        Anything else is left for ``read_sentence``."""
+        buf, pos = self._buf, self._pos
+        if buf[pos:pos + 4] != b"\x03!re":
+            return False
+        end = len(buf)
+        p = pos + 4
+        tag = ref = b""
+        first = last = -1  # where the run of other words starts and ends
+        while True:
+            if p >= end:
+                return False
+            length = buf[p]
+            if length == 0:
+                break
+            stop = p + 1 + length
+            if length >= 0x80 or stop > end:
+                return False
+            if buf[p + 1:p + 6] == b".tag=":
+                if tag:
+                    return False
+                tag = buf[p + 6:stop]
+            elif buf[p + 1:p + 6] == b"=.id=":
+                if ref:
+                    return False
+                ref = buf[p + 6:stop]
+            elif buf[p + 1] == 0x3D and (first < 0 or last == p):
+                if first < 0:
+                    first = p
+                last = stop
+            else:
+                return False
+            p = stop
+        if not (tag and ref and first >= 0) or not take(tag, ref, buf[first:last]):
+            return False
+        self._pos = p + 1
         return True
 
     def prefetch(self, until: Callable[[], bool], *, limit: int, poll: float) -> None:
@@ -338,13 +381,14 @@ class RouterTarget:
 
     def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
         wire = self._wire_or_unavailable()
-        reader = _ListReader(self, wire, desired)
         prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))
                   for fam in (4, 6) for name in self.lists]
+        tags = _Recorded(self._tags)
+        reader = _ListReader(self, wire, desired, [token for token, _ in prints], tags.given)
         try:
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
                          on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
-                         tags=self._tags)
+                         tags=tags)
         except TargetError:
             self.close()
             raise
@@ -683,7 +727,11 @@ class ApiWire:
         self._protocol = api.protocol
         self._transport = api.protocol.transport
         self._encoding: str = api.protocol.encoding
+        self.encoding = self._encoding
         self._buffered = self._transport if isinstance(self._transport, BufferedTransport) else None
+        # Set by a full read once it knows the desired state: rows it takes as they are
+        # on the wire (``BufferedTransport.skim``) never reach the pipeline.
+        self.rows: Callable[[bytes, bytes, bytes], bool] | None = None
 
     def encode(self, words: Sequence[str]) -> bytes:
         data: bytes = encode_sentence(*words, encoding=self._encoding)
@@ -694,6 +742,9 @@ class ApiWire:
 
     def read_sentence(self) -> Sequence[str]:
         if self._buffered is not None:
+            if self.rows is not None:
+                while self._buffered.skim(self.rows):
+                    pass
             words: Sequence[str] = self._buffered.read_sentence(self._encoding)
         else:
             words = tuple(iter(self._protocol.readWord, ""))
@@ -714,6 +765,19 @@ class ApiWire:
             self._buffered.prefetch(until, limit=limit, poll=poll)
 
 
+class _Recorded(Iterator[int]):
+    """An iterator of command tags that remembers the ones it gave out, in order."""
+
+    def __init__(self, source: Iterator[int]) -> None:
+        self._source = source
+        self.given: list[int] = []
+
+    def __next__(self) -> int:
+        tag = next(self._source)
+        self.given.append(tag)
+        return tag
+
+
 class _ListReader:
     """The rows of one router's prints -> an ``Observed``, compared with the desired state.
 
@@ -722,16 +786,25 @@ class _ListReader:
     address in RouterOS form); then either nothing more (an own entry exactly as
     desired: taken out of ``_left``, the desired entries not found yet) or a Resource in
     ``owned`` / ``surplus``, or a reason in ``foreign``.
+
+    Once one row showed the order the router sends a row's properties in, a row that is
+    byte for byte what a desired entry would print (``_tails``) is taken as it is on the
+    wire (``take``): the same digest and the same count, without decoding its words.
     """
 
     def __init__(self, target: RouterTarget, wire: ApiWire,
-                 desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> None:
+                 desired: Future[Mapping[str, Mapping[Key, Resource]]],
+                 tokens: Sequence[tuple[int, str]], tags: Sequence[int]) -> None:
         self._target = target
         self._wire = wire
         self._head = f"{target.marker.prefix}:"
         self._desired = desired
         self._lists: Mapping[str, Mapping[str, Entry]] = {}
         self._left: dict[str, dict[str, Entry]] = {}
+        self._tokens, self._tags = tokens, tags
+        self._tag_of: dict[tuple[int, str], bytes] = {}
+        self._reading: dict[bytes, str] = {}  # tag -> list, for the prints not answered yet
+        self._tails: dict[str, Mapping[bytes, str]] | None = None  # None: not learnt yet
         self.digest = DigestSum()
         self.owned: dict[Key, Resource] = {}
         self.foreign: dict[Key, str] = {}
@@ -747,6 +820,8 @@ class _ListReader:
             want = _as_entries(want)
         self._lists = want.lists
         self._left = {name: dict(self._lists.get(name, {})) for name in self._target.lists}
+        self._tag_of = {token: str(tag).encode() for token, tag in zip(self._tokens, self._tags)}
+        self._reading = {tag: token[1] for token, tag in self._tag_of.items()}
 
     def reading(self) -> str:
         """The list whose print was being read (the first not answered yet)."""
@@ -755,6 +830,7 @@ class _ListReader:
 
     def answered(self, token: tuple[int, str], answer: Answer) -> None:
         self._done.add(token)
+        self._reading.pop(self._tag_of.get(token, b""), None)
         if answer.traps:
             raise TargetError(self._target.name, f"print {token[1]} refused: {answer.traps[0]}")
 
@@ -790,6 +866,8 @@ class _ListReader:
         if entry is not None:
             if (entry[0] == comment and not disabled
                     and (not self.owned or _key(list_name, address) not in self.owned)):
+                if self._tails is None:
+                    self._learn(words)
                 return  # in step: it stays out of ``_left``
             left[address] = entry  # not as desired: compared as owned below
         key, resource, why, _ = self._target._classify(
@@ -804,6 +882,39 @@ class _ListReader:
         else:
             self.owned[key] = resource
 
+    def _learn(self, words: Sequence[str]) -> None:
+        """An own row in step shows the order of a row's properties: from now on, rows
+        that are exactly a desired entry in that order are taken undecoded."""
+        order = tuple(w[1:].partition("=")[0] for w in words if not w.startswith("=.id="))
+        self._tails = {}
+        if sorted(order) != ["address", "comment", "disabled", "dynamic"]:
+            return  # another shape: every row is read word by word
+        encoding = self._wire.encoding
+        self._tails = {name: _tails(self._desired, self._lists.get(name, {}), order,
+                                    self._head, encoding)
+                       for name in self._target.lists}
+        self._wire.rows = self.take
+
+    def take(self, tag: bytes, ref: bytes, rest: bytes) -> bool:
+        """A row as it is on the wire: True when it is a desired entry exactly, in
+        step, counted and digested as ``row`` would; False leaves it to ``row``."""
+        name = self._reading.get(tag)
+        if name is None or self._tails is None:
+            return False
+        address = self._tails[name].get(rest)
+        if address is None:
+            return False
+        left = self._left[name]
+        entry = left.pop(address, None)
+        if entry is None:
+            return False
+        if self.owned and _key(name, address) in self.owned:
+            left[address] = entry
+            return False
+        self.digest.add(f"{ref.decode(self._wire.encoding, 'ignore')}\0{name}\0{address}"
+                        f"\0{entry[0]}\0false\0False")
+        return True
+
     def observed(self) -> Observed:
         # What is left is copied: a dict keeps its size after its entries are popped.
         steps = ListSteps(self._lists, {name: dict(left) for name, left in self._left.items()})
@@ -812,6 +923,40 @@ class _ListReader:
             existing[r.group] = existing.get(r.group, 0) + 1
         return Observed(owned=self.owned, foreign=self.foreign, surplus=tuple(self.surplus),
                         checksum=self.digest.hexdigest(), in_step=steps, existing=existing)
+
+
+_TAILS: weakref.WeakKeyDictionary[Future[Any], dict[tuple[int, tuple[str, ...]], dict[bytes, str]]] = (
+    weakref.WeakKeyDictionary())
+_TAILS_LOCK = threading.Lock()
+
+
+def _tails(desired: Future[Any], entries: Mapping[str, Entry], order: tuple[str, ...], head: str,
+           encoding: str) -> Mapping[bytes, str]:
+    """``{the words after .id a router prints for an entry exactly as desired: address}``
+    for one list, with the properties in ``order``; made once per pass and list for
+    every router reading it (the desired lists are shared)."""
+    with _TAILS_LOCK:
+        made = _TAILS.setdefault(desired, {})
+        found = made.get((id(entries), order))
+        if found is not None:
+            return found
+        fixed = {"dynamic": _word("=dynamic=false", encoding), "disabled": _word("=disabled=false", encoding)}
+        parts = [fixed.get(name, b"") for name in order]
+        at_address, at_comment = order.index("address"), order.index("comment")
+        out: dict[bytes, str] = {}
+        for address, (comment, _) in entries.items():
+            if comment.startswith(head):
+                parts[at_address] = _word(f"=address={address}", encoding)
+                parts[at_comment] = _word(f"=comment={comment}", encoding)
+                out[b"".join(parts)] = address
+        made[(id(entries), order)] = out
+        return out
+
+
+def _word(text: str, encoding: str) -> bytes:
+    """A word as sent (librouteros's encoder: its length, then its bytes)."""
+    data: bytes = encode_word(text, encoding=encoding)
+    return data
 
 
 def _key(list_name: str, address: str) -> Key:

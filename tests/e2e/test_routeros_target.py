@@ -188,3 +188,39 @@ def test_answers_received_while_billing_is_read_are_compared_as_if_it_had_been_d
         t.observe_against(_BillingDoneAfter({"core-1": want}, looks, fails=True))
     assert _summary(t.observe_against(known)) == _summary(first)
     t.close()
+
+
+def test_rows_taken_as_they_are_on_the_wire_observe_what_reading_every_word_observes(
+        sim: RouterSim, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a row showed the router's property order, rows that are byte for byte a
+    desired entry are taken undecoded; the observation (digest, counts, owned, surplus,
+    foreign, what diff plans) is the one reading every row word by word gives."""
+    t = _target(sim)
+    accounts = [Account(str(i), f"Tower {i}" + ("x" * 130 if i % 17 == 0 else "")) for i in range(120)]
+    entries = [address_list_entry("l", f"10.2.{i >> 8}.{i & 255}", a, "provisiond")
+               for i, a in enumerate(accounts)]
+    entries += [address_list_entry("l", f"2001:db8::{i:x}/128", a, "provisiond")
+                for i, a in enumerate(accounts[:30])]
+    assert t.apply(Plan("core-1", "routeros", tuple(Create(e) for e in entries))).ok
+    want = {e.key: e for e in entries[5:]}  # 0-4 surplus
+    want[entries[7].key] = address_list_entry("l", "10.2.0.7", Account("7", "Renamed"), "provisiond")
+    for address, comment, dynamic, disabled in [
+            ("10.2.0.9", "provisiond:9 Tower 9", False, False),  # a second own entry on one key
+            ("10.2.0.11", "provisiond:11 Tower 11", True, False),  # dynamic, marked
+            ("10.2.0.200", "hand-made", False, False),  # on a key billing wants
+            ("10.2.0.201", "provisiond:201 Tower 201", False, True)]:  # disabled, billing wants
+        sim.add_entry("ip", list_name="l", address=address, comment=comment, dynamic=dynamic,
+                      disabled=disabled, allow_duplicate=True)
+    for i in (200, 201):
+        e = address_list_entry("l", f"10.2.0.{i}", Account(str(i), f"Tower {i}"), "provisiond")
+        want[e.key] = e
+    known: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
+    known.set_result({"core-1": want})
+    fast = t.observe_against(known)
+    monkeypatch.setattr(routeros._ListReader, "_learn", lambda self, words: None)
+    slow = t.observe_against(known)
+    assert _summary(fast) == _summary(slow)
+    assert [k for k in want if k in fast.in_step] == [k for k in want if k in slow.in_step]
+    assert diff(fast, want) == diff(slow, want)
+    assert dict(fast.existing or {}) == {"l": 151}  # 150 made, the disabled one; not the duplicate
+    t.close()
