@@ -17,9 +17,10 @@ type (an integer column must match ``'1042'``).
 
 from __future__ import annotations
 
-import logging
 import itertools
-from collections.abc import Collection, Iterable, Iterator
+import logging
+import operator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -245,8 +246,10 @@ class SqlSource:
         return snapshot
 
     @staticmethod
-    def _rows(conn: Connection, query: Any, params: dict[str, Any]) -> Iterator[Row]:
-        """The REQUIRED_COLUMNS of every row, streamed, in that order."""
+    def _rows(conn: Connection, query: Any, params: dict[str, Any]) -> Iterable[Row]:
+        """The REQUIRED_COLUMNS of every row, streamed, in that order: the result's own
+        rows when the query returns just those columns in that order (they unpack like
+        tuples), else each row's columns picked by one ``itemgetter``."""
         result = conn.execution_options(stream_results=True, yield_per=5000).execute(
             query, params
         )
@@ -259,11 +262,9 @@ class SqlSource:
             )
         idx = [keys.index(c) for c in REQUIRED_COLUMNS]
         if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
-            for r in result:
-                yield tuple(r)
-        else:
-            for r in result:
-                yield tuple(r[i] for i in idx)
+            rows: Iterable[Row] = result  # Rows unpack as tuples
+            return rows
+        return map(operator.itemgetter(*idx), result)
 
     def close(self) -> None:
         self._engine.dispose()

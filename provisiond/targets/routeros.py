@@ -946,9 +946,12 @@ def _tails(desired: Future[Any], entries: Mapping[str, Entry], order: tuple[str,
         out: dict[bytes, str] = {}
         for address, (comment, _) in entries.items():
             if comment.startswith(head):
-                parts[at_address] = _word(f"=address={address}", encoding)
-                parts[at_comment] = _word(f"=comment={comment}", encoding)
-                out[b"".join(parts)] = address
+                a = f"=address={address}".encode(encoding)
+                c = f"=comment={comment}".encode(encoding)
+                if len(a) < 0x80 and len(c) < 0x80:  # as ``skim`` takes them: one length byte
+                    parts[at_address] = bytes((len(a),)) + a
+                    parts[at_comment] = bytes((len(c),)) + c
+                    out[b"".join(parts)] = address
         made[(id(entries), order)] = out
         return out
 

@@ -61,3 +61,21 @@ def test_scoped_read_is_the_full_read_narrowed(url: str, id_type: str,
         assert full.scope is None and len(full.accounts) == len(ids)
     finally:
         source.close()
+
+
+def test_columns_in_any_order_and_extra_ones_read_the_same(tmp_path: Path) -> None:
+    """The six columns picked out of a row by name: in another order, with an extra
+    column and with upper-case aliases, billing reads as with the plain query."""
+    url = f"sqlite:///{tmp_path / 'billing.db'}"
+    _fill(url, "INTEGER", [str(i) for i in range(1, 30)])
+    shuffled = """SELECT g.ip AS IP_ADDRESS, 'x' AS unused, NULL AS radius_username, a.status AS status,
+       a.name AS account_name, g.grp AS group_name, a.id AS account_id
+FROM accounts a LEFT JOIN memberships g ON g.account = a.id"""
+    plain, odd = (SqlSource(url, q, timeout=10, display="billing") for q in (QUERY, shuffled))
+    try:
+        a, b = plain.read(), odd.read()
+        assert list(b.accounts.items()) == list(a.accounts.items()) and len(a.accounts) == 29
+        assert (b.rows, b.problems) == (a.rows, a.problems)
+    finally:
+        plain.close()
+        odd.close()
