@@ -187,11 +187,37 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         ``take`` returns True; False (nothing read) unless it is wholly buffered and a
         ``!re`` of words shorter than 128 bytes: one ``.tag=``, one ``=.id=``, and the
         rest one run of ``=`` words (``rest``: those words as sent, lengths included).
-        Anything else is left for ``read_sentence``."""
+        Anything else is left for ``read_sentence``.
+
+        ``take`` accepts only a ``rest`` that is whole words without a NUL byte, so when
+        the tag and the id come first, the rest runs to the first NUL (the sentence's
+        end, if ``take`` accepts it) and its words need no walking."""
         buf, pos = self._buf, self._pos
         if buf[pos:pos + 4] != b"\x03!re":
             return False
         end = len(buf)
+        p = pos + 4
+        tag = ref = b""
+        for _ in range(2):  # the tag and the id, when they come first
+            length = buf[p] if p < end else 0
+            stop = p + 1 + length
+            if not 5 < length < 0x80 or stop > end:
+                break
+            head = buf[p + 1:p + 6]
+            if head == b".tag=" and not tag:
+                tag = buf[p + 6:stop]
+            elif head == b"=.id=" and not ref:
+                ref = buf[p + 6:stop]
+            else:
+                break
+            p = stop
+        else:
+            nul = buf.find(b"\x00", p, end)
+            if nul > p and tag and ref:
+                if not take(tag, ref, buf[p:nul]):
+                    return False
+                self._pos = nul + 1
+                return True
         p = pos + 4
         tag = ref = b""
         first = last = -1  # where the run of other words starts and ends
