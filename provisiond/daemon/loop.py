@@ -111,6 +111,10 @@ class Daemon:
         self._guard = threading.Lock()
         self._in_pass_since: float | None = None
         self._pending = Pending()  # requested passes not started yet
+        # Accounts of scoped passes that left a target out (back-off), asked for again
+        # by one timer once that target may be tried.
+        self._owed = Pending()
+        self._owed_timer: threading.Timer | None = None
         self._requested = False  # the job's next run was moved to now for them
         self._last_full = time.monotonic()
         self._last_job = time.monotonic()
@@ -181,6 +185,8 @@ class Daemon:
         self.notifier.stopping()
         with self._guard:
             self.stopping = True
+            if self._owed_timer is not None:
+                self._owed_timer.cancel()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # waits for the pass in flight
         if self.listener is not None:
@@ -266,6 +272,8 @@ class Daemon:
             if not self._still_leading():
                 return
             outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
+            if outcome.retry is not None:
+                self._owe(*outcome.retry)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
@@ -279,6 +287,25 @@ class Daemon:
                     self._requested = True
             if again:
                 self._run_now()
+
+    def _owe(self, accounts: frozenset[str], delay: float) -> None:
+        """A pass for ``accounts`` in ``delay`` s (the soonest a skipped target is due)."""
+        with self._guard:
+            if self.stopping:
+                return
+            self._owed.add(accounts)
+            if self._owed_timer is not None:
+                return  # the timer already set takes these too
+            timer = self._owed_timer = threading.Timer(delay, self._pay)
+        timer.daemon = True
+        timer.start()
+        log.debug("accounts=%d owed to targets in back-off: a pass in %.1fs", len(accounts), delay)
+
+    def _pay(self) -> None:
+        with self._guard:
+            owed, self._owed, self._owed_timer = self._owed, Pending(), None
+            accounts = owed.take(self.settings.daemon.scope_max_accounts)
+        self.request_pass(accounts, reason="retry")
 
     def _still_leading(self) -> bool:
         if not self.leading:

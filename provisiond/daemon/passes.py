@@ -36,6 +36,7 @@ from provisiond.settings import Settings
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 2.0  # seconds before the first retry of a failed target
+RETRY_MIN = 0.2  # seconds: a scoped pass owed to a target in back-off is retried no sooner
 
 
 class Backoff:
@@ -81,6 +82,9 @@ class Outcome:
     changes: int = 0
     failed: list[str] = field(default_factory=list)
     conflicts: dict[str, int] = field(default_factory=dict)  # target -> entries left alone
+    # A scoped pass that left targets out (back-off) or failed on them: its accounts are
+    # owed to those targets; the daemon asks for a pass for them after ``retry[1]`` s.
+    retry: tuple[frozenset[str], float] | None = None
 
 
 @dataclass(slots=True)
@@ -422,6 +426,12 @@ class PassRunner:
                 m.refusals.labels(target).inc()
                 log.info("target=%s result=refused reason=%r", target, why)
         failed = self._target_failures(digest)
+        owed = failed + [n for n in digest.names if n not in digest.targets]
+        retry = None
+        if self._scope is not None and owed:
+            # Only a full pass would reach them otherwise: the event must not be lost.
+            delay = min(self.backoff.remaining(n) for n in owed)
+            retry = (self._scope, max(RETRY_MIN, delay))
         for pool, share in (digest.pool_utilisation or {}).items():
             m.pool_utilisation.labels(pool).set(share)
         conflicts = {name: t.conflicts for name, t in digest.targets.items() if t.planned}
@@ -430,7 +440,7 @@ class PassRunner:
         line = digest.line
         if dry_run:
             return Outcome("ok" if digest.ok else "partial", line, changes=digest.changes,
-                           failed=failed, conflicts=conflicts)
+                           failed=failed, conflicts=conflicts, retry=retry)
         if failed:
             line += f"; failing: {', '.join(failed)}"
         waiting = [n for n in self.backoff.names() if n not in failed]
@@ -439,7 +449,7 @@ class PassRunner:
         if sum(conflicts.values()):
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
         return Outcome("ok" if digest.ok and not waiting else "partial", line,
-                       changes=digest.changes, failed=failed, conflicts=conflicts)
+                       changes=digest.changes, failed=failed, conflicts=conflicts, retry=retry)
 
     def _target_failures(self, digest: Digest) -> list[str]:
         """Update back-off, error counters and last-success gauges; return the failed names."""

@@ -90,9 +90,8 @@ def full_pass(
             with display:
                 return _serve(conn, proc, may_write, display, ticks)
         return _serve(conn, proc, may_write, None, ticks)
-    except OSError as exc:  # it died before it took its work
-        raise WorkerDied(f"the full-pass process (pid {proc.pid}) could not be given its "
-                         f"work: {exc}") from None
+    except OSError:  # it died before it took its work
+        raise _died(proc) from None
     finally:
         conn.close()
         try:
@@ -113,13 +112,7 @@ def _serve(
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            try:
-                code: int | None = proc.wait(10)
-            except subprocess.TimeoutExpired:
-                code = None
-            raise WorkerDied(f"the full-pass process (pid {proc.pid}) ended with exit code "
-                             f"{code} before it finished; what it wrote is in the journal, "
-                             "the next pass carries on") from None
+            raise _died(proc) from None
         kind = message[0]
         if kind == "log":
             record = logging.makeLogRecord(message[1])
@@ -143,6 +136,16 @@ def _serve(
             raise (_ERRORS[known] if known else ProvisiondError)(text)
         elif kind == "crash":
             raise WorkerCrashed(f"the full-pass process crashed:\n{message[1]}")
+
+
+def _died(proc: subprocess.Popen[bytes]) -> WorkerDied:
+    try:
+        code: int | None = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None
+    return WorkerDied(f"the full-pass process (pid {proc.pid}) ended with exit code {code} "
+                      "before it finished; what it wrote is in the journal, the next pass "
+                      "carries on")
 
 
 def _levels() -> dict[str, int]:

@@ -3,6 +3,7 @@ goes away and comes back, and secrets kept out of the log."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,26 @@ def test_router_down_backs_off_and_converges(
     router.set_down(False)
     wait_until(lambda: listed(router) == addresses(1000, 1001), timeout=10, what="convergence")
     d.wait_log(r"target=core-1 recovered")
+
+
+def test_a_notify_for_a_router_in_back_off_reaches_it_once_it_is_back(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    """A scoped pass leaves a failing router out; the change it carried must still reach
+    that router when its back-off ends, not only at the next interval (an hour here)."""
+    billing.join("Tower Hosts", 1000)
+    d = start(config(daemon={"interval": "3600s", "notify_channel": "provisiond", "retry_max": "1s"}))
+    d.wait_log(r"pass=1 result=ok")
+    router.set_down(True)
+    billing.join("Tower Hosts", 1001)
+    d.wait_log(r"target=core-1 result=unavailable retry_in=1\.0s")
+    router.set_down(False)
+    wait_until(lambda: listed(router) == addresses(1000, 1001), timeout=20,
+               what="the owed change on the router")
+    # Scoped passes only after the first: the retry, not a full pass, brought it.
+    passes = re.findall(r"pass=(\d+) result=\S+ duration=\S+ changes=\d+( scope=\d+)?", d.text())
+    assert passes[0] == ("1", "") and all(scope for _, scope in passes[1:]), passes
 
 
 def test_billing_down_skips_the_pass(
