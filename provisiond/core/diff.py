@@ -38,29 +38,37 @@ def diff(
 ) -> tuple[list[Change], list[Conflict]]:
     """Changes that turn ``observed.owned`` into ``desired``, in apply order.
 
-    Keys in ``observed.in_step`` are already as desired and need nothing.
+    Keys in ``observed.in_step`` are already as desired and need nothing. Desired state
+    that iterates in apply order already (``ListEntries`` of ``address_lists``) keeps
+    that order for its creates: a cold pass's 100,000 per router are not sorted again.
     """
-    changes: list[Change] = [Delete(r) for r in observed.surplus]
+    owned, foreign, in_step = observed.owned, observed.foreign, observed.in_step
+    deletes: list[Change] = [Delete(r) for r in observed.surplus]
+    deletes += [Delete(have) for key, have in owned.items() if key not in desired]
+    creates: list[Change] = []
+    updates: list[Change] = []
     conflicts: list[Conflict] = []
-    for key, have in observed.owned.items():
-        if key not in desired:
-            changes.append(Delete(have))
-    in_step = observed.in_step
-    for key, want in _not_in_step(desired, in_step, observed.owned):
-        have_r = observed.owned.get(key)
+    # Walking a router's left-over entries (``_not_in_step``), nothing met is in step;
+    # an empty in_step (a cold router's) is not asked 100,000 times either.
+    step = bool(in_step) and not _narrowed(desired, in_step)
+    for key, want in _not_in_step(desired, in_step, owned):
+        have_r = owned.get(key) if owned else None
         if have_r is None:
-            if key in in_step:
+            if step and key in in_step:
                 continue
-            why = observed.foreign.get(key)
+            why = foreign.get(key) if foreign else None
             if why is not None:
                 conflicts.append(Conflict(want, why))
             else:
-                changes.append(Create(want))
+                creates.append(Create(want))
         elif have_r.attrs != want.attrs:
-            changes.append(Update(have_r, _with_ref(want, have_r.ref)))
-    changes.sort(key=_sort_key)
+            updates.append(Update(have_r, _with_ref(want, have_r.ref)))
+    deletes.sort(key=_sort_key)
+    if not (isinstance(desired, ListEntries) and desired.ordered):
+        creates.sort(key=_sort_key)  # else met in that order: left-overs keep it
+    updates.sort(key=_sort_key)
     conflicts.sort(key=lambda c: (c.resource.group, _ident_key(c.resource)))
-    return changes, conflicts
+    return deletes + creates + updates, conflicts
 
 
 def _not_in_step(
@@ -69,10 +77,10 @@ def _not_in_step(
     """The desired items that may need a change: all of them, or (a router's entries
     against what it found in step over those very entries) only those left over, list
     by list, without a look-up per entry."""
-    if not (isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
-            and in_step.lists is desired.lists):
+    if not _narrowed(desired, in_step):
         yield from desired.items()
         return
+    assert isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
     for name, entries in desired.lists.items():
         left = in_step.left.get(name, entries)
         for address, entry in left.items():
@@ -83,6 +91,12 @@ def _not_in_step(
     for key in owned:
         if key in in_step and key in desired:
             yield key, desired[key]
+
+
+def _narrowed(desired: Mapping[Key, Resource], in_step: Container[Key]) -> bool:
+    """A router's entries against what it found in step over those very entries."""
+    return (isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
+            and in_step.lists is desired.lists)
 
 
 def _with_ref(r: Resource, ref: str) -> Resource:
