@@ -691,11 +691,10 @@ class Reconciler:
                 return ApplyResult(target=plan.target,
                                    error=f"{plan.target}: not applied: lost the leader lock")
             tick = progress(plan.target, len(plan.changes)) if progress is not None else None
-            outcome = by_name[plan.target].apply(plan, progress=tick)
-            # Journalled from the worker, so one target's journal is written while the
-            # slower targets are still applying.
-            self._journal(run_id, outcome)
-            return outcome
+            # Journalled as it goes: the target hands over what it did in parts, and the
+            # store writes them in the background while the target applies the rest.
+            return by_name[plan.target].apply(
+                plan, progress=tick, report=lambda part: self._journal(run_id, part, wait=False))
 
         for plan, outcome in _each(todo, one):
             if isinstance(outcome, str):
@@ -714,14 +713,15 @@ class Reconciler:
         s = self.settings.safety
         return Safety(s.max_delete_ratio, s.max_update_ratio, s.min_existing)
 
-    def _journal(self, run_id: str, outcome: ApplyResult) -> None:
+    def _journal(self, run_id: str, outcome: ApplyResult, *, wait: bool = True) -> None:
         if self.store is None:
             return
         if outcome.applied or outcome.failed or outcome.conflicts:
             # A cold apply journals 100,000 changes per router: the store makes the rows
             # straight from the changes, in chunks, never one list of dicts.
             self.store.journal_changes(run_id, outcome.target, applied=outcome.applied,
-                                       failed=outcome.failed, conflicts=outcome.conflicts)
+                                       failed=outcome.failed, conflicts=outcome.conflicts,
+                                       wait=wait)
 
     def load_saved(self, doc: Mapping[str, Any]) -> PassPlan:
         """Rebuild a saved JSON plan and check every target is still as it was observed."""

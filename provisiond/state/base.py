@@ -38,8 +38,10 @@ class Store(Protocol):
     def journal_changes(
         self, run_id: str, target: str, *, applied: Iterable[Change] = (),
         failed: Iterable[tuple[Change, str]] = (), conflicts: Iterable[Conflict] = (),
-        at: datetime | None = None,
-    ) -> None: ...
+        at: datetime | None = None, wait: bool = True,
+    ) -> None:
+        """``wait=False``: queued, written by ``finish_run`` at the latest."""
+        ...
 
     def radreply_owned(self) -> set[tuple[str, str]]: ...
 

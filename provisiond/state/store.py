@@ -26,8 +26,9 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,6 +131,20 @@ leases_t = sa.Table(
 _JOURNAL_SKIP = frozenset({"action", "kind", "group", "account_id", "result", "message"})
 _DETAIL_ENCODER = json.JSONEncoder(sort_keys=True, default=str)  # one encoder, not one per row
 JOURNAL_CHUNK = 20_000  # journal rows per executemany (and per transaction)
+_JOURNAL_COLUMNS = ("run_id", "at", "target", "action", "kind", "group_name", "account_id",
+                    "detail", "result", "message")
+# A journal row after its (run_id, at, target): action, kind, group, account_id, detail
+# (unencoded), result, message.
+_JournalRow = tuple[str, str, str, str, dict[str, Any], str, str]
+_JournalHead = tuple[str, datetime, str]
+# SQLite: a chunk of rows as one JSON array of such rows (the detail an object, its keys
+# sorted, stored as its JSON text).
+_ROWS_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+_JSON_INSERT = (
+    f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS)}) SELECT ?, ?, ?, "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7))
+    + " FROM json_each(?)"
+)
 _TABLES = ("reads", "runs", "journal", "radreply_ledger", "leases")
 
 
@@ -153,6 +168,10 @@ class StateStore:
         self.readonly = readonly
         self.display = display
         self._tables = tables
+        self._journal_lock = threading.Lock()
+        self._writer: _JournalWriter | None = None
+        self._writer_guard = threading.Lock()
+        self._has_json: bool | None = None  # SQLite's JSON functions, asked once
 
     # -- opening -----------------------------------------------------------------
 
@@ -184,9 +203,12 @@ class StateStore:
         return cls(engine, readonly=readonly, display=display, tables=tables)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        try:
+            self.flush_journal()
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
 
     def __enter__(self) -> StateStore:
         return self
@@ -250,6 +272,8 @@ class StateStore:
         return run_id
 
     def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
+        """Record how a run ended, once every journal row queued for it is written."""
+        self.flush_journal()
         with self._write(f"finish run {run_id}") as conn:
             conn.execute(
                 runs.update()
@@ -283,19 +307,14 @@ class StateStore:
     ) -> None:
         """Record applied changes: each entry is a change's JSON plus ``result`` and ``message``.
 
-        ``entries`` may be a generator: rows are built and written ``JOURNAL_CHUNK`` at a
+        ``entries`` may be a generator: rows are made and written ``JOURNAL_CHUNK`` at a
         time, each chunk in its own short transaction, so a journal of 100,000 changes is
-        never one list in memory and never holds the write lock while it is built. A chunk
-        is plain tuples handed to the driver's ``executemany`` (one statement, bound once):
-        a cold apply journals 400,000 rows, and SQLAlchemy's per-row bind processing was
-        a third of its time.
+        never one list in memory and never holds the write lock while it is built.
         """
         skip = _JOURNAL_SKIP
-        encode = _DETAIL_ENCODER.encode
-        self._journal_tuples(run_id, target, at, (
+        self._journal_now(run_id, target, at, (
             (str(entry.get("action", "")), str(entry.get("kind", "")), str(entry.get("group", "")),
-             str(entry.get("account_id", "")),
-             encode({k: v for k, v in entry.items() if k not in skip}),
+             str(entry.get("account_id", "")), {k: v for k, v in entry.items() if k not in skip},
              str(entry.get("result", "ok")), str(entry.get("message", "")))
             for entry in entries))
 
@@ -308,54 +327,110 @@ class StateStore:
         failed: Iterable[tuple[Change, str]] = (),
         conflicts: Iterable[Conflict] = (),
         at: datetime | None = None,
+        wait: bool = True,
     ) -> None:
         """``journal`` for a target's outcome: the same rows, made straight from the changes.
 
         A cold apply's 400,000 rows skip the change's full JSON (``change_to_json``) and
         its filtering: the detail is the resource's identity and attributes, its account
         name, its id and (an update) what it was before.
+
+        ``wait=False`` queues the rows for the store's journal writer (a thread) and
+        returns at once, so a target journals what it applied while it applies the
+        rest; ``at`` is now, not when the row is written. ``flush_journal`` (and so
+        ``finish_run`` and ``close``) waits until every queued row is written and raises
+        the writer's error, if it failed. The caller must not change what it queued.
         """
-        encode = _DETAIL_ENCODER.encode
-
-        def rows() -> Iterator[tuple[str, ...]]:
-            for c in applied:
-                r = c.resource
-                yield c.action, r.kind, r.group, r.account_id, encode(_detail(c)), "ok", ""
-            for c, message in failed:
-                r = c.resource
-                yield c.action, r.kind, r.group, r.account_id, encode(_detail(c)), "failed", message
-            for conflict in conflicts:
-                r = conflict.resource
-                detail = _detail(Create(r))
-                detail["reason"] = conflict.reason
-                yield "create", r.kind, r.group, r.account_id, encode(detail), "conflict", conflict.reason
-
-        self._journal_tuples(run_id, target, at, rows())
-
-    def _journal_tuples(self, run_id: str, target: str, at: datetime | None,
-                        tuples: Iterable[tuple[str, ...]]) -> None:
+        if wait:
+            self._journal_now(run_id, target, at, _change_rows(applied, failed, conflicts))
+            return
+        a, f, c = list(applied), list(failed), list(conflicts)
+        if not (a or f or c):
+            return
         when = _utc(at) if at is not None else datetime.now(UTC)
-        rows: list[tuple[str, ...]] = []
-        for row in tuples:
-            rows.append(row)
-            if len(rows) >= JOURNAL_CHUNK:
-                self._journal_rows(run_id, target, when, rows)
-                rows = []
-        if rows:
-            self._journal_rows(run_id, target, when, rows)
+        self._journal_writer().put((run_id, when, target), _change_rows(a, f, c), len(a) + len(f) + len(c))
 
-    def _journal_rows(self, run_id: str, target: str, when: datetime,
-                      rows: list[tuple[str, ...]]) -> None:
-        with self._write(f"journal {target}") as conn:
-            dialect = conn.dialect
-            bind = journal_t.c.at.type.bind_processor(dialect)
-            at = bind(when) if bind is not None else when
-            mark = "?" if dialect.paramstyle == "qmark" else "%s"
-            columns = ("run_id", "at", "target", "action", "kind", "group_name", "account_id",
-                       "detail", "result", "message")
-            sql = (f"INSERT INTO journal ({', '.join(columns)}) "
-                   f"VALUES ({', '.join([mark] * len(columns))})")
-            conn.exec_driver_sql(sql, [(run_id, at, target, *r) for r in rows])
+    def flush_journal(self) -> None:
+        """Wait until the journal rows queued so far (``wait=False``) are written.
+
+        Raises ``StoreError`` if the writer failed: the rows it had not written are
+        lost (the journal is history; the targets were written all the same).
+        """
+        with self._writer_guard:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _journal_writer(self) -> _JournalWriter:
+        with self._writer_guard:
+            if self._writer is None:
+                if self.readonly or self._engine is None:
+                    raise StoreError(f"state store {self.display}: journal: opened read-only")
+                self._writer = _JournalWriter(self)
+            return self._writer
+
+    def _journal_now(self, run_id: str, target: str, at: datetime | None,
+                     rows: Iterable[_JournalRow]) -> None:
+        """Write ``rows`` for (run_id, at, target), ``JOURNAL_CHUNK`` to a transaction."""
+        head = (run_id, _utc(at) if at is not None else datetime.now(UTC), target)
+        chunk: list[_JournalRow] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= JOURNAL_CHUNK:
+                self._journal_rows([(head, chunk)])
+                chunk = []
+        if chunk:
+            self._journal_rows([(head, chunk)])
+
+    def _journal_rows(self, parts: Sequence[tuple[_JournalHead, Sequence[_JournalRow]]],
+                      conn: Connection | None = None) -> None:
+        """One transaction of journal rows, one statement per (run, at, target).
+
+        On SQLite a statement takes its rows as one JSON document (``json_each``): the
+        driver binds one value, not ten per row, and the whole insert runs in SQLite with
+        the GIL released once, where ``executemany`` hands it back and forth every row
+        (a target's pipelined writes wait for it meanwhile). Writers of one process take
+        turns on a lock of their own: SQLite's busy wait would put a waiting writer to
+        sleep for milliseconds after the lock is free.
+        """
+        what = "journal " + ", ".join(sorted({head[2] for head, _ in parts}))
+        if self.readonly or self._engine is None:
+            raise StoreError(f"state store {self.display}: {what}: opened read-only")
+        dialect = self._engine.dialect
+        bind = journal_t.c.at.type.dialect_impl(dialect).bind_processor(dialect)
+        with self._journal_lock:
+            if conn is None:
+                with self._write(what) as fresh:
+                    self._insert_journal(fresh, parts, bind)
+            else:
+                with self._errors(what), conn.begin():
+                    self._insert_journal(conn, parts, bind)
+
+    def _insert_journal(self, conn: Connection, parts: Sequence[tuple[_JournalHead, Sequence[_JournalRow]]],
+                        bind: Callable[[Any], Any] | None) -> None:
+        if conn.dialect.name == "sqlite" and self._sqlite_json(conn):
+            for (run_id, at, target), rows in parts:
+                conn.exec_driver_sql(_JSON_INSERT, (run_id, bind(at) if bind else at, target,
+                                                    _ROWS_ENCODER.encode(rows)))
+            return
+        encode = _DETAIL_ENCODER.encode
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = (f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS)}) "
+               f"VALUES ({', '.join([mark] * len(_JOURNAL_COLUMNS))})")
+        for (run_id, at, target), rows in parts:
+            when = bind(at) if bind else at
+            conn.exec_driver_sql(sql, [(run_id, when, target, a, k, g, acct, encode(d), r, m)
+                                       for a, k, g, acct, d, r, m in rows])
+
+    def _sqlite_json(self, conn: Connection) -> bool:
+        """Whether this SQLite has its JSON functions (built in since 3.38, JSON1 before)."""
+        if self._has_json is None:
+            try:
+                conn.exec_driver_sql("SELECT json_extract('[1]', '$[0]')").scalar()
+                self._has_json = True
+            except sa.exc.OperationalError:
+                self._has_json = False
+        return self._has_json
 
     def usernames_written(self, accounts: Collection[str]) -> set[str]:
         """RADIUS usernames provisiond ever wrote rows for, for these accounts (the journal).
@@ -580,12 +655,92 @@ class StateStore:
             return _delete_expired(conn, _utc(now))
 
 
+def _change_rows(applied: Iterable[Change], failed: Iterable[tuple[Change, str]],
+                 conflicts: Iterable[Conflict]) -> Iterator[_JournalRow]:
+    """Journal rows (after run, at, target) for a target's outcome, the detail unencoded."""
+    for c in applied:
+        r = c.resource
+        yield c.action, r.kind, r.group, r.account_id, _detail(c), "ok", ""
+    for c, message in failed:
+        r = c.resource
+        yield c.action, r.kind, r.group, r.account_id, _detail(c), "failed", message
+    for conflict in conflicts:
+        r = conflict.resource
+        detail = _detail(Create(r))
+        detail["reason"] = conflict.reason
+        yield "create", r.kind, r.group, r.account_id, detail, "conflict", conflict.reason
+
+
+class _JournalWriter:
+    """The thread behind ``journal_changes(wait=False)``.
+
+    Queued outcomes wait until ``JOURNAL_CHUNK`` rows are queued (or ``close``); then
+    the thread makes their rows and writes them in one transaction, on a connection it
+    keeps for the run: few, large transactions (a commit writes every index page it
+    touched) and a warm page cache. One thread: targets never wait on each other's
+    journal, and never on the journal's disk.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._queue: list[tuple[_JournalHead, Iterable[_JournalRow]]] = []
+        self._queued = 0  # rows waiting
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread.start()
+
+    def put(self, head: _JournalHead, rows: Iterable[_JournalRow], count: int) -> None:
+        with self._cond:
+            if self._error is not None:
+                return  # raised by close(); the targets go on
+            self._queue.append((head, rows))
+            self._queued += count
+            if self._queued >= JOURNAL_CHUNK:
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread; raise its error, if any."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        if isinstance(self._error, StoreError):
+            raise self._error
+        if self._error is not None:
+            raise StoreError(f"state store {self._store.display}: journal: "
+                             f"{type(self._error).__name__}: {self._error}") from self._error
+
+    def _run(self) -> None:
+        conn: Connection | None = None
+        try:
+            while True:
+                with self._cond:
+                    while not self._closing and self._queued < JOURNAL_CHUNK:
+                        self._cond.wait()
+                    batch, self._queue, self._queued = self._queue, [], 0
+                if not batch:
+                    return
+                if conn is None:
+                    engine = self._store._engine
+                    if engine is None:
+                        raise StoreError(f"state store {self._store.display}: journal: closed")
+                    conn = engine.connect().execution_options(provisiond_write=True)
+                self._store._journal_rows([(head, list(rows)) for head, rows in batch], conn)
+        except BaseException as exc:  # noqa: BLE001 - raised by close()
+            with self._cond:
+                self._error = exc
+                self._queue = []
+        finally:
+            if conn is not None:
+                conn.close()
+
+
 def _detail(change: Change) -> dict[str, Any]:
     """A journal row's detail: ``change_to_json`` without the row's own columns."""
     r = change.resource
-    out: dict[str, Any] = dict(r.ident)
-    out.update(r.attrs)
-    out["account_name"] = r.account_name
+    out: dict[str, Any] = dict((*r.ident, *r.attrs, ("account_name", r.account_name)))
     if r.ref:
         out["id"] = r.ref
     if isinstance(change, Update):

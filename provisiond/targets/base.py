@@ -5,7 +5,8 @@ A Target reads the scope it manages (``observe``) and applies a ``Plan`` to it
 router never holds up the others; a target signals failure by raising
 ``TargetError`` (or ``TargetUnavailable`` for "try again later") from ``observe`` and
 by reporting per-change failures in its ``ApplyResult`` from ``apply``. ``apply`` may
-report how far it got through a ``progress`` callback (the CLI's progress bar).
+report how far it got through a ``progress`` callback (the CLI's progress bar), and
+hands what it did to ``report`` (the journal) as it goes.
 """
 
 from __future__ import annotations
@@ -61,12 +62,20 @@ class Target(Protocol):
         ...
 
     def apply(
-        self, plan: Plan, *, progress: Callable[[int], None] | None = None
+        self,
+        plan: Plan,
+        *,
+        progress: Callable[[int], None] | None = None,
+        report: Callable[[ApplyResult], None] | None = None,
     ) -> ApplyResult:
         """Apply the plan's changes (Delete -> Create -> Update). Never raises for one change.
 
         ``progress(n)`` is called as ``n`` more changes complete (applied, failed or
         collided), from any thread; it only feeds a display and must be cheap.
+        ``report(part)`` (the journal) gets every applied, failed and collided change of
+        the returned result exactly once, in parts (an ``ApplyResult`` of changes that
+        finished since the last part), the last part before ``apply`` returns. Parts
+        come one at a time, from any thread; ``report`` must not block for long.
         """
         ...
 

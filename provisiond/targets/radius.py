@@ -407,7 +407,15 @@ class RadiusTarget:
         return "coa", attrs, why
 
     # -- apply -------------------------------------------------------------------------------
-    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None) -> ApplyResult:
+    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None,
+              report: Callable[[ApplyResult], None] | None = None) -> ApplyResult:
+        """One transaction: the whole result is one part for ``report``."""
+        result = self._apply(plan, progress)
+        if report is not None:
+            report(result)
+        return result
+
+    def _apply(self, plan: Plan, progress: Callable[[int], None] | None) -> ApplyResult:
         result = ApplyResult(target=self.name)
         changes = list(plan.changes)
         if not changes:

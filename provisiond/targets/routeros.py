@@ -67,6 +67,7 @@ PREFETCH_BYTES = 32 << 20
 PREFETCH_POLL = 0.02  # seconds between looks at whether billing is done, when nothing arrives
 REMOVE_BATCH = 200
 ADDS_PER_SESSION = 20_000  # a batch of adds this large gets a second session (up to `connections`)
+REPORT_EVERY = 2_000  # answered changes per part handed to apply's ``report`` (the journal)
 _T = TypeVar("_T")
 SCOPE_CHUNK = 50  # accounts (and as many addresses) per scoped print: bounded query words
 DUPLICATE = "already have such entry"
@@ -313,7 +314,7 @@ class RouterTarget:
         self.marker = Marker(marker)
         self._connect = connect or self._librouteros_connect
         self._api: Any = None
-        self._tick: Callable[[int], None] = _no_progress  # the running apply's progress
+        self._finished = _Finished(self.name)  # the running apply's progress and report
         # Command tags never restart (not per pass, not per connection): an answer left
         # over from an earlier command can never be taken for a new one's.
         self._tags = itertools.count()
@@ -596,16 +597,17 @@ class RouterTarget:
 
     # -- apply ----------------------------------------------------------------------
 
-    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None) -> ApplyResult:
+    def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None,
+              report: Callable[[ApplyResult], None] | None = None) -> ApplyResult:
         """Deletes, then creates, then updates, each phase pipelined (``targets.pipeline``).
 
         A phase ends before the next begins (a surplus entry is gone before its key is
         added again). A trap fails its own change; a lost connection fails every change
         not yet answered, and the next pass observes what did arrive, so nothing is
-        added twice.
+        added twice. Answered changes go to ``report`` every ``REPORT_EVERY``.
         """
         result = ApplyResult(target=self.name)
-        self._tick = progress or _no_progress
+        self._finished = done = _Finished(self.name, progress, report)
         deletes = [c for c in plan.changes if isinstance(c, Delete)]
         creates = [c for c in plan.changes if isinstance(c, Create)]
         updates = [c for c in plan.changes if isinstance(c, Update)]
@@ -617,14 +619,15 @@ class RouterTarget:
         except (TargetError, OSError, LibRouterosError) as exc:
             self.close()
             message = str(exc) if isinstance(exc, TargetError) else f"{self.name}: connection lost: {_why(exc)}"
-            _fail_rest(result, plan.changes, message)
+            done.failed_rest(result, plan.changes, message)
         except (UnexpectedReply, *MALFORMED) as exc:
             self.close()
-            _fail_rest(result, plan.changes,
-                       f"{self.name}: malformed reply from the router ({_malformed(exc)})")
+            done.failed_rest(result, plan.changes,
+                             f"{self.name}: malformed reply from the router ({_malformed(exc)})")
         except BaseException:
             self.close()  # answers may be left unread: never hand them to the next command
             raise
+        done.flush()
         return result
 
     def _wire(self) -> ApiWire:
@@ -645,17 +648,16 @@ class RouterTarget:
 
         def done(batch: list[Delete], answer: Answer, result: ApplyResult) -> None:
             if not answer.traps:
-                result.applied.extend(batch)
-                self._tick(len(batch))
+                for c in batch:
+                    self._finished.applied(result, c)
             elif len(batch) > 1:
                 retry.extend(batch)  # one id in the batch is gone: one at a time below
             else:
                 message = answer.traps[0]
                 if message.startswith(NO_SUCH_ITEM):
-                    result.applied.append(batch[0])  # already gone: the goal is met
+                    self._finished.applied(result, batch[0])  # already gone: the goal is met
                 else:
-                    result.failed.append((batch[0], self._refused("remove", batch[0].old, message)))
-                self._tick(1)
+                    self._finished.failed(result, batch[0], self._refused("remove", batch[0].old, message))
 
         self._pipeline(wire, ((b, _remove_words(b)) for b in batches), result, done)
         self._pipeline(wire, (([c], _remove_words([c])) for c in retry), result, done)
@@ -700,19 +702,17 @@ class RouterTarget:
 
     def _add_done(self, change: Create, answer: Answer, result: ApplyResult) -> None:
         if not answer.traps:
-            result.applied.append(change)
+            self._finished.applied(result, change)
         elif any(DUPLICATE in t for t in answer.traps):
-            result.conflicts.append(Conflict(change.new, f"{answer.traps[0]} (not provisiond's)"))
+            self._finished.conflict(result, Conflict(change.new, f"{answer.traps[0]} (not provisiond's)"))
         else:
-            result.failed.append((change, self._refused("add", change.new, answer.traps[0])))
-        self._tick(1)
+            self._finished.failed(result, change, self._refused("add", change.new, answer.traps[0]))
 
     def _set_done(self, change: Update, answer: Answer, result: ApplyResult) -> None:
         if answer.traps:
-            result.failed.append((change, self._refused("set", change.new, answer.traps[0])))
+            self._finished.failed(result, change, self._refused("set", change.new, answer.traps[0]))
         else:
-            result.applied.append(change)
-        self._tick(1)
+            self._finished.applied(result, change)
 
     def _refused(self, verb: str, r: Resource, message: str) -> str:
         return f"{self.name}: {verb} {r.get('list')} {r.get('address')} refused: {message}"
@@ -1011,17 +1011,78 @@ _TRUE = ("true", "yes")
 _COMMENT, _DISABLED = "comment", "disabled"
 
 
-def _no_progress(n: int) -> None:
-    pass
+class _Finished:
+    """Where an apply's answered changes go: its result (a session's share of it, while
+    several sessions add), the progress display, and ``report`` (the journal) in parts
+    of ``REPORT_EVERY``. Called from every session's thread; a part is reported under
+    the lock, so parts come one at a time."""
 
+    def __init__(self, target: str, progress: Callable[[int], None] | None = None,
+                 report: Callable[[ApplyResult], None] | None = None) -> None:
+        self._target = target
+        self._progress = progress
+        self._report = report
+        self._lock = threading.Lock()
+        self._part = ApplyResult(target=target)
+        self._count = 0
 
-def _fail_rest(result: ApplyResult, changes: Iterable[Change], why: str) -> None:
-    """The target failed mid-way: every change not yet applied, failed or collided fails with ``why``."""
-    done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
-    done |= {id(c.resource) for c in result.conflicts}
-    result.error = why
-    result.failed += [(c, "not applied: " + why) for c in changes
-                      if id(c) not in done and id(c.resource) not in done]
+    def applied(self, result: ApplyResult, change: Change) -> None:
+        result.applied.append(change)
+        if self._report is not None:
+            with self._lock:
+                self._part.applied.append(change)
+                self._counted()
+        if self._progress is not None:
+            self._progress(1)
+
+    def failed(self, result: ApplyResult, change: Change, message: str) -> None:
+        result.failed.append((change, message))
+        if self._report is not None:
+            with self._lock:
+                self._part.failed.append((change, message))
+                self._counted()
+        if self._progress is not None:
+            self._progress(1)
+
+    def conflict(self, result: ApplyResult, conflict: Conflict) -> None:
+        result.conflicts.append(conflict)
+        if self._report is not None:
+            with self._lock:
+                self._part.conflicts.append(conflict)
+                self._counted()
+        if self._progress is not None:
+            self._progress(1)
+
+    def failed_rest(self, result: ApplyResult, changes: Iterable[Change], why: str) -> None:
+        """The target failed mid-way: every change not yet applied, failed or collided
+        fails with ``why`` (reported, not counted as progress: the bar stops there)."""
+        done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
+        done |= {id(c.resource) for c in result.conflicts}
+        result.error = why
+        rest = [(c, "not applied: " + why) for c in changes
+                if id(c) not in done and id(c.resource) not in done]
+        result.failed += rest
+        if self._report is not None:
+            with self._lock:
+                self._part.failed += rest
+                self._count += len(rest)
+
+    def flush(self) -> None:
+        """Report what is left (the last part)."""
+        if self._report is not None:
+            with self._lock:
+                if self._count:
+                    self._send()
+
+    def _counted(self) -> None:
+        self._count += 1
+        if self._count >= REPORT_EVERY:
+            self._send()
+
+    def _send(self) -> None:
+        assert self._report is not None
+        part, self._part, self._count = self._part, ApplyResult(target=self._target), 0
+        self._report(part)
 
 
 def _readable(address: str) -> bool:
