@@ -19,8 +19,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -47,23 +47,17 @@ class UnexpectedReply(Exception):
     """A reply without a tag, or with a tag that is not in flight: the stream is unusable."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     """How one command ended: ``!done``'s ``=ret=`` and the message of every ``!trap``."""
 
     ret: str = ""
-    traps: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _InFlight(Generic[T]):
-    token: T
-    answer: Answer
+    traps: tuple[str, ...] = ()
 
 
 def run(
     wire: Wire,
-    commands: Iterable[tuple[T, Sequence[str]]],
+    commands: Iterable[tuple[T, Sequence[str] | bytes]],
     *,
     window: int,
     on_answer: Callable[[T, Answer], None],
@@ -73,6 +67,9 @@ def run(
     tags: Iterator[int] | None = None,
 ) -> None:
     """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
+
+    A command's words may come encoded already (``bytes``: every word, no end of
+    sentence), as a caller that sends 100,000 alike makes them; its tag is added here.
 
     ``on_answer(token, answer)`` is called once per command, when its ``!done``
     arrives; ``on_row(token, words)`` for every ``!re`` of it (attribute words only).
@@ -84,7 +81,8 @@ def run(
     reply left over from an earlier run is an ``UnexpectedReply``, never an answer.
     """
     pending = iter(commands)
-    inflight: dict[str, _InFlight[T]] = {}
+    inflight: dict[str, T] = {}
+    trapped: dict[str, list[str]] = {}  # the traps of commands in flight, few
     outgoing: list[bytes] = []
     serial = tags if tags is not None else itertools.count()
     exhausted = False
@@ -99,8 +97,11 @@ def run(
                 break
             token, words = item
             tag = str(next(serial))
-            outgoing.append(wire.encode((*words, f".tag={tag}")))
-            inflight[tag] = _InFlight(token, Answer())
+            if isinstance(words, bytes):
+                outgoing.append(words + wire.encode((f".tag={tag}",)))
+            else:
+                outgoing.append(wire.encode((*words, f".tag={tag}")))
+            inflight[tag] = token
         if outgoing and wire.buffered() == 0:
             # About to wait for replies: send everything queued in one write. While
             # replies are already buffered, keep reading them first and batch the refill.
@@ -121,18 +122,15 @@ def run(
                 tag = word[5:]
             else:
                 raise UnexpectedReply(f"{kind} carries a word that is no attribute: {word[:40]!r}")
-        entry = inflight.get(tag)
-        if entry is None:
+        if tag not in inflight:
             raise UnexpectedReply(f"{kind} for tag {tag or '(none)'}, which is not in flight")
-        if kind == "!re":
+        if kind == "!done":
+            on_answer(inflight.pop(tag), Answer(_attr(rest, "ret"), tuple(trapped.pop(tag, ()))))
+        elif kind == "!re":
             if on_row is not None:
-                on_row(entry.token, rest)
+                on_row(inflight[tag], rest)
         elif kind == "!trap":
-            entry.answer.traps.append(_attr(rest, "message") or "unknown error")
-        elif kind == "!done":
-            entry.answer.ret = _attr(rest, "ret")
-            del inflight[tag]
-            on_answer(entry.token, entry.answer)
+            trapped.setdefault(tag, []).append(_attr(rest, "message") or "unknown error")
         # !empty (7.18+, a print with no rows) carries nothing.
 
 

@@ -633,7 +633,7 @@ class RouterTarget:
     def _wire(self) -> ApiWire:
         return ApiWire(self._api_or_connect())
 
-    def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str]]], result: ApplyResult,
+    def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str] | bytes]], result: ApplyResult,
                   done: Callable[[_T, Answer, ApplyResult], None], stop: threading.Event | None = None) -> None:
         pipeline.run(wire, commands, window=self.settings.pipeline,
                      on_answer=lambda token, answer: done(token, answer, result), stop=stop,
@@ -670,8 +670,9 @@ class RouterTarget:
         sending more: the router's remaining adds fail, as with one session.
         """
         workers = min(self.settings.connections, max(1, len(creates) // ADDS_PER_SESSION))
+        words = _AddWords(wire.encoding)
         if workers <= 1:
-            self._pipeline(wire, ((c, _add_words(c)) for c in creates), result, self._add_done)
+            self._pipeline(wire, ((c, words(c)) for c in creates), result, self._add_done)
             return
         shares = [creates[i::workers] for i in range(workers)]
         partial = [ApplyResult(target=self.name) for _ in shares]
@@ -682,7 +683,7 @@ class RouterTarget:
             api = None
             try:
                 session = wire if i == 0 else ApiWire(api := self._connect())
-                self._pipeline(session, ((c, _add_words(c)) for c in shares[i]), partial[i],
+                self._pipeline(session, ((c, words(c)) for c in shares[i]), partial[i],
                                self._add_done, stop=lost)
             except (OSError, LibRouterosError, UnexpectedReply, *MALFORMED) as exc:
                 lost.set()
@@ -730,6 +731,28 @@ def _add_words(change: Create) -> tuple[str, ...]:
             f"=address={address}", f"=comment={r.get('comment')}")
 
 
+class _AddWords:
+    """``_add_words`` encoded with librouteros's ``encode_word``: the command and list
+    words once per list and family, the address and comment per entry."""
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._heads: dict[tuple[str, bool], bytes] = {}
+
+    def __call__(self, change: Create) -> bytes:
+        r = change.new
+        name, address = r.get("list"), r.get("address")
+        six = ":" in address  # family(address) == 6
+        head = self._heads.get((name, six))
+        if head is None:
+            command, first = _add_words(change)[:2]
+            head = self._heads[name, six] = (encode_word(command, self._encoding)
+                                             + encode_word(first, self._encoding))
+        body: bytes = (head + encode_word(f"=address={address}", self._encoding)
+                       + encode_word(f"=comment={r.get('comment')}", self._encoding))
+        return body
+
+
 def _set_words(change: Update) -> tuple[str, ...]:
     r = change.new
     return (f"/{'/'.join(MENUS[family(r.get('address'))])}/set", f"=.id={change.old.ref}",
@@ -760,7 +783,7 @@ class ApiWire:
         self.rows: Callable[[bytes, bytes, bytes], bool] | None = None
 
     def encode(self, words: Sequence[str]) -> bytes:
-        data: bytes = encode_sentence(*words, encoding=self._encoding)
+        data: bytes = encode_sentence(*words, encoding=self.encoding)
         return data
 
     def send(self, data: bytes) -> None:
