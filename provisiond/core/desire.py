@@ -59,24 +59,34 @@ class ListEntries(Mapping[Key, Resource]):
     same mappings, so four routers cost one copy; ``RouterTarget`` compares a printed
     row by (list, address) and comment without a key or a Resource for it, and ``diff``
     asks for the Resources of the entries that need a change only. A Resource is made
-    each time one is asked for.
+    when one is first asked for, and kept in ``made`` (shared like the lists: on a cold
+    pass every router asks for every entry's, and four routers get one).
 
     ``ordered``: the lists are by name and each list's entries by ``sort_key`` of their
     address, which is apply order (``diff``): a router's creates need no sorting.
     """
 
-    __slots__ = ("lists", "ordered")
+    __slots__ = ("lists", "ordered", "_made")
 
-    def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *, ordered: bool = False) -> None:
+    def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *, ordered: bool = False,
+                 made: Mapping[str, dict[str, Resource]] | None = None) -> None:
         self.lists = lists
         self.ordered = ordered and list(lists) == sorted(lists)
+        self._made = made if made is not None else {name: {} for name in lists}
+
+    def resource(self, name: str, address: str) -> Resource:
+        """The Resource of the entry for ``address`` in list ``name`` (KeyError: none)."""
+        made = self._made[name]
+        r = made.get(address)
+        if r is None:
+            r = made[address] = entry_resource(name, address, self.lists[name][address])
+        return r
 
     def __getitem__(self, key: Key) -> Resource:
         kind, ident = key
         if kind != "address-list" or len(ident) != 2:
             raise KeyError(key)
-        name, address = ident[0][1], ident[1][1]
-        return entry_resource(name, address, self.lists[name][address])
+        return self.resource(ident[0][1], ident[1][1])
 
     def __contains__(self, key: object) -> bool:
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == "address-list"):
@@ -98,8 +108,9 @@ class ListEntries(Mapping[Key, Resource]):
 
     def values(self) -> Iterator[Resource]:  # type: ignore[override]
         for name, entries in self.lists.items():
-            for address, entry in entries.items():
-                yield entry_resource(name, address, entry)
+            resource = self.resource
+            for address in entries:
+                yield resource(name, address)
 
     def __len__(self) -> int:
         return sum(len(entries) for entries in self.lists.values())
@@ -220,9 +231,11 @@ def address_lists(
     for combo, entries in shared.items():
         # Sorted once here, not once per router in ``diff``.
         shared[combo] = dict(sorted(entries.items(), key=lambda item: sort_key(item[0])))
+    made: dict[tuple[str, tuple[int, ...]], dict[str, Resource]] = {c: {} for c in shared}
     return {
         router: RouterDesire(
-            desired=ListEntries({c[0]: shared[c] for c in uses[router]}, ordered=True),
+            desired=ListEntries({c[0]: shared[c] for c in uses[router]}, ordered=True,
+                                made={c[0]: made[c] for c in uses[router]}),
             conflicts=[x for c in uses[router] for x in shared_conflicts[c]],
             lists={c[0] for c in uses[router]},
         )

@@ -21,7 +21,7 @@ from provisiond.core.changes import (
     Resource,
     Update,
 )
-from provisiond.core.desire import ListEntries, ListSteps, entry_resource
+from provisiond.core.desire import ListEntries, ListSteps
 
 
 def _ident_key(r: Resource) -> tuple[tuple[int, int, str], ...]:
@@ -83,8 +83,8 @@ def _not_in_step(
     assert isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
     for name, entries in desired.lists.items():
         left = in_step.left.get(name, entries)
-        for address, entry in left.items():
-            r = entry_resource(name, address, entries[address])
+        for address in left:
+            r = desired.resource(name, address)
             yield r.key, r
     # A key both owned and in step (RouterTarget never reports one) is compared as owned,
     # as the look-up per entry does.
