@@ -103,6 +103,33 @@ def test_connection_lost_mid_apply_fails_the_rest_and_reconnects_next_time(sim: 
     t.close()
 
 
+@pytest.mark.parametrize("connections", [1, 2])
+def test_report_gets_every_finished_change_once_in_parts(
+    sim: RouterSim, connections: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``apply`` reports (the journal) is its result, change for change: applied,
+    failed, collided and, after a lost connection, not applied; in parts, each once."""
+    monkeypatch.setattr(routeros, "REPORT_EVERY", 40)
+    monkeypatch.setattr(routeros, "ADDS_PER_SESSION", 100)
+    t = _target(sim, connections=connections)
+    sim.add_entry("ip", list_name="l", address="10.1.0.7", comment="raced", dynamic=False)
+    sim.fail_next("/ip/firewall/address-list/add", "failure: out of memory", after=20)
+    sim.cut_after(300)
+    parts: list[routeros.ApplyResult] = []
+    result = t.apply(Plan("core-1", "routeros", _creates(400)), report=parts.append)
+    assert result.error is not None and "connection lost" in result.error
+    assert len(parts) > 3 and all(p.target == "core-1" for p in parts)
+
+    assert sorted(id(c) for p in parts for c in p.applied) == sorted(id(c) for c in result.applied)
+    assert sorted((id(c), m) for p in parts for c, m in p.failed) == sorted(
+        (id(c), m) for c, m in result.failed)
+    assert [x.resource for p in parts for x in p.conflicts] == [x.resource for x in result.conflicts]
+    assert len(result.applied) + len(result.failed) + len(result.conflicts) == 400
+    assert any("out of memory" in m for _, m in result.failed)
+    assert any("not applied" in m for _, m in result.failed)
+    t.close()
+
+
 def test_add_colliding_at_apply_time_is_a_reported_conflict(sim: RouterSim) -> None:
     """The router answers ``failure: already have such entry``: reported, not a failure."""
     t = _target(sim)

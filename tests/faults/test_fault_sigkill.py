@@ -74,15 +74,24 @@ def churn(world: World, rng: random.Random, trial: int) -> None:
         world.sql("UPDATE accounts SET name = :n WHERE id = :a", n=f"Tower {account} v{trial}", a=account)
 
 
-def journal(state_url: str, after: int) -> list[dict[str, Any]]:
+def journal(state_url: str, after: tuple[int, int]) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """Journal rows written since ``after`` (the last journal and journal_parts ids seen),
+    a part's changes as rows of their own; and the ids seen now."""
     engine = sa.create_engine(state_url)
     try:
         with engine.connect() as c:
-            rows = c.execute(sa.text("SELECT id, target, action, detail, result FROM journal "
-                                     "WHERE id > :a ORDER BY id"), {"a": after}).mappings()
-            return [dict(r) for r in rows]
+            rows = [dict(r) for r in c.execute(sa.text(
+                "SELECT id, target, action, detail, result FROM journal WHERE id > :a ORDER BY id"),
+                {"a": after[0]}).mappings()]
+            parts = list(c.execute(sa.text("SELECT id, target, rows FROM journal_parts "
+                                           "WHERE id > :a ORDER BY id"), {"a": after[1]}))
     finally:
         engine.dispose()
+    for part_id, target, changes in parts:
+        rows += [{"target": target, "action": action, "detail": json.dumps(detail), "result": result}
+                 for action, _, _, _, detail, result, _ in json.loads(changes)]
+    return rows, (max([after[0]] + [r["id"] for r in rows if "id" in r]),
+                  max([after[1]] + [p[0] for p in parts]))
 
 
 def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
@@ -129,7 +138,7 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
     ids: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in sims}  # every .id ever seen
     duration = 0.0
     kinds: Counter[str] = Counter()
-    journal_seen = 0
+    journal_seen = (0, 0)
     trials = figures.trials("SIGKILL of apply (pool, PostgreSQL state store)")
     worker = Worker(world.config, world.tmp)
     for trial in range(TRIALS + 1):
@@ -206,11 +215,10 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
                     "provisiond:")] != foreign[name]
                 assert set(mine) == want, f"trial {trial}: {name}"
                 assert [r for r in rows if not r.get("comment", "").startswith("provisiond:")] == foreign[name]
-            rows = journal(state_url, journal_seen)
+            rows, journal_seen = journal(state_url, journal_seen)
             bad = unrecorded(rows, sims, ids)
             outcome["journal_made_up"] += len(bad)
             assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
-            journal_seen = max([journal_seen] + [r["id"] for r in rows])
     worker.close()
     trials.note(moments=dict(kinds))
     totals = trials.check("doubled", "duplicates", "foreign_touched", "journal_made_up")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -22,8 +23,8 @@ def test_open_migrates_to_head_and_reopens(store_url: str) -> None:
         tables = set(sa.inspect(c).get_table_names())
         version = c.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
     engine.dispose()
-    assert {"reads", "runs", "journal", "radreply_ledger", "leases"} <= tables
-    assert version == "0001"
+    assert {"reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases"} <= tables
+    assert version == "0002"
 
 
 def test_sqlite_is_wal(tmp_path: Path) -> None:
@@ -193,3 +194,85 @@ def test_journal_changes_writes_the_rows_journal_writes(store: StateStore) -> No
                                        "comment": "new", "disabled": "false",
                                        "account_name": "acct 3", "id": "*3",
                                        "before": {"comment": "old", "disabled": "false"}}
+
+
+def _entry_change(n: int, action: str = "create") -> Any:
+    from provisiond.core.changes import Create, Delete, Resource
+
+    name = f"list-{n % 3}"
+    r = Resource("address-list", name, (("list", name), ("address", f"100.64.{n >> 8}.{n & 255}")),
+                 (("comment", f'provisiond:{n} acct "{n}" \u00e9'), ("disabled", "false")),
+                 account_id=str(n), account_name=f'acct "{n}" \u00e9',
+                 ref=f"*{n:X}" if action == "delete" else "")
+    return Create(r) if action == "create" else Delete(r)
+
+
+def test_a_large_part_is_one_row_and_reads_back_as_its_changes(store: StateStore, store_url: str) -> None:
+    """A part of PART_ROWS address-list changes or more is one journal_parts row;
+    history (all, by account, since, limit) reads it as the changes one row each would
+    have been, newest first."""
+    from provisiond.state.store import PART_ROWS, journal_parts
+
+    n = PART_ROWS + 50
+    applied = [_entry_change(i) for i in range(n - 2)]
+    failed = [(_entry_change(n - 2, "delete"), "core-1: remove refused: no")]
+    bulk, single = store.start_run("apply"), store.start_run("apply")
+    store.journal_changes(bulk, "core-1", applied=applied, failed=failed, at=T0)
+    for i in range(0, len(applied), PART_ROWS // 2):  # the same changes in small parts
+        store.journal_changes(single, "core-1", applied=applied[i:i + PART_ROWS // 2], at=T0)
+    store.journal_changes(single, "core-1", failed=failed, at=T0)
+    engine = sa.create_engine(store_url)
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(journal_parts)).scalar_one() == 1
+        assert c.execute(sa.text("SELECT count(*) FROM journal WHERE run_id = :r"),
+                         {"r": bulk}).scalar_one() == 0
+    engine.dispose()
+
+    def runs(entries: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+        return [{k: v for k, v in e.items() if k != "run_id"} for e in entries if e["run_id"] == run]
+
+    everything = store.history(limit=10 * n)
+    assert len(runs(everything, bulk)) == n - 1
+    assert sorted(runs(everything, bulk), key=repr) == sorted(runs(everything, single), key=repr)
+    assert runs(everything, bulk)[0]["action"] == "delete"  # the newest first
+    assert runs(everything, bulk)[0]["detail"]["id"] == f"*{n - 2:X}"
+    mine = store.history(account="7")
+    assert [(e["detail"]["address"], e["account_id"]) for e in mine if e["run_id"] == bulk] == [
+        ("100.64.0.7", "7")]
+    assert mine[0]["detail"]["account_name"] == 'acct "7" \u00e9'
+    assert store.history(account="70") and all(e["account_id"] == "70" for e in store.history(account="70"))
+    assert len(store.history(limit=5)) == 5
+    assert store.history(since=T0 + timedelta(seconds=1)) == []
+
+
+def test_queued_journal_is_written_by_finish_run_and_close(store: StateStore, store_url: str) -> None:
+    from provisiond.state.store import JOURNAL_CHUNK
+
+    run = store.start_run("apply")
+    for i in range(0, 30, 10):
+        store.journal_changes(run, "core-1", applied=[_entry_change(j) for j in range(i, i + 10)],
+                              wait=False)
+    store.finish_run(run, "ok", {})
+    assert len([e for e in store.history() if e["run_id"] == run]) == 30
+    second = store.start_run("apply")
+    store.journal_changes(second, "core-2", applied=[_entry_change(j) for j in range(JOURNAL_CHUNK + 5)],
+                          wait=False)
+    store.close()
+    with StateStore.open(store_url) as again:
+        written = again.history(limit=2 * JOURNAL_CHUNK)
+    assert len([e for e in written if e["run_id"] == second]) == JOURNAL_CHUNK + 5
+
+
+def test_a_failed_queued_write_is_raised_by_finish_run(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisiond.state import store as store_mod
+
+    def broken(*args: object, **kw: object) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    run = store.start_run("apply")
+    monkeypatch.setattr(store_mod, "_insert_journal", broken)
+    store.journal_changes(run, "core-1", applied=[_entry_change(1)], wait=False)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        store.finish_run(run, "ok", {})
