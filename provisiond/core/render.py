@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from provisiond.core.changes import Change, Conflict, Resource, Update
+from provisiond.core.changes import Change, Conflict, Create, Resource, Update
 from provisiond.core.plan import Plan
 
 SYMBOL = {"create": "+", "delete": "-", "update": "~"}
@@ -90,6 +90,9 @@ def render_lines(
     """
     errors = errors or {}
     refused = refused or {}
+    # A cold pass creates the same entries (the same Resources) on every router: each
+    # create's line is made once.
+    created: dict[int, str] = {}
     for note in notes:
         yield f"note: {note}"
     if ipam:
@@ -111,7 +114,12 @@ def render_lines(
         for group in sorted(groups):
             yield f"  {group}"
             for item in groups[group]:
-                if isinstance(item, Conflict):
+                if isinstance(item, Create):
+                    made = created.get(id(item.new))
+                    if made is None:
+                        made = created[id(item.new)] = f"    {change_line(item)}"
+                    yield made
+                elif isinstance(item, Conflict):
                     yield f"    ! {resource_line(item.resource)}: conflict: {item.reason}"
                 else:
                     yield f"    {change_line(item)}"
