@@ -47,7 +47,7 @@ class UnexpectedReply(Exception):
     """A reply without a tag, or with a tag that is not in flight: the stream is unusable."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """How one command ended: ``!done``'s ``=ret=`` and the message of every ``!trap``."""
 
@@ -85,6 +85,7 @@ def run(
     trapped: dict[str, list[str]] = {}  # the traps of commands in flight, few
     outgoing: list[bytes] = []
     serial = tags if tags is not None else itertools.count()
+    encode, read_sentence, buffered = wire.encode, wire.read_sentence, wire.buffered
     exhausted = False
     while True:
         while not exhausted and len(inflight) < window:
@@ -98,11 +99,11 @@ def run(
             token, words = item
             tag = str(next(serial))
             if isinstance(words, bytes):
-                outgoing.append(words + wire.encode((f".tag={tag}",)))
+                outgoing.append(words + encode((f".tag={tag}",)))
             else:
-                outgoing.append(wire.encode((*words, f".tag={tag}")))
+                outgoing.append(encode((*words, f".tag={tag}")))
             inflight[tag] = token
-        if outgoing and wire.buffered() == 0:
+        if outgoing and buffered() == 0:
             # About to wait for replies: send everything queued in one write. While
             # replies are already buffered, keep reading them first and batch the refill.
             wire.send(b"".join(outgoing))
@@ -112,7 +113,7 @@ def run(
         if before_reading is not None:
             before_reading()
             before_reading = None
-        sentence = wire.read_sentence()
+        sentence = read_sentence()
         kind, tag = sentence[0], ""
         rest: list[str] = []
         for word in sentence[1:]:
@@ -125,17 +126,18 @@ def run(
         if tag not in inflight:
             raise UnexpectedReply(f"{kind} for tag {tag or '(none)'}, which is not in flight")
         if kind == "!done":
-            on_answer(inflight.pop(tag), Answer(_attr(rest, "ret"), tuple(trapped.pop(tag, ()))))
+            traps = trapped.pop(tag, None)
+            on_answer(inflight.pop(tag), Answer(_attr(rest, "=ret="), tuple(traps) if traps else ()))
         elif kind == "!re":
             if on_row is not None:
                 on_row(inflight[tag], rest)
         elif kind == "!trap":
-            trapped.setdefault(tag, []).append(_attr(rest, "message") or "unknown error")
+            trapped.setdefault(tag, []).append(_attr(rest, "=message=") or "unknown error")
         # !empty (7.18+, a print with no rows) carries nothing.
 
 
-def _attr(words: Sequence[str], name: str) -> str:
-    head = f"={name}="
+def _attr(words: Sequence[str], head: str) -> str:
+    """The value of the first ``head`` word (``=name=``)."""
     for word in words:
         if word.startswith(head):
             return word[len(head):]

@@ -805,8 +805,7 @@ class ApiWire:
         return words
 
     def buffered(self) -> int:
-        pending = getattr(self._transport, "buffered", None)
-        return int(pending()) if pending is not None else 0
+        return self._buffered.buffered() if self._buffered is not None else 0
 
     def prefetch(self, until: Callable[[], bool], *, limit: int, poll: float) -> None:
         """Receive replies unparsed until ``until()`` (see ``BufferedTransport.prefetch``)."""
