@@ -22,6 +22,7 @@ check-config when existing ones are wider.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,10 @@ _JournalHead = tuple[str, datetime, str]
 # RADIUS rows stay one per change: usernames_written reads their detail by account.
 PART_ROWS = 200
 _PART_KINDS = frozenset({"address-list"})
-_PART_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+# A part's rows: [action, kind, group, account_id, account_name, ident pairs, attrs pairs,
+# id, before (pairs, an update's) or null, result, message]: the Resource's own tuples,
+# no dict made per change; _part_detail makes the detail _detail would have.
+_PART_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases")
 
 
@@ -318,11 +323,13 @@ class StateStore:
         never one list in memory and never holds the write lock while it is built.
         """
         skip = _JOURNAL_SKIP
-        self._journal_now(run_id, target, at, (
-            (str(entry.get("action", "")), str(entry.get("kind", "")), str(entry.get("group", "")),
-             str(entry.get("account_id", "")), {k: v for k, v in entry.items() if k not in skip},
-             str(entry.get("result", "ok")), str(entry.get("message", "")))
-            for entry in entries))
+        head = (run_id, _utc(at) if at is not None else datetime.now(UTC), target)
+        rows = ((str(entry.get("action", "")), str(entry.get("kind", "")), str(entry.get("group", "")),
+                 str(entry.get("account_id", "")), {k: v for k, v in entry.items() if k not in skip},
+                 str(entry.get("result", "ok")), str(entry.get("message", "")))
+                for entry in entries)
+        while chunk := list(itertools.islice(rows, JOURNAL_CHUNK)):
+            self._journal_rows([_Outcome(head, rows=chunk)])
 
     def journal_changes(
         self,
@@ -347,14 +354,21 @@ class StateStore:
         ``finish_run`` and ``close``) waits until every queued row is written and raises
         the writer's error, if it failed. The caller must not change what it queued.
         """
-        if wait:
-            self._journal_now(run_id, target, at, _change_rows(applied, failed, conflicts))
+        head = (run_id, _utc(at) if at is not None else datetime.now(UTC), target)
+        outcome = _Outcome(head, list(applied), list(failed), list(conflicts))
+        if not outcome.count:
             return
-        a, f, c = list(applied), list(failed), list(conflicts)
-        if not (a or f or c):
+        if not wait:
+            # Made here, in the target's own thread, which holds the interpreter anyway;
+            # the writer thread only inserts (SQLite lets the interpreter go meanwhile).
+            # A thread of its own making them took the interpreter from the targets'
+            # sessions, each hand-over a wait for the OS to run the other thread.
+            writer = self._journal_writer()
+            assert self._engine is not None
+            writer.put(_journal_rows_of(self._engine.dialect, [outcome]))
             return
-        when = _utc(at) if at is not None else datetime.now(UTC)
-        self._journal_writer().put((run_id, when, target), _change_rows(a, f, c), len(a) + len(f) + len(c))
+        for part in outcome.split(JOURNAL_CHUNK):
+            self._journal_rows([part])
 
     def flush_journal(self) -> None:
         """Wait until the journal rows queued so far (``wait=False``) are written.
@@ -375,41 +389,27 @@ class StateStore:
                 self._writer = _JournalWriter(self)
             return self._writer
 
-    def _journal_now(self, run_id: str, target: str, at: datetime | None,
-                     rows: Iterable[_JournalRow]) -> None:
-        """Write ``rows`` for (run_id, at, target), ``JOURNAL_CHUNK`` to a transaction."""
-        head = (run_id, _utc(at) if at is not None else datetime.now(UTC), target)
-        chunk: list[_JournalRow] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= JOURNAL_CHUNK:
-                self._journal_rows([(head, chunk)])
-                chunk = []
-        if chunk:
-            self._journal_rows([(head, chunk)])
-
-    def _journal_rows(self, parts: Sequence[tuple[_JournalHead, Sequence[_JournalRow]]],
-                      conn: Connection | None = None) -> None:
-        """One transaction of journal rows: each part of ``PART_ROWS`` or more address-list
-        changes as one ``journal_parts`` row (its rows one JSON document), the rest one
-        ``journal`` row per change (plain tuples to the driver's ``executemany``).
-
-        A cold apply's 400,000 changes cost ~25,000 instructions each in SQLite as
-        rows of an indexed table, more than sending them to the routers; as 200 parts
-        they cost their JSON. Writers of one process take turns on a lock of their own:
-        SQLite's busy wait would put a waiting writer to sleep for milliseconds after
-        the lock is free.
-        """
-        what = "journal " + ", ".join(sorted({head[2] for head, _ in parts}))
+    def _journal_rows(self, parts: Sequence[_Outcome]) -> None:
+        """One transaction of journal rows (``_journal_rows_of``)."""
         if self.readonly or self._engine is None:
-            raise StoreError(f"state store {self.display}: {what}: opened read-only")
+            raise StoreError(f"state store {self.display}: journal: opened read-only")
+        rows = _journal_rows_of(self._engine.dialect, parts)
+        self._insert_rows([rows], ", ".join(sorted({part.head[2] for part in parts})))
+
+    def _insert_rows(self, rows: Sequence[_Rows], targets: str, conn: Connection | None = None) -> None:
+        """One transaction. A cold apply's 400,000 changes cost ~25,000 instructions each
+        in SQLite as rows of an indexed table, more than sending them to the routers; as
+        200 parts they cost their JSON. Writers of one process take turns on a lock of
+        their own: SQLite's busy wait would put a waiting writer to sleep for
+        milliseconds after the lock is free."""
+        what = f"journal {targets}"
         with self._journal_lock:
             if conn is None:
                 with self._write(what) as fresh:
-                    _insert_journal(fresh, parts)
+                    _insert_journal(fresh, rows)
             else:
                 with self._errors(what), conn.begin():
-                    _insert_journal(conn, parts)
+                    _insert_journal(conn, rows)
 
     def usernames_written(self, accounts: Collection[str]) -> set[str]:
         """RADIUS usernames provisiond ever wrote rows for, for these accounts (the journal).
@@ -487,13 +487,14 @@ class StateStore:
                     break  # every later part is older than what is already here
                 rows = json.loads(part.rows)
                 for i in range(len(rows) - 1, -1, -1):
-                    action, kind, group, account_id, detail, result, message = rows[i]
+                    row = rows[i]
+                    action, kind, group, account_id = row[:4]
                     if account is not None and account_id != account:
                         continue
                     out.append(((part.at, 1, part.id, i), {
                         "at": part.at, "run_id": part.run_id, "target": part.target,
                         "action": action, "kind": kind, "group": group, "account_id": account_id,
-                        "detail": detail, "result": result, "message": message,
+                        "detail": _part_detail(row), "result": row[9], "message": row[10],
                     }))
         return out
 
@@ -679,25 +680,111 @@ def _change_rows(applied: Iterable[Change], failed: Iterable[tuple[Change, str]]
         yield "create", r.kind, r.group, r.account_id, detail, "conflict", conflict.reason
 
 
-def _insert_journal(conn: Connection, parts: Sequence[tuple[_JournalHead, Sequence[_JournalRow]]]) -> None:
-    dialect = conn.dialect
+@dataclass(slots=True)
+class _Outcome:
+    """Finished changes of one target to journal under one (run_id, at, target), or
+    (``journal``) rows made already."""
+
+    head: _JournalHead
+    applied: Sequence[Change] = ()
+    failed: Sequence[tuple[Change, str]] = ()
+    conflicts: Sequence[Conflict] = ()
+    rows: Sequence[_JournalRow] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.applied) + len(self.failed) + len(self.conflicts) + len(self.rows)
+
+    def split(self, size: int) -> Iterator[_Outcome]:
+        """Parts of at most ``size`` changes, in order."""
+        changes: list[tuple[str, Any]] = [("a", c) for c in self.applied]
+        changes += [("f", x) for x in self.failed]
+        changes += [("c", x) for x in self.conflicts]
+        for start in range(0, len(changes), size):
+            chunk = changes[start:start + size]
+            yield _Outcome(self.head, [x for k, x in chunk if k == "a"],
+                           [x for k, x in chunk if k == "f"], [x for k, x in chunk if k == "c"])
+
+    def compact(self) -> bool:
+        """One journal_parts row (not one journal row per change)?"""
+        return (not self.rows and self.count >= PART_ROWS
+                and all(c.resource.kind in _PART_KINDS for c in self.applied)
+                and all(c.resource.kind in _PART_KINDS for c, _ in self.failed)
+                and all(x.resource.kind in _PART_KINDS for x in self.conflicts))
+
+
+def _part_rows(part: _Outcome) -> list[tuple[Any, ...]]:
+    """A part's rows as journal_parts stores them (see ``_PART_ENCODER``)."""
+    return ([_part_row(c, "ok", "") for c in part.applied]
+            + [_part_row(c, "failed", message) for c, message in part.failed]
+            + [_part_row(Create(x.resource), "conflict", x.reason) for x in part.conflicts])
+
+
+def _part_row(c: Change, result: str, message: str) -> tuple[Any, ...]:
+    r = c.resource
+    if isinstance(c, Update):  # detail: the old id, and what it was before
+        return (c.action, r.kind, r.group, r.account_id, r.account_name, r.ident, r.attrs,
+                c.old.ref, c.old.attrs, result, message)
+    return (c.action, r.kind, r.group, r.account_id, r.account_name, r.ident, r.attrs,
+            r.ref, None, result, message)
+
+
+def _part_detail(row: Sequence[Any]) -> dict[str, Any]:
+    """A journal_parts row's detail: what ``_detail`` makes for a journal row."""
+    _, _, _, _, account_name, ident, attrs, ref, before, result, message = row
+    out: dict[str, Any] = dict(ident)
+    out.update(attrs)
+    out["account_name"] = account_name
+    if before is not None:
+        out["id"] = ref
+        out["before"] = dict(sorted((str(k), v) for k, v in before))
+    elif ref:
+        out["id"] = ref
+    if result == "conflict":
+        out["reason"] = message
+    return dict(sorted(out.items()))
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Journal rows ready for the database: journal_parts rows and journal rows."""
+
+    parts: list[dict[str, Any]]
+    single: list[tuple[Any, ...]]
+
+    @property
+    def count(self) -> int:
+        return sum(int(p["changes"]) for p in self.parts) + len(self.single)
+
+
+def _journal_rows_of(dialect: Dialect, parts: Sequence[_Outcome]) -> _Rows:
+    """Each part of ``PART_ROWS`` or more address-list changes as one journal_parts row
+    (its rows one JSON document), the others as a journal row per change."""
     bind = journal_t.c.at.type.dialect_impl(dialect).bind_processor(dialect)
-    single: list[tuple[Any, ...]] = []
-    compact: list[dict[str, Any]] = []
+    out = _Rows([], [])
     encode = _DETAIL_ENCODER.encode
-    for (run_id, at, target), rows in parts:
+    for part in parts:
+        run_id, at, target = part.head
+        if part.compact():
+            rows = _part_rows(part)
+            out.parts.append({"run_id": run_id, "at": at, "target": target, "changes": len(rows),
+                              "accounts": "," + ",".join(row[3] for row in rows) + ",",
+                              "rows": _PART_ENCODER.encode(rows)})
+            continue
         when = bind(at) if bind is not None else at
-        if len(rows) >= PART_ROWS and all(row[1] in _PART_KINDS for row in rows):
-            compact.append({"run_id": run_id, "at": at, "target": target, "changes": len(rows),
-                            "accounts": "," + ",".join(row[3] for row in rows) + ",",
-                            "rows": _PART_ENCODER.encode(rows)})
-        else:
-            single += [(run_id, when, target, a, k, g, acct, encode(d), r, m)
-                       for a, k, g, acct, d, r, m in rows]
-    if compact:
-        conn.execute(journal_parts.insert(), compact)
+        made = part.rows or list(_change_rows(part.applied, part.failed, part.conflicts))
+        out.single += [(run_id, when, target, a, k, g, acct, encode(d), r, m)
+                       for a, k, g, acct, d, r, m in made]
+    return out
+
+
+def _insert_journal(conn: Connection, rows: Sequence[_Rows]) -> None:
+    parts = [p for r in rows for p in r.parts]
+    single = [x for r in rows for x in r.single]
+    if parts:
+        conn.execute(journal_parts.insert(), parts)
     if single:
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         conn.exec_driver_sql(f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS)}) "
                              f"VALUES ({', '.join([mark] * len(_JOURNAL_COLUMNS))})", single)
 
@@ -705,29 +792,28 @@ def _insert_journal(conn: Connection, parts: Sequence[tuple[_JournalHead, Sequen
 class _JournalWriter:
     """The thread behind ``journal_changes(wait=False)``.
 
-    Queued outcomes wait until ``JOURNAL_CHUNK`` rows are queued (or ``close``); then
-    the thread makes their rows and writes them in one transaction, on a connection it
-    keeps for the run: few, large transactions (a commit writes every index page it
-    touched) and a warm page cache. One thread: targets never wait on each other's
-    journal, and never on the journal's disk.
+    Queued rows (made by the caller) wait until ``JOURNAL_CHUNK`` changes are queued (or
+    ``close``); then the thread writes them in one transaction, on a connection it keeps
+    for the run: few, large transactions (a commit writes every index page it touched).
+    Targets never wait on each other's journal, nor on the journal's disk.
     """
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._cond = threading.Condition()
-        self._queue: list[tuple[_JournalHead, Iterable[_JournalRow]]] = []
-        self._queued = 0  # rows waiting
+        self._queue: list[_Rows] = []
+        self._queued = 0  # changes waiting
         self._closing = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
         self._thread.start()
 
-    def put(self, head: _JournalHead, rows: Iterable[_JournalRow], count: int) -> None:
+    def put(self, rows: _Rows) -> None:
         with self._cond:
             if self._error is not None:
                 return  # raised by close(); the targets go on
-            self._queue.append((head, rows))
-            self._queued += count
+            self._queue.append(rows)
+            self._queued += rows.count
             if self._queued >= JOURNAL_CHUNK:
                 self._cond.notify()
 
@@ -758,7 +844,7 @@ class _JournalWriter:
                     if engine is None:
                         raise StoreError(f"state store {self._store.display}: journal: closed")
                     conn = engine.connect().execution_options(provisiond_write=True)
-                self._store._journal_rows([(head, list(rows)) for head, rows in batch], conn)
+                self._store._insert_rows(batch, "(queued)", conn)
         except BaseException as exc:  # noqa: BLE001 - raised by close()
             with self._cond:
                 self._error = exc

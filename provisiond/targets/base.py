@@ -75,7 +75,8 @@ class Target(Protocol):
         ``report(part)`` (the journal) gets every applied, failed and collided change of
         the returned result exactly once, in parts (an ``ApplyResult`` of changes that
         finished since the last part), the last part before ``apply`` returns. Parts
-        come one at a time, from any thread; ``report`` must not block for long.
+        come from any of the target's threads, maybe at once; ``report`` must not block
+        for long.
         """
         ...
 

@@ -1036,8 +1036,8 @@ _COMMENT, _DISABLED = "comment", "disabled"
 class _Finished:
     """Where an apply's answered changes go: its result (a session's share of it, while
     several sessions add), the progress display, and ``report`` (the journal) in parts
-    of ``REPORT_EVERY``. Called from every session's thread; a part is reported under
-    the lock, so parts come one at a time."""
+    of ``REPORT_EVERY``. Called from every session's thread; a full part is taken under
+    the lock and reported by the thread that filled it, outside the lock."""
 
     def __init__(self, target: str, progress: Callable[[int], None] | None = None,
                  report: Callable[[ApplyResult], None] | None = None) -> None:
@@ -1053,7 +1053,9 @@ class _Finished:
         if self._report is not None:
             with self._lock:
                 self._part.applied.append(change)
-                self._counted()
+                full = self._counted(1)
+            if full is not None:
+                self._report(full)
         if self._progress is not None:
             self._progress(1)
 
@@ -1062,7 +1064,9 @@ class _Finished:
         if self._report is not None:
             with self._lock:
                 self._part.failed.append((change, message))
-                self._counted()
+                full = self._counted(1)
+            if full is not None:
+                self._report(full)
         if self._progress is not None:
             self._progress(1)
 
@@ -1071,13 +1075,16 @@ class _Finished:
         if self._report is not None:
             with self._lock:
                 self._part.conflicts.append(conflict)
-                self._counted()
+                full = self._counted(1)
+            if full is not None:
+                self._report(full)
         if self._progress is not None:
             self._progress(1)
 
     def failed_rest(self, result: ApplyResult, changes: Iterable[Change], why: str) -> None:
         """The target failed mid-way: every change not yet applied, failed or collided
-        fails with ``why`` (reported, not counted as progress: the bar stops there)."""
+        fails with ``why`` (reported by ``flush``; not counted as progress: the bar
+        stops there)."""
         done = {id(c) for c in result.applied} | {id(c) for c, _ in result.failed}
         done |= {id(c.resource) for c in result.conflicts}
         result.error = why
@@ -1093,18 +1100,17 @@ class _Finished:
         """Report what is left (the last part)."""
         if self._report is not None:
             with self._lock:
-                if self._count:
-                    self._send()
+                part, self._part, self._count = self._part, ApplyResult(target=self._target), 0
+            if part.applied or part.failed or part.conflicts:
+                self._report(part)
 
-    def _counted(self) -> None:
-        self._count += 1
-        if self._count >= REPORT_EVERY:
-            self._send()
-
-    def _send(self) -> None:
-        assert self._report is not None
+    def _counted(self, n: int) -> ApplyResult | None:
+        """Under the lock: ``n`` more in the part; the part, if that filled it."""
+        self._count += n
+        if self._count < REPORT_EVERY:
+            return None
         part, self._part, self._count = self._part, ApplyResult(target=self._target), 0
-        self._report(part)
+        return part
 
 
 def _readable(address: str) -> bool:

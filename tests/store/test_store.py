@@ -210,17 +210,23 @@ def _entry_change(n: int, action: str = "create") -> Any:
 def test_a_large_part_is_one_row_and_reads_back_as_its_changes(store: StateStore, store_url: str) -> None:
     """A part of PART_ROWS address-list changes or more is one journal_parts row;
     history (all, by account, since, limit) reads it as the changes one row each would
-    have been, newest first."""
+    have been (creates, updates, a failed delete and update, a conflict), newest first."""
+    from provisiond.core.changes import Conflict, Update
     from provisiond.state.store import PART_ROWS, journal_parts
 
     n = PART_ROWS + 50
-    applied = [_entry_change(i) for i in range(n - 2)]
-    failed = [(_entry_change(n - 2, "delete"), "core-1: remove refused: no")]
+    old, new = _entry_change(n + 1, "delete").old, _entry_change(n + 1).new
+    renamed = Update(old, type(new)(new.kind, new.group, new.ident, (("comment", "x"), ("disabled", "true")),
+                                    account_id=new.account_id, account_name="renamed", ref=old.ref))
+    applied = [_entry_change(i) for i in range(n - 2)] + [renamed]
+    failed = [(_entry_change(n - 2, "delete"), "core-1: remove refused: no"),
+              (Update(old, renamed.new), "core-1: set refused: no")]
+    conflicts = [Conflict(_entry_change(n + 2).new, "already have such entry (not provisiond's)")]
     bulk, single = store.start_run("apply"), store.start_run("apply")
-    store.journal_changes(bulk, "core-1", applied=applied, failed=failed, at=T0)
+    store.journal_changes(bulk, "core-1", applied=applied, failed=failed, conflicts=conflicts, at=T0)
     for i in range(0, len(applied), PART_ROWS // 2):  # the same changes in small parts
         store.journal_changes(single, "core-1", applied=applied[i:i + PART_ROWS // 2], at=T0)
-    store.journal_changes(single, "core-1", failed=failed, at=T0)
+    store.journal_changes(single, "core-1", failed=failed, conflicts=conflicts, at=T0)
     engine = sa.create_engine(store_url)
     with engine.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(journal_parts)).scalar_one() == 1
@@ -232,10 +238,11 @@ def test_a_large_part_is_one_row_and_reads_back_as_its_changes(store: StateStore
         return [{k: v for k, v in e.items() if k != "run_id"} for e in entries if e["run_id"] == run]
 
     everything = store.history(limit=10 * n)
-    assert len(runs(everything, bulk)) == n - 1
+    assert len(runs(everything, bulk)) == n + 2
     assert sorted(runs(everything, bulk), key=repr) == sorted(runs(everything, single), key=repr)
-    assert runs(everything, bulk)[0]["action"] == "delete"  # the newest first
-    assert runs(everything, bulk)[0]["detail"]["id"] == f"*{n - 2:X}"
+    assert [e["result"] for e in runs(everything, bulk)[:3]] == ["conflict", "failed", "failed"]
+    assert runs(everything, bulk)[1]["detail"]["before"] == {"comment": f'provisiond:{n + 1} acct "{n + 1}" \u00e9',
+                                                            "disabled": "false"}
     mine = store.history(account="7")
     assert [(e["detail"]["address"], e["account_id"]) for e in mine if e["run_id"] == bulk] == [
         ("100.64.0.7", "7")]
