@@ -120,7 +120,7 @@ journal_parts = sa.Table(  # a part of PART_ROWS or more address-list changes, o
     sa.Column("target", sa.String(255), nullable=False),
     sa.Column("changes", sa.Integer, nullable=False),
     sa.Column("accounts", sa.Text, nullable=False),  # ",id,id,…,": a superset filter for LIKE
-    sa.Column("rows", sa.Text, nullable=False),  # JSON: [[action, kind, group, account_id, detail, result, message], …]
+    sa.Column("rows", sa.Text, nullable=False),  # JSON, a row per change (see _PART_ENCODER)
 )
 radreply_ledger = sa.Table(
     "radreply_ledger", metadata,
