@@ -363,9 +363,16 @@ class StateStore:
             # the writer thread only inserts (SQLite lets the interpreter go meanwhile).
             # A thread of its own making them took the interpreter from the targets'
             # sessions, each hand-over a wait for the OS to run the other thread.
+            # Whatever goes wrong is raised by flush_journal: a journal never stops a
+            # target half-way through its writes.
             writer = self._journal_writer()
-            assert self._engine is not None
-            writer.put(_journal_rows_of(self._engine.dialect, [outcome]))
+            try:
+                assert self._engine is not None
+                rows = _journal_rows_of(self._engine.dialect, [outcome])
+            except Exception as exc:  # noqa: BLE001 - raised by flush_journal
+                writer.fail(exc)
+                return
+            writer.put(rows)
             return
         for part in outcome.split(JOURNAL_CHUNK):
             self._journal_rows([part])
@@ -817,6 +824,14 @@ class _JournalWriter:
             if self._queued >= JOURNAL_CHUNK:
                 self._cond.notify()
 
+    def fail(self, exc: BaseException) -> None:
+        """The rows of a part could not be made: nothing more is written; ``close`` raises."""
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._queue, self._queued = [], 0
+            self._cond.notify()
+
     def close(self) -> None:
         """Write what is queued, stop the thread; raise its error, if any."""
         with self._cond:
@@ -834,9 +849,11 @@ class _JournalWriter:
         try:
             while True:
                 with self._cond:
-                    while not self._closing and self._queued < JOURNAL_CHUNK:
+                    while not self._closing and self._queued < JOURNAL_CHUNK and self._error is None:
                         self._cond.wait()
                     batch, self._queue, self._queued = self._queue, [], 0
+                    if self._error is not None:
+                        return
                 if not batch:
                     return
                 if conn is None:

@@ -283,3 +283,24 @@ def test_a_failed_queued_write_is_raised_by_finish_run(
     store.journal_changes(run, "core-1", applied=[_entry_change(1)], wait=False)
     with pytest.raises(StoreError, match="disk I/O error"):
         store.finish_run(run, "ok", {})
+
+
+def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target reporting a part is never stopped half-way by the journal: the error
+    comes from finish_run, and nothing more is written."""
+    from provisiond.state import store as store_mod
+
+    def broken(*args: object, **kw: object) -> None:
+        raise TypeError("not JSON serializable")
+
+    run = store.start_run("apply")
+    store.journal_changes(run, "core-1", applied=[_entry_change(1)], wait=False)
+    monkeypatch.setattr(store_mod, "_journal_rows_of", broken)
+    store.journal_changes(run, "core-1", applied=[_entry_change(2)], wait=False)  # does not raise
+    monkeypatch.undo()
+    store.journal_changes(run, "core-1", applied=[_entry_change(3)], wait=False)
+    with pytest.raises(StoreError, match="not JSON serializable"):
+        store.finish_run(run, "ok", {})
+    assert [e for e in store.history() if e["run_id"] == run] == []
