@@ -62,17 +62,28 @@ class ListEntries(Mapping[Key, Resource]):
     when one is first asked for, and kept in ``made`` (shared like the lists: on a cold
     pass every router asks for every entry's, and four routers get one).
 
-    ``ordered``: the lists are by name and each list's entries by ``sort_key`` of their
-    address, which is apply order (``diff``): a router's creates need no sorting.
+    ``order`` sorts a router's creates (``diff``) by where their addresses stand in
+    their list, the list sorted once (by ``sort_key``) for every router that carries it,
+    and only when a router has creates to sort.
     """
 
-    __slots__ = ("lists", "ordered", "_made")
+    __slots__ = ("lists", "_made", "_ranks")
 
-    def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *, ordered: bool = False,
-                 made: Mapping[str, dict[str, Resource]] | None = None) -> None:
+    def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *,
+                 made: Mapping[str, dict[str, Resource]] | None = None,
+                 ranks: Mapping[str, dict[str, int]] | None = None) -> None:
         self.lists = lists
-        self.ordered = ordered and list(lists) == sorted(lists)
         self._made = made if made is not None else {name: {} for name in lists}
+        self._ranks = ranks if ranks is not None else {name: {} for name in lists}
+
+    def order(self, r: Resource) -> tuple[str, int]:
+        """A sort key for this router's Resources that orders them as ``diff`` applies
+        them: by list, then by address (``sort_key``). KeyError: not one of them."""
+        name = r.group
+        ranks = self._ranks[name]
+        if not ranks:
+            ranks.update((address, i) for i, address in enumerate(sorted(self.lists[name], key=sort_key)))
+        return name, ranks[r.get("address")]
 
     def resource(self, name: str, address: str) -> Resource:
         """The Resource of the entry for ``address`` in list ``name`` (KeyError: none)."""
@@ -228,14 +239,13 @@ def address_lists(
                         conflicts.append(Conflict(
                             address_list_entry(name, address, account, marker),
                             f"address also claimed by account {other[1].id}"))
-    for combo, entries in shared.items():
-        # Sorted once here, not once per router in ``diff``.
-        shared[combo] = dict(sorted(entries.items(), key=lambda item: sort_key(item[0])))
     made: dict[tuple[str, tuple[int, ...]], dict[str, Resource]] = {c: {} for c in shared}
+    ranks: dict[tuple[str, tuple[int, ...]], dict[str, int]] = {c: {} for c in shared}
     return {
         router: RouterDesire(
-            desired=ListEntries({c[0]: shared[c] for c in uses[router]}, ordered=True,
-                                made={c[0]: made[c] for c in uses[router]}),
+            desired=ListEntries({c[0]: shared[c] for c in uses[router]},
+                                made={c[0]: made[c] for c in uses[router]},
+                                ranks={c[0]: ranks[c] for c in uses[router]}),
             conflicts=[x for c in uses[router] for x in shared_conflicts[c]],
             lists={c[0] for c in uses[router]},
         )
