@@ -693,8 +693,13 @@ class Reconciler:
             tick = progress(plan.target, len(plan.changes)) if progress is not None else None
             # Journalled as it goes: the target hands over what it did in parts, and the
             # store writes them in the background while the target applies the rest.
-            return by_name[plan.target].apply(
+            outcome = by_name[plan.target].apply(
                 plan, progress=tick, report=lambda part: self._journal(run_id, part, wait=False))
+            if self.store is not None:
+                # A finished target's journal is on disk before its result counts: a
+                # crash while slower targets still apply loses none of it.
+                self.store.sync_journal()
+            return outcome
 
         for plan, outcome in _each(todo, one):
             if isinstance(outcome, str):

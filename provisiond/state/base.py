@@ -40,7 +40,11 @@ class Store(Protocol):
         failed: Iterable[tuple[Change, str]] = (), conflicts: Iterable[Conflict] = (),
         at: datetime | None = None, wait: bool = True,
     ) -> None:
-        """``wait=False``: queued, written by ``finish_run`` at the latest."""
+        """``wait=False``: queued, written by ``sync_journal`` or ``finish_run`` at the latest."""
+        ...
+
+    def sync_journal(self) -> None:
+        """Wait until the journal rows queued so far are written (the run goes on)."""
         ...
 
     def radreply_owned(self) -> set[tuple[str, str]]: ...

@@ -377,6 +377,14 @@ class StateStore:
         for part in outcome.split(JOURNAL_CHUNK):
             self._journal_rows([part])
 
+    def sync_journal(self) -> None:
+        """Wait until the rows queued so far are written; later ones may still be queued.
+        A writer's failure is raised by ``finish_run``, not here."""
+        with self._writer_guard:
+            writer = self._writer
+        if writer is not None:
+            writer.sync()
+
     def flush_journal(self) -> None:
         """Wait until the journal rows queued so far (``wait=False``) are written.
 
@@ -812,6 +820,8 @@ class _JournalWriter:
         self._queued = 0  # changes waiting
         self._closing = False
         self._error: BaseException | None = None
+        self._asked = 0  # sync() calls so far
+        self._synced = 0  # of those, the ones whose rows are written
         self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
         self._thread.start()
 
@@ -832,6 +842,16 @@ class _JournalWriter:
             self._queue, self._queued = [], 0
             self._cond.notify()
 
+    def sync(self) -> None:
+        """Wait until what is queued now is written (a target finished: its journal must
+        not wait for the others')."""
+        with self._cond:
+            self._asked += 1
+            ticket = self._asked
+            self._cond.notify_all()
+            while self._synced < ticket and self._error is None and self._thread.is_alive():
+                self._cond.wait(1.0)
+
     def close(self) -> None:
         """Write what is queued, stop the thread; raise its error, if any."""
         with self._cond:
@@ -849,23 +869,30 @@ class _JournalWriter:
         try:
             while True:
                 with self._cond:
-                    while not self._closing and self._queued < JOURNAL_CHUNK and self._error is None:
+                    while (not self._closing and self._queued < JOURNAL_CHUNK
+                           and self._error is None and self._synced == self._asked):
                         self._cond.wait()
                     batch, self._queue, self._queued = self._queue, [], 0
+                    asked, closing = self._asked, self._closing
                     if self._error is not None:
                         return
-                if not batch:
+                if batch:
+                    if conn is None:
+                        engine = self._store._engine
+                        if engine is None:
+                            raise StoreError(f"state store {self._store.display}: journal: closed")
+                        conn = engine.connect().execution_options(provisiond_write=True)
+                    self._store._insert_rows(batch, "(queued)", conn)
+                with self._cond:
+                    self._synced = asked
+                    self._cond.notify_all()
+                if closing and not batch:
                     return
-                if conn is None:
-                    engine = self._store._engine
-                    if engine is None:
-                        raise StoreError(f"state store {self._store.display}: journal: closed")
-                    conn = engine.connect().execution_options(provisiond_write=True)
-                self._store._insert_rows(batch, "(queued)", conn)
         except BaseException as exc:  # noqa: BLE001 - raised by close()
             with self._cond:
                 self._error = exc
                 self._queue = []
+                self._cond.notify_all()
         finally:
             if conn is not None:
                 conn.close()
