@@ -88,6 +88,8 @@ class PassPlan:
     # Mappings whose group/status matches no billing account this pass (typos, mostly).
     unmatched: list[Selector] = field(default_factory=list)
     ipam_refused: str | None = None  # why apply refuses the allocation without --force
+    # A scoped pass: pools whose every lease the allocation releases (pool -> releases).
+    emptied_pools: dict[str, int] = field(default_factory=dict)
 
     @property
     def ipam_changes(self) -> int:
@@ -288,7 +290,7 @@ class Reconciler:
         protected = unmatched_by_target(pp.unmatched)
         allocated: Mapping[str, tuple[str, ...]] = {}
         if self.settings.pool:
-            pp.allocation, pp.ipam_json, pp.ipam_refused = _allocate(
+            pp.allocation, pp.ipam_json, pp.ipam_refused, pp.emptied_pools = _allocate(
                 self.settings, snapshot, self.store, now,
                 blocked_billing=self._billing_outside(snapshot.scope),
                 protected=protected.get("ipam", {}),
@@ -414,10 +416,7 @@ class Reconciler:
                         held.add(account_id)
                     else:
                         held.discard(account_id)
-        if pp.allocation is None or not pp.allocation.releases or self.store is None:
-            return []
-        emptied = emptied_pools(pp.allocation, self.store.leases())
-        return [p for p in emptied if members is None or not members.get(p)]
+        return [p for p in pp.emptied_pools if members is None or not members.get(p)]
 
     def _shared_usernames(
         self,
@@ -763,7 +762,7 @@ class Reconciler:
                 groups={g for a in snapshot.accounts.values() for g in a.groups},
                 statuses={a.status for a in snapshot.accounts.values()},
             )
-            allocation, ipam_json, pp.ipam_refused = _allocate(
+            allocation, ipam_json, pp.ipam_refused, _ = _allocate(
                 self.settings, snapshot, self.store, now,
                 protected=unmatched_by_target(found).get("ipam", {}))
             if ipam_json != doc.get("ipam"):
@@ -977,19 +976,22 @@ def _allocate(
     *,
     blocked_billing: Sequence[str] = (),
     protected: Mapping[str, str] | None = None,
-) -> tuple[Any, dict[str, Any], str | None]:
-    """The allocation, its JSON, and why apply must refuse it unforced (or None)."""
+) -> tuple[Any, dict[str, Any], str | None, dict[str, int]]:
+    """The allocation, its JSON, why apply must refuse it unforced (or None), and (a
+    scoped read) the pools it would release every lease of, from the same lease read."""
     from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
     leases = store.leases() if store is not None else []
     allocation = ipam.allocate(snapshot.accounts.values(), pools, leases, now,
                                scope=snapshot.scope, blocked_billing=blocked_billing)
+    emptied = (emptied_pools(allocation, leases)
+               if snapshot.scope is not None and allocation.releases else {})
     try:
         check_pools(allocation, leases, protected or {})
     except UnmatchedMapping as exc:
-        return allocation, allocation.to_json(), str(exc)
-    return allocation, allocation.to_json(), None
+        return allocation, allocation.to_json(), str(exc), emptied
+    return allocation, allocation.to_json(), None, emptied
 
 
 def _holders(snapshot: Snapshot) -> UsernameHolders:

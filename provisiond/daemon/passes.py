@@ -370,7 +370,7 @@ class PassRunner:
             self._scope = None  # widened: only a full pass may decide
         from provisiond.daemon import worker
 
-        skip = frozenset(n for n in self._names() if self._skip(n))
+        skip = frozenset(n for n in self.backoff.names() if self._skip(n))
         display, self.first_progress = self.first_progress, None
         self._in_child = True
         digest = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
@@ -396,11 +396,6 @@ class PassRunner:
         with display:
             return make_digest(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
                                progress=display.factory)
-
-    def _names(self) -> list[str]:
-        """Every target of the configuration (what the Reconciler builds, in its order)."""
-        s = self.settings
-        return [r.name for r in s.router] + (["radius"] if s.radius is not None else [])
 
     # -- bookkeeping ----------------------------------------------------------------
 
