@@ -283,8 +283,19 @@ class StateStore:
         return run_id
 
     def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
-        """Record how a run ended, once every journal row queued for it is written."""
-        self.flush_journal()
+        """Record how a run ended, once every journal row queued for it is written.
+
+        If the journal writer failed, the run is still recorded as finished: ``failed``,
+        the writer's error in its summary (``journal_error``); then that error is raised.
+        """
+        try:
+            self.flush_journal()
+        except StoreError as exc:
+            self._finish_run(run_id, "failed", {**summary, "journal_error": str(exc)})
+            raise
+        self._finish_run(run_id, result, summary)
+
+    def _finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
         with self._write(f"finish run {run_id}") as conn:
             conn.execute(
                 runs.update()

@@ -285,6 +285,31 @@ def test_a_failed_queued_write_is_raised_by_finish_run(
         store.finish_run(run, "ok", {})
 
 
+def test_a_run_whose_journal_failed_is_still_finished_as_failed(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """finish_run records the run (failed, the journal's error in its summary) before it
+    raises the writer's error: a run never stays unfinished because its journal failed."""
+    from provisiond.state import store as store_mod
+
+    def broken(*args: object, **kw: object) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    run = store.start_run("apply")
+    monkeypatch.setattr(store_mod, "_insert_journal", broken)
+    store.journal_changes(run, "core-1", applied=[_entry_change(1)], wait=False)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        store.finish_run(run, "ok", {"targets": {"core-1": {"applied": 1}}})
+    [latest] = store.runs()
+    assert latest["id"] == run and latest["result"] == "failed"
+    assert latest["finished_at"] is not None and latest["finished_at"] >= latest["started_at"]
+    assert latest["summary"]["targets"] == {"core-1": {"applied": 1}}
+    assert "journal" in latest["summary"]["journal_error"]
+    assert "disk I/O error" in latest["summary"]["journal_error"]
+    store.finish_run(store.start_run("apply"), "ok", {})  # the next run's journal is a new writer
+    assert [r["result"] for r in store.runs()][0] == "ok"
+
+
 def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
