@@ -175,3 +175,24 @@ def fresh_database(server: Server, prefix: str = "pvd") -> Iterator[str]:
             else:
                 c.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def select_only_role(url: str, tables: tuple[str, ...]) -> Iterator[str]:
+    """A new PostgreSQL login role with SELECT on only ``tables`` of the database at
+    ``url`` (which connects as a superuser); the URL that connects as the role (the
+    server trusts loopback). The role and its privileges are dropped afterwards."""
+    role = f"pvd_reader_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        if tables:
+            with engine.connect() as c:
+                c.execute(sa.text(f'GRANT SELECT ON {", ".join(tables)} TO "{role}"'))
+        yield sa.make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as c:
+            c.execute(sa.text(f'DROP OWNED BY "{role}"'))  # its privileges in this database
+            c.execute(sa.text(f'DROP ROLE "{role}"'))
+        engine.dispose()

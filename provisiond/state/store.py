@@ -160,6 +160,12 @@ _PART_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases")
 
 
+def _insufficient_privilege(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL's SQLSTATE 42501: the role may not do this to the table."""
+    orig = exc.orig
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "42501"
+
+
 def _utc(value: datetime) -> datetime:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
@@ -238,12 +244,26 @@ class StateStore:
 
     @contextmanager
     def _read(self, table: str) -> Iterator[Connection | None]:
-        """A read transaction, or None when the (read-only) store lacks ``table``."""
+        """A read transaction of ``table``, or None when the (read-only) store lacks it.
+
+        A database role without SELECT on ``table`` (one granted the tables of an older
+        schema, say) is a ``StoreError`` that names the table and the GRANT it needs.
+        """
         if self._engine is None or table not in self._tables:
             yield None
             return
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if not _insufficient_privilege(exc):
+                raise
+            user = self._engine.url.username
+            role = '"' + user.replace('"', '""') + '"' if user else "<the role of state.url>"
+            raise StoreError(
+                f"state store {self.display}: permission denied for table {table}: the database "
+                f"role has no SELECT privilege on it (GRANT SELECT ON {table} TO {role})"
+            ) from exc
 
     @contextmanager
     def _write(self, what: str, lock: int | None = None) -> Iterator[Connection]:
@@ -469,15 +489,24 @@ class StateStore:
     ) -> list[dict[str, Any]]:
         """Journal entries, newest first: the ``journal`` rows and the changes of the
         ``journal_parts`` rows, as one."""
-        with self._errors("history"), self._read("journal") as conn:
+        with self._errors("history"):
+            out = self._journal_history(since, account, limit)
+            out += self._part_history(since, account, limit)
+        out.sort(key=lambda item: item[0], reverse=True)
+        return [entry for _, entry in out[:limit]]
+
+    def _journal_history(self, since: datetime | None, account: str | None,
+                         limit: int) -> list[tuple[tuple[datetime, int, int, int], dict[str, Any]]]:
+        """The newest ``limit`` rows of ``journal`` (of ``account``, ``since``)."""
+        out: list[tuple[tuple[datetime, int, int, int], dict[str, Any]]] = []
+        with self._read("journal") as conn:
             if conn is None:
-                return []
+                return out
             query = sa.select(journal_t).order_by(journal_t.c.at.desc(), journal_t.c.id.desc())
             if since is not None:
                 query = query.where(journal_t.c.at >= _utc(since))
             if account is not None:
                 query = query.where(journal_t.c.account_id == account)
-            out: list[tuple[tuple[datetime, int, int, int], dict[str, Any]]] = []
             for r in conn.execute(query.limit(limit)).mappings():
                 out.append(((r["at"], 0, r["id"], 0), {
                     "at": r["at"],
@@ -491,9 +520,7 @@ class StateStore:
                     "result": r["result"],
                     "message": r["message"],
                 }))
-        out += self._part_history(since, account, limit)
-        out.sort(key=lambda item: item[0], reverse=True)
-        return [entry for _, entry in out[:limit]]
+        return out
 
     def _part_history(self, since: datetime | None, account: str | None,
                       limit: int) -> list[tuple[tuple[datetime, int, int, int], dict[str, Any]]]:

@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from dbservers import Server, fresh_database, select_only_role
 from world import QUERY, World
 
 from provisiond.sim import RouterSim
@@ -140,6 +142,50 @@ def test_every_applied_change_is_journalled_and_history_shows_it(world: World) -
     assert any("- tower-hosts 100.64.10.5" in line for line in lines)
     assert any("+ tower-hosts 100.64.10.5" in line for line in lines)
     world.assert_converged()
+
+
+def test_history_and_explain_with_a_role_that_cannot_read_journal_parts(
+        world: World, pg_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only role granted the tables of the schema before journal_parts (an
+    operator's grant from before the upgrade): ``history`` fails, exit 1, with an error
+    naming the table, the privilege and the GRANT (it would otherwise show a journal
+    without its parts as if it were whole); ``explain`` explains the account and says
+    in its journal section why the journal could not be read."""
+    from provisiond.state import store as store_mod
+
+    monkeypatch.setattr(store_mod, "PART_ROWS", 2)  # the router's four creates: one part
+    world.router("core-1")
+    _seed(world)
+    with fresh_database(pg_server, prefix="state") as state_url:
+        world.state_url = state_url
+        world.write_config()
+        assert world.run("apply")[0] == 0
+        engine = sa.create_engine(state_url)
+        with engine.connect() as c:
+            assert c.execute(sa.text("SELECT sum(changes) FROM journal_parts")).scalar_one() == 4
+        engine.dispose()
+        tables = ("reads", "runs", "journal", "radreply_ledger", "leases")
+        with select_only_role(state_url, tables) as reader_url:
+            role = sa.make_url(reader_url).username
+            world.state_url = reader_url
+            world.write_config()
+            grant = f'GRANT SELECT ON journal_parts TO "{role}"'
+            for args in (("history",), ("history", "--format", "json", "--account", "1042")):
+                code, out, err = world.run(*args)
+                assert code == 1 and out == "", out + err
+                [line] = err.splitlines()
+                assert line.startswith("error: state store ") and "Traceback" not in err
+                assert line.endswith(f"permission denied for table journal_parts: the database role "
+                                     f"has no SELECT privilege on it ({grant})"), line
+            code, out, err = world.run("explain", "1042", "--format", "json")
+            assert code == 0, out + err
+            doc = json.loads(out)
+            assert [t["status"] for t in doc["targets"]] == ["converged"]
+            [entry] = doc["journal"]
+            assert "permission denied for table journal_parts" in entry["error"] and grant in entry["error"]
+            code, out, err = world.run("explain", "1042")
+            assert code == 0 and "Traceback" not in err, out + err
+            assert "journal (last 1):\n  error: state store " in out and grant in out, out
 
 
 @pytest.mark.parametrize("tamper", ["address", "action", "checksum"])

@@ -252,6 +252,40 @@ def test_a_large_part_is_one_row_and_reads_back_as_its_changes(store: StateStore
     assert store.history(since=T0 + timedelta(seconds=1)) == []
 
 
+def test_a_role_without_select_on_journal_parts_gets_an_error_naming_the_grant(pg_url: str) -> None:
+    """A read-only role granted the tables of the schema before journal_parts: history
+    is a StoreError naming the table, the privilege and the GRANT (never a driver error),
+    and reads the whole journal once the GRANT is made."""
+    from dbservers import select_only_role
+
+    from provisiond.state.store import PART_ROWS
+
+    with StateStore.open(pg_url) as store:
+        run = store.start_run("apply")
+        store.journal_changes(run, "core-1", applied=[_entry_change(i) for i in range(PART_ROWS)], at=T0)
+        store.journal_changes(run, "core-1", applied=[_entry_change(PART_ROWS)], at=T0)
+        store.finish_run(run, "ok", {})
+    old_tables = ("reads", "runs", "journal", "radreply_ledger", "leases")
+    with select_only_role(pg_url, old_tables) as reader_url:
+        role = sa.make_url(reader_url).username
+        with StateStore.open(reader_url, readonly=True) as reader:
+            assert [r["id"] for r in reader.runs()] == [run]
+            for account in (None, "7"):
+                with pytest.raises(StoreError) as raised:
+                    reader.history(account=account)
+                message = str(raised.value)
+                assert "permission denied for table journal_parts" in message
+                assert "no SELECT privilege" in message
+                assert f'GRANT SELECT ON journal_parts TO "{role}"' in message
+                assert "[SQL:" not in message and "InsufficientPrivilege" not in message
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as c:
+            c.execute(sa.text(f'GRANT SELECT ON journal_parts TO "{role}"'))
+        engine.dispose()
+        with StateStore.open(reader_url, readonly=True) as reader:
+            assert len(reader.history()) == PART_ROWS + 1
+
+
 def test_queued_journal_is_written_by_finish_run_and_close(store: StateStore, store_url: str) -> None:
     from provisiond.state.store import JOURNAL_CHUNK
 
