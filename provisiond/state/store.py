@@ -155,7 +155,8 @@ PART_ROWS = 200
 _PART_KINDS = frozenset({"address-list"})
 # A part's rows: [action, kind, group, account_id, account_name, ident pairs, attrs pairs,
 # id, before (pairs, an update's) or null, result, message]: the Resource's own tuples,
-# no dict made per change; _part_detail makes the detail _detail would have.
+# no dict made per change; _part_detail makes the detail _detail would have, part_entries
+# reads a part back as the journal entries of its changes.
 _PART_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases")
 
@@ -541,13 +542,11 @@ class StateStore:
                 rows = json.loads(part.rows)
                 for i in range(len(rows) - 1, -1, -1):
                     row = rows[i]
-                    action, kind, group, account_id = row[:4]
-                    if account is not None and account_id != account:
+                    if account is not None and row[3] != account:
                         continue
                     out.append(((part.at, 1, part.id, i), {
                         "at": part.at, "run_id": part.run_id, "target": part.target,
-                        "action": action, "kind": kind, "group": group, "account_id": account_id,
-                        "detail": _part_detail(row), "result": row[9], "message": row[10],
+                        **_part_entry(row),
                     }))
         return out
 
@@ -780,6 +779,18 @@ def _part_row(c: Change, result: str, message: str) -> tuple[Any, ...]:
                 c.old.ref, c.old.attrs, result, message)
     return (c.action, r.kind, r.group, r.account_id, r.account_name, r.ident, r.attrs,
             r.ref, None, result, message)
+
+
+def part_entries(rows: str) -> list[dict[str, Any]]:
+    """A journal_parts row's ``rows`` (its JSON) as the journal entries of its changes, in
+    order: action, kind, group, account_id, detail, result, message (as ``history``)."""
+    return [_part_entry(row) for row in json.loads(rows)]
+
+
+def _part_entry(row: Sequence[Any]) -> dict[str, Any]:
+    action, kind, group, account_id = row[:4]
+    return {"action": action, "kind": kind, "group": group, "account_id": account_id,
+            "detail": _part_detail(row), "result": row[9], "message": row[10]}
 
 
 def _part_detail(row: Sequence[Any]) -> dict[str, Any]:

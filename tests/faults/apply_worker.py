@@ -7,6 +7,10 @@ child that will run ``provisiond --config CONFIG apply`` with its stdout and std
 LOGFILE, prints the child's pid, and on the next line (``run``) lets it start (so the
 test knows whom to kill before the apply does anything), waits for it and prints
 ``exit CODE`` (``exit -9`` after a SIGKILL). The import seconds are spent once.
+
+``PROVISIOND_TEST_PART_ROWS=N`` in its environment makes the applies journal parts of N
+or more address-list changes as journal_parts rows (``store.PART_ROWS``, 200), so a test
+of a few dozen accounts writes them too.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def child(config: str, log: str, start: int) -> None:
 
 def main() -> None:
     config = sys.argv[1]
+    part_rows = os.environ.get("PROVISIOND_TEST_PART_ROWS")
+    if part_rows:
+        provisiond.state.store.PART_ROWS = int(part_rows)
     print("ready", flush=True)
     for line in sys.stdin:
         verb, _, log = line.strip().partition(" ")

@@ -12,7 +12,10 @@ each kill an apply must converge, and over all trials:
 - no lease doubled: no address belongs to two accounts;
 - no duplicate entry on a router, and the hand-made and dynamic entries untouched;
 - the journal records no change that did not happen: every ``ok`` create, delete and
-  update matches a command the router received.
+  update matches a command the router received, whether it is a ``journal`` row or one
+  of a ``journal_parts`` row's changes (the worker's applies write a part from
+  ``PART_ROWS`` changes on, so the first apply's creates are parts; read back with the
+  store's ``part_entries``).
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ from harness import wait_until
 from world import World
 
 from provisiond.sim import RouterSim
-from provisiond.state.store import LEASE_LOCK, StateStore
+from provisiond.state.store import LEASE_LOCK, StateStore, part_entries
 
 TRIALS = 20
 POOLED = range(1, 31)  # no billing address: one from the pool
 BILLED = range(31, 41)  # a billing address each
+# The worker's applies journal parts of this many address-list changes or more as
+# journal_parts rows (200 outside this test): a few dozen accounts write them too.
+PART_ROWS = 3
 POOL = """
 [[pool]]
 name = "towers"
@@ -74,24 +80,28 @@ def churn(world: World, rng: random.Random, trial: int) -> None:
         world.sql("UPDATE accounts SET name = :n WHERE id = :a", n=f"Tower {account} v{trial}", a=account)
 
 
-def journal(state_url: str, after: tuple[int, int]) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+def journal(state_url: str, after: tuple[int, int]) -> tuple[list[dict[str, Any]], int, tuple[int, int]]:
     """Journal rows written since ``after`` (the last journal and journal_parts ids seen),
-    a part's changes as rows of their own; and the ids seen now."""
+    a part's changes as rows of their own (read back by the store's ``part_entries``),
+    each with its detail as a dict; how many of them came from parts; and the ids seen now."""
     engine = sa.create_engine(state_url)
     try:
         with engine.connect() as c:
-            rows = [dict(r) for r in c.execute(sa.text(
+            rows = [{**r, "detail": json.loads(r["detail"])} for r in c.execute(sa.text(
                 "SELECT id, target, action, detail, result FROM journal WHERE id > :a ORDER BY id"),
                 {"a": after[0]}).mappings()]
-            parts = list(c.execute(sa.text("SELECT id, target, rows FROM journal_parts "
+            parts = list(c.execute(sa.text("SELECT id, target, changes, rows FROM journal_parts "
                                            "WHERE id > :a ORDER BY id"), {"a": after[1]}))
     finally:
         engine.dispose()
-    for part_id, target, changes in parts:
-        rows += [{"target": target, "action": action, "detail": json.dumps(detail), "result": result}
-                 for action, _, _, _, detail, result, _ in json.loads(changes)]
-    return rows, (max([after[0]] + [r["id"] for r in rows if "id" in r]),
-                  max([after[1]] + [p[0] for p in parts]))
+    seen = (max([after[0]] + [r["id"] for r in rows]), max([after[1]] + [p[0] for p in parts]))
+    from_parts = 0
+    for part_id, target, changes, encoded in parts:
+        entries = part_entries(encoded)
+        assert len(entries) == changes, f"journal_parts {part_id}: {len(entries)} of {changes} changes read"
+        rows += [{"target": target, **e} for e in entries]
+        from_parts += len(entries)
+    return rows, from_parts, seen
 
 
 def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
@@ -101,7 +111,7 @@ def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
     for row in rows:
         if row["result"] != "ok":
             continue
-        d = json.loads(row["detail"])
+        d = row["detail"]
         history = sims[row["target"]].history
         attrs = [dict(c.attributes) for c in history]
         if row["action"] == "create":
@@ -119,7 +129,7 @@ def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
 
 
 def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server: Server,
-                                         figures: Figures) -> None:
+                                         figures: Figures, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(20261126)
     sims = {name: world.router(name, command_latency=0.002) for name in ("core-1", "core-2")}
     for i in POOLED:
@@ -140,6 +150,7 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
     kinds: Counter[str] = Counter()
     journal_seen = (0, 0)
     trials = figures.trials("SIGKILL of apply (pool, PostgreSQL state store)")
+    monkeypatch.setenv("PROVISIOND_TEST_PART_ROWS", str(PART_ROWS))  # read by apply_worker.py
     worker = Worker(world.config, world.tmp)
     for trial in range(TRIALS + 1):
         with trials.trial() as outcome:
@@ -215,7 +226,12 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
                     "provisiond:")] != foreign[name]
                 assert set(mine) == want, f"trial {trial}: {name}"
                 assert [r for r in rows if not r.get("comment", "").startswith("provisiond:")] == foreign[name]
-            rows, journal_seen = journal(state_url, journal_seen)
+            rows, from_parts, journal_seen = journal(state_url, journal_seen)
+            outcome["journalled"] += len(rows)
+            outcome["journalled_in_parts"] += from_parts
+            if trial == 0:  # the first apply's creates, a part per router, read back as they were
+                assert from_parts == len(rows) >= 2 * PART_ROWS, (from_parts, len(rows))
+                assert {(r["action"], r["result"]) for r in rows} == {("create", "ok")}
             bad = unrecorded(rows, sims, ids)
             outcome["journal_made_up"] += len(bad)
             assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"
