@@ -28,7 +28,11 @@ class Store(Protocol):
 
     def start_run(self, mode: str) -> str: ...
 
-    def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None: ...
+    def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
+        """Record how the run ended once its journal is written; if the journal could not
+        be written, the run is recorded all the same (failed, the error in its summary)
+        and the error raised after."""
+        ...
 
     def journal(
         self, run_id: str, target: str, entries: Iterable[Mapping[str, Any]], *,
