@@ -11,9 +11,11 @@ hands what it did to ``report`` (the journal) as it goes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
 from provisiond.core.changes import Change, Conflict, Key, Observed, Resource
@@ -39,8 +41,7 @@ class ApplyResult:
     def counts(self) -> dict[str, int]:
         """Applied changes by action."""
         out = {"create": 0, "update": 0, "delete": 0}
-        for c in self.applied:
-            out[c.action] += 1
+        out.update(Counter(map(attrgetter("action"), self.applied)))
         return out
 
 
