@@ -146,7 +146,10 @@ class Reconciler:
         readonly: bool = True,
     ) -> None:
         self.settings = settings
-        self.source: Source = source if source is not None else build_source(settings)
+        # The source and the store are made when first used: a pass sends every
+        # router its prints first, and the routers answer while the billing driver and
+        # the store's SQLAlchemy are still being imported.
+        self._source = source
         self.store: Store = store if store is not None else _open_store(settings, readonly=readonly)
         self.targets: list[Target] = list(targets) if targets is not None else build_targets(
             settings, self.store
@@ -165,10 +168,17 @@ class Reconciler:
         # a scoped pass touching a username held outside its scope widens.
         self._holders: UsernameHolders | None = None
 
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = build_source(self.settings)
+        return self._source
+
     def close(self) -> None:
         for t in self.targets:
             t.close()
-        self.source.close()
+        if self._source is not None:
+            self._source.close()
         self.store.close()
 
     # -- reading --------------------------------------------------------------------
@@ -195,6 +205,7 @@ class Reconciler:
         skip: Callable[[str], bool] | None = None,
         targets: Sequence[str] | None = None,
         accounts: Collection[str] | None = None,
+        checksums: bool = True,
     ) -> PassPlan:
         """Read billing, allocate, observe every target and diff. Writes nothing.
 
@@ -203,6 +214,8 @@ class Reconciler:
         ``accounts``: a scoped pass for those account ids only (None: a full pass). It
         widens itself to a full pass when another account's entry sits where a scoped
         account wants one (only a full pass decides between the two).
+        ``checksums=False``: the plan will not be saved (``plan`` without ``--out``,
+        ``apply``, the daemon), so the targets that can skip the observed checksum do.
         """
         if accounts is not None:
             scoped = self.plan_scoped(accounts, now=now, skip=skip, targets=targets)
@@ -218,7 +231,7 @@ class Reconciler:
 
         def observe(target: Target) -> Observed:
             if isinstance(target, ComparesWhileReading):
-                return target.observe_against(wanted)
+                return target.observe_against(wanted, checksum=checksums)
             return target.observe()
 
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="observe") as pool:
@@ -898,28 +911,25 @@ def build_source(settings: Settings) -> Source:
 
 
 def _open_store(settings: Settings, *, readonly: bool) -> Store:
-    from provisiond.state.store import StateStore
-
-    url = settings.state.url.get_secret_value()
-    if readonly:
-        return StateStore.open(url, readonly=True)
-    return WritableOnDemand(url)
+    return WritableOnDemand(settings.state.url.get_secret_value(), writable=not readonly)
 
 
 class WritableOnDemand:
-    """The state store, opened read-only until the first write.
+    """The state store, opened when first used, and read-only until the first write.
 
     ``apply`` reads the store (last good read, leases, the RADIUS ledger) before it
     knows whether billing can be trusted; a failed or suspicious read must leave even
     provisiond's own store untouched, so the read-write open (which creates and
-    migrates the database) waits for the first write.
+    migrates the database) waits for the first write. ``writable=False`` (``plan``,
+    ``explain``) never opens it read-write: a write fails as the read-only store fails it.
     """
 
     READS = frozenset({"last_good_read", "leases", "radreply_owned", "history", "runs",
                        "usernames_written"})
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, writable: bool = True) -> None:
         self._url = url
+        self._writable = writable
         self._ro: Any = None
         self._rw: Any = None
         self._lock = threading.Lock()
@@ -928,7 +938,7 @@ class WritableOnDemand:
         if self._rw is not None:
             return self._rw
         with self._lock:
-            return self._open(write)
+            return self._open(write and self._writable)
 
     def _open(self, write: bool) -> Any:
         from provisiond.state.store import StateStore

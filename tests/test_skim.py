@@ -9,10 +9,12 @@ reading on from there with ``read_sentence`` must give back every sentence in or
 
 from __future__ import annotations
 
+import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from librouteros.protocol import encode_sentence, encode_word
 
+from provisiond.targets import routeros
 from provisiond.targets.routeros import BufferedTransport
 
 
@@ -72,3 +74,50 @@ def test_a_skimmed_row_is_the_sentence_read_word_by_word(
         else:
             got.append(t.read_sentence("utf-8"))
     assert got == sentences
+
+
+class _Wire:
+    encoding = "utf-8"
+
+
+ids = st.one_of(st.sampled_from(["*1", "*A0", "*1F", "*"]), st.text("0123456789ABCDEFG*", min_size=1, max_size=70))
+row = st.builds(
+    lambda tag, ref, attrs, at_tag, at_ref: _place("!re", attrs, [(at_tag, f".tag={tag}"), (at_ref, f"=.id={ref}")]),
+    st.sampled_from(["7", "12", "7", "3", "77777777777777777777777777777777777777777777777"]), ids,
+    st.lists(st.builds(lambda n, v: f"={n}={v}", st.sampled_from(["address", "comment", "x"]), values),
+             min_size=1, max_size=4),
+    st.sampled_from([0, 0, 9, 9, 1]), st.sampled_from([0, 0, 1, 2]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(row, row, row, sentence), min_size=1, max_size=8), st.data())
+def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[list[str]],
+                                                               data: st.DataObject) -> None:
+    """``take_run`` takes whole sentences only, each a ``!re`` of one tag of a print being
+    read, one id and exactly the property words of a desired entry (each taken once);
+    reading on from where it stopped gives back the rest of the sentences in order."""
+    wire = b"".join(encode_sentence(*s, encoding="utf-8") for s in sentences)
+    rests = [b"".join(encode_word(w, encoding="utf-8") for w in s[1:]
+                      if not w.startswith((".tag=", "=.id="))) for s in sentences]
+    wanted = data.draw(st.sets(st.sampled_from(rests)))
+    reader = object.__new__(routeros._ListReader)
+    reader._wire = _Wire()  # type: ignore[assignment]
+    reader._reading = {b"7": "l", b"12": "l", b"77777777777777777777777777777777777777777777777": "l"}
+    reader._tails = {"l": {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}}
+    reader._left = {"l": {f"a{i}": ("c", None) for i in range(len(wanted))}}  # type: ignore[dict-item]
+    reader.owned = {}
+    reader.digest = None
+    reader._runs = routeros._row_patterns("address", "utf-8")
+    end = reader.take_run(wire, 0)
+    # It stops where a sentence starts (where reading on word by word starts).
+    offsets = list(itertools.accumulate((len(encode_sentence(*s, encoding="utf-8")) for s in sentences), initial=0))
+    assert end in offsets
+    taken = sentences[:offsets.index(end)]
+    seen = set()
+    for s, rest in zip(taken, rests):
+        assert s[0] == "!re" and rest in wanted and rest not in seen
+        seen.add(rest)
+        assert [w for w in s if w.startswith(".tag=")] in ([".tag=7"], [".tag=12"], [".tag=" + "7" * 47])
+        assert len([w for w in s if w.startswith("=.id=")]) == 1
+    # What is left is as it was: every desired rest not taken is still waiting.
+    assert len(reader._left["l"]) == len(wanted) - len(taken)

@@ -230,7 +230,7 @@ def cmd_plan(
     ``accounts`` (``--account``): a scoped pass for those account ids."""
     rec = _reconciler(settings, readonly=True)
     try:
-        pp = rec.plan(targets=targets, accounts=accounts)
+        pp = rec.plan(targets=targets, accounts=accounts, checksums=bool(out) or fmt == "json")
         safety = rec.safety
     finally:
         rec.close()
@@ -307,7 +307,7 @@ def cmd_apply(
                 return EXIT_ERROR
             pp = rec.load_saved(doc)
         else:
-            pp = rec.plan(targets=targets, accounts=accounts)
+            pp = rec.plan(targets=targets, accounts=accounts, checksums=False)
         with progress_bars(progress) as bars:
             result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
     finally:

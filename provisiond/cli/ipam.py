@@ -21,7 +21,6 @@ from typing import Any
 from provisiond.errors import StoreError
 from provisiond.core.ipam import Lease, Pool, pool_usage
 from provisiond.settings import Settings
-from provisiond.state.store import StateStore
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -47,6 +46,10 @@ def run(args: argparse.Namespace, settings: Settings, *, now: datetime | None = 
     now = now or datetime.now(UTC)
     pools = [Pool.from_settings(p) for p in settings.pool]
     url = settings.state.url.get_secret_value()
+    # Imported here: every command builds this parser, and the store's SQLAlchemy is a
+    # large part of a ``plan``'s start-up.
+    from provisiond.state.store import StateStore
+
     try:
         if args.ipam_command == "release":
             return _release(url, args.account, args.pool, pools, now, settings=settings)
@@ -95,6 +98,8 @@ def _show(leases: Sequence[Lease], account: str, fmt: str, now: datetime) -> int
 
 def _release(url: str, account: str, pool: str | None, pools: Sequence[Pool], now: datetime,
              *, settings: Settings) -> int:
+    from provisiond.state.store import StateStore
+
     holds = {p.name: p.hold.total_seconds() for p in pools}
     with StateStore.open(url) as store:
         released = store.release(account, pool, now=now, hold=holds)

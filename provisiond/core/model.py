@@ -22,6 +22,26 @@ class Account:
     addresses: tuple[str, ...] = ()  # billing-assigned, normalised, sorted
     usernames: tuple[str, ...] = ()  # RADIUS usernames, sorted
 
+    @classmethod
+    def make(cls, id: str, name: str, status: str, groups: frozenset[str],
+             addresses: tuple[str, ...], usernames: tuple[str, ...]) -> Account:
+        """``Account(...)`` with every field given, at half the cost of the frozen
+        dataclass's ``__init__`` (the billing read makes 100,000 of them)."""
+        account = _new(cls)
+        _set_id(account, id)
+        _set_name(account, name)
+        _set_status(account, status)
+        _set_groups(account, groups)
+        _set_addresses(account, addresses)
+        _set_usernames(account, usernames)
+        return account
+
+
+# The slots' own setters: they bypass the frozen ``__setattr__`` (as its ``__init__`` does).
+_new = object.__new__
+_set_id, _set_name, _set_status, _set_groups, _set_addresses, _set_usernames = (
+    Account.__dict__[f].__set__ for f in ("id", "name", "status", "groups", "addresses", "usernames"))
+
 
 @dataclass(frozen=True, slots=True)
 class RowProblem:

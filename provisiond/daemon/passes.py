@@ -358,9 +358,9 @@ class PassRunner:
         if not self.isolate:
             rec = self._reconciler()
             if self._scope is None:
-                pp = rec.plan(skip=self._skip)
+                pp = rec.plan(skip=self._skip, checksums=False)
             else:
-                pp = rec.plan(skip=self._skip, accounts=self._scope)
+                pp = rec.plan(skip=self._skip, accounts=self._scope, checksums=False)
             return self._here(rec, pp, dry_run, may_write)
         if self._scope is not None:
             rec = self._reconciler()

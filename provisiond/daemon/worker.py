@@ -285,7 +285,7 @@ def _child(conn: Connection, settings: Settings, skip: frozenset[str],
         ticks = _Ticks(channel) if progress else None
         rec = Reconciler(settings, readonly=settings.daemon.dry_run)
         try:
-            pp = rec.plan(skip=lambda name: name in skip)
+            pp = rec.plan(skip=lambda name: name in skip, checksums=False)
             digest = make_digest(rec, pp, settings, dry_run=settings.daemon.dry_run,
                                  may_write=channel.may_write,
                                  progress=ticks.factory if ticks is not None else None)

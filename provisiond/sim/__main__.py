@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(pipelined commands overlap)")
     parser.add_argument("--row-latency", type=float, default=0.0, metavar="SECONDS",
                         help="router work per table row a print scans")
+    parser.add_argument("--tag-last", action="store_true",
+                        help="put a reply's .tag after its attributes, as some routers do")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback listen address")
     parser.add_argument("--quiet", action="store_true", help="log connections only, not every command")
     return parser
@@ -77,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         port=port,
         legacy_login=args.legacy_login,
         atomic_remove=not args.partial_remove,
+        tag_last=args.tag_last,
         command_latency=args.command_latency,
         row_latency=args.row_latency,
         tls_cert=args.tls_cert,

@@ -116,43 +116,53 @@ def aggregate(
     notes: dict[tuple[str, str], str] = {}
     one_group: dict[str, frozenset[str]] = {}  # group name -> {group name}, shared
     count = 0
+    canonical_v4 = addresses.CANONICAL_V4  # the common address, already in RouterOS form
+    new_account = Account.make
     for raw_id, name, status, group, ip_raw, username in rows:
         count += 1
-        account_id = raw_id.strip() if type(raw_id) is str else _text(raw_id)
-        if not account_id:
-            problems.append(RowProblem("", f"row {count}: account_id is empty"))
-            continue
-        if not account_id.isprintable() or " " in account_id:
-            # The id is written into router comments ("provisiond:<id> <name>") and read
-            # back up to the first space: it must be one word.
-            problems.append(RowProblem(account_id, "account_id has spaces or control characters"))
-            continue
+        if type(raw_id) is int:
+            account_id = str(raw_id)  # digits (and a sign): one word, printable
+        else:
+            account_id = raw_id.strip() if type(raw_id) is str else _text(raw_id)
+            if not account_id:
+                problems.append(RowProblem("", f"row {count}: account_id is empty"))
+                continue
+            if not account_id.isprintable() or " " in account_id:
+                # The id is written into router comments ("provisiond:<id> <name>") and
+                # read back up to the first space: it must be one word.
+                problems.append(RowProblem(account_id, "account_id has spaces or control characters"))
+                continue
         ip = ""
-        if ip_raw is not None and ip_raw != "":
+        if type(ip_raw) is str and canonical_v4(ip_raw) is not None:
+            ip = ip_raw
+        elif ip_raw is not None and ip_raw != "":
             given = ip_raw if type(ip_raw) is str else str(ip_raw)
-            if addresses.is_canonical_v4(given):
-                ip = given  # the common case: already in RouterOS form, nothing to note
-            else:
-                try:
-                    ip = addresses.billing_form(given)
-                except ValueError as exc:
-                    problems.append(RowProblem(account_id, str(exc)))
-                    continue
-                if "/" in given and (account_id, ip) not in notes:
-                    given = given.strip()
-                    if addresses.has_host_bits(given):
-                        notes[(account_id, ip)] = (
-                            f"account {account_id}: {given} has host bits set; used as the network {ip}")
+            try:
+                ip = addresses.billing_form(given)
+            except ValueError as exc:
+                problems.append(RowProblem(account_id, str(exc)))
+                continue
+            if "/" in given and (account_id, ip) not in notes:
+                given = given.strip()
+                if addresses.has_host_bits(given):
+                    notes[(account_id, ip)] = (
+                        f"account {account_id}: {given} has host bits set; used as the network {ip}")
         name_ = name.strip() if type(name) is str else _text(name)
         status_ = status.strip() if type(status) is str else _text(status)
-        group_ = None if group is None or group == "" else _text(group)
-        username_ = None if username is None or username == "" else _text(username)
+        if type(group) is str:
+            group_ = group.strip() if group else None
+        else:
+            group_ = None if group is None else _text(group)
+        if username is None:
+            username_ = None
+        else:
+            username_ = (username.strip() if type(username) is str else _text(username)) if username != "" else None
         acc = accounts.get(account_id)
         if acc is None:
             groups = _NO_GROUPS
             if group_ is not None:
                 groups = one_group.get(group_) or one_group.setdefault(group_, frozenset((group_,)))
-            accounts[account_id] = Account(
+            accounts[account_id] = new_account(
                 account_id, name_, status_, groups, (ip,) if ip else (),
                 (username_,) if username_ is not None else ())
             continue

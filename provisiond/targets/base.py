@@ -92,10 +92,12 @@ class ComparesWhileReading(Protocol):
     billing has been read (every target's desired state, by target name; its exception
     when the read failed). It returns an ``Observed`` whose ``owned`` holds only what
     differs; the rest is in ``in_step``. The reconciler prefers it to ``observe`` for a
-    pass; ``observe`` stays for everything else.
+    pass; ``observe`` stays for everything else. ``checksum=False``: no saved plan
+    will be checked against this observation, so its ``checksum`` may be left empty.
     """
 
-    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed: ...
+    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]], *,
+                        checksum: bool = True) -> Observed: ...
 
 
 DesiredState = Mapping[Key, Resource]

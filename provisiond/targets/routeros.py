@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -251,6 +252,11 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         self._pos = p + 1
         return True
 
+    def skim_run(self, run: Callable[[bytes, int], int]) -> None:
+        """Let ``run(buffer, position)`` take whole sentences from the buffer at once; it
+        returns the position after the last one it took."""
+        self._pos = run(self._buf, self._pos)
+
     def prefetch(self, until: Callable[[], bool], *, limit: int, poll: float) -> None:
         """Receive what the router sends, unparsed, until ``until()`` is true or ``limit``
         bytes wait in the buffer; looks at ``until`` at least every ``poll`` seconds.
@@ -392,7 +398,8 @@ class RouterTarget:
         nothing.set_result({})
         return self._observe_against(nothing)
 
-    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
+    def observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]], *,
+                        checksum: bool = True) -> Observed:
         """Read every managed list, comparing each row with this router's part of
         ``desired`` (every target's desired state, by name, once billing is read).
 
@@ -402,16 +409,19 @@ class RouterTarget:
         socket. Then every row is parsed and compared as it comes. An own entry that is
         exactly as desired is only counted (``in_step``), so a converged router of
         100,000 entries leaves nothing behind but a set of addresses. The checksum
-        covers every row all the same.
+        covers every row all the same; ``checksum=False`` (nothing will save the plan)
+        leaves it out, and ``Observed.checksum`` empty.
         """
-        return self._reconnecting(lambda: self._observe_against(desired))
+        return self._reconnecting(lambda: self._observe_against(desired, checksum=checksum))
 
-    def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]]) -> Observed:
+    def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]], *,
+                         checksum: bool = True) -> Observed:
         wire = self._wire_or_unavailable()
         prints = [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))
                   for fam in (4, 6) for name in self.lists]
         tags = _Recorded(self._tags)
-        reader = _ListReader(self, wire, desired, [token for token, _ in prints], tags.given)
+        reader = _ListReader(self, wire, desired, [token for token, _ in prints], tags.given,
+                             checksum=checksum)
         try:
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
                          on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
@@ -781,6 +791,8 @@ class ApiWire:
         # Set by a full read once it knows the desired state: rows it takes as they are
         # on the wire (``BufferedTransport.skim``) never reach the pipeline.
         self.rows: Callable[[bytes, bytes, bytes], bool] | None = None
+        # Set with ``rows``: takes every such row in a run at once (``_ListReader.take_run``).
+        self.run: Callable[[bytes, int], int] | None = None
 
     def encode(self, words: Sequence[str]) -> bytes:
         data: bytes = encode_sentence(*words, encoding=self.encoding)
@@ -792,8 +804,11 @@ class ApiWire:
     def read_sentence(self) -> Sequence[str]:
         if self._buffered is not None:
             if self.rows is not None:
-                while self._buffered.skim(self.rows):
-                    pass
+                while True:
+                    if self.run is not None:
+                        self._buffered.skim_run(self.run)
+                    if not self._buffered.skim(self.rows):
+                        break
             words: Sequence[str] = self._buffered.read_sentence(self._encoding)
         else:
             words = tuple(iter(self._protocol.readWord, ""))
@@ -842,7 +857,8 @@ class _ListReader:
 
     def __init__(self, target: RouterTarget, wire: ApiWire,
                  desired: Future[Mapping[str, Mapping[Key, Resource]]],
-                 tokens: Sequence[tuple[int, str]], tags: Sequence[int]) -> None:
+                 tokens: Sequence[tuple[int, str]], tags: Sequence[int], *,
+                 checksum: bool = True) -> None:
         self._target = target
         self._wire = wire
         self._head = f"{target.marker.prefix}:"
@@ -853,7 +869,8 @@ class _ListReader:
         self._tag_of: dict[tuple[int, str], bytes] = {}
         self._reading: dict[bytes, str] = {}  # tag -> list, for the prints not answered yet
         self._tails: dict[str, Mapping[bytes, str]] | None = None  # None: not learnt yet
-        self.digest = DigestSum()
+        self.digest: DigestSum | None = DigestSum() if checksum else None
+        self._runs: Mapping[bytes, Callable[[bytes, int], re.Match[bytes] | None]] = {}
         self.owned: dict[Key, Resource] = {}
         self.foreign: dict[Key, str] = {}
         self.surplus: list[Resource] = []
@@ -910,7 +927,8 @@ class _ListReader:
             address = routeros_form(raw)
             if own and address != raw:
                 entry = left.pop(address, None)
-        self.digest.add(f"{ref}\0{list_name}\0{address}\0{comment}\0{flag}\0{dynamic}")
+        if self.digest is not None:
+            self.digest.add(f"{ref}\0{list_name}\0{address}\0{comment}\0{flag}\0{dynamic}")
         if entry is not None:
             if (entry[0] == comment and not disabled
                     and (not self.owned or _key(list_name, address) not in self.owned)):
@@ -942,6 +960,8 @@ class _ListReader:
                                     self._head, encoding)
                        for name in self._target.lists}
         self._wire.rows = self.take
+        self._runs = _row_patterns(order[0], encoding)
+        self._wire.run = self.take_run
 
     def take(self, tag: bytes, ref: bytes, rest: bytes) -> bool:
         """A row as it is on the wire: True when it is a desired entry exactly, in
@@ -959,9 +979,48 @@ class _ListReader:
         if self.owned and _key(name, address) in self.owned:
             left[address] = entry
             return False
-        self.digest.add(f"{ref.decode(self._wire.encoding, 'ignore')}\0{name}\0{address}"
-                        f"\0{entry[0]}\0false\0False")
+        if self.digest is not None:
+            self.digest.add(f"{ref.decode(self._wire.encoding, 'ignore')}\0{name}\0{address}"
+                            f"\0{entry[0]}\0false\0False")
         return True
+
+    def take_run(self, buf: bytes, pos: int) -> int:
+        """``take`` for every row from ``pos`` on, while they are desired entries exactly:
+        where it stopped (the first row it leaves to ``take`` and ``row``, or an
+        unfinished sentence).
+
+        A router sends a print's rows one after the other, all alike: ``!re``, the tag
+        and the id (the tag first or last), then the properties in the order ``_learn``
+        saw. One compiled pattern cuts a row's tag, id and properties; the length byte
+        of the tag and the id words must agree with what it cut, and the properties must
+        be those of a desired entry byte for byte, as ``take`` asks."""
+        if self._tails is None or not self._runs:
+            return pos
+        match = self._runs.get(buf[pos + 5:pos + 10])
+        if match is None:
+            return pos
+        reading, tails, lefts, owned = self._reading, self._tails, self._left, self.owned
+        digest, encoding = self.digest, self._wire.encoding
+        while (m := match(buf, pos)) is not None:
+            tag_len, tag, id_len, ref, rest = m.group("tl", "tag", "il", "id", "rest")
+            name = reading.get(tag)
+            if name is None or tag_len[0] != len(tag) + 5 or id_len[0] != len(ref) + 5:
+                break
+            address = tails[name].get(rest)
+            if address is None:
+                break
+            left = lefts[name]
+            entry = left.pop(address, None)
+            if entry is None:
+                break
+            if owned and _key(name, address) in owned:
+                left[address] = entry
+                break
+            if digest is not None:
+                digest.add(f"{ref.decode(encoding, 'ignore')}\0{name}\0{address}"
+                           f"\0{entry[0]}\0false\0False")
+            pos = m.end()
+        return pos
 
     def observed(self) -> Observed:
         # What is left is copied: a dict keeps its size after its entries are popped.
@@ -970,7 +1029,8 @@ class _ListReader:
         for r in self.owned.values():
             existing[r.group] = existing.get(r.group, 0) + 1
         return Observed(owned=self.owned, foreign=self.foreign, surplus=tuple(self.surplus),
-                        checksum=self.digest.hexdigest(), in_step=steps, existing=existing)
+                        checksum=self.digest.hexdigest() if self.digest is not None else "",
+                        in_step=steps, existing=existing)
 
 
 _TAILS: weakref.WeakKeyDictionary[Future[Any], dict[tuple[int, tuple[str, ...]], dict[bytes, str]]] = (
@@ -1002,6 +1062,19 @@ def _tails(desired: Future[Any], entries: Mapping[str, Entry], order: tuple[str,
                     out[b"".join(parts)] = address
         made[(id(entries), order)] = out
         return out
+
+
+def _row_patterns(first: str, encoding: str) -> dict[bytes, Callable[[bytes, int], re.Match[bytes] | None]]:
+    """A compiled match for a ``!re`` whose tag and id come first (keyed ``.tag=``, the
+    bytes after its first length byte) and one whose id comes first and tag last
+    (``=.id=``), the properties starting with ``first``; groups ``tl`` and ``il``: the
+    length bytes of the tag and the id word, ``tag``, ``id``, ``rest``: the property
+    words as sent. Only words shorter than 128 bytes (one length byte) match."""
+    rest = rb"(?P<rest>[\x01-\x7f]" + re.escape(f"={first}=".encode(encoding)) + rb"[^\x00]*?)"
+    tag = rb"(?P<tl>[\x06-\x7f])\.tag=(?P<tag>[0-9]+)"
+    ref = rb"(?P<il>[\x06-\x7f])=\.id=(?P<id>\*[0-9A-Fa-f]+)"
+    return {b".tag=": re.compile(rb"\x03!re" + tag + ref + rest + rb"\x00").match,
+            b"=.id=": re.compile(rb"\x03!re" + ref + rest + tag + rb"\x00").match}
 
 
 def _word(text: str, encoding: str) -> bytes:

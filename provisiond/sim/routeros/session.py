@@ -93,7 +93,7 @@ class Session:
                 log.warning("sim peer=%s too many commands before login", self.peer)
                 return Reply((("!fatal", "too many commands before login"),), close=True)
         if command.path == "/quit":
-            return Reply((_tagged("!fatal", command.tag, "session terminated on request"),), close=True)
+            return Reply((self._tagged("!fatal", command.tag, "session terminated on request"),), close=True)
         if command.path == "/login":
             return self._reply(command, self._login)
         if not self.logged_in:
@@ -135,15 +135,22 @@ class Session:
         except Exception:  # a bug in one command must not kill the connection
             log.exception("sim peer=%s command=%s failed", self.peer, command.path)
             return self._trap(Trap(INTERNAL_ERROR, 4), tag)
-        data = tuple(_tagged(s[0], tag, *s[1:]) for s in result.data)
-        return Reply((*data, _tagged("!done", tag, *result.done)), delay=result.delay)
+        data = tuple(self._tagged(s[0], tag, *s[1:]) for s in result.data)
+        return Reply((*data, self._tagged("!done", tag, *result.done)), delay=result.delay)
 
     def _trap(self, trap: Trap, tag: str | None) -> Reply:
         words = [f"=message={trap.message}"]
         if trap.category is not None:
             words.append(f"=category={trap.category}")
-        sentences = (_tagged("!trap", tag, *words), _tagged("!done", tag))
+        sentences = (self._tagged("!trap", tag, *words), self._tagged("!done", tag))
         return Reply(sentences)
+
+    def _tagged(self, kind: str, tag: str | None, *words: str) -> tuple[str, ...]:
+        if tag is None:
+            return (kind, *words)
+        if self.state.settings.tag_last:
+            return (kind, *words, f".tag={tag}")
+        return (kind, f".tag={tag}", *words)
 
     def _login(self, command: Command) -> Result:
         settings = self.state.settings
@@ -187,7 +194,4 @@ def _raise(trap: Trap) -> _Handler:
 
     return handler
 
-
-def _tagged(kind: str, tag: str | None, *words: str) -> tuple[str, ...]:
-    return (kind, f".tag={tag}", *words) if tag is not None else (kind, *words)
 

@@ -45,6 +45,9 @@ class SimSettings:
     #: Seconds per table row scanned by a print (a router scans every row);
     #: the router's work, done one command at a time per connection.
     row_latency: float = 0.0
+    #: Where a reply's ``.tag`` goes: right after the reply word, or last, after
+    #: the attributes (seen from real routers: Trakkasure/mikronode#26).
+    tag_last: bool = False
     #: Sentences accepted before a successful login; more gets ``!fatal``.
     max_pre_login_sentences: int = 10
     #: Largest word accepted before login, in bytes.
