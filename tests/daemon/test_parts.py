@@ -80,7 +80,7 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
         targets: list[Any] = []
         store = None
 
-        def plan(self, skip: Any) -> Any:
+        def plan(self, skip: Any, checksums: bool = True) -> Any:
             calls.append("plan")
             return SimpleNamespace(plans=[], errors={}, kinds={}, notes=[], accounts=None)
 
