@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -206,6 +206,8 @@ class Reconciler:
         targets: Sequence[str] | None = None,
         accounts: Collection[str] | None = None,
         checksums: bool = True,
+        on_prepared: Callable[[PassPlan], None] | None = None,
+        on_planned: Callable[[Plan], None] | None = None,
     ) -> PassPlan:
         """Read billing, allocate, observe every target and diff. Writes nothing.
 
@@ -216,6 +218,9 @@ class Reconciler:
         account wants one (only a full pass decides between the two).
         ``checksums=False``: the plan will not be saved (``plan`` without ``--out``,
         ``apply``, the daemon), so the targets that can skip the observed checksum do.
+        A full pass calls ``on_prepared(pp)`` once billing is read and allocated (before
+        any target is planned) and ``on_planned(plan)`` as each target's plan is made,
+        in target order: ``plan_and_apply`` starts a target's writes there.
         """
         if accounts is not None:
             scoped = self.plan_scoped(accounts, now=now, skip=skip, targets=targets)
@@ -244,6 +249,8 @@ class Reconciler:
                 raise
             wanted.set_result(desired)
             pp.scope = tuple(targets or ())
+            if on_prepared is not None:
+                on_prepared(pp)
             one = self._planner(snapshot, desired, conflicts, unmatched_by_target(pp.unmatched))
             for target, future in observing:
                 observed = future.result()
@@ -252,6 +259,8 @@ class Reconciler:
                 pp.kinds[target.name] = target.kind
                 if isinstance(outcome, Plan):
                     pp.plans.append(outcome)
+                    if on_planned is not None:
+                        on_planned(outcome)
                 else:
                     pp.errors[target.name] = str(outcome)
         self._remember(pp)
@@ -668,10 +677,74 @@ class Reconciler:
         """
         started = time.monotonic()
         result = PassResult(plan=pp)
+        if self._held(pp, result, force=force, may_write=may_write):
+            result.duration = time.monotonic() - started
+            return result
+        run_id = self._begin(pp, mode)
+        todo = [plan for plan in pp.plans if self._cleared(pp, plan, result, force=force)]
+        write = self._writer(run_id, may_write, progress)
+        self._end(result, run_id, _each(todo, write), started)
+        return result
+
+    def plan_and_apply(
+        self,
+        *,
+        force: bool = False,
+        mode: str = "apply",
+        may_write: Callable[[], bool] | None = None,
+        progress: ProgressFactory | None = None,
+        targets: Sequence[str] | None = None,
+        accounts: Collection[str] | None = None,
+    ) -> PassResult:
+        """``apply(plan(...))``, with each target's writes started as soon as its own plan
+        is made: a cold apply's routers are written while the others are still diffed.
+
+        The same steps in the same order for every target: billing read and checked,
+        leases recorded and the read recorded before any write, the safety check per
+        plan. A scoped pass (``accounts``), and a pass that will not write at all (the
+        leader lock lost, or an IPAM plan refused), plan first and apply after.
+        """
+        if accounts is not None or (may_write is not None and not may_write()):
+            pp = self.plan(targets=targets, accounts=accounts, checksums=False)
+            return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
+        started = time.monotonic()
+        # Made once billing is read and allocated: the pass's result, its run's id and
+        # writer (none while the pass is held: nothing is written).
+        box: dict[str, Any] = {}
+        writing: list[tuple[Plan, Future[Any]]] = []
+        with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="apply") as pool:
+
+            def prepared(pp: PassPlan) -> None:
+                box["result"] = PassResult(plan=pp)
+                if not self._held(pp, PassResult(plan=pp), force=force, may_write=None):
+                    box["run"] = self._begin(pp, mode)
+                    box["write"] = self._writer(box["run"], may_write, progress)
+
+            def planned(plan: Plan) -> None:
+                result = box["result"]
+                if "run" in box and self._cleared(result.plan, plan, result, force=force):
+                    writing.append((plan, pool.submit(_guarded, plan, box["write"], plan)))
+
+            try:
+                pp = self.plan(targets=targets, checksums=False, on_prepared=prepared, on_planned=planned)
+            except BaseException:
+                if "run" in box:  # some targets may be written already: the run says so
+                    self._end(box["result"], box["run"], [(p, f.result()) for p, f in writing], started)
+                raise
+            outcomes = [(plan, future.result()) for plan, future in writing]
+        if "run" not in box:  # held: apply says why, and writes nothing
+            return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
+        result: PassResult = box["result"]
+        self._end(result, box["run"], outcomes, started)
+        return result
+
+    def _held(self, pp: PassPlan, result: PassResult, *, force: bool,
+              may_write: Callable[[], bool] | None) -> bool:
+        """True (``result`` says why) when nothing of ``pp`` may be written."""
         if may_write is not None and not may_write():
             result.results = [ApplyResult(target=p.target, error=f"{p.target}: not applied: lost the "
                                           "leader lock") for p in pp.plans if p.changes or p.followups]
-            return result
+            return True
         if pp.ipam_refused and not force:
             # Every target's desired state was built from this allocation: pushing it
             # without recording its leases would break "leases before any write".
@@ -680,8 +753,11 @@ class Reconciler:
                 if plan.changes or plan.followups:
                     result.refused[plan.target] = (f"{plan.target}: not applied: the IPAM plan "
                                                    "it builds on was refused (see ipam)")
-            result.duration = time.monotonic() - started
-            return result
+            return True
+        return False
+
+    def _begin(self, pp: PassPlan, mode: str) -> str:
+        """Start a run: its id, leases and the billing read recorded, before any write."""
         run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
         if pp.allocation is not None and self.store is not None:
             # Leases are recorded before any target write: a crash after this point
@@ -691,18 +767,23 @@ class Reconciler:
         if pp.snapshot is not None and pp.snapshot.scope is None and self.store is not None:
             # A scoped read's few accounts are no yardstick for the next full read.
             self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
-        todo: list[Plan] = []
-        for plan in pp.plans:
-            if not force:
-                try:
-                    plan.check_safety(self.safety, earlier=(
-                        self._since_full.get(plan.target) if pp.accounts is not None else None))
-                except PlanRefused as exc:
-                    result.refused[plan.target] = str(exc)
-                    log.debug("%s", exc)  # shown by the CLI, logged by the daemon: once
-                    continue
-            if plan.changes or plan.followups:
-                todo.append(plan)
+        return run_id
+
+    def _cleared(self, pp: PassPlan, plan: Plan, result: PassResult, *, force: bool) -> bool:
+        """True when ``plan`` is to be written: it has something to write, and it passes
+        the safety check (unless forced; a refusal goes into ``result``)."""
+        if not force:
+            try:
+                plan.check_safety(self.safety, earlier=(
+                    self._since_full.get(plan.target) if pp.accounts is not None else None))
+            except PlanRefused as exc:
+                result.refused[plan.target] = str(exc)
+                log.debug("%s", exc)  # shown by the CLI, logged by the daemon: once
+                return False
+        return bool(plan.changes or plan.followups)
+
+    def _writer(self, run_id: str, may_write: Callable[[], bool] | None,
+                progress: ProgressFactory | None) -> Callable[[Plan], ApplyResult]:
         by_name = {t.name: t for t in self.targets}
 
         def one(plan: Plan) -> ApplyResult:
@@ -720,17 +801,23 @@ class Reconciler:
                 self.store.sync_journal()
             return outcome
 
-        for plan, outcome in _each(todo, one):
+        return one
+
+    def _end(self, result: PassResult, run_id: str, outcomes: Iterable[tuple[Plan, Any]],
+             started: float) -> None:
+        """Every target's outcome (an ApplyResult, or its failure's message) into
+        ``result``, the counts scoped passes check against, and the run finished."""
+        scoped = result.plan is not None and result.plan.accounts is not None
+        for plan, outcome in outcomes:
             if isinstance(outcome, str):
                 outcome = ApplyResult(target=plan.target, error=outcome)
                 self._journal(run_id, outcome)
             result.results.append(outcome)
             _log_result(outcome)
-            self._count_applied(outcome, scoped=pp.accounts is not None)
+            self._count_applied(outcome, scoped=scoped)
         result.duration = time.monotonic() - started
         if self.store is not None:
             self.store.finish_run(run_id, "ok" if result.ok else "failed", _summary(result))
-        return result
 
     @property
     def safety(self) -> Safety:

@@ -306,10 +306,14 @@ def cmd_apply(
                 print(f"error: {plan_file}: cannot read the saved plan: {exc}", file=sys.stderr)
                 return EXIT_ERROR
             pp = rec.load_saved(doc)
+            with progress_bars(progress) as bars:
+                result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
         else:
-            pp = rec.plan(targets=targets, accounts=accounts, checksums=False)
-        with progress_bars(progress) as bars:
-            result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
+            # Each target is written as soon as its own plan is made.
+            with progress_bars(progress) as bars:
+                result = rec.plan_and_apply(force=force, progress=bars.factory if bars else None,
+                                            targets=targets, accounts=accounts)
+            pp = result.plan
     finally:
         rec.close()
     if fmt == "json":
