@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
+from socket import inet_aton as _inet_aton  # C's dotted-quad parser: no I/O
 
 #: (version, first, last) of an address, network or range, as integers.
 Span = tuple[int, int, int]
@@ -195,9 +196,8 @@ def sort_key(value: str) -> tuple[int, int, str]:
     if not value or not (value[0].isdigit() or ":" in value):
         return (2, 0, value)  # a username, group or list name: skip the parser
     head = value.split("/", 1)[0].split("-", 1)[0]
-    if _is_canonical_v4(head):  # the common case, without the parser
-        a, b, c, d = head.split(".")
-        return (0, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), value)
+    if _CANONICAL_V4(head) is not None:  # the common case, without the parser
+        return (0, int.from_bytes(_inet_aton(head), "big"), value)
     try:
         ip = ipaddress.ip_address(head)
     except ValueError:

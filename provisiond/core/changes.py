@@ -10,7 +10,7 @@ which also feeds the plan checksum and is what a saved plan is rebuilt from.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -43,6 +43,21 @@ class Resource:
                 return v
         return default
 
+    @classmethod
+    def make(cls, kind: str, group: str, ident: Pairs, attrs: Pairs, account_id: str,
+             account_name: str) -> Resource:
+        """``Resource(...)`` without ``ref``, at half the frozen dataclass's cost (a cold
+        pass makes one per desired entry: 100,000)."""
+        r = _new(cls)
+        _set_kind(r, kind)
+        _set_group(r, group)
+        _set_ident(r, ident)
+        _set_attrs(r, attrs)
+        _set_account_id(r, account_id)
+        _set_account_name(r, account_name)
+        _set_ref(r, "")
+        return r
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "group": self.group}
         out.update(self.ident)
@@ -54,6 +69,13 @@ class Resource:
         return out
 
 
+# The slots' own setters bypass the frozen ``__setattr__`` (as the dataclasses' ``__init__`` does).
+_new = object.__new__
+(_set_kind, _set_group, _set_ident, _set_attrs, _set_account_id, _set_account_name,
+ _set_ref) = (Resource.__dict__[f].__set__
+              for f in ("kind", "group", "ident", "attrs", "account_id", "account_name", "ref"))
+
+
 @dataclass(frozen=True, slots=True)
 class Create:
     new: Resource
@@ -62,6 +84,20 @@ class Create:
     @property
     def resource(self) -> Resource:
         return self.new
+
+    @classmethod
+    def each(cls, resources: Iterable[Resource]) -> list[Create]:
+        """``[Create(r) for r in resources]`` at half the cost (a cold router's 100,000)."""
+        out = []
+        for r in resources:
+            c = _new(cls)
+            _set_new(c, r)
+            _set_action(c, "create")
+            out.append(c)
+        return out
+
+
+_set_new, _set_action = Create.__dict__["new"].__set__, Create.__dict__["action"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,14 +41,8 @@ _ENABLED = ("disabled", "false")
 def entry_resource(list_name: str, address: str, entry: Entry) -> Resource:
     """The Resource of a ``ListEntries`` entry: what ``address_list_entry`` makes."""
     comment, account = entry
-    return Resource(
-        kind="address-list",
-        group=list_name,
-        ident=(("list", list_name), ("address", address)),
-        attrs=(("comment", comment), _ENABLED),
-        account_id=account.id,
-        account_name=account.name,
-    )
+    return Resource.make("address-list", list_name, (("list", list_name), ("address", address)),
+                         (("comment", comment), _ENABLED), account.id, account.name)
 
 
 class ListEntries(Mapping[Key, Resource]):
@@ -80,10 +74,22 @@ class ListEntries(Mapping[Key, Resource]):
         """A sort key for this router's Resources that orders them as ``diff`` applies
         them: by list, then by address (``sort_key``). KeyError: not one of them."""
         name = r.group
+        return name, self._ranked(name)[r.ident[1][1]]
+
+    def _ranked(self, name: str) -> dict[str, int]:
+        """``{address: rank}`` of list ``name``, in rank order; made once for every router."""
         ranks = self._ranks[name]
         if not ranks:
             ranks.update((address, i) for i, address in enumerate(sorted(self.lists[name], key=sort_key)))
-        return name, ranks[r.get("address")]
+        return ranks
+
+    def in_order(self, name: str, addresses: Mapping[str, object]) -> Iterator[str]:
+        """``addresses`` (some of list ``name``'s) in the order ``order`` sorts them: a
+        walk over the list sorted once for every router when they are a good part of it
+        (a cold router's are all of it), else just them sorted."""
+        if len(addresses) * 8 < len(self.lists[name]) and not self._ranks[name]:
+            return iter(sorted(addresses, key=sort_key))
+        return (a for a in self._ranked(name) if a in addresses)
 
     def resource(self, name: str, address: str) -> Resource:
         """The Resource of the entry for ``address`` in list ``name`` (KeyError: none)."""

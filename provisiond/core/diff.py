@@ -49,7 +49,10 @@ def diff(
     # Walking a router's left-over entries (``_not_in_step``), nothing met is in step;
     # an empty in_step (a cold router's) is not asked 100,000 times either.
     step = bool(in_step) and not _narrowed(desired, in_step)
-    for key, want in _not_in_step(desired, in_step, owned):
+    if not owned and not foreign and not step:
+        # Nothing owned, nothing in the way (a cold router): every desired item left is a create.
+        creates += Create.each(want for _, want in _not_in_step(desired, in_step, owned))
+    for key, want in () if creates else _not_in_step(desired, in_step, owned):
         have_r = owned.get(key) if owned else None
         if have_r is None:
             if step and key in in_step:
@@ -62,9 +65,11 @@ def diff(
         elif have_r.attrs != want.attrs:
             updates.append(Update(have_r, _with_ref(want, have_r.ref)))
     deletes.sort(key=_sort_key)
-    # A router's creates (a cold one's are 100,000) by a key its desired state keeps for
-    # every router: the same order, without a sort_key per create per router.
-    if isinstance(desired, ListEntries):
+    if _narrowed(desired, in_step):
+        pass  # made in order: list by list, each list's in ``ListEntries.order``
+    elif isinstance(desired, ListEntries):
+        # A router's creates by a key its desired state keeps for every router: the
+        # same order, without a sort_key per create per router.
         order = desired.order
         creates.sort(key=lambda c: order(c.resource))
     else:
@@ -84,10 +89,13 @@ def _not_in_step(
         yield from desired.items()
         return
     assert isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
-    for name, entries in desired.lists.items():
-        left = in_step.left.get(name, entries)
-        for address in left:
-            r = desired.resource(name, address)
+    # In the order ``diff`` applies creates (by list, then ``ListEntries.order``): a cold
+    # router's 100,000 need no sort then.
+    resource = desired.resource
+    for name in sorted(desired.lists):
+        left = in_step.left.get(name, desired.lists[name])
+        for address in desired.in_order(name, left) if left else ():
+            r = resource(name, address)
             yield r.key, r
     # A key both owned and in step (RouterTarget never reports one) is compared as owned,
     # as the look-up per entry does.
