@@ -991,9 +991,12 @@ class _ListReader:
 
         A router sends a print's rows one after the other, all alike: ``!re``, the tag
         and the id (the tag first or last), then the properties in the order ``_learn``
-        saw. One compiled pattern cuts a row's tag, id and properties; the length byte
-        of the tag and the id words must agree with what it cut, and the properties must
-        be those of a desired entry byte for byte, as ``take`` asks."""
+        saw. One compiled pattern cuts a row's tag, id and properties, and the
+        properties must be those of a desired entry byte for byte, as ``take`` asks.
+        The words' length bytes need no check: a tag is our decimal number and an id
+        ``*`` and hex digits, so neither can run into the next word (whose bytes after
+        its length byte are ``=.id=`` or ``=name=``), and the properties are checked
+        with their length bytes."""
         if self._tails is None or not self._runs:
             return pos
         match = self._runs.get(buf[pos + 5:pos + 10])
@@ -1002,9 +1005,9 @@ class _ListReader:
         reading, tails, lefts, owned = self._reading, self._tails, self._left, self.owned
         digest, encoding = self.digest, self._wire.encoding
         while (m := match(buf, pos)) is not None:
-            tag_len, tag, id_len, ref, rest = m.group("tl", "tag", "il", "id", "rest")
+            tag, rest = m.group("tag", "rest")
             name = reading.get(tag)
-            if name is None or tag_len[0] != len(tag) + 5 or id_len[0] != len(ref) + 5:
+            if name is None:
                 break
             address = tails[name].get(rest)
             if address is None:
@@ -1017,7 +1020,7 @@ class _ListReader:
                 left[address] = entry
                 break
             if digest is not None:
-                digest.add(f"{ref.decode(encoding, 'ignore')}\0{name}\0{address}"
+                digest.add(f"{m.group('id').decode(encoding, 'ignore')}\0{name}\0{address}"
                            f"\0{entry[0]}\0false\0False")
             pos = m.end()
         return pos
@@ -1067,12 +1070,13 @@ def _tails(desired: Future[Any], entries: Mapping[str, Entry], order: tuple[str,
 def _row_patterns(first: str, encoding: str) -> dict[bytes, Callable[[bytes, int], re.Match[bytes] | None]]:
     """A compiled match for a ``!re`` whose tag and id come first (keyed ``.tag=``, the
     bytes after its first length byte) and one whose id comes first and tag last
-    (``=.id=``), the properties starting with ``first``; groups ``tl`` and ``il``: the
-    length bytes of the tag and the id word, ``tag``, ``id``, ``rest``: the property
-    words as sent. Only words shorter than 128 bytes (one length byte) match."""
-    rest = rb"(?P<rest>[\x01-\x7f]" + re.escape(f"={first}=".encode(encoding)) + rb"[^\x00]*?)"
-    tag = rb"(?P<tl>[\x06-\x7f])\.tag=(?P<tag>[0-9]+)"
-    ref = rb"(?P<il>[\x06-\x7f])=\.id=(?P<id>\*[0-9A-Fa-f]+)"
+    (``=.id=``), the properties starting with ``first``; groups ``tag``, ``id`` and
+    ``rest`` (the property words as sent). Only words shorter than 128 bytes (one
+    length byte) match; the properties run to the first NUL (greedy: a lazy run costs
+    a try of what follows at every byte)."""
+    rest = rb"(?P<rest>[\x01-\x7f]" + re.escape(f"={first}=".encode(encoding)) + rb"[^\x00]*)"
+    tag = rb"[\x06-\x7f]\.tag=(?P<tag>[0-9]+)"
+    ref = rb"[\x06-\x7f]=\.id=(?P<id>\*[0-9A-Fa-f]+)"
     return {b".tag=": re.compile(rb"\x03!re" + tag + ref + rest + rb"\x00").match,
             b"=.id=": re.compile(rb"\x03!re" + ref + rest + tag + rb"\x00").match}
 
