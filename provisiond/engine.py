@@ -683,7 +683,12 @@ class Reconciler:
         run_id = self._begin(pp, mode)
         todo = [plan for plan in pp.plans if self._cleared(pp, plan, result, force=force)]
         write = self._writer(run_id, may_write, progress)
-        self._end(result, run_id, _each(todo, write), started)
+        try:
+            outcomes = _each(todo, write)
+        except BaseException as exc:
+            self._abandon(run_id, exc)
+            raise
+        self._end(result, run_id, outcomes, started)
         return result
 
     def plan_and_apply(
@@ -727,9 +732,11 @@ class Reconciler:
 
             try:
                 pp = self.plan(targets=targets, checksums=False, on_prepared=prepared, on_planned=planned)
-            except BaseException:
-                if "run" in box:  # some targets may be written already: the run says so
-                    self._end(box["result"], box["run"], [(p, f.result()) for p, f in writing], started)
+            except BaseException as exc:
+                if "run" in box:  # targets may be written already: their journal is kept
+                    for _, future in writing:
+                        future.exception()  # waits; a target's own error is in its journal
+                    self._abandon(box["run"], exc)
                 raise
             outcomes = [(plan, future.result()) for plan, future in writing]
         if "run" not in box:  # held: apply says why, and writes nothing
@@ -757,17 +764,34 @@ class Reconciler:
         return False
 
     def _begin(self, pp: PassPlan, mode: str) -> str:
-        """Start a run: its id, leases and the billing read recorded, before any write."""
-        run_id = self.store.start_run(mode) if self.store is not None else uuid.uuid4().hex
-        if pp.allocation is not None and self.store is not None:
-            # Leases are recorded before any target write: a crash after this point
-            # never hands an address out twice. A LeaseConflict (another process
-            # reserved first) stops the pass before any write; the next pass re-plans.
-            self.store.reserve(pp.allocation, pp.now or datetime.now(UTC))
-        if pp.snapshot is not None and pp.snapshot.scope is None and self.store is not None:
-            # A scoped read's few accounts are no yardstick for the next full read.
-            self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
+        """Start a run: its id, leases and the billing read recorded, before any write.
+        A run that cannot record them ends at once, failed, with the reason."""
+        if self.store is None:
+            return uuid.uuid4().hex
+        run_id = self.store.start_run(mode)
+        try:
+            if pp.allocation is not None:
+                # Leases are recorded before any target write: a crash after this point
+                # never hands an address out twice. A LeaseConflict (another process
+                # reserved first) stops the pass before any write; the next pass re-plans.
+                self.store.reserve(pp.allocation, pp.now or datetime.now(UTC))
+            if pp.snapshot is not None and pp.snapshot.scope is None:
+                # A scoped read's few accounts are no yardstick for the next full read.
+                self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
+        except BaseException as exc:
+            self._abandon(run_id, exc)
+            raise
         return run_id
+
+    def _abandon(self, run_id: str, exc: BaseException) -> None:
+        """A run that stops on an error of its own (not a target's) is finished as failed,
+        with that error: ``history`` never shows it as still running."""
+        if self.store is None:
+            return
+        try:
+            self.store.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception as also:  # noqa: BLE001 - the first error is the one to raise
+            log.warning("run %s: could not be recorded as failed: %s", run_id, also)
 
     def _cleared(self, pp: PassPlan, plan: Plan, result: PassResult, *, force: bool) -> bool:
         """True when ``plan`` is to be written: it has something to write, and it passes

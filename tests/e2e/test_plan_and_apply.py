@@ -19,6 +19,8 @@ from world import World
 from provisiond import settings as settings_mod
 from provisiond.core.changes import Key, Observed, Resource
 from provisiond.engine import Reconciler
+from provisiond.errors import StoreError
+from provisiond.state.store import StateStore
 from provisiond.targets.routeros import RouterTarget
 
 WAIT = 30.0  # seconds the slow router's read waits for the fast one's writes
@@ -85,3 +87,25 @@ def test_the_safety_check_holds_per_router_and_the_others_are_written(world: Wor
     assert code == 0, out
     assert sorted(world.entries("core-2", "tower-hosts")) == ["100.64.1.1"]
     assert world.run("plan")[0] == 0
+
+
+def test_a_run_that_cannot_record_its_read_is_finished_as_failed(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that stops on an error of its own before any write (here: the billing read
+    cannot be recorded) is finished, failed, with the error; nothing is written."""
+    world.router("core-1")
+    _accounts(world)
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+
+    def broken(self: StateStore, *args: Any) -> None:
+        raise StoreError("state store: disk full")
+
+    monkeypatch.setattr(StateStore, "record_read", broken)
+    code, out, err = world.run("apply")
+    assert code == 1 and "disk full" in out + err
+    assert world.entries("core-1", "tower-hosts") == {}
+    monkeypatch.undo()
+    with StateStore.open(world.state_url, readonly=True) as store:
+        run = store.runs(limit=1)[0]
+    assert run["result"] == "failed" and run["finished_at"] is not None, run
+    assert "disk full" in str(run["summary"])
