@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
-from socket import inet_aton as _inet_aton  # C's dotted-quad parser: no I/O
 
 #: (version, first, last) of an address, network or range, as integers.
 Span = tuple[int, int, int]
@@ -197,7 +196,8 @@ def sort_key(value: str) -> tuple[int, int, str]:
         return (2, 0, value)  # a username, group or list name: skip the parser
     head = value.split("/", 1)[0].split("-", 1)[0]
     if _CANONICAL_V4(head) is not None:  # the common case, without the parser
-        return (0, int.from_bytes(_inet_aton(head), "big"), value)
+        a, b, c, d = head.split(".")
+        return (0, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), value)
     try:
         ip = ipaddress.ip_address(head)
     except ValueError:
