@@ -151,9 +151,12 @@ def make_digest(
         t.written, t.failed = True, bool(r.failed)
         t.error = t.error or r.error
         t.conflicts += len(r.conflicts)
-        for c in r.applied:
-            t.applied[c.action] = t.applied.get(c.action, 0) + 1
-            log.debug("target=%s applied %s", r.target, render.change_line(c))
+        for action, n in r.counts().items():
+            if n:
+                t.applied[action] = t.applied.get(action, 0) + n
+        if log.isEnabledFor(logging.DEBUG):  # a cold pass applies 400,000: no lines made unasked
+            for c in r.applied:
+                log.debug("target=%s applied %s", r.target, render.change_line(c))
         applied += len(r.applied)
         for f in r.followups:
             result = str(f.get("result", "unknown"))
