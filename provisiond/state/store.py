@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from provisiond.errors import StoreError
 from provisiond.core.changes import Change, Conflict, Create, Update
 from provisiond.core.ipam import Allocation, Lease
+from provisiond.state.parts import encode_part, part_entry, part_rows
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ journal_parts = sa.Table(  # a part of PART_ROWS or more address-list changes, o
     sa.Column("target", sa.String(255), nullable=False),
     sa.Column("changes", sa.Integer, nullable=False),
     sa.Column("accounts", sa.Text, nullable=False),  # ",id,id,…,": a superset filter for LIKE
-    sa.Column("rows", sa.Text, nullable=False),  # JSON, a row per change (see _PART_ENCODER)
+    sa.Column("rows", sa.Text, nullable=False),  # JSON, the changes column by column (parts.py)
 )
 radreply_ledger = sa.Table(
     "radreply_ledger", metadata,
@@ -153,11 +154,6 @@ _JournalHead = tuple[str, datetime, str]
 # RADIUS rows stay one per change: usernames_written reads their detail by account.
 PART_ROWS = 200
 _PART_KINDS = frozenset({"address-list"})
-# A part's rows: [action, kind, group, account_id, account_name, ident pairs, attrs pairs,
-# id, before (pairs, an update's) or null, result, message]: the Resource's own tuples,
-# no dict made per change; _part_detail makes the detail _detail would have, part_entries
-# reads a part back as the journal entries of its changes.
-_PART_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases")
 
 
@@ -539,14 +535,18 @@ class StateStore:
             for part in conn.execute(query):
                 if len(out) >= limit:
                     break  # every later part is older than what is already here
-                rows = json.loads(part.rows)
+                try:
+                    rows = part_rows(part.rows)
+                except ValueError as exc:
+                    raise StoreError(f"state store {self.display}: history: journal_parts "
+                                     f"{part.id}: {exc}") from exc
                 for i in range(len(rows) - 1, -1, -1):
                     row = rows[i]
                     if account is not None and row[3] != account:
                         continue
                     out.append(((part.at, 1, part.id, i), {
                         "at": part.at, "run_id": part.run_id, "target": part.target,
-                        **_part_entry(row),
+                        **part_entry(row),
                     }))
         return out
 
@@ -757,57 +757,6 @@ class _Outcome:
             yield _Outcome(self.head, [x for k, x in chunk if k == "a"],
                            [x for k, x in chunk if k == "f"], [x for k, x in chunk if k == "c"])
 
-    def compact(self) -> bool:
-        """One journal_parts row (not one journal row per change)?"""
-        return (not self.rows and self.count >= PART_ROWS
-                and all(c.resource.kind in _PART_KINDS for c in self.applied)
-                and all(c.resource.kind in _PART_KINDS for c, _ in self.failed)
-                and all(x.resource.kind in _PART_KINDS for x in self.conflicts))
-
-
-def _part_rows(part: _Outcome) -> list[tuple[Any, ...]]:
-    """A part's rows as journal_parts stores them (see ``_PART_ENCODER``)."""
-    return ([_part_row(c, "ok", "") for c in part.applied]
-            + [_part_row(c, "failed", message) for c, message in part.failed]
-            + [_part_row(Create(x.resource), "conflict", x.reason) for x in part.conflicts])
-
-
-def _part_row(c: Change, result: str, message: str) -> tuple[Any, ...]:
-    r = c.resource
-    if isinstance(c, Update):  # detail: the old id, and what it was before
-        return (c.action, r.kind, r.group, r.account_id, r.account_name, r.ident, r.attrs,
-                c.old.ref, c.old.attrs, result, message)
-    return (c.action, r.kind, r.group, r.account_id, r.account_name, r.ident, r.attrs,
-            r.ref, None, result, message)
-
-
-def part_entries(rows: str) -> list[dict[str, Any]]:
-    """A journal_parts row's ``rows`` (its JSON) as the journal entries of its changes, in
-    order: action, kind, group, account_id, detail, result, message (as ``history``)."""
-    return [_part_entry(row) for row in json.loads(rows)]
-
-
-def _part_entry(row: Sequence[Any]) -> dict[str, Any]:
-    action, kind, group, account_id = row[:4]
-    return {"action": action, "kind": kind, "group": group, "account_id": account_id,
-            "detail": _part_detail(row), "result": row[9], "message": row[10]}
-
-
-def _part_detail(row: Sequence[Any]) -> dict[str, Any]:
-    """A journal_parts row's detail: what ``_detail`` makes for a journal row."""
-    _, _, _, _, account_name, ident, attrs, ref, before, result, message = row
-    out: dict[str, Any] = dict(ident)
-    out.update(attrs)
-    out["account_name"] = account_name
-    if before is not None:
-        out["id"] = ref
-        out["before"] = dict(sorted((str(k), v) for k, v in before))
-    elif ref:
-        out["id"] = ref
-    if result == "conflict":
-        out["reason"] = message
-    return dict(sorted(out.items()))
-
 
 @dataclass(slots=True)
 class _Rows:
@@ -829,11 +778,12 @@ def _journal_rows_of(dialect: Dialect, parts: Sequence[_Outcome]) -> _Rows:
     encode = _DETAIL_ENCODER.encode
     for part in parts:
         run_id, at, target = part.head
-        if part.compact():
-            rows = _part_rows(part)
-            out.parts.append({"run_id": run_id, "at": at, "target": target, "changes": len(rows),
-                              "accounts": "," + ",".join(row[3] for row in rows) + ",",
-                              "rows": _PART_ENCODER.encode(rows)})
+        encoded = (encode_part(part.applied, part.failed, part.conflicts, _PART_KINDS)
+                   if not part.rows and part.count >= PART_ROWS else None)
+        if encoded is not None:
+            rows, accounts = encoded
+            out.parts.append({"run_id": run_id, "at": at, "target": target, "changes": len(accounts),
+                              "accounts": "," + ",".join(accounts) + ",", "rows": rows})
             continue
         when = bind(at) if bind is not None else at
         made = part.rows or list(_change_rows(part.applied, part.failed, part.conflicts))

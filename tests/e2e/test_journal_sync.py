@@ -3,12 +3,13 @@ a crash then loses none of what the finished router did (``history`` shows it)."
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 
 from world import World
+
+from provisiond.state.parts import part_entries
 
 
 def journalled(world: World, target: str) -> int:
@@ -17,7 +18,7 @@ def journalled(world: World, target: str) -> int:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT count(*) FROM journal WHERE target = ?", (target,)).fetchone()[0]
         parts = db.execute("SELECT rows FROM journal_parts WHERE target = ?", (target,)).fetchall()
-    return int(rows) + sum(len(json.loads(p[0])) for p in parts)
+    return int(rows) + sum(len(part_entries(p[0])) for p in parts)
 
 
 def test_a_finished_routers_journal_is_written_before_the_run_ends(world: World) -> None:

@@ -36,7 +36,8 @@ from harness import wait_until
 from world import World
 
 from provisiond.sim import RouterSim
-from provisiond.state.store import LEASE_LOCK, StateStore, part_entries
+from provisiond.state.parts import part_entries
+from provisiond.state.store import LEASE_LOCK, StateStore
 
 TRIALS = 20
 POOLED = range(1, 31)  # no billing address: one from the pool
