@@ -39,8 +39,8 @@ from provisiond.core.changes import Change, Conflict, Create, Pairs
 
 FORMAT = 2
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-_FIELDS = ("action", "kind", "group", "account_id", "account_name", "ident", "attrs", "ref",
-           "before", "result", "message")  # a format-1 row's, in order
+# A format-1 row's fields between action and before, in order; of them, the pairs.
+_RESOURCE_FIELDS = ("kind", "group", "account_id", "account_name", "ident", "attrs", "ref")
 _PAIRS = frozenset({"ident", "attrs"})
 # What the json module escapes in a string besides the backslash and any character beyond
 # ASCII: control characters, the quote, DEL.
@@ -62,13 +62,14 @@ def encode_part(
     the creates they were) and each change's account id; None when a change is of a
     kind not in ``kinds``.
 
-    Each column is made by one pass of C code over the part (map, count, join), not by
-    Python code per change."""
+    A column is made by passes of C code over the part (map, count, join), not by Python
+    code per change (but for the updates and deletes of a part of several actions).
+    The document is ASCII, as the json module writes it."""
     changes: list[Change] = [*applied, *map(_first, failed), *(Create(x.resource) for x in conflicts)]
     n = len(changes)
     actions = list(map(_action, changes))
     same = n > 0 and actions.count(actions[0]) == n
-    deletes = same and actions[0] == "delete" or not same and "delete" in actions
+    deletes = actions[0] == "delete" if same else "delete" in actions
     resources = [c.resource for c in changes] if deletes else list(map(_new, changes))
     kind = list(map(_kind, resources))
     if not set(kind) <= kinds:
@@ -179,8 +180,8 @@ def part_rows(text: str) -> list[Sequence[Any]]:
     olds = iter(pairs(document["before"], is_update.count(True)))
     before = [next(olds) if u else None for u in is_update]
     return list(zip(actions, *(pairs(document[f]) if f in _PAIRS else column(document[f])
-                               for f in _FIELDS[1:8]), before, column(document["result"]),
-                    column(document["message"])))
+                               for f in _RESOURCE_FIELDS),
+                    before, column(document["result"]), column(document["message"])))
 
 
 def part_entries(rows: str) -> list[dict[str, Any]]:
