@@ -7,7 +7,9 @@ commands, each with a token of its own (the Changes a command carries), and a ``
 built on librouteros's codec and the session's transport: this module adds only the
 tags and the window. Every reply is routed back to its token by tag: rows to
 ``on_row``, traps and ``!done`` to ``on_answer`` once the command is finished, so a
-``!trap`` is always attributed to the command that caused it.
+``!trap`` is always attributed to the command that caused it. Plain ``!done``
+answers, nearly all of a write's, come from the wire in runs (``Wire.read_dones``),
+each as reading it word by word would give it; anything else is read word by word.
 
 A lost connection (an exception from the wire) ends the run with that exception;
 the caller knows which tokens were answered and fails the rest. Pure of librouteros:
@@ -20,7 +22,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -36,6 +38,13 @@ class Wire(Protocol):
 
     def read_sentence(self) -> Sequence[str]:
         """The next reply sentence, reply word first; raises when the connection is lost."""
+        ...
+
+    def read_dones(self, most: int) -> Sequence[tuple[bytes, str]]:
+        """Waits for a reply, then takes the run of plain ``!done`` replies next in the
+        buffer (``.tag=`` digits and maybe ``=ret=``, nothing else, wholly received), at
+        most ``most``, as (tag, ret), as ``read_sentence`` would read them; empty when
+        the next reply is anything else, which ``read_sentence`` then reads."""
         ...
 
     def buffered(self) -> int:
@@ -81,28 +90,30 @@ def run(
     reply left over from an earlier run is an ``UnexpectedReply``, never an answer.
     """
     pending = iter(commands)
-    inflight: dict[str, T] = {}
-    trapped: dict[str, list[str]] = {}  # the traps of commands in flight, few
+    inflight: dict[bytes, T] = {}  # tag (as sent: ASCII digits) -> token
+    trapped: dict[bytes, list[str]] = {}  # the traps of commands in flight, few
     outgoing: list[bytes] = []
     serial = tags if tags is not None else itertools.count()
-    encode, read_sentence, buffered = wire.encode, wire.read_sentence, wire.buffered
+    encode, read_sentence, read_dones, buffered = wire.encode, wire.read_sentence, wire.read_dones, wire.buffered
     exhausted = False
     while True:
-        while not exhausted and len(inflight) < window:
+        room = 0 if exhausted else window - len(inflight)
+        if room > 0:
             if stop is not None and stop.is_set():
                 exhausted = True
-                break
-            item = next(pending, None)
-            if item is None:
-                exhausted = True
-                break
-            token, words = item
-            tag = str(next(serial))
-            if isinstance(words, bytes):
-                outgoing.append(words + encode((f".tag={tag}",)))
             else:
-                outgoing.append(encode((*words, f".tag={tag}")))
-            inflight[tag] = token
+                for token, words in itertools.islice(pending, room):
+                    room -= 1
+                    tag = b"%d" % next(serial)
+                    if not isinstance(words, bytes):
+                        outgoing.append(encode((*words, ".tag=" + tag.decode())))
+                    elif len(tag) < 0x7B:
+                        # The tag word with its one-byte length, as librouteros encodes it.
+                        outgoing.append(b"%b%c.tag=%b\x00" % (words, len(tag) + 5, tag))
+                    else:
+                        outgoing.append(words + encode((".tag=" + tag.decode(),)))
+                    inflight[tag] = token
+                exhausted = room > 0
         if outgoing and buffered() == 0:
             # About to wait for replies: send everything queued in one write. While
             # replies are already buffered, keep reading them first and batch the refill.
@@ -113,18 +124,30 @@ def run(
         if before_reading is not None:
             before_reading()
             before_reading = None
+        # At most one answer per command in flight: past that, reading word by word
+        # would have stopped (every command answered), and the rest stays unread.
+        dones = read_dones(len(inflight))
+        if dones:
+            for tag, ret in dones:
+                token = inflight.pop(tag, _NOT_IN_FLIGHT)
+                if token is _NOT_IN_FLIGHT:
+                    raise UnexpectedReply(f"!done for tag {tag.decode()}, which is not in flight")
+                traps = trapped.pop(tag, None) if trapped else None
+                on_answer(token, Answer(ret, tuple(traps)) if traps else Answer(ret))
+            continue
         sentence = read_sentence()
-        kind, tag = sentence[0], ""
+        kind, text = sentence[0], ""
         rest: list[str] = []
         for word in sentence[1:]:
             if word[:1] == "=":
                 rest.append(word)
-            elif word.startswith(".tag=") and not tag:
-                tag = word[5:]
+            elif word.startswith(".tag=") and not text:
+                text = word[5:]
             else:
                 raise UnexpectedReply(f"{kind} carries a word that is no attribute: {word[:40]!r}")
+        tag = text.encode()
         if tag not in inflight:
-            raise UnexpectedReply(f"{kind} for tag {tag or '(none)'}, which is not in flight")
+            raise UnexpectedReply(f"{kind} for tag {text or '(none)'}, which is not in flight")
         if kind == "!done":
             traps = trapped.pop(tag, None)
             on_answer(inflight.pop(tag), Answer(_attr(rest, "=ret="), tuple(traps) if traps else ()))
@@ -134,6 +157,9 @@ def run(
         elif kind == "!trap":
             trapped.setdefault(tag, []).append(_attr(rest, "=message=") or "unknown error")
         # !empty (7.18+, a print with no rows) carries nothing.
+
+
+_NOT_IN_FLIGHT: Any = object()
 
 
 def _attr(words: Sequence[str], head: str) -> str:

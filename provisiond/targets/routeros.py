@@ -184,6 +184,36 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         words.append(self._buf[start:self._pos].decode(encoding, "ignore"))
         return True
 
+    def read_dones(self, encoding: str, most: int) -> list[tuple[bytes, str]]:
+        """Waits for a reply if none is buffered, then takes the run of plain ``!done``
+        replies wholly in the buffer, at most ``most``: (tag, ``=ret=``'s value or ""),
+        each the sentence ``read_sentence`` would read, decoded alike. Plain: ``.tag=``
+        and digits, maybe ``=ret=``, in either order, words shorter than 128 bytes. It
+        stops at anything else (a ``!trap``, a row, another word, a long word, an
+        unfinished sentence), which is left for ``read_sentence``.
+
+        An add's answer on a router's busiest path: one compiled match per reply, no
+        word list; the length byte of each word must agree with what the match cut."""
+        if self._pos >= len(self._buf):
+            self._fill(1)
+        buf, pos = self._buf, self._pos
+        out: list[tuple[bytes, str]] = []
+        while len(out) < most and (m := _DONE(buf, pos)) is not None:
+            tl, tag, rl, ret, rl2, ret2, tl2, tag2 = m.groups()
+            if tag is None:
+                tl, tag, rl, ret = tl2, tag2, rl2, ret2
+            if tl[0] != len(tag) + 5:
+                break
+            if rl is None:
+                out.append((tag, ""))
+            elif rl[0] == len(ret) + 5:
+                out.append((tag, ret.decode(encoding, "ignore")))
+            else:
+                break
+            pos = m.end()
+        self._pos = pos
+        return out
+
     def skim(self, take: Callable[[bytes, bytes, bytes], bool]) -> bool:
         """Offer the next sentence, undecoded, to ``take(tag, id, rest)`` and drop it if
         ``take`` returns True; False (nothing read) unless it is wholly buffered and a
@@ -288,6 +318,13 @@ class BufferedTransport(SocketTransport):  # type: ignore[misc]
         start = self._pos
         self._pos = start + length
         return self._buf[start:self._pos]
+
+
+# A plain ``!done`` (``BufferedTransport.read_dones``): the tag first, then maybe
+# ``=ret=`` (groups 1-4: the tag word's length byte, the tag, the ret word's length
+# byte, ret), or ``=ret=`` first and the tag last, as some routers send it (groups 5-8).
+_DONE = re.compile(rb"\x05!done(?:([\x06-\x7f])\.tag=([0-9]+)(?:([\x05-\x7f])=ret=([^\x00]*))?"
+                   rb"|([\x05-\x7f])=ret=([^\x00]*)([\x06-\x7f])\.tag=([0-9]+))\x00").match
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,8 +816,10 @@ def _quietly_close(api: Any) -> None:
 class ApiWire:
     """A logged-in librouteros session as a ``pipeline.Wire``: its encoder, its decoder,
     its transport. librouteros's own reader cannot take ``.tag`` words (its
-    ``parse_word`` splits every word at ``=``), so replies are read a word at a time
-    with ``ApiProtocol.readWord`` and handed over unparsed."""
+    ``parse_word`` splits every word at ``=``), so replies are read a sentence at a
+    time (``BufferedTransport.read_sentence``, or ``ApiProtocol.readWord`` on another
+    transport) and handed over unparsed; runs of plain ``!done`` as (tag, ret)
+    (``BufferedTransport.read_dones``)."""
 
     def __init__(self, api: Any) -> None:
         self._protocol = api.protocol
@@ -818,6 +857,11 @@ class ApiWire:
             self._protocol.close()
             raise FatalError(words[1] if len(words) > 1 else "")
         return words
+
+    def read_dones(self, most: int) -> Sequence[tuple[bytes, str]]:
+        if self._buffered is None:
+            return ()
+        return self._buffered.read_dones(self._encoding, most)
 
     def buffered(self) -> int:
         return self._buffered.buffered() if self._buffered is not None else 0

@@ -103,6 +103,9 @@ class _Replay:
     def read_sentence(self) -> Sequence[str]:
         return self.replies.pop(0)
 
+    def read_dones(self, most: int) -> Sequence[tuple[bytes, str]]:
+        return ()
+
     def buffered(self) -> int:
         return 0
 

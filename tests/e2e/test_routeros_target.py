@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from provisiond.core.plan import Plan
 from provisiond.settings import RouterSettings
 from provisiond.sim import RouterSim, SimSettings
 from provisiond.targets import routeros
+from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import RouterTarget
 
 
@@ -280,3 +282,62 @@ def _taken_rows_observe_what_every_word_observes(sim: RouterSim, monkeypatch: py
     assert unsummed.checksum == "" and slow.checksum
     assert _summary(unsummed)[:3] + _summary(unsummed)[4:] == _summary(slow)[:3] + _summary(slow)[4:]
     t.close()
+
+
+def _apply_outcome(result: ApplyResult) -> dict[str, Any]:
+    return {"applied": [(c.action, c.resource.get("address")) for c in result.applied],
+            "failed": [(c.resource.get("address"), m) for c, m in result.failed],
+            "conflicts": [(c.resource.get("address"), c.reason) for c in result.conflicts],
+            "error": result.error}
+
+
+def _answered_scenario(tag_last: bool) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Adds (a collision, a trap, both families, long comments), then removes and sets
+    (one on an entry gone meanwhile): every apply's outcome, and the table left."""
+    sim = RouterSim(SimSettings(username="u", password="p", log_commands=False, tag_last=tag_last)).start()
+    try:
+        t = _target(sim, pipeline=64)
+        sim.add_entry("ip", list_name="l", address="10.1.0.9", comment="hand-made", dynamic=False)
+        sim.fail_next("/ip/firewall/address-list/add", "failure: out of memory", after=40)
+        creates = _creates(300) + tuple(
+            Create(address_list_entry("l", f"2001:db8::{i:x}/128", Account(str(1000 + i), "x" * 130), "provisiond"))
+            for i in range(1, 20))
+        outcomes = [_apply_outcome(t.apply(Plan("core-1", "routeros", creates)))]
+        owned = sorted(t.observe().owned.values(), key=lambda r: r.get("address"))
+        sim.remove_entry("ip", owned[3].ref)
+        renamed = [address_list_entry("l", r.get("address"), Account(r.account_id, "New"), "provisiond")
+                   for r in owned[:10]]
+        plan = Plan("core-1", "routeros", tuple(Delete(r) for r in owned[10:30])
+                    + tuple(Update(r, n) for r, n in zip(owned, renamed)))
+        outcomes.append(_apply_outcome(t.apply(plan)))
+        t.close()
+        table = [{k: v for k, v in row.items() if k != "creation-time"}
+                 for menu in ("ip", "ipv6") for row in sim.entries(menu)]
+        return outcomes, table
+    finally:
+        sim.stop()
+
+
+@pytest.mark.parametrize("tag_last", [False, True], ids=["tag-first", "tag-last"])
+def test_answers_read_in_runs_apply_what_reading_every_word_applies(
+        monkeypatch: pytest.MonkeyPatch, tag_last: bool) -> None:
+    """Plain ``!done`` answers are taken in runs (``read_dones``), wherever the router puts
+    the tag; traps, collisions and everything an apply does come out as reading every
+    answer word by word makes them."""
+    taken: list[int] = []
+    read_dones = routeros.BufferedTransport.read_dones
+
+    def counted(self: routeros.BufferedTransport, encoding: str, most: int) -> list[tuple[bytes, str]]:
+        got = read_dones(self, encoding, most)
+        taken.append(len(got))
+        return got
+
+    monkeypatch.setattr(routeros.BufferedTransport, "read_dones", counted)
+    fast = _answered_scenario(tag_last)
+    assert sum(taken) > 300  # nearly every add, remove and set
+    monkeypatch.setattr(routeros.BufferedTransport, "read_dones", lambda self, encoding, most: [])
+    assert _answered_scenario(tag_last) == fast
+    outcomes, _ = fast
+    assert ("10.1.0.9", "failure: already have such entry (not provisiond's)") in outcomes[0]["conflicts"]
+    assert [m for _, m in outcomes[0]["failed"]] == ["core-1: add l 10.1.0.40 refused: failure: out of memory"]
+    assert [m for _, m in outcomes[1]["failed"]] == ["core-1: set l 10.1.0.100 refused: no such item (4)"]
