@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import librouteros
@@ -681,10 +682,9 @@ class RouterTarget:
         return ApiWire(self._api_or_connect())
 
     def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str] | bytes]], result: ApplyResult,
-                  done: Callable[[_T, Answer, ApplyResult], None], stop: threading.Event | None = None) -> None:
-        pipeline.run(wire, commands, window=self.settings.pipeline,
-                     on_answer=lambda token, answer: done(token, answer, result), stop=stop,
-                     tags=self._tags)
+                  done: Callable[[ApplyResult, _T, Answer], None], stop: threading.Event | None = None) -> None:
+        pipeline.run(wire, commands, window=self.settings.pipeline, on_answer=partial(done, result),
+                     stop=stop, tags=self._tags)
 
     def _remove(self, wire: ApiWire, deletes: list[Delete], result: ApplyResult) -> None:
         """Comma-joined ids in batches; a batch that traps is retried one id at a time."""
@@ -693,7 +693,7 @@ class RouterTarget:
                    for i in range(0, len(same), REMOVE_BATCH)]
         retry: list[Delete] = []
 
-        def done(batch: list[Delete], answer: Answer, result: ApplyResult) -> None:
+        def done(result: ApplyResult, batch: list[Delete], answer: Answer) -> None:
             if not answer.traps:
                 for c in batch:
                     self._finished.applied(result, c)
@@ -748,7 +748,7 @@ class RouterTarget:
         if errors:
             raise errors[0]
 
-    def _add_done(self, change: Create, answer: Answer, result: ApplyResult) -> None:
+    def _add_done(self, result: ApplyResult, change: Create, answer: Answer) -> None:
         if not answer.traps:
             self._finished.applied(result, change)
         elif any(DUPLICATE in t for t in answer.traps):
@@ -756,7 +756,7 @@ class RouterTarget:
         else:
             self._finished.failed(result, change, self._refused("add", change.new, answer.traps[0]))
 
-    def _set_done(self, change: Update, answer: Answer, result: ApplyResult) -> None:
+    def _set_done(self, result: ApplyResult, change: Update, answer: Answer) -> None:
         if answer.traps:
             self._finished.failed(result, change, self._refused("set", change.new, answer.traps[0]))
         else:
@@ -1184,11 +1184,13 @@ class _Finished:
         self._count = 0
 
     def applied(self, result: ApplyResult, change: Change) -> None:
+        """The one called for nearly every change: ``_counted`` inlined."""
         result.applied.append(change)
         if self._report is not None:
             with self._lock:
                 self._part.applied.append(change)
-                full = self._counted(1)
+                self._count += 1
+                full = self._counted(0) if self._count >= REPORT_EVERY else None
             if full is not None:
                 self._report(full)
         if self._progress is not None:
