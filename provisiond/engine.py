@@ -721,7 +721,7 @@ class Reconciler:
 
             def prepared(pp: PassPlan) -> None:
                 box["result"] = PassResult(plan=pp)
-                if not self._held(pp, PassResult(plan=pp), force=force, may_write=None):
+                if not (pp.ipam_refused and not force):  # else held: see below
                     box["run"] = self._begin(pp, mode)
                     box["write"] = self._writer(box["run"], may_write, progress)
 

@@ -1025,8 +1025,11 @@ class _ListReader:
         """A row as it is on the wire: True when it is a desired entry exactly, in
         step, counted and digested as ``row`` would; False leaves it to ``row``."""
         name = self._reading.get(tag)
-        if name is None or self._tails is None:
-            return False
+        return name is not None and self._tails is not None and self._taken(name, ref, rest)
+
+    def _taken(self, name: str, ref: bytes, rest: bytes) -> bool:
+        """``take`` once the row's list is known (``take_run`` calls it per row)."""
+        assert self._tails is not None
         address = self._tails[name].get(rest)
         if address is None:
             return False
@@ -1060,26 +1063,12 @@ class _ListReader:
         match = self._runs.get(buf[pos + 5:pos + 10])
         if match is None:
             return pos
-        reading, tails, lefts, owned = self._reading, self._tails, self._left, self.owned
-        digest, encoding = self.digest, self._wire.encoding
+        reading, taken = self._reading, self._taken
         while (m := match(buf, pos)) is not None:
-            tag, rest = m.group("tag", "rest")
+            tag, ref, rest = m.group("tag", "id", "rest")
             name = reading.get(tag)
-            if name is None:
+            if name is None or not taken(name, ref, rest):
                 break
-            address = tails[name].get(rest)
-            if address is None:
-                break
-            left = lefts[name]
-            entry = left.pop(address, None)
-            if entry is None:
-                break
-            if owned and _key(name, address) in owned:
-                left[address] = entry
-                break
-            if digest is not None:
-                digest.add(f"{m.group('id').decode(encoding, 'ignore')}\0{name}\0{address}"
-                           f"\0{entry[0]}\0false\0False")
             pos = m.end()
         return pos
 
