@@ -89,26 +89,41 @@ row = st.builds(
     st.sampled_from([0, 0, 9, 9, 1]), st.sampled_from([0, 0, 1, 2]))
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(row, row, row, sentence), min_size=1, max_size=8), st.data())
-def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[list[str]],
-                                                               data: st.DataObject) -> None:
-    """``take_run`` takes whole sentences only, each a ``!re`` of one tag of a print being
-    read, one id and exactly the property words of a desired entry (each taken once);
-    reading on from where it stopped gives back the rest of the sentences in order."""
-    wire = b"".join(encode_sentence(*s, encoding="utf-8") for s in sentences)
-    rests = [b"".join(encode_word(w, encoding="utf-8") for w in s[1:]
-                      if not w.startswith((".tag=", "=.id="))) for s in sentences]
-    wanted = data.draw(st.sets(st.sampled_from(rests)))
+def _reader(wanted: set[bytes], *, window: int, one_by_one: bool) -> routeros._ListReader:
     reader = object.__new__(routeros._ListReader)
     reader._wire = _Wire()  # type: ignore[assignment]
     reader._reading = {b"7": "l", b"12": "l", b"77777777777777777777777777777777777777777777777": "l"}
     reader._tails = {"l": {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}}
     reader._left = {"l": {f"a{i}": ("c", None) for i in range(len(wanted))}}  # type: ignore[dict-item]
-    reader.owned = {}
+    # Something owned already (another list's entry): rows are taken one by one.
+    reader.owned = {routeros._key("other", "a0"): None} if one_by_one else {}  # type: ignore[dict-item]
     reader.digest = None
+    reader._first = "address"
+    reader._batches = {}
+    reader._window = window
     reader._runs = routeros._row_patterns("address", "utf-8")
+    return reader
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(row, row, row, sentence), min_size=1, max_size=8), st.data())
+def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[list[str]],
+                                                               data: st.DataObject) -> None:
+    """``take_run`` takes whole sentences only, each a ``!re`` of one tag of a print being
+    read, one id and exactly the property words of a desired entry (each taken once);
+    reading on from where it stopped gives back the rest of the sentences in order.
+    Taken a batch at a time (any window) or one by one, it stops at the same row and
+    leaves the same entries waiting."""
+    wire = b"".join(encode_sentence(*s, encoding="utf-8") for s in sentences)
+    rests = [b"".join(encode_word(w, encoding="utf-8") for w in s[1:]
+                      if not w.startswith((".tag=", "=.id="))) for s in sentences]
+    wanted = data.draw(st.sets(st.sampled_from(rests)))
+    window = data.draw(st.sampled_from([routeros._WINDOW_MIN, 1, 24, 60, 200]))
+    reader = _reader(wanted, window=window, one_by_one=False)
     end = reader.take_run(wire, 0)
+    one_by_one = _reader(wanted, window=window, one_by_one=True)
+    assert one_by_one.take_run(wire, 0) == end
+    assert one_by_one._left == reader._left
     # It stops where a sentence starts (where reading on word by word starts).
     offsets = list(itertools.accumulate((len(encode_sentence(*s, encoding="utf-8")) for s in sentences), initial=0))
     assert end in offsets
@@ -120,4 +135,41 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
         assert [w for w in s if w.startswith(".tag=")] in ([".tag=7"], [".tag=12"], [".tag=" + "7" * 47])
         assert len([w for w in s if w.startswith("=.id=")]) == 1
     # What is left is as it was: every desired rest not taken is still waiting.
-    assert len(reader._left["l"]) == len(wanted) - len(taken)
+    names = {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}
+    assert set(reader._left["l"]) == {names[r] for r in wanted - seen}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["7", "7", "7", "12"])), min_size=1, max_size=12),
+       st.sets(st.integers(0, 5)), st.booleans(), st.sampled_from([routeros._WINDOW_MIN, 1, 60, 120]))
+def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
+        rows: list[tuple[int, str]], wanted: set[int], tag_last: bool, window: int) -> None:
+    """Rows of a print as a router sends them, some desired, some not, some twice: a
+    batch stops at the first row one by one would not take and leaves every entry
+    after it waiting, whatever the window."""
+    def rest(i: int) -> bytes:
+        return b"".join(encode_word(w, encoding="utf-8")
+                        for w in (f"=address=a{i}", "=comment=c", "=disabled=false", "=dynamic=false"))
+
+    def sentence(n: int, i: int, tag: str) -> bytes:
+        words = ["!re", f"=.id=*{n:X}", f"=address=a{i}", "=comment=c", "=disabled=false",
+                 "=dynamic=false"]
+        words.insert(len(words) if tag_last else 1, f".tag={tag}")
+        return encode_sentence(*words, encoding="utf-8")
+
+    wire = b"".join(sentence(n, i, tag) for n, (i, tag) in enumerate(rows))
+    wanted_rests = {rest(i) for i in wanted}
+    batch = _reader(wanted_rests, window=window, one_by_one=False)
+    one = _reader(wanted_rests, window=window, one_by_one=True)
+    end = batch.take_run(wire, 0)
+    assert one.take_run(wire, 0) == end
+    assert batch._left == one._left
+    # One by one, rows are taken up to the first not desired or seen before.
+    seen: set[int] = set()
+    expected = 0
+    for n, (i, tag) in enumerate(rows):
+        if i not in wanted or i in seen:
+            break
+        seen.add(i)
+        expected += len(sentence(n, i, tag))
+    assert end == expected

@@ -929,6 +929,9 @@ class _ListReader:
         self._tails: dict[str, Mapping[bytes, str]] | None = None  # None: not learnt yet
         self.digest: DigestSum | None = DigestSum() if checksum else None
         self._runs: Mapping[bytes, Callable[[bytes, int], re.Match[bytes] | None]] = {}
+        self._first = ""  # the first property of a row after its id, once learnt
+        self._batches: dict[bytes, tuple[_Run, _Rows]] = {}  # tag -> its rows' patterns
+        self._window = _WINDOW_MIN  # bytes of rows ``_take_batch`` looks at
         self.owned: dict[Key, Resource] = {}
         self.foreign: dict[Key, str] = {}
         self.surplus: list[Resource] = []
@@ -1018,6 +1021,7 @@ class _ListReader:
                                     self._head, encoding)
                        for name in self._target.lists}
         self._wire.rows = self.take
+        self._first = order[0]
         self._runs = _row_patterns(order[0], encoding)
         self._wire.run = self.take_run
 
@@ -1057,20 +1061,78 @@ class _ListReader:
         The words' length bytes need no check: a tag is our decimal number and an id
         ``*`` and hex digits, so neither can run into the next word (whose bytes after
         its length byte are ``=.id=`` or ``=name=``), and the properties are checked
-        with their length bytes."""
+        with their length bytes.
+
+        With nothing to digest and nothing owned yet (a plan that will not be saved,
+        every row so far in step), the rows of one print are taken a batch at a time
+        (``_take_batch``); otherwise one by one, as ``_taken`` says."""
         if self._tails is None or not self._runs:
             return pos
-        match = self._runs.get(buf[pos + 5:pos + 10])
+        layout = buf[pos + 5:pos + 10]
+        match = self._runs.get(layout)
         if match is None:
             return pos
-        reading, taken = self._reading, self._taken
+        reading = self._reading
+        if self.owned or self.digest is not None:
+            take = self._taken
+            while (m := match(buf, pos)) is not None:
+                tag, ref, rest = m.group("tag", "id", "rest")
+                name = reading.get(tag)
+                if name is None or not take(name, ref, rest):
+                    break
+                pos = m.end()
+            return pos
         while (m := match(buf, pos)) is not None:
-            tag, ref, rest = m.group("tag", "id", "rest")
+            tag = m.group("tag")
             name = reading.get(tag)
-            if name is None or not taken(name, ref, rest):
+            if name is None:
                 break
-            pos = m.end()
+            taken, end = self._take_batch(layout, tag, name, buf, pos)
+            if end is not None:
+                pos = end
+                continue
+            for _ in range(taken):
+                pos = match(buf, pos).end()  # type: ignore[union-attr]  # matched before
+            break
         return pos
+
+    def _take_batch(self, layout: bytes, tag: bytes, name: str, buf: bytes,
+                    pos: int) -> tuple[int, int | None]:
+        """The rows of print ``tag`` from ``pos`` on (up to ``_window`` bytes), taken as
+        ``_taken`` would take each with nothing owned and no digest, in one pass of
+        compiled code: (rows taken, where the batch ended when every row was taken,
+        else None). The window grows while whole batches are taken and starts small
+        again after one is not, so rows out of step cost no scan of the rows after them."""
+        found = self._batches.get(tag)
+        if found is None:
+            found = self._batches[tag] = _batch_patterns(layout, tag, self._first,
+                                                         self._wire.encoding)
+        run, rows = found
+        window = self._window
+        r = run(buf, pos, pos + window)
+        if r is None:  # a row longer than the window: a batch of one
+            window = self._window = max(window, _WINDOW_MIN) * 4
+            r = run(buf, pos, pos + window)
+            if r is None:
+                return 0, None
+        end = r.end()
+        rests: list[bytes] = rows(buf, pos, end)
+        assert self._tails is not None
+        addresses: list[str | None] = list(map(self._tails[name].get, rests))
+        left = self._left[name]
+        pop: Callable[[str | None, None], Entry | None] = left.pop  # type: ignore[assignment]
+        entries = list(map(pop, addresses, itertools.repeat(None)))  # None: no such address
+        if None not in entries:
+            self._window = min(window * 4, _WINDOW_MAX)
+            return len(entries), end
+        # Taken up to the first row that is not a desired entry not taken yet; the
+        # ones after it go back, for ``take`` and ``row`` to see one by one.
+        first = entries.index(None)
+        for address, entry in zip(addresses[first + 1:], entries[first + 1:]):
+            if entry is not None and address is not None:
+                left[address] = entry
+        self._window = _WINDOW_MIN
+        return first, None
 
     def observed(self) -> Observed:
         # What is left is copied: a dict keeps its size after its entries are popped.
@@ -1112,6 +1174,30 @@ def _tails(desired: Future[Any], entries: Mapping[str, Entry], order: tuple[str,
                     out[b"".join(parts)] = address
         made[(id(entries), order)] = out
         return out
+
+
+_Run = Callable[[bytes, int, int], "re.Match[bytes] | None"]
+_Rows = Callable[[bytes, int, int], list[bytes]]
+# The bytes ``_take_batch`` looks at: a few rows after a row out of step, growing to
+# thousands while every row is in step.
+_WINDOW_MIN = 1 << 10
+_WINDOW_MAX = 1 << 20
+
+
+def _batch_patterns(layout: bytes, tag: bytes, first: str, encoding: str) -> tuple[_Run, _Rows]:
+    """For the rows of the print tagged ``tag`` laid out as ``layout`` says (the key of
+    ``_row_patterns``): a match of a run of them, and a ``findall`` of their property
+    words (as ``_row_patterns``' group ``rest``). The tag word is written out, its
+    length byte too, so a row of another print ends the run."""
+    word = re.escape(_word(f".tag={tag.decode()}", encoding))
+    ref = rb"[\x06-\x7f]=\.id=\*[0-9A-Fa-f]+"
+    rest = rb"[\x01-\x7f]" + re.escape(f"={first}=".encode(encoding)) + rb"[^\x00]*"
+    if layout == b".tag=":
+        row = (rb"\x03!re" + word + ref + b"(", rest + rb")\x00")
+    else:
+        row = (rb"\x03!re" + ref + b"(", rest + b")" + word + rb"\x00")
+    run = re.compile(b"(?:" + row[0] + b"?:" + row[1] + b")+").match
+    return run, re.compile(row[0] + row[1]).findall
 
 
 def _row_patterns(first: str, encoding: str) -> dict[bytes, Callable[[bytes, int], re.Match[bytes] | None]]:
