@@ -8,10 +8,11 @@ the same job, because the machine is shared and absolute times wander.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,11 @@ class Row:
     floor: float | None = None  # the floor this job is compared with
     rss_mib: float | None = None  # peak RSS of the provisiond process
     note: str = ""
+    ratio: float | None = None  # given: the median of paired ratios; else wall / floor
 
-    @property
-    def ratio(self) -> float | None:
-        return self.wall / self.floor if self.floor else None
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.floor:
+            object.__setattr__(self, "ratio", self.wall / self.floor)
 
 
 def provisiond(config: Path, *args: str) -> tuple[int, float, float]:
@@ -56,20 +58,58 @@ def adds(scenario: Scenario, start: int = 0, count: int | None = None,
                f"=comment=provisiond:{i + 1} Account {i + 1}")
 
 
-def cold_apply(scenario: Scenario) -> list[Row]:
+def _pairs(repeat: int, floor: Callable[[], float],
+           job: Callable[[], tuple[int, float, float]]) -> tuple[list[float], list[tuple[int, float, float]]]:
+    """``repeat`` pairs of (floor, job), the floor first in odd pairs and last in even
+    ones: a machine whose speed drifts during the run moves both alike."""
+    floors_: list[float] = []
+    jobs: list[tuple[int, float, float]] = []
+    for i in range(repeat):
+        if i % 2 == 0:
+            floors_.append(floor())
+            jobs.append(job())
+        else:
+            jobs.append(job())
+            floors_.append(floor())
+    return floors_, jobs
+
+
+def _paired(job: str, floor_job: str, floors_: list[float],
+            jobs: list[tuple[int, float, float]], expected_exit: int = 0) -> list[Row]:
+    """A floor row and a job row: median wall times, the median of the ratios of each
+    pair (the spread in the note when there are several), the worst peak RSS."""
+    ratios = sorted(wall / floor for floor, (_, wall, _) in zip(floors_, jobs))
+    codes = sorted({code for code, _, _ in jobs})
+    note = "exit " + "/".join(str(c) for c in codes)
+    if codes != [expected_exit]:
+        note += f" (expected {expected_exit})"
+    if len(ratios) > 1:
+        note += f"; {len(ratios)} pairs, ratios {ratios[0]:.2f}-{ratios[-1]:.2f}"
+    wall = statistics.median(w for _, w, _ in jobs)
+    floor = statistics.median(floors_)
+    return [Row(floor_job, floor),
+            Row(job, wall, floor, max(r for _, _, r in jobs), note, ratio=statistics.median(ratios))]
+
+
+def cold_apply(scenario: Scenario, repeat: int = 1) -> list[Row]:
     """``provisiond apply`` on empty routers, against a raw pipelined writer on fresh ones."""
-    scenario.start_routers()
-    floor = floors.writers([s.port for s in scenario.sims], scenario.password, lambda: adds(scenario))
-    scenario.start_routers()
-    config = scenario.write_config()
-    (scenario.workdir / "state.db").unlink(missing_ok=True)
-    code, wall, rss = provisiond(config, "apply")
-    rows = [Row("floor: raw pipelined writer, all routers", floor),
-            Row("cold apply (provisiond apply)", wall, floor, rss, f"exit {code}")]
-    return rows
+
+    def floor() -> float:
+        scenario.start_routers()
+        return floors.writers([s.port for s in scenario.sims], scenario.password, lambda: adds(scenario))
+
+    def job() -> tuple[int, float, float]:
+        scenario.start_routers()
+        config = scenario.write_config()
+        (scenario.workdir / "state.db").unlink(missing_ok=True)
+        return provisiond(config, "apply")
+
+    floors_, jobs = _pairs(repeat, floor, job)
+    return _paired("cold apply (provisiond apply)", "floor: raw pipelined writer, all routers",
+                   floors_, jobs)
 
 
-def noop_plan(scenario: Scenario) -> list[Row]:
+def noop_plan(scenario: Scenario, repeat: int = 1) -> list[Row]:
     """``provisiond plan`` with nothing to do, against billing read + prints all at once.
 
     Run alone (``--only noop-plan``), the routers are started and filled first with the
@@ -79,15 +119,19 @@ def noop_plan(scenario: Scenario) -> list[Row]:
         scenario.start_routers()
         floors.writers([s.port for s in scenario.sims], scenario.password, lambda: adds(scenario))
     config = scenario.write_config()
-    code, wall, rss = provisiond(config, "plan")
     lists = [list_name(i) for i in range(scenario.lists)]
-    floor = floors.plan_floor(scenario.dsn, [s.port for s in scenario.sims], lists, scenario.password)
+    parts: list[dict[str, float]] = []
+
+    def floor() -> float:
+        parts.append(floors.plan_floor(scenario.dsn, [s.port for s in scenario.sims], lists,
+                                       scenario.password))
+        return parts[-1]["total"]
+
+    floors_, jobs = _pairs(repeat, floor, lambda: provisiond(config, "plan"))
     return [
-        Row("floor: raw billing read", floor["billing"]),
-        Row("floor: raw filtered prints, all at once", floor["prints"]),
-        Row("floor: both at once", floor["total"]),
-        Row("no-op plan (provisiond plan)", wall, floor["total"], rss,
-            f"exit {code}" + ("" if code == 0 else " (expected 0: nothing to do)")),
+        Row("floor: raw billing read", statistics.median(p["billing"] for p in parts)),
+        Row("floor: raw filtered prints, all at once", statistics.median(p["prints"] for p in parts)),
+        *_paired("no-op plan (provisiond plan)", "floor: both at once", floors_, jobs),
     ]
 
 
