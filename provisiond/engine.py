@@ -700,6 +700,7 @@ class Reconciler:
         progress: ProgressFactory | None = None,
         targets: Sequence[str] | None = None,
         accounts: Collection[str] | None = None,
+        while_writing: Callable[[PassPlan, Mapping[str, str]], None] | None = None,
     ) -> PassResult:
         """``apply(plan(...))``, with each target's writes started as soon as its own plan
         is made: a cold apply's routers are written while the others are still diffed.
@@ -708,6 +709,10 @@ class Reconciler:
         leases recorded and the read recorded before any write, the safety check per
         plan. A scoped pass (``accounts``), and a pass that will not write at all (the
         leader lock lost, or an IPAM plan refused), plan first and apply after.
+
+        ``while_writing(pp, refused)`` is called once every target is planned and the
+        writes are under way (the CLI shows the plan meanwhile); what it raises is
+        raised once the pass has ended. Not called for a pass planned first.
         """
         if accounts is not None or (may_write is not None and not may_write()):
             pp = self.plan(targets=targets, accounts=accounts, checksums=False)
@@ -738,7 +743,16 @@ class Reconciler:
                         future.exception()  # waits; a target's own error is in its journal
                     self._abandon(box["run"], exc)
                 raise
+            shown: BaseException | None = None
+            if while_writing is not None and "run" in box:
+                try:
+                    while_writing(pp, box["result"].refused)
+                except BaseException as exc:  # noqa: BLE001 - raised once the pass has ended
+                    shown = exc
             outcomes = [(plan, future.result()) for plan, future in writing]
+        if shown is not None:
+            self._end(box["result"], box["run"], outcomes, started)
+            raise shown
         if "run" not in box:  # held: apply says why, and writes nothing
             return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
         result: PassResult = box["result"]

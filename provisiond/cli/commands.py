@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,7 @@ def cmd_apply(
               "made for; make a new plan with --account", file=sys.stderr)
         return EXIT_ERROR
     rec = _reconciler(settings, readonly=False)
+    shown: list[bool] = []  # the plan was shown while the targets were written
     try:
         if plan_file:
             try:
@@ -309,21 +310,37 @@ def cmd_apply(
             with progress_bars(progress) as bars:
                 result = rec.apply(pp, force=force, progress=bars.factory if bars else None)
         else:
-            # Each target is written as soon as its own plan is made.
+            # Each target is written as soon as its own plan is made. Without live
+            # progress bars (which own the terminal meanwhile) the plan is shown while
+            # the targets are written; it is the same text either way.
+            def show(pp: Any, refused: Mapping[str, str]) -> None:
+                write_text(_plan_lines(pp, refused), color=color)
+                sys.stdout.flush()
+                shown.append(True)
+
             with progress_bars(progress) as bars:
-                result = rec.plan_and_apply(force=force, progress=bars.factory if bars else None,
-                                            targets=targets, accounts=accounts)
+                result = rec.plan_and_apply(
+                    force=force, progress=bars.factory if bars else None, targets=targets,
+                    accounts=accounts,
+                    while_writing=show if bars is None and fmt != "json" and digest is None else None)
             pp = result.plan
     finally:
         rec.close()
-    if fmt == "json":
+    if shown:
+        write_text(apply_lines(result), color=color)
+    elif fmt == "json":
         print(json.dumps(apply_json(result), indent=2, ensure_ascii=False))
     else:
-        lines = render.render_lines(pp.plans, errors=pp.errors, refused=result.refused,
-                                    notes=pp.notes, ipam=pp.allocation.lines() if pp.allocation else (),
-                                    ipam_changes=pp.ipam_changes)
-        write_text(itertools.chain(_scoped(pp, lines), apply_lines(result)), color=color, digest=digest)
+        write_text(itertools.chain(_plan_lines(pp, result.refused), apply_lines(result)),
+                   color=color, digest=digest)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _plan_lines(pp: Any, refused: Mapping[str, str]) -> Iterator[str]:
+    """An apply's plan, as ``plan`` shows it, with what safety refused."""
+    return _scoped(pp, render.render_lines(
+        pp.plans, errors=pp.errors, refused=refused, notes=pp.notes,
+        ipam=pp.allocation.lines() if pp.allocation else (), ipam_changes=pp.ipam_changes))
 
 
 def _scoped(pp: Any, lines: Iterable[str]) -> Iterator[str]:

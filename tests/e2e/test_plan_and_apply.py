@@ -7,6 +7,7 @@ written when billing fails, and a second pass plans nothing.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -109,3 +110,62 @@ def test_a_run_that_cannot_record_its_read_is_finished_as_failed(
         run = store.runs(limit=1)[0]
     assert run["result"] == "failed" and run["finished_at"] is not None, run
     assert "disk full" in str(run["summary"])
+
+
+def test_the_plan_is_shown_while_the_routers_are_written(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without progress bars, ``apply`` prints its plan once every router is planned,
+    while they are written (a cold apply's 400,000 lines are not a wait at the end);
+    the text is the one ``plan`` prints, then what was applied."""
+    world.router("core-1")
+    world.router("core-2")
+    _accounts(world)
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+    code, planned, _ = world.run("plan")
+    assert code == 2
+    seen: dict[str, str] = {}
+    apply = RouterTarget.apply
+
+    def watching(self: RouterTarget, plan: Any, **kw: Any) -> Any:
+        out: Any = sys.stdout  # world.run's capture
+        deadline = time.monotonic() + WAIT
+        while "\nPlan: " not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen[self.name] = out.getvalue()
+        return apply(self, plan, **kw)
+
+    monkeypatch.setattr(RouterTarget, "apply", watching)
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    for router in ("core-1", "core-2"):
+        assert seen[router] == planned, f"{router} was written before the plan was shown"
+    assert out.startswith(planned)
+    assert out[len(planned):].splitlines() == [
+        "core-1: ok: 12 created, 0 updated, 0 deleted, 0 failed, 0 conflict(s)",
+        "core-2: ok: 12 created, 0 updated, 0 deleted, 0 failed, 0 conflict(s)",
+        out.splitlines()[-1]]
+    assert out.splitlines()[-1].startswith("Apply: ok in ")
+    monkeypatch.undo()
+    world.assert_converged()
+
+
+def test_what_showing_the_plan_raises_comes_after_the_pass_has_ended(world: World) -> None:
+    """A broken stdout while the plan is shown does not cut the writes short: the
+    routers are written, the run is finished, and then the error is raised."""
+    world.router("core-1")
+    _accounts(world)
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+
+    def broken(pp: Any, refused: Mapping[str, str]) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    rec = Reconciler(settings_mod.load(world.config), readonly=False)
+    try:
+        with pytest.raises(BrokenPipeError):
+            rec.plan_and_apply(while_writing=broken)
+    finally:
+        rec.close()
+    assert sorted(world.entries("core-1", "tower-hosts")) == sorted(f"100.64.1.{i}" for i in range(1, 13))
+    with StateStore.open(world.state_url, readonly=True) as store:
+        run = store.runs(limit=1)[0]
+    assert run["result"] == "ok" and run["finished_at"] is not None, run
+    world.assert_converged()
