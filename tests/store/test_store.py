@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from provisiond.errors import StoreError
-from provisiond.state.store import VERSION_TABLE, StateStore
+from provisiond.state.store import SCHEMA_HEAD, VERSION_TABLE, StateStore
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -25,6 +25,40 @@ def test_open_migrates_to_head_and_reopens(store_url: str) -> None:
     engine.dispose()
     assert {"reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases"} <= tables
     assert version == "0002"
+
+
+def test_the_head_a_store_opens_without_alembic_at_is_alembics_head() -> None:
+    """``SCHEMA_HEAD`` (a store already there skips alembic) is the newest migration: a
+    new migration without it moved would leave stores unmigrated."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", "provisiond.state:migrations")
+    assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
+
+
+def test_a_store_behind_head_is_migrated_and_one_at_head_is_not(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alembic import command
+
+    upgrades: list[str] = []
+    upgrade = command.upgrade
+    monkeypatch.setattr(command, "upgrade", lambda config, rev: (upgrades.append(rev), upgrade(config, rev)))
+    StateStore.open(store_url).close()  # made: alembic creates it
+    assert upgrades == ["head"]
+    StateStore.open(store_url).close()  # at head: alembic is not asked
+    assert upgrades == ["head"]
+    engine = sa.create_engine(store_url)
+    with engine.begin() as c:
+        c.execute(sa.text("DROP TABLE journal_parts"))
+        c.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0001'"))
+    StateStore.open(store_url).close()  # behind: alembic runs 0002 again
+    assert upgrades == ["head", "head"]
+    with engine.connect() as c:
+        assert "journal_parts" in sa.inspect(c).get_table_names()
+        assert c.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == SCHEMA_HEAD
+    engine.dispose()
 
 
 def test_sqlite_is_wal(tmp_path: Path) -> None:
