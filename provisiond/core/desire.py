@@ -61,14 +61,16 @@ class ListEntries(Mapping[Key, Resource]):
     and only when a router has creates to sort.
     """
 
-    __slots__ = ("lists", "_made", "_ranks")
+    __slots__ = ("lists", "_made", "_ranks", "_ordered")
 
     def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *,
                  made: Mapping[str, dict[str, Resource]] | None = None,
-                 ranks: Mapping[str, dict[str, int]] | None = None) -> None:
+                 ranks: Mapping[str, dict[str, int]] | None = None,
+                 ordered: Mapping[str, list[Resource]] | None = None) -> None:
         self.lists = lists
         self._made = made if made is not None else {name: {} for name in lists}
         self._ranks = ranks if ranks is not None else {name: {} for name in lists}
+        self._ordered = ordered if ordered is not None else {name: [] for name in lists}
 
     def order(self, r: Resource) -> tuple[str, int]:
         """A sort key for this router's Resources that orders them as ``diff`` applies
@@ -90,6 +92,15 @@ class ListEntries(Mapping[Key, Resource]):
         if len(addresses) * 8 < len(self.lists[name]) and not self._ranks[name]:
             return iter(sorted(addresses, key=sort_key))
         return (a for a in self._ranked(name) if a in addresses)
+
+    def all_in_order(self, name: str) -> list[Resource]:
+        """Every entry of list ``name`` as a Resource, in ``order``: made once for every
+        router that carries the list (a cold router creates them all)."""
+        found = self._ordered[name]
+        if not found and self.lists[name]:
+            resource = self.resource
+            found.extend([resource(name, address) for address in self._ranked(name)])
+        return found
 
     def resource(self, name: str, address: str) -> Resource:
         """The Resource of the entry for ``address`` in list ``name`` (KeyError: none)."""
@@ -247,11 +258,13 @@ def address_lists(
                             f"address also claimed by account {other[1].id}"))
     made: dict[tuple[str, tuple[int, ...]], dict[str, Resource]] = {c: {} for c in shared}
     ranks: dict[tuple[str, tuple[int, ...]], dict[str, int]] = {c: {} for c in shared}
+    ordered: dict[tuple[str, tuple[int, ...]], list[Resource]] = {c: [] for c in shared}
     return {
         router: RouterDesire(
             desired=ListEntries({c[0]: shared[c] for c in uses[router]},
                                 made={c[0]: made[c] for c in uses[router]},
-                                ranks={c[0]: ranks[c] for c in uses[router]}),
+                                ranks={c[0]: ranks[c] for c in uses[router]},
+                                ordered={c[0]: ordered[c] for c in uses[router]}),
             conflicts=[x for c in uses[router] for x in shared_conflicts[c]],
             lists={c[0] for c in uses[router]},
         )

@@ -51,7 +51,8 @@ def diff(
     step = bool(in_step) and not _narrowed(desired, in_step)
     if not owned and not foreign and not step:
         # Nothing owned, nothing in the way (a cold router): every desired item left is a create.
-        creates += Create.each(want for _, want in _not_in_step(desired, in_step, owned))
+        creates += Create.each(_left_over(desired, in_step) if _narrowed(desired, in_step)
+                               else desired.values())
     for key, want in () if creates else _not_in_step(desired, in_step, owned):
         have_r = owned.get(key) if owned else None
         if have_r is None:
@@ -88,20 +89,30 @@ def _not_in_step(
     if not _narrowed(desired, in_step):
         yield from desired.items()
         return
-    assert isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
-    # In the order ``diff`` applies creates (by list, then ``ListEntries.order``): a cold
-    # router's 100,000 need no sort then.
-    resource = desired.resource
-    for name in sorted(desired.lists):
-        left = in_step.left.get(name, desired.lists[name])
-        for address in desired.in_order(name, left) if left else ():
-            r = resource(name, address)
-            yield r.key, r
+    for r in _left_over(desired, in_step):
+        yield r.key, r
     # A key both owned and in step (RouterTarget never reports one) is compared as owned,
     # as the look-up per entry does.
     for key in owned:
         if key in in_step and key in desired:
             yield key, desired[key]
+
+
+def _left_over(desired: Mapping[Key, Resource], in_step: Container[Key]) -> Iterator[Resource]:
+    """The Resources of a router's desired entries not found in step (``_narrowed``), in
+    the order ``diff`` applies creates (by list, then ``ListEntries.order``): a cold
+    router's 100,000 need no sort then, and a list none of whose entries was found is
+    the list's own Resources, made once for every router."""
+    assert isinstance(desired, ListEntries) and isinstance(in_step, ListSteps)
+    resource = desired.resource
+    for name in sorted(desired.lists):
+        entries = desired.lists[name]
+        left = in_step.left.get(name, entries)
+        if len(left) == len(entries):  # all of them (left holds only the list's own)
+            yield from desired.all_in_order(name)
+        elif left:
+            for address in desired.in_order(name, left):
+                yield resource(name, address)
 
 
 def _narrowed(desired: Mapping[Key, Resource], in_step: Container[Key]) -> bool:
