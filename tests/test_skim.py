@@ -89,7 +89,7 @@ row = st.builds(
     st.sampled_from([0, 0, 9, 9, 1]), st.sampled_from([0, 0, 1, 2]))
 
 
-def _reader(wanted: set[bytes], *, window: int, one_by_one: bool) -> routeros._ListReader:
+def _reader(wanted: set[bytes], *, window: int, one_by_one: bool, each: int = 0) -> routeros._ListReader:
     reader = object.__new__(routeros._ListReader)
     reader._wire = _Wire()  # type: ignore[assignment]
     reader._reading = {b"7": "l", b"12": "l", b"77777777777777777777777777777777777777777777777": "l"}
@@ -101,6 +101,7 @@ def _reader(wanted: set[bytes], *, window: int, one_by_one: bool) -> routeros._L
     reader._first = "address"
     reader._batches = {}
     reader._window = window
+    reader._each = each  # rows still to take one by one before batches
     reader._runs = routeros._row_patterns("address", "utf-8")
     return reader
 
@@ -119,7 +120,7 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
                       if not w.startswith((".tag=", "=.id="))) for s in sentences]
     wanted = data.draw(st.sets(st.sampled_from(rests)))
     window = data.draw(st.sampled_from([routeros._WINDOW_MIN, 1, 24, 60, 200]))
-    reader = _reader(wanted, window=window, one_by_one=False)
+    reader = _reader(wanted, window=window, one_by_one=False, each=data.draw(st.sampled_from([0, 0, 1, 3])))
     end = reader.take_run(wire, 0)
     one_by_one = _reader(wanted, window=window, one_by_one=True)
     assert one_by_one.take_run(wire, 0) == end
@@ -141,12 +142,15 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["7", "7", "7", "12"])), min_size=1, max_size=12),
-       st.sets(st.integers(0, 5)), st.booleans(), st.sampled_from([routeros._WINDOW_MIN, 1, 60, 120]))
+       st.sets(st.integers(0, 5)), st.booleans(), st.sampled_from([routeros._WINDOW_MIN, 1, 60, 120]),
+       st.sampled_from([0, 0, 1, 2, 5]), st.one_of(st.none(), st.integers(0, 600)))
 def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
-        rows: list[tuple[int, str]], wanted: set[int], tag_last: bool, window: int) -> None:
-    """Rows of a print as a router sends them, some desired, some not, some twice: a
-    batch stops at the first row one by one would not take and leaves every entry
-    after it waiting, whatever the window."""
+        rows: list[tuple[int, str]], wanted: set[int], tag_last: bool, window: int, each: int,
+        cut: int | None) -> None:
+    """Rows of a print as a router sends them, some desired, some not, some twice, the
+    last maybe not all received: a batch stops at the first row one by one would not
+    take (or the first not whole) and leaves every entry after it waiting, whatever
+    the window."""
     def rest(i: int) -> bytes:
         return b"".join(encode_word(w, encoding="utf-8")
                         for w in (f"=address=a{i}", "=comment=c", "=disabled=false", "=dynamic=false"))
@@ -157,9 +161,9 @@ def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
         words.insert(len(words) if tag_last else 1, f".tag={tag}")
         return encode_sentence(*words, encoding="utf-8")
 
-    wire = b"".join(sentence(n, i, tag) for n, (i, tag) in enumerate(rows))
+    wire = b"".join(sentence(n, i, tag) for n, (i, tag) in enumerate(rows))[:cut]
     wanted_rests = {rest(i) for i in wanted}
-    batch = _reader(wanted_rests, window=window, one_by_one=False)
+    batch = _reader(wanted_rests, window=window, one_by_one=False, each=each)
     one = _reader(wanted_rests, window=window, one_by_one=True)
     end = batch.take_run(wire, 0)
     assert one.take_run(wire, 0) == end
@@ -168,7 +172,7 @@ def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
     seen: set[int] = set()
     expected = 0
     for n, (i, tag) in enumerate(rows):
-        if i not in wanted or i in seen:
+        if i not in wanted or i in seen or expected + len(sentence(n, i, tag)) > len(wire):
             break
         seen.add(i)
         expected += len(sentence(n, i, tag))
