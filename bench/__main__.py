@@ -48,6 +48,13 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
     p.add_argument("--accounts", type=int, default=100_000)
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--churn-rtt-ms", type=float, default=20.0)
     p.add_argument("--changes", type=int, default=30,
                    help="billing changes timed in the notify measurement (p50/p95)")
-    p.add_argument("--repeat", type=int, default=3,
+    p.add_argument("--repeat", type=_positive, default=3,
                    help="pairs of (floor, job) for cold-apply and noop-plan; the ratio is "
                         "their median (default 3)")
     p.add_argument("--only", action="append", choices=sorted(MEASUREMENTS),

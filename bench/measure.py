@@ -75,14 +75,15 @@ def _pairs(repeat: int, floor: Callable[[], float],
 
 
 def _paired(job: str, floor_job: str, floors_: list[float],
-            jobs: list[tuple[int, float, float]], expected_exit: int = 0) -> list[Row]:
+            jobs: list[tuple[int, float, float]], expected_exit: int = 0,
+            why_expected: str = "") -> list[Row]:
     """A floor row and a job row: median wall times, the median of the ratios of each
     pair (the spread in the note when there are several), the worst peak RSS."""
     ratios = sorted(wall / floor for floor, (_, wall, _) in zip(floors_, jobs))
     codes = sorted({code for code, _, _ in jobs})
     note = "exit " + "/".join(str(c) for c in codes)
     if codes != [expected_exit]:
-        note += f" (expected {expected_exit})"
+        note += f" (expected {expected_exit}{why_expected})"
     if len(ratios) > 1:
         note += f"; {len(ratios)} pairs, ratios {ratios[0]:.2f}-{ratios[-1]:.2f}"
     wall = statistics.median(w for _, w, _ in jobs)
@@ -131,7 +132,8 @@ def noop_plan(scenario: Scenario, repeat: int = 1) -> list[Row]:
     return [
         Row("floor: raw billing read", statistics.median(p["billing"] for p in parts)),
         Row("floor: raw filtered prints, all at once", statistics.median(p["prints"] for p in parts)),
-        *_paired("no-op plan (provisiond plan)", "floor: both at once", floors_, jobs),
+        *_paired("no-op plan (provisiond plan)", "floor: both at once", floors_, jobs,
+                 why_expected=": nothing to do"),
     ]
 
 

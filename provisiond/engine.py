@@ -712,7 +712,8 @@ class Reconciler:
 
         ``while_writing(pp, refused)`` is called once every target is planned and the
         writes are under way (the CLI shows the plan meanwhile); what it raises is
-        raised once the pass has ended. Not called for a pass planned first.
+        raised once the pass has ended. Not called for a pass planned first, nor for one
+        that writes nothing (held: the leader lock lost, or its IPAM plan refused).
         """
         if accounts is not None or (may_write is not None and not may_write()):
             pp = self.plan(targets=targets, accounts=accounts, checksums=False)

@@ -66,11 +66,11 @@ class ListEntries(Mapping[Key, Resource]):
     def __init__(self, lists: Mapping[str, Mapping[str, Entry]], *,
                  made: Mapping[str, dict[str, Resource]] | None = None,
                  ranks: Mapping[str, dict[str, int]] | None = None,
-                 ordered: Mapping[str, list[Resource]] | None = None) -> None:
+                 ordered: Mapping[str, dict[str, list[Resource]]] | None = None) -> None:
         self.lists = lists
         self._made = made if made is not None else {name: {} for name in lists}
         self._ranks = ranks if ranks is not None else {name: {} for name in lists}
-        self._ordered = ordered if ordered is not None else {name: [] for name in lists}
+        self._ordered = ordered if ordered is not None else {name: {} for name in lists}
 
     def order(self, r: Resource) -> tuple[str, int]:
         """A sort key for this router's Resources that orders them as ``diff`` applies
@@ -96,10 +96,12 @@ class ListEntries(Mapping[Key, Resource]):
     def all_in_order(self, name: str) -> list[Resource]:
         """Every entry of list ``name`` as a Resource, in ``order``: made once for every
         router that carries the list (a cold router creates them all)."""
-        found = self._ordered[name]
-        if not found and self.lists[name]:
+        box = self._ordered[name]
+        found = box.get("all")
+        if found is None:
             resource = self.resource
-            found.extend([resource(name, address) for address in self._ranked(name)])
+            # setdefault: one list for every router, whichever thread made it first
+            found = box.setdefault("all", [resource(name, address) for address in self._ranked(name)])
         return found
 
     def resource(self, name: str, address: str) -> Resource:
@@ -258,7 +260,7 @@ def address_lists(
                             f"address also claimed by account {other[1].id}"))
     made: dict[tuple[str, tuple[int, ...]], dict[str, Resource]] = {c: {} for c in shared}
     ranks: dict[tuple[str, tuple[int, ...]], dict[str, int]] = {c: {} for c in shared}
-    ordered: dict[tuple[str, tuple[int, ...]], list[Resource]] = {c: [] for c in shared}
+    ordered: dict[tuple[str, tuple[int, ...]], dict[str, list[Resource]]] = {c: {} for c in shared}
     return {
         router: RouterDesire(
             desired=ListEntries({c[0]: shared[c] for c in uses[router]},
