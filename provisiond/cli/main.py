@@ -198,6 +198,14 @@ def entry() -> None:
     try:
         code = main()
         sys.stdout.flush()
+        if not gc.isenabled():
+            # ``plan`` and ``apply`` (one pass, run without the cycle collector) are done:
+            # their store and connections are closed, their output written. Freeing the
+            # pass's objects one by one at interpreter exit (100,000 accounts, the
+            # readers' cycles) took 0.2 s of a 4 s plan; the OS takes them back at once.
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(code)
     except BrokenPipeError:  # e.g. `provisiond plan | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = EXIT_ERROR

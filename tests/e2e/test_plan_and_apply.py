@@ -7,6 +7,7 @@ written when billing fails, and a second pass plans nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -169,3 +170,35 @@ def test_what_showing_the_plan_raises_comes_after_the_pass_has_ended(world: Worl
         run = store.runs(limit=1)[0]
     assert run["result"] == "ok" and run["finished_at"] is not None, run
     world.assert_converged()
+
+
+def test_the_console_script_leaves_nothing_unwritten_when_it_exits(world: World, tmp_path: Any) -> None:
+    """``plan`` and ``apply`` end with ``os._exit`` (the OS frees the pass): their output
+    to a file (block-buffered) is whole, the run and its journal are in the store, and
+    the exit codes are those of ``main``."""
+    import subprocess
+
+    world.router("core-1")
+    _accounts(world)
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")])
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
+
+    def console(*args: str) -> tuple[int, str]:
+        out = tmp_path / "out.txt"
+        with out.open("w") as f:
+            code = subprocess.run([sys.executable, "-m", "provisiond.cli", "--config", str(world.config), *args],
+                                  stdout=f, stderr=subprocess.DEVNULL, timeout=120, env=env).returncode
+        return code, out.read_text(encoding="utf-8")
+
+    code, out = console("plan")
+    assert code == 2 and out.endswith("Plan: 12 to create, 0 to update, 0 to delete on 1 of 1 target(s).\n"), out
+    code, out = console("apply")
+    assert code == 0 and out.splitlines()[-1].startswith("Apply: ok in "), out
+    with StateStore.open(world.state_url, readonly=True) as store:
+        run = store.runs(limit=1)[0]
+        journal = store.history()
+    assert run["result"] == "ok" and run["finished_at"] is not None, run
+    assert len(journal) == 12
+    assert console("plan") == (0, "core-1 (routeros): 0 to create, 0 to update, 0 to delete\n"
+                                  "Plan: 0 to create, 0 to update, 0 to delete on 0 of 1 target(s).\n")
