@@ -53,9 +53,12 @@ from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
 from provisiond.daemon.listen import BillingListener
 from provisiond.daemon.metrics import Health, Metrics, serve
-from provisiond.daemon.passes import Display, PassRunner
+from provisiond.daemon.passes import PassRunner
+from provisiond.daemon.summary import Display
 from provisiond.daemon.pg import is_postgresql
-from provisiond.daemon.sdnotify import Notifier, watchdog_interval
+from provisiond.daemon.retries import Owed
+from provisiond.daemon.sdnotify import Notifier
+from provisiond.daemon.watchdog import start_watchdog
 from provisiond.daemon.webhook import WebhookReceiver
 from provisiond.settings import Settings
 
@@ -111,10 +114,8 @@ class Daemon:
         self._guard = threading.Lock()
         self._in_pass_since: float | None = None
         self._pending = Pending()  # requested passes not started yet
-        # Accounts of scoped passes that left a target out (back-off), asked for again
-        # by one timer once that target may be tried.
-        self._owed = Pending()
-        self._owed_timer: threading.Timer | None = None
+        self._owed = Owed(lambda accounts: self.request_pass(accounts, reason="retry"),
+                          max_accounts=lambda: self.settings.daemon.scope_max_accounts)
         self._requested = False  # the job's next run was moved to now for them
         self._last_full = time.monotonic()
         self._last_job = time.monotonic()
@@ -153,7 +154,7 @@ class Daemon:
         self._set_leading(self.leading, first=True)
         self._start_listener()
         self._start_scheduler()
-        watchdog = self._start_watchdog()
+        watchdog = start_watchdog(self.notifier, self.unhealthy)
         try:
             self._main_loop()
         finally:
@@ -185,8 +186,7 @@ class Daemon:
         self.notifier.stopping()
         with self._guard:
             self.stopping = True
-            if self._owed_timer is not None:
-                self._owed_timer.cancel()
+        self._owed.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # waits for the pass in flight
         if self.listener is not None:
@@ -273,7 +273,7 @@ class Daemon:
                 return
             outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
             if outcome.retry is not None:
-                self._owe(*outcome.retry)
+                self._owed.owe(*outcome.retry)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
@@ -287,25 +287,6 @@ class Daemon:
                     self._requested = True
             if again:
                 self._run_now()
-
-    def _owe(self, accounts: frozenset[str], delay: float) -> None:
-        """A pass for ``accounts`` in ``delay`` s (the soonest a skipped target is due)."""
-        with self._guard:
-            if self.stopping:
-                return
-            self._owed.add(accounts)
-            if self._owed_timer is not None:
-                return  # the timer already set takes these too
-            timer = self._owed_timer = threading.Timer(delay, self._pay)
-        timer.daemon = True
-        timer.start()
-        log.debug("accounts=%d owed to targets in back-off: a pass in %.1fs", len(accounts), delay)
-
-    def _pay(self) -> None:
-        with self._guard:
-            owed, self._owed, self._owed_timer = self._owed, Pending(), None
-            accounts = owed.take(self.settings.daemon.scope_max_accounts)
-        self.request_pass(accounts, reason="retry")
 
     def _still_leading(self) -> bool:
         if not self.leading:
@@ -387,25 +368,6 @@ class Daemon:
         self.request_pass(None, reason="reload")
 
     # -- watchdog -------------------------------------------------------------------
-
-    def _start_watchdog(self) -> threading.Event | None:
-        every = watchdog_interval()
-        if every is None or not self.notifier.enabled:
-            return None
-        stop = threading.Event()
-        period = every * 2
-        threading.Thread(target=self._watchdog, args=(stop, every, period),
-                         name="watchdog", daemon=True).start()
-        log.info("systemd watchdog: keep-alive every %.1fs", every)
-        return stop
-
-    def _watchdog(self, stop: threading.Event, every: float, period: float) -> None:
-        while not stop.wait(every):
-            why = self.unhealthy(period)
-            if why is None:
-                self.notifier.watchdog()
-            else:
-                log.error("watchdog: not sending keep-alive: %s", why)
 
     def unhealthy(self, period: float) -> str | None:
         """Why the loop looks stuck, or None. Honest, not clever: the main loop ticks, the

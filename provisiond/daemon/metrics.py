@@ -39,6 +39,10 @@ class Metrics:
         self.errors = Counter("provisiond_errors",
                               "Passes in which a target (or the billing source) failed",
                               ["target"], registry=r)
+        self.target_errors = Counter("provisiond_target_errors",
+                                     "Passes in which a target answered wrongly (a refused "
+                                     "command, a malformed reply): no back-off, retried at the "
+                                     "next interval", ["target"], registry=r)
         self.last_success = Gauge("provisiond_last_success_timestamp_seconds",
                                   "When a target last converged (Unix time)", ["target"], registry=r)
         self.pool_utilisation = Gauge("provisiond_pool_utilisation_ratio",

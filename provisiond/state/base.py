@@ -2,7 +2,7 @@
 
 ``engine.Reconciler`` reads the last good billing read and the leases before it
 plans, and records the read, the leases, the run and the journal when it applies.
-``state.store.StateStore`` is the implementation; ``engine.WritableOnDemand`` wraps it
+``state.store.StateStore`` is the implementation; ``state.ondemand.WritableOnDemand`` wraps it
 so a failed billing read creates nothing. The RADIUS target's ledger is its own,
 smaller protocol (``targets.radius.RadiusLedger``).
 """

@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 
-from provisiond.errors import StoreError
+from provisiond.errors import LeaseConflict, StoreError
 from provisiond.core.changes import Change, Conflict, Create, Update
 from provisiond.core.ipam import Allocation, Lease
 from provisiond.state.parts import encode_part, part_entry, part_rows
@@ -54,14 +54,6 @@ VERSION_TABLE = "provisiond_schema_version"
 # The newest migration's revision (provisiond/state/migrations/versions): a store that
 # is there already opens without alembic. A test holds it to alembic's own head.
 SCHEMA_HEAD = "0002"
-
-
-class LeaseConflict(StoreError):
-    """``reserve`` found the leases changed under it: re-read, re-allocate, try again."""
-
-    def __init__(self, message: str, *, pool: str, address: str, account_id: str) -> None:
-        self.pool, self.address, self.account_id = pool, address, account_id
-        super().__init__(message)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -33,6 +33,7 @@ class ApplyResult:
     conflicts: list[Conflict] = field(default_factory=list)
     followups: list[Mapping[str, Any]] = field(default_factory=list)  # e.g. CoA results
     error: str | None = None  # the whole target failed (unreachable, refused, rolled back)
+    unavailable: bool = False  # ... because it could not be reached: retry it later
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,150 @@
+"""One daemon pass reduced to what its bookkeeping needs: a ``PassSummary``.
+
+``summarise`` applies a PassPlan (or, in a dry run, logs its diff) and keeps a few
+numbers per target: errors, conflicts, changes applied, CoA results. The pass's
+metrics, back-off and status line are made from it (``daemon.passes``). A full pass
+run in a process of its own (``daemon.worker``) sends back only its PassSummary, with
+the ``ScopedMemory`` its Reconciler learnt. Picklable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from provisiond.core import render
+from provisiond.errors import ProvisiondError
+from provisiond.settings import Settings
+
+if TYPE_CHECKING:
+    from provisiond.engine import PassPlan, ProgressFactory, Reconciler, ScopedMemory
+
+log = logging.getLogger(__name__)
+
+
+class Display(Protocol):
+    """A live progress display around one apply (the CLI's ``ProgressBars``)."""
+
+    def factory(self, target: str, total: int) -> Callable[[int], None]: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass(slots=True)
+class TargetSummary:
+    """One target of a pass, as the bookkeeping needs it."""
+
+    error: str | None = None  # it could not be planned, or its apply failed as a whole
+    unavailable: bool = False  # ... because it could not be reached (back off and retry)
+    planned: bool = False  # it has a plan (its conflicts count)
+    conflicts: int = 0  # entries left alone: the plan's and the apply's
+    applied: dict[str, int] = field(default_factory=dict)  # action -> changes applied
+    coa: dict[str, int] = field(default_factory=dict)  # CoA / Disconnect result -> count
+    written: bool = False  # its apply ran (an ApplyResult exists)
+    failed: bool = False  # some of its changes failed
+
+
+@dataclass(slots=True)
+class PassSummary:
+    names: list[str]  # every target of the configuration, in order
+    targets: dict[str, TargetSummary]  # the targets this pass planned or tried to
+    line: str  # the summary, before the back-off notes
+    changes: int  # applied (planned, in a dry run)
+    ok: bool
+    refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
+    lost_leader: bool = False  # the leader lock went while planning: nothing written
+    pool_utilisation: dict[str, float] | None = None  # full passes with pools
+    memory: ScopedMemory | None = None  # what a full pass in its own process learnt
+
+
+def summarise(
+    rec: Reconciler,
+    pp: PassPlan,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    may_write: Callable[[], bool] | None = None,
+    progress: ProgressFactory | None = None,
+) -> PassSummary:
+    """Apply ``pp`` (unless ``dry_run``: log its diff) and reduce the pass to a summary.
+
+    Logs what only this process can see: a dry run's diff, each applied change at DEBUG."""
+    names = [t.name for t in rec.targets]
+    targets = {name: TargetSummary(error=pp.errors.get(name), unavailable=name in pp.unavailable)
+               for name in pp.kinds}
+    for plan in pp.plans:
+        t = targets.setdefault(plan.target, TargetSummary())
+        t.planned, t.conflicts = True, len(plan.conflicts)
+    full = pp.accounts is None
+    if dry_run:
+        return _dry_run(pp, names, targets)
+    if may_write is not None and not may_write():
+        # Planning can take a while; another provisiond may lead by now.
+        return PassSummary(names, targets, "lost the leader lock while planning, nothing written",
+                           0, False, lost_leader=True)
+    pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress)
+    applied = 0
+    for r in pr.results:
+        t = targets.setdefault(r.target, TargetSummary())
+        t.written, t.failed = True, bool(r.failed)
+        if t.error is None and r.error is not None:
+            t.error, t.unavailable = r.error, r.unavailable
+        t.conflicts += len(r.conflicts)
+        for action, n in r.counts().items():
+            if n:
+                t.applied[action] = t.applied.get(action, 0) + n
+        if log.isEnabledFor(logging.DEBUG):  # a cold pass applies 400,000: no lines made unasked
+            for c in r.applied:
+                log.debug("target=%s applied %s", r.target, render.change_line(c))
+        applied += len(r.applied)
+        for f in r.followups:
+            result = str(f.get("result", "unknown"))
+            t.coa[result] = t.coa.get(result, 0) + 1
+    total = render.totals(pp.plans)
+    line = (f"{applied} change(s) applied ({total['create']} create, {total['update']} update, "
+            f"{total['delete']} delete planned) on {len(pp.plans)} target(s)")
+    if pr.refused:
+        line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
+    return PassSummary(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
+                       pool_utilisation=pool_utilisation(rec, settings) if full else None)
+
+
+def _dry_run(pp: PassPlan, names: list[str], targets: dict[str, TargetSummary]) -> PassSummary:
+    for plan in pp.plans:
+        c = plan.counts()
+        log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
+                 plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
+        # The diff itself at INFO: watching it is the point of dry-run mode.
+        for change in plan.changes:
+            log.info("dry-run target=%s %s", plan.target, render.change_line(change))
+        for conflict in plan.conflicts:
+            log.info("dry-run target=%s conflict: %s: %s", plan.target,
+                     render.resource_line(conflict.resource), conflict.reason)
+    line = render.summary_line(pp.plans, errors=pp.errors, ipam_changes=pp.ipam_changes)
+    if pp.allocation is not None:
+        for text in pp.allocation.lines():
+            log.info("dry-run ipam %s", text)
+    for note in pp.notes:
+        log.info("dry-run note: %s", note)
+    log.info("dry-run %s (nothing written)", line)
+    changes = sum(len(p.changes) for p in pp.plans)
+    return PassSummary(names, targets, f"dry run: {line}", changes, not pp.errors)
+
+
+def pool_utilisation(rec: Reconciler, settings: Settings) -> dict[str, float] | None:
+    """Each pool's share of addresses in use (a full read of the leases)."""
+    if not settings.pool:
+        return None
+    from provisiond.core import ipam
+
+    try:
+        leases = rec.store.leases()
+    except ProvisiondError as exc:
+        log.warning("pool utilisation: cannot read leases: %s", exc)
+        return None
+    now = datetime.now(UTC)
+    return {p.name: float(ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)["utilisation"])
+            for p in settings.pool}
