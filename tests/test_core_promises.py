@@ -51,7 +51,7 @@ def test_exactly_at_the_ratio_is_allowed_one_more_is_refused() -> None:
     assert str(caught.value) == (
         "core-1: g: 4 deletes of 10 existing entries (40.0%) exceeds max_delete_ratio 30.0%; "
         "g: 4 updates of 10 existing entries (40.0%) exceeds max_update_ratio 30.0% "
-        "(use --force to apply anyway)")
+        "(held back: g; use --force to apply anyway)")
 
 
 def test_creates_never_count_and_each_group_stands_alone() -> None:

@@ -254,6 +254,7 @@ class Allocation:
     conflicts: tuple[AddressConflict, ...] = ()
     out_of_pool: tuple[OutOfPool, ...] = ()
     addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    exhausted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # pool -> accounts left without
 
     @property
     def changed(self) -> bool:
@@ -423,6 +424,7 @@ def allocate(
     releases: list[Lease] = []
     returns: list[Lease] = []
     failures: dict[str, str] = {}
+    exhausted: dict[str, list[str]] = {}
     out_of_pool: list[OutOfPool] = []
     addresses: dict[str, list[str]] = {}
     cursors: dict[str, _Cursor] = {}
@@ -461,6 +463,7 @@ def allocate(
             if value is None:
                 why = f"pool {pool.name} exhausted"
                 failures[account.id] = f"{failures[account.id]}; {why}" if account.id in failures else why
+                exhausted.setdefault(pool.name, []).append(account.id)
                 continue
             address = _text(pool.version, value)
             new.append(Lease(pool.name, address, account.id, "leased", None))
@@ -487,6 +490,7 @@ def allocate(
         conflicts=tuple(conflicts),
         out_of_pool=tuple(out_of_pool),
         addresses={k: tuple(sorted(v)) for k, v in addresses.items()},
+        exhausted={k: tuple(v) for k, v in exhausted.items()},
     )
 
 

@@ -56,7 +56,7 @@ from provisiond.daemon.metrics import Health, Metrics, serve
 from provisiond.daemon.passes import PassRunner
 from provisiond.daemon.summary import Display
 from provisiond.daemon.pg import is_postgresql
-from provisiond.daemon.retries import Owed
+from provisiond.daemon.retries import Owed, TargetRetries
 from provisiond.daemon.sdnotify import Notifier
 from provisiond.daemon.watchdog import start_watchdog
 from provisiond.daemon.webhook import WebhookReceiver
@@ -116,6 +116,7 @@ class Daemon:
         self._pending = Pending()  # requested passes not started yet
         self._owed = Owed(lambda accounts: self.request_pass(accounts, reason="retry"),
                           max_accounts=lambda: self.settings.daemon.scope_max_accounts)
+        self._retries = TargetRetries(self.request_targets)
         self._requested = False  # the job's next run was moved to now for them
         self._last_full = time.monotonic()
         self._last_job = time.monotonic()
@@ -187,6 +188,7 @@ class Daemon:
         with self._guard:
             self.stopping = True
         self._owed.stop()
+        self._retries.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # waits for the pass in flight
         if self.listener is not None:
@@ -239,6 +241,18 @@ class Daemon:
                   "all" if accounts is None else len(accounts))
         self._run_now()
 
+    def request_targets(self, names: frozenset[str]) -> None:
+        """A pass of ``names`` only (their back-off ended), gathered like any request."""
+        with self._guard:
+            if self.stopping:
+                return
+            self._pending.add_targets(names)
+            if self._in_pass_since is not None or self._requested:
+                return
+            self._requested = True
+        log.debug("pass requested reason=retry targets=%s", ",".join(sorted(names)))
+        self._run_now()
+
     def _run_now(self) -> None:
         if self.scheduler is None:
             return
@@ -251,29 +265,36 @@ class Daemon:
         """A Sonar event: a pass for ``accounts`` (None: a full one)."""
         self.request_pass(accounts, reason="webhook")
 
-    def _next_scope(self) -> frozenset[str] | None:
-        """What this run covers (under _guard): None is a full pass."""
+    def _next_scope(self) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+        """What this run covers (under _guard): (accounts, targets); (None, None) is a
+        full pass, (None, names) a pass of those targets only."""
         requested, self._requested = self._requested, False
         due = time.monotonic() - self._last_full >= self.settings.daemon.interval
         if not requested or due:
             self._pending = Pending()  # a full pass covers every request so far
-            return None
-        return self._pending.take(self.settings.daemon.scope_max_accounts)
+            return None, None
+        targets = self._pending.take_targets()
+        if targets is not None:
+            return None, targets
+        return self._pending.take(self.settings.daemon.scope_max_accounts), None
 
     def _job(self) -> None:
         with self._guard:
             if self.stopping:
                 return
             self._in_pass_since = self._last_job = time.monotonic()
-            scope = self._next_scope()
-            if scope is None:
+            scope, targets = self._next_scope()
+            if scope is None and targets is None:
                 self._last_full = time.monotonic()
         try:
             if not self._still_leading():
                 return
-            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
+            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope,
+                                           targets=targets)
             if outcome.retry is not None:
                 self._owed.owe(*outcome.retry)
+            if outcome.retry_targets:
+                self._retries.schedule(outcome.retry_targets)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True

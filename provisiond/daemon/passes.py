@@ -97,6 +97,8 @@ class Outcome:
     # A scoped pass that left targets out (back-off) or failed on them: its accounts are
     # owed to those targets; the daemon asks for a pass for them after ``retry[1]`` s.
     retry: tuple[frozenset[str], float] | None = None
+    # Targets that could not be reached: passed again when their back-off ends (name -> s).
+    retry_targets: dict[str, float] = field(default_factory=dict)
 
 
 # (settings, readonly, memory) -> the Reconciler of one configuration generation
@@ -139,6 +141,7 @@ class PassRunner:
         self.count = 0
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
+        self._targets: frozenset[str] | None = None  # ... and its targets (None: all)
         # A plan was refused by safety: passes stay full until a full one goes through,
         # so that the refused changes keep counting (a scoped pass would not see them).
         self._refused = False
@@ -180,9 +183,11 @@ class PassRunner:
         *,
         may_write: Callable[[], bool] | None = None,
         accounts: frozenset[str] | None = None,
+        targets: frozenset[str] | None = None,
     ) -> Outcome:
-        """One pass, scoped to ``accounts`` (None: full). ``may_write`` (the leader check)
-        is asked again between plan and apply."""
+        """One pass, scoped to ``accounts`` (None: full) and to ``targets`` (None: all;
+        a retry of targets whose back-off ended). ``may_write`` (the leader check) is
+        asked again between plan and apply."""
         self.count += 1
         started = time.monotonic()
         if accounts is not None and self._refused:
@@ -190,6 +195,7 @@ class PassRunner:
                      "safety until apply --force or billing is fixed", self.count, len(accounts))
             accounts = None
         self._scope = accounts
+        self._targets = targets if accounts is None else None
         try:
             summary = self._summary(may_write)
             outcome = self._book(summary)
@@ -220,7 +226,7 @@ class PassRunner:
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
                          + outcome.status
         self.health.last_result = outcome.status
-        if outcome.result == "ok" and accounts is None:
+        if outcome.result == "ok" and accounts is None and self._targets is None:
             # Only a full pass vouches for every target (healthz).
             self.health.last_success = time.monotonic()
         if outcome.result != "error":  # an error pass saw no target: keep what is known
@@ -229,14 +235,15 @@ class PassRunner:
         # Lasting conflicts are on every pass line while they last (absent: none).
         log.info("pass=%d result=%s duration=%.2fs changes=%d%s%s%s", self.count,
                  outcome.result, outcome.duration, outcome.changes,
-                 "" if accounts is None else f" scope={len(accounts)}",
+                 ("" if accounts is None else f" scope={len(accounts)}")
+                 + ("" if self._targets is None else f" targets={','.join(sorted(self._targets))}"),
                  f" conflicts={conflicts} conflicts_on={','.join(sorted(self.health.conflicts))}"
                  if conflicts else "",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
     def _skip(self, name: str) -> bool:
-        return self.backoff.skip(name)
+        return self.backoff.skip(name) or (self._targets is not None and name not in self._targets)
 
     def _summary(self, may_write: Callable[[], bool] | None) -> PassSummary:
         """Plan and apply this pass: here, or (a full pass, isolated) in its own process."""
@@ -257,6 +264,8 @@ class PassRunner:
                 return self._here(rec, scoped, dry_run, may_write)
             self._scope = None  # widened: only a full pass may decide
         skip = frozenset(n for n in self.backoff.names() if self._skip(n))
+        if self._targets is not None:
+            skip |= {t.name for t in self._reconciler().targets if t.name not in self._targets}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
         summary = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
@@ -293,11 +302,9 @@ class PassRunner:
         if not dry_run:
             if summary.refused:
                 self._refused = True
-            elif self._scope is None:
+            elif self._scope is None and self._targets is None:
                 self._refused = False
-            for target, why in summary.refused.items():
-                m.refusals.labels(target).inc()
-                log.info("target=%s result=refused reason=%r", target, why)
+            self._note_refusals(summary)
         failed = self._target_failures(summary)
         # Unreachable or left out (back-off): owed a retry of this scoped pass. A target
         # that answered wrongly is tried again by the next interval's full pass.
@@ -310,6 +317,7 @@ class PassRunner:
             retry = (self._scope, max(RETRY_MIN, delay))
         for pool, share in (summary.pool_utilisation or {}).items():
             m.pool_utilisation.labels(pool).set(share)
+        self._note_pools(summary)
         conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
         for target, n in conflicts.items():
             m.conflicts.labels(target).set(n)
@@ -324,8 +332,40 @@ class PassRunner:
             line += f"; backing off: {', '.join(waiting)}"
         if sum(conflicts.values()):
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
+        # Unreachable: passed again when the back-off the log gave ends.
+        again = {n: self.backoff.remaining(n) for n in failed if summary.targets[n].unavailable}
         return Outcome("ok" if summary.ok and not waiting else "partial", line,
-                       changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry)
+                       changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
+                       retry_targets=again)
+
+    def _note_refusals(self, summary: PassSummary) -> None:
+        """Refused lists and groups: counted, logged loud, listed by /healthz until a
+        full pass finds them clear."""
+        degraded = self.health.degraded
+        if summary.full:
+            for part in [p for p in degraded if p.startswith("refused ")]:
+                target = part.split(" ", 2)[1]
+                if target in summary.targets and target not in summary.held:
+                    del degraded[part]
+        for target, why in summary.refused.items():
+            self.metrics.refusals.labels(target).inc()
+            held = summary.held.get(target, ())
+            log.warning("target=%s result=refused held=%s reason=%r", target,
+                        ",".join(held) or "all", why)
+            for group in held or ("(all)",):
+                degraded[f"refused {target} {group}"] = why
+
+    def _note_pools(self, summary: PassSummary) -> None:
+        """Accounts a pool had no address for: named, counted, listed by /healthz."""
+        for pool, ids in (summary.unallocated or {}).items():
+            self.metrics.pool_unallocated.labels(pool).set(len(ids))
+            if not ids:
+                self.health.degraded.pop(f"pool {pool}", None)
+                continue
+            shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+            log.warning("pool=%s result=exhausted unallocated=%d accounts=%s", pool, len(ids), shown)
+            self.health.degraded[f"pool {pool}"] = (f"exhausted: {len(ids)} account(s) have no "
+                                                   f"address: {shown}")
 
     def _target_failures(self, summary: PassSummary) -> list[str]:
         """Update back-off, error counters and last-success gauges; return the failed names."""
@@ -333,6 +373,8 @@ class PassRunner:
         failed: list[str] = []
         now = time.time()
         for name in summary.names:
+            if self._targets is not None and name not in self._targets:
+                continue  # a retry of other targets: this one was not asked for
             t = summary.targets.get(name)
             if t is None:  # left out: still backing off
                 remaining = self.backoff.remaining(name)
@@ -342,6 +384,11 @@ class PassRunner:
             if t.error:
                 m.errors.labels(name).inc()
                 failed.append(name)
+                part = f"unreachable {name}" if t.unavailable else f"error {name}"
+                since = self.health.degraded.get(part, "").partition(": ")[0] or \
+                    f"since {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
+                self.health.degraded[part] = f"{since}: {t.error}"
+                self.health.degraded.pop(f"error {name}" if t.unavailable else f"unreachable {name}", None)
                 if t.unavailable:
                     delay = self.backoff.failed(name)
                     m.backoff.labels(name).set(delay)
@@ -355,6 +402,8 @@ class PassRunner:
                 continue
             if self.backoff.succeeded(name):
                 log.info("target=%s recovered", name)
+            self.health.degraded.pop(f"unreachable {name}", None)
+            self.health.degraded.pop(f"error {name}", None)
             m.backoff.labels(name).set(0)
             m.consecutive_failures.labels(name).set(0)
             if t.failed:

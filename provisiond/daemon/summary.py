@@ -55,8 +55,11 @@ class PassSummary:
     changes: int  # applied (planned, in a dry run)
     ok: bool
     refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
+    held: dict[str, tuple[str, ...]] = field(default_factory=dict)  # target -> groups held back
     lost_leader: bool = False  # the leader lock went while planning: nothing written
-    pool_utilisation: dict[str, float] | None = None  # full passes with pools
+    pool_utilisation: dict[str, float] | None = None  # passes that allocated
+    unallocated: dict[str, tuple[str, ...]] | None = None  # pool -> accounts it had no address for
+    full: bool = True  # a full pass (not scoped)
     memory: ScopedMemory | None = None  # what a full pass in its own process learnt
 
 
@@ -81,6 +84,12 @@ def summarise(
     full = pp.accounts is None
     if dry_run:
         return _dry_run(pp, names, targets)
+    allocation = pp.allocation
+    unallocated: dict[str, tuple[str, ...]] | None = None
+    if allocation is not None:
+        # A full pass knows every pool (0 where none ran out); a scoped one its own accounts.
+        pools = [p.name for p in settings.pool] if full else list(allocation.exhausted)
+        unallocated = {name: tuple(allocation.exhausted.get(name, ())) for name in pools}
     if may_write is not None and not may_write():
         # Planning can take a while; another provisiond may lead by now.
         return PassSummary(names, targets, "lost the leader lock while planning, nothing written",
@@ -108,8 +117,10 @@ def summarise(
             f"{total['delete']} delete planned) on {len(pp.plans)} target(s)")
     if pr.refused:
         line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
+    allocated = allocation is not None and (full or allocation.changed)
     return PassSummary(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
-                       pool_utilisation=pool_utilisation(rec, settings) if full else None)
+                       held=dict(pr.held), full=full, unallocated=unallocated,
+                       pool_utilisation=pool_utilisation(rec, settings) if allocated else None)
 
 
 def _dry_run(pp: PassPlan, names: list[str], targets: dict[str, TargetSummary]) -> PassSummary:
@@ -131,7 +142,8 @@ def _dry_run(pp: PassPlan, names: list[str], targets: dict[str, TargetSummary]) 
         log.info("dry-run note: %s", note)
     log.info("dry-run %s (nothing written)", line)
     changes = sum(len(p.changes) for p in pp.plans)
-    return PassSummary(names, targets, f"dry run: {line}", changes, not pp.errors)
+    return PassSummary(names, targets, f"dry run: {line}", changes, not pp.errors,
+                       full=pp.accounts is None)
 
 
 def pool_utilisation(rec: Reconciler, settings: Settings) -> dict[str, float] | None:

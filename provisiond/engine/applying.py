@@ -18,10 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provisiond.core import render
-from provisiond.core.plan import Plan, Safety
+from provisiond.core.plan import Plan, Safety, refused
 from provisiond.engine.memory import ScopedMemory
 from provisiond.engine.results import Failed, PassPlan, PassResult, ProgressFactory, each, guarded
-from provisiond.errors import PlanRefused
 from provisiond.state.base import Store
 from provisiond.targets.base import ApplyResult, Target
 
@@ -53,7 +52,8 @@ class Applier:
             result.duration = time.monotonic() - started
             return result
         run_id = self.begin(pp, mode)
-        todo = [plan for plan in pp.plans if self.cleared(pp, plan, result, force=force)]
+        todo = [cleared for plan in pp.plans
+                if (cleared := self.cleared(pp, plan, result, force=force)) is not None]
         write = self.writer(run_id, may_write, progress)
         try:
             outcomes = each(todo, _target_of, write)
@@ -119,18 +119,20 @@ class Applier:
         except Exception as also:  # noqa: BLE001 - the first error is the one to raise
             log.warning("run %s: could not be recorded as failed: %s", run_id, also)
 
-    def cleared(self, pp: PassPlan, plan: Plan, result: PassResult, *, force: bool) -> bool:
-        """True when ``plan`` is to be written: it has something to write, and it passes
-        the safety check (unless forced; a refusal goes into ``result``)."""
+    def cleared(self, pp: PassPlan, plan: Plan, result: PassResult, *, force: bool) -> Plan | None:
+        """What of ``plan`` is to be written (None: nothing). Unforced, the groups the
+        safety check holds (over a threshold, or a mapping that matches nobody) are
+        left out and reported in ``result``; the rest of the target is written."""
         if not force:
-            try:
-                plan.check_safety(self.safety, earlier=(
-                    self.memory.since(plan.target) if pp.accounts is not None else None))
-            except PlanRefused as exc:
+            held = plan.refusals(self.safety, earlier=(
+                self.memory.since(plan.target) if pp.accounts is not None else None))
+            if held:
+                exc = refused(plan, held)
                 result.refused[plan.target] = str(exc)
+                result.held[plan.target] = tuple(held)
                 log.debug("%s", exc)  # shown by the CLI, logged by the daemon: once
-                return False
-        return bool(plan.changes or plan.followups)
+                plan = plan.without(held.keys())
+        return plan if plan.changes or plan.followups else None
 
     def writer(self, run_id: str, may_write: MayWrite | None,
                progress: ProgressFactory | None) -> Callable[[Plan], ApplyResult]:
@@ -191,9 +193,10 @@ class Run:
         self._writing: list[tuple[Plan, Future[ApplyResult | Failed]]] = []
 
     def write(self, plan: Plan) -> None:
-        """Start writing ``plan`` if it is cleared (a refusal goes into the result)."""
-        if self.applier.cleared(self.result.plan, plan, self.result, force=self.force):
-            self._writing.append((plan, self._pool.submit(guarded, plan.target, self._write, plan)))
+        """Start writing what of ``plan`` is cleared (a refusal goes into the result)."""
+        cleared = self.applier.cleared(self.result.plan, plan, self.result, force=self.force)
+        if cleared is not None:
+            self._writing.append((cleared, self._pool.submit(guarded, plan.target, self._write, cleared)))
 
     def outcomes(self) -> list[tuple[Plan, ApplyResult | Failed]]:
         """Waits for every write started."""

@@ -50,9 +50,9 @@ class ScopedMemory:
         """Keep what a full plan learnt: each target's managed counts, and (with the
         snapshot) the pools' members and billing addresses and the username holders.
         ``pool_groups``: pool -> its group (None without pools)."""
-        for plan in plans:
+        for plan in plans:  # a target left out (back-off) keeps what it had
             self.existing[plan.target] = dict(plan.existing)
-        self.since_full = {}
+            self.since_full.pop(plan.target, None)
         if snapshot is None:
             return
         if radius:

@@ -58,13 +58,23 @@ def prepare(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
     for p in snapshot.problems:
         pp.notes.append(f"skipped billing row: {p}")
     pp.notes.extend(snapshot.notes)
+    exhausted = pp.allocation.exhausted if pp.allocation is not None else {}
+    for pool, ids in sorted(exhausted.items()):
+        pp.notes.append(f"pool {pool} exhausted: {len(ids)} account(s) got no address: "
+                        f"{_some(ids)} (widen the pool, or free addresses with `ipam release`)")
     bare = without_address(settings, snapshot, allocated)
     if bare:
+        short = {a for ids in exhausted.values() for a in ids}.intersection(bare)
         pp.notes.append(
             f"{len(bare)} account(s) in mapped groups have no address, so no list "
-            f"entry: {', '.join(bare[:10])}{' …' if len(bare) > 10 else ''}"
+            f"entry: {_some(bare)}"
+            + (f" ({len(short)} of them because a pool is exhausted)" if short else "")
         )
     return pp, wanted, conflicts
+
+
+def _some(ids: Sequence[str], n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f" … ({len(ids) - n} more)" if len(ids) > n else "")
 
 
 def desired(settings: Settings, snapshot: Snapshot,

@@ -89,7 +89,8 @@ class PassPlan:
 class PassResult:
     plan: PassPlan
     results: list[ApplyResult] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # target -> why (some of) it was held
+    held: dict[str, tuple[str, ...]] = field(default_factory=dict)  # target -> groups held back
     duration: float = 0.0
 
     @property

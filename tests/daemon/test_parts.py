@@ -82,11 +82,12 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
 
         def plan(self, skip: Any, checksums: bool = True) -> Any:
             calls.append("plan")
-            return SimpleNamespace(plans=[], errors={}, unavailable=set(), kinds={}, notes=[], accounts=None)
+            return SimpleNamespace(plans=[], errors={}, unavailable=set(), kinds={}, notes=[], accounts=None,
+                                   allocation=None)
 
         def apply(self, pp: Any, **kw: Any) -> Any:
             calls.append("apply")
-            return SimpleNamespace(results=[], refused={}, ok=True)
+            return SimpleNamespace(results=[], refused={}, held={}, ok=True)
 
         def close(self) -> None:
             pass
