@@ -10,6 +10,7 @@ leaves behind every change already streamed (``until_synced``).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -362,3 +363,27 @@ def test_cli_flags() -> None:
     assert (settings.scan_cost_us, settings.add_cost_ms, settings.listen, settings.report_expiry) == (
         80, 1.25, False, False)
     assert (settings.dead_to_all_listeners, settings.dead_word) == (True, "yes")
+
+
+def test_a_follow_started_during_writes_misses_nothing_and_repeats_nothing(
+    sim: RouterSim, raw: Callable[..., RawClient]
+) -> None:
+    """The first rows and the stream meet exactly: every entry once, in id order (rows of
+    what existed, then the adds after), though the adds race the follow's start."""
+    client = raw()
+    client.login()
+    done = threading.Event()
+
+    def add() -> None:
+        for i in range(3000):
+            sim.add_entry("ip", list_name="a", address=f"10.{i >> 8}.{i & 255}.1", dynamic=False)
+        done.set()
+
+    writer = threading.Thread(target=add)
+    writer.start()
+    time.sleep(0.01)
+    client.send(f"{AL}/print", "=follow=", "=.proplist=.id", ".tag=f")
+    done.wait(30)
+    writer.join()
+    ids = [int(attrs(s)[".id"][1:], 16) for s in until_synced(client)]
+    assert ids == list(range(1, 3001))
