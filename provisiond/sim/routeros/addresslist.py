@@ -13,7 +13,9 @@ print whose query an index can answer (``Query.candidates``: ``?list=X``,
 ``?=address=A``, comment ranges, and ORs/ANDs of them) tests only the rows the
 index names; any other query tests every row, as the router does. Entries
 with a timeout sit in an expiry heap and vanish once the clock passes their
-deadline (checked lazily at every access).
+deadline (checked at every access, and by the server's expiry tick). While
+someone listens, ``observer`` is told of every change (``listen``); ``reboot``
+keeps what a router saves to disk, renumbered.
 
 Choices where ROUTEROS.md has no observation ([inf]):
 
