@@ -160,10 +160,10 @@ def _table_command(state: RouterState, menu: str, verb: str, command: Command) -
     if verb == "print":
         # The router scans every row whatever the query (ROUTEROS.md 6, 8): row_latency
         # and scan_cost_us charge for all of them, however few the indexes let it test.
+        query = _compile(command, table.options.family)
         rows = len(table)
         delay = state.settings.row_latency * rows
         state.cpu.scan(menu, rows)
-        query = _compile(command, table.options.family)
         if "follow" in attrs:
             data = _answer(table.select(query), RowView.rendered, command, state=state, delay=delay,
                            empty=False)
