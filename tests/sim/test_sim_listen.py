@@ -54,6 +54,13 @@ def listening(raw: Callable[..., RawClient], port: int | None = None, *words: st
     return client
 
 
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def second_client(sim: RouterSim) -> Any:
     pool = routeros_api.RouterOsApiPool(sim.host, username=USER, password=PASSWORD, port=sim.port,
                                         plaintext_login=True)
@@ -387,3 +394,25 @@ def test_a_follow_started_during_writes_misses_nothing_and_repeats_nothing(
     writer.join()
     ids = [int(attrs(s)[".id"][1:], 16) for s in until_synced(client)]
     assert ids == list(range(1, 3001))
+
+
+def test_librouteros_holds_an_untagged_listen_through_its_sentence_calls(sim: RouterSim) -> None:
+    """librouteros reads every reply up to ``!done`` before yielding, and cannot parse a
+    ``.tag`` word, so a client built on it listens untagged on a connection of its own,
+    writing and reading single sentences; ``/cancel`` (no tag: all) gives it back."""
+    api = librouteros.connect(sim.host, USER, PASSWORD, port=sim.port, encoding="utf-8")
+    other = librouteros.connect(sim.host, USER, PASSWORD, port=sim.port, encoding="utf-8")
+    try:
+        api.protocol.writeSentence(f"{AL}/listen", "?list=a", "=.proplist=.id,list,address,comment")
+        wait_for(lambda: sim.listening == 1)  # nothing is answered to say the listen started
+        ident = other.path("ip", "firewall", "address-list").add(list="a", address="10.0.0.1", comment="1042")
+        assert api.readSentence() == ("!re", {".id": ident, "list": "a", "address": "10.0.0.1", "comment": 1042})
+        other.path("ip", "firewall", "address-list").remove(ident)
+        assert api.readSentence() == ("!re", {".id": ident, ".dead": True})
+        api.protocol.writeSentence("/cancel")
+        assert [api.readSentence() for _ in range(3)] == [
+            ("!trap", {"category": 2, "message": "interrupted"}), ("!done", {}), ("!done", {})]
+        assert tuple(api.path("system", "identity")) == ({"name": "MikroTik"},)
+    finally:
+        api.close()
+        other.close()
