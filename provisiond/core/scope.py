@@ -42,6 +42,15 @@ class Scope:
     existing: Mapping[str, int] | None = None
 
 
+def ids_text(accounts: Iterable[str] | None, limit: int = 20) -> str:
+    """Account ids for a log line: ``all`` (a full pass), or the first ``limit`` and a count."""
+    if accounts is None:
+        return "all"
+    ids = sorted(accounts, key=lambda a: (len(a), a))
+    shown = ",".join(ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
 def parse_payload(payload: str) -> frozenset[str] | None:
     """A NOTIFY payload -> the account ids it names, or None for "full pass".
 

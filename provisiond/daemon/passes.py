@@ -139,6 +139,7 @@ class PassRunner:
         self._in_child = False  # the pass in flight is a full one in its own process
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
+        self._conflicts: dict[str, set[str]] = {}  # target -> conflicts named so far
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
         self._targets: frozenset[str] | None = None  # ... and its targets (None: all)
@@ -319,6 +320,7 @@ class PassRunner:
             m.pool_utilisation.labels(pool).set(share)
         self._note_pools(summary)
         conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
+        self._name_conflicts(summary)
         for target, n in conflicts.items():
             m.conflicts.labels(target).set(n)
         line = summary.line
@@ -337,6 +339,24 @@ class PassRunner:
         return Outcome("ok" if summary.ok and not waiting else "partial", line,
                        changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
                        retry_targets=again)
+
+    def _name_conflicts(self, summary: PassSummary) -> None:
+        """Each conflict is named once, when it first shows (the pass line counts them
+        while they last); one that goes away is said too."""
+        for name, t in summary.targets.items():
+            if not t.planned:
+                continue
+            now = set(t.conflict_lines)
+            before = self._conflicts.get(name, set())
+            if summary.full or now - before:
+                for line in sorted(now - before):
+                    log.info("target=%s conflict: %s", name, line)
+                if summary.full:
+                    for line in sorted(before - now):
+                        log.info("target=%s conflict gone: %s", name, line)
+                    self._conflicts[name] = now
+                else:
+                    self._conflicts[name] = before | now
 
     def _note_refusals(self, summary: PassSummary) -> None:
         """Refused lists and groups: counted, logged loud, listed by /healthz until a

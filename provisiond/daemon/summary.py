@@ -21,8 +21,11 @@ from provisiond.settings import Settings
 
 if TYPE_CHECKING:
     from provisiond.engine import PassPlan, ProgressFactory, Reconciler, ScopedMemory
+    from provisiond.targets.base import ApplyResult
 
 log = logging.getLogger(__name__)
+
+LOG_EACH = 20  # a pass with at most this many changes logs each one at INFO
 
 
 class Display(Protocol):
@@ -45,6 +48,7 @@ class TargetSummary:
     coa: dict[str, int] = field(default_factory=dict)  # CoA / Disconnect result -> count
     written: bool = False  # its apply ran (an ApplyResult exists)
     failed: bool = False  # some of its changes failed
+    conflict_lines: list[str] = field(default_factory=list)  # the first LOG_EACH, named
 
 
 @dataclass(slots=True)
@@ -81,6 +85,8 @@ def summarise(
     for plan in pp.plans:
         t = targets.setdefault(plan.target, TargetSummary())
         t.planned, t.conflicts = True, len(plan.conflicts)
+        t.conflict_lines = [f"{render.resource_line(c.resource)}: {c.reason}"
+                            for c in plan.conflicts[:LOG_EACH]]
     full = pp.accounts is None
     if dry_run:
         return _dry_run(pp, names, targets)
@@ -96,6 +102,7 @@ def summarise(
                            0, False, lost_leader=True)
     pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress)
     applied = 0
+    each = sum(len(r.applied) for r in pr.results) <= LOG_EACH
     for r in pr.results:
         t = targets.setdefault(r.target, TargetSummary())
         t.written, t.failed = True, bool(r.failed)
@@ -105,9 +112,11 @@ def summarise(
         for action, n in r.counts().items():
             if n:
                 t.applied[action] = t.applied.get(action, 0) + n
-        if log.isEnabledFor(logging.DEBUG):  # a cold pass applies 400,000: no lines made unasked
+        if each:
             for c in r.applied:
-                log.debug("target=%s applied %s", r.target, render.change_line(c))
+                log.info("target=%s applied %s", r.target, render.change_line(c))
+        else:  # a cold pass applies 400,000: one line per list, each change at DEBUG only
+            _log_per_group(r)
         applied += len(r.applied)
         for f in r.followups:
             result = str(f.get("result", "unknown"))
@@ -121,6 +130,19 @@ def summarise(
     return PassSummary(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
                        held=dict(pr.held), full=full, unallocated=unallocated,
                        pool_utilisation=pool_utilisation(rec, settings) if allocated else None)
+
+
+def _log_per_group(r: ApplyResult) -> None:
+    per_group: dict[str, dict[str, int]] = {}
+    for c in r.applied:
+        n = per_group.setdefault(c.resource.group, {"create": 0, "update": 0, "delete": 0})
+        n[c.action] += 1
+    for group, n in sorted(per_group.items()):
+        log.info("target=%s list=%s created=%d updated=%d deleted=%d", r.target, group,
+                 n["create"], n["update"], n["delete"])
+    if log.isEnabledFor(logging.DEBUG):
+        for c in r.applied:
+            log.debug("target=%s applied %s", r.target, render.change_line(c))
 
 
 def _dry_run(pp: PassPlan, names: list[str], targets: dict[str, TargetSummary]) -> PassSummary:
