@@ -48,7 +48,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from provisiond import settings as settings_mod
-from provisiond.core.scope import Pending
+from provisiond.core.scope import Pending, ids_text
 from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
 from provisiond.daemon.listen import BillingListener
@@ -56,6 +56,7 @@ from provisiond.daemon.metrics import Health, Metrics, serve
 from provisiond.daemon.passes import PassRunner
 from provisiond.daemon.summary import Display
 from provisiond.daemon.pg import is_postgresql
+from provisiond.daemon.requests import Requests
 from provisiond.daemon.retries import Owed, TargetRetries
 from provisiond.daemon.sdnotify import Notifier
 from provisiond.daemon.watchdog import start_watchdog
@@ -121,6 +122,9 @@ class Daemon:
         self._last_full = time.monotonic()
         self._last_job = time.monotonic()
         self._heartbeat = time.monotonic()
+        self._requests = Requests(settings.state.url.get_secret_value())
+        # Pass requests taken from the store and not answered yet: (id, of targets only).
+        self._asked: list[tuple[str, bool]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -181,7 +185,10 @@ class Daemon:
                 if self.leader.acquire():
                     log.info("leader lock won (%s): taking over", self.leader.description)
                     self._set_leading(True)
+                    self.runner.continue_numbering()
                     self.request_pass(None, reason="leader")
+            if self.leading:
+                self._take_requests()
 
     def _shutdown(self, watchdog: threading.Event | None) -> None:
         self.notifier.stopping()
@@ -194,6 +201,7 @@ class Daemon:
         if self.listener is not None:
             self.listener.stop()
         self.runner.close()
+        self._requests.close()
         self.leader.release()
         self.metrics.leader.set(0)
         if watchdog is not None:
@@ -253,6 +261,31 @@ class Daemon:
         log.debug("pass requested reason=retry targets=%s", ",".join(sorted(names)))
         self._run_now()
 
+    def _take_requests(self) -> None:
+        """``provisiond pass`` requests from the state store, each a pass request here."""
+        for request in self._requests.poll():
+            targets, accounts = request["targets"], request["accounts"]
+            log.info("pass requested by %s: targets=%s accounts=%s", request["requested_by"],
+                     ",".join(targets) if targets else "all", ids_text(accounts))
+            with self._guard:
+                self._asked.append((request["id"], targets is not None and accounts is None))
+            if accounts is not None:
+                self.request_pass(frozenset(accounts), reason="request")
+            elif targets is not None:
+                self.request_targets(frozenset(targets))
+            else:
+                self.request_pass(None, reason="request")
+
+    def _served(self, scope: frozenset[str] | None, targets: frozenset[str] | None) -> list[str]:
+        """The asked requests this run serves (under _guard): a full pass serves all."""
+        if scope is None and targets is None:
+            served, self._asked = self._asked, []
+        else:
+            of_targets = targets is not None
+            served = [a for a in self._asked if a[1] == of_targets]
+            self._asked = [a for a in self._asked if a[1] != of_targets]
+        return [request_id for request_id, _ in served]
+
     def _run_now(self) -> None:
         if self.scheduler is None:
             return
@@ -286,11 +319,15 @@ class Daemon:
             scope, targets = self._next_scope()
             if scope is None and targets is None:
                 self._last_full = time.monotonic()
+            served = self._served(scope, targets)
         try:
             if not self._still_leading():
                 return
             outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope,
                                            targets=targets)
+            self._requests.answer(served, number=self.runner.count, result=outcome.result,
+                                  status=outcome.status)
+            served = []
             if outcome.retry is not None:
                 self._owed.owe(*outcome.retry)
             if outcome.retry_targets:
@@ -300,6 +337,8 @@ class Daemon:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
         except Exception:
             log.exception("pass crashed; the next one runs as scheduled")
+            self._requests.answer(served, number=self.runner.count, result="error",
+                                  status="the pass crashed; see the daemon's log")
         finally:
             with self._guard:
                 self._in_pass_since = None
@@ -322,8 +361,11 @@ class Daemon:
         self.metrics.leader.set(1 if leading else 0)
         self.health.standby = not leading
         if not leading:
-            log.info("standby: %s is held by another provisiond; retrying every %.0fs",
-                     self.leader.description, _standby_poll(self.settings))
+            holder = self.leader.holder()
+            self.health.leader = holder or ""
+            log.info("standby: %s is held by another provisiond (%s); retrying every %.0fs",
+                     self.leader.description, holder or "holder unknown",
+                     _standby_poll(self.settings))
             status = "standby: another provisiond is the leader"
             if first or not self.ready_sent:
                 self.ready_sent = self.notifier.ready(status) or True
@@ -362,6 +404,7 @@ class Daemon:
                 log.error("reload: %s", problem)
             log.error("reload failed with %d problem(s); the running configuration stays",
                       len(exc.problems))
+            self._reload_failed(f"{len(exc.problems)} problem(s): {exc.problems[0] if exc.problems else exc}")
             self.notifier.ready(f"reload failed ({len(exc.problems)} problem(s)); "
                                 "running the previous configuration")
             return
@@ -369,12 +412,16 @@ class Daemon:
         if new.state.url.get_secret_value() != old.state.url.get_secret_value():
             log.error("reload: state.url cannot change while running (leader lock, leases); "
                       "restart provisiond; the running configuration stays")
+            self._reload_failed("state.url cannot change while running; restart provisiond")
             self.notifier.ready("reload refused (state.url changed); running the previous configuration")
             return
         for key in ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file"):
             if getattr(new.daemon, key) != getattr(old.daemon, key):
                 log.warning("reload: daemon.%s changes only on restart", key)
         self.settings = new
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.reload_failed.set(0)
+        self.health.degraded.pop("reload", None)
         self.health.max_age = _max_age(new)
         self.runner.swap_at_next_pass(new)
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):
@@ -387,6 +434,15 @@ class Daemon:
         log.info("reload: configuration valid; swapped in at the next pass (starting now)")
         self.notifier.ready("reloaded; " + self.health.last_result)
         self.request_pass(None, reason="reload")
+
+    def _reload_failed(self, why: str) -> None:
+        """A reload that left the running configuration in place: /metrics and /healthz
+        say so until a reload succeeds (``systemctl reload`` itself cannot)."""
+        self.metrics.reloads.labels("failed").inc()
+        self.metrics.reload_failed.set(1)
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        self.health.degraded["reload"] = (f"failed at {stamp}: {why}; the previous "
+                                          f"configuration runs")
 
     # -- watchdog -------------------------------------------------------------------
 

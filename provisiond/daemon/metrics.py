@@ -77,6 +77,13 @@ class Metrics:
                                       "Accounts of a pool's group left without an address because "
                                       "the pool is exhausted (as of the last pass that allocated)",
                                       ["pool"], registry=r)
+        self.reloads = Counter("provisiond_config_reloads", "SIGHUP reloads by result (ok, failed)",
+                               ["result"], registry=r)
+        self.reload_failed = Gauge("provisiond_config_reload_failed",
+                                   "1 while the last reload failed (the previous configuration "
+                                   "runs), else 0", registry=r)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
         self.degraded = Gauge("provisiond_degraded_parts",
                               "Parts /healthz lists as degraded (refused lists, exhausted pools, "
                               "unreachable targets, a failed reload)", registry=r)

@@ -23,6 +23,7 @@ kept connections. What the loop does with each failure:
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from collections.abc import Callable
@@ -140,6 +141,7 @@ class PassRunner:
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
         self._conflicts: dict[str, set[str]] = {}  # target -> conflicts named so far
+        self._numbered = False  # the pass count continues from the store's last daemon run
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
         self._targets: frozenset[str] | None = None  # ... and its targets (None: all)
@@ -189,6 +191,9 @@ class PassRunner:
         """One pass, scoped to ``accounts`` (None: full) and to ``targets`` (None: all;
         a retry of targets whose back-off ended). ``may_write`` (the leader check) is
         asked again between plan and apply."""
+        if not self._numbered:
+            self.count = self._last_number()
+            self._numbered = True
         self.count += 1
         started = time.monotonic()
         if accounts is not None and self._refused:
@@ -243,8 +248,27 @@ class PassRunner:
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
+    def continue_numbering(self) -> None:
+        """Pass numbers go on from the state store's last daemon pass (a restart, or this
+        daemon taking over from another): read again before the next pass."""
+        self._numbered = False
+
+    def _last_number(self) -> int:
+        try:
+            runs = self._reconciler().store.runs(limit=50)
+        except Exception as exc:  # noqa: BLE001 - numbering never stops a pass
+            log.warning("pass numbers: cannot read the last runs: %s", exc)
+            return self.count
+        numbers = [int(r["summary"].get("pass", 0)) for r in runs
+                   if r.get("mode") == "daemon" and isinstance(r.get("summary"), dict)]
+        return max([self.count, *numbers])
+
     def _skip(self, name: str) -> bool:
-        return self.backoff.skip(name) or (self._targets is not None and name not in self._targets)
+        return self.backoff.skip(name) or not self._asked_for(name)
+
+    def _asked_for(self, name: str) -> bool:
+        """In this pass's targets (names or globs; None: every target)."""
+        return self._targets is None or any(fnmatch.fnmatchcase(name, p) for p in self._targets)
 
     def _summary(self, may_write: Callable[[], bool] | None) -> PassSummary:
         """Plan and apply this pass: here, or (a full pass, isolated) in its own process."""
@@ -266,10 +290,11 @@ class PassRunner:
             self._scope = None  # widened: only a full pass may decide
         skip = frozenset(n for n in self.backoff.names() if self._skip(n))
         if self._targets is not None:
-            skip |= {t.name for t in self._reconciler().targets if t.name not in self._targets}
+            skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
-        summary = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
+        summary = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display,
+                                   number=self.count)
         if summary.memory is not None:
             self.memory, summary.memory = summary.memory, None
             if self._rec is not None:
@@ -280,10 +305,11 @@ class PassRunner:
               may_write: Callable[[], bool] | None) -> PassSummary:
         display, self.first_progress = self.first_progress, None
         if display is None or dry_run:
-            return summarise(rec, pp, self.settings, dry_run=dry_run, may_write=may_write)
+            return summarise(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
+                             number=self.count)
         with display:
             return summarise(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
-                             progress=display.factory)
+                             progress=display.factory, number=self.count)
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -393,8 +419,8 @@ class PassRunner:
         failed: list[str] = []
         now = time.time()
         for name in summary.names:
-            if self._targets is not None and name not in self._targets:
-                continue  # a retry of other targets: this one was not asked for
+            if not self._asked_for(name):
+                continue  # a pass of other targets: this one was not asked for
             t = summary.targets.get(name)
             if t is None:  # left out: still backing off
                 remaining = self.backoff.remaining(name)

@@ -75,6 +75,7 @@ def summarise(
     dry_run: bool,
     may_write: Callable[[], bool] | None = None,
     progress: ProgressFactory | None = None,
+    number: int = 0,
 ) -> PassSummary:
     """Apply ``pp`` (unless ``dry_run``: log its diff) and reduce the pass to a summary.
 
@@ -100,7 +101,9 @@ def summarise(
         # Planning can take a while; another provisiond may lead by now.
         return PassSummary(names, targets, "lost the leader lock while planning, nothing written",
                            0, False, lost_leader=True)
-    pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress)
+    kind = "full" if full else "scoped"
+    pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress,
+                   note={"pass": number, "kind": kind, "accounts": len(pp.accounts or ())})
     applied = 0
     each = sum(len(r.applied) for r in pr.results) <= LOG_EACH
     for r in pr.results:

@@ -51,6 +51,7 @@ def full_pass(
     skip: frozenset[str],
     may_write: Callable[[], bool] | None,
     display: Display | None = None,
+    number: int = 0,
 ) -> PassSummary:
     """Run one full pass in a new process and return its PassSummary (with ``memory``).
 
@@ -70,7 +71,7 @@ def full_pass(
     log.debug("full pass: process pid=%d", proc.pid)
     ticks: dict[str, Callable[[int], None]] = {}
     try:
-        conn.send((settings, skip, _levels(), display is not None))
+        conn.send((settings, skip, _levels(), display is not None, number))
         if display is not None:
             with display:
                 return _serve(conn, proc, may_write, display, ticks)
@@ -248,10 +249,10 @@ def main(fd: int, parent: int) -> int:
                      daemon=True).start()
     conn = Connection(fd)
     try:
-        settings, skip, levels, progress = conn.recv()
+        settings, skip, levels, progress, number = conn.recv()
     except (EOFError, OSError):
         return 1
-    _child(conn, settings, skip, levels, progress)
+    _child(conn, settings, skip, levels, progress, number)
     return 0
 
 
@@ -264,7 +265,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _child(conn: Connection, settings: Settings, skip: frozenset[str],
-           levels: dict[str, int], progress: bool) -> None:
+           levels: dict[str, int], progress: bool, number: int) -> None:
     channel = _Channel(conn)
     logging.raiseExceptions = False  # a record that cannot be sent is dropped, never printed raw
     root = logging.getLogger()
@@ -285,7 +286,8 @@ def _child(conn: Connection, settings: Settings, skip: frozenset[str],
             pp = rec.plan(skip=lambda name: name in skip, checksums=False)
             summary = summarise(rec, pp, settings, dry_run=settings.daemon.dry_run,
                                 may_write=channel.may_write,
-                                progress=ticks.factory if ticks is not None else None)
+                                progress=ticks.factory if ticks is not None else None,
+                                number=number)
             if ticks is not None:
                 ticks.flush()
             summary.memory = rec.memory

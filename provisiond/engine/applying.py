@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -38,13 +38,14 @@ class Applier:
         self.memory = memory
 
     def apply(self, pp: PassPlan, *, force: bool = False, mode: str = "apply",
-              may_write: MayWrite | None = None,
-              progress: ProgressFactory | None = None) -> PassResult:
+              may_write: MayWrite | None = None, progress: ProgressFactory | None = None,
+              note: Mapping[str, Any] | None = None) -> PassResult:
         """Apply a PassPlan: leases first, then every target in parallel.
 
         ``may_write`` (the daemon's leader check) is asked again right before each
         target is written; a target that may not be written is reported, untouched.
         ``progress`` gets each target's number of changes and its completions.
+        ``note`` goes into the run's summary (the daemon's pass number and kind).
         """
         started = time.monotonic()
         result = PassResult(plan=pp)
@@ -60,7 +61,7 @@ class Applier:
         except BaseException as exc:
             self.abandon(run_id, exc)
             raise
-        self.end(result, run_id, outcomes, started)
+        self.end(result, run_id, outcomes, started, note=note)
         return result
 
     def start(self, pp: PassPlan, *, force: bool, mode: str, may_write: MayWrite | None,
@@ -155,7 +156,8 @@ class Applier:
         return one
 
     def end(self, result: PassResult, run_id: str,
-            outcomes: Sequence[tuple[Plan, ApplyResult | Failed]], started: float) -> None:
+            outcomes: Sequence[tuple[Plan, ApplyResult | Failed]], started: float, *,
+            note: Mapping[str, Any] | None = None) -> None:
         """Every target's outcome (an ApplyResult, or its failure's message) into
         ``result``, the counts scoped passes check against, and the run finished."""
         scoped = result.plan.accounts is not None
@@ -168,7 +170,8 @@ class Applier:
             _log_result(outcome)
             self.memory.count_applied(outcome, scoped=scoped)
         result.duration = time.monotonic() - started
-        self.store.finish_run(run_id, "ok" if result.ok else "failed", _summary(result))
+        self.store.finish_run(run_id, "ok" if result.ok else "failed",
+                              {**_summary(result), **(note or {})})
 
     def journal(self, run_id: str, outcome: ApplyResult, *, wait: bool = True) -> None:
         if outcome.applied or outcome.failed or outcome.conflicts:

@@ -206,11 +206,11 @@ class Reconciler:
                        memory=self.memory)
 
     def apply(self, pp: PassPlan, *, force: bool = False, mode: str = "apply",
-              may_write: MayWrite | None = None,
-              progress: ProgressFactory | None = None) -> PassResult:
+              may_write: MayWrite | None = None, progress: ProgressFactory | None = None,
+              note: Mapping[str, Any] | None = None) -> PassResult:
         """Apply a PassPlan (``Applier.apply``): leases first, then every target."""
         return self._applier().apply(pp, force=force, mode=mode, may_write=may_write,
-                                     progress=progress)
+                                     progress=progress, note=note)
 
     def plan_and_apply(
         self,

@@ -28,6 +28,10 @@ class Store(Protocol):
 
     def start_run(self, mode: str) -> str: ...
 
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        ...
+
     def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
         """Record how the run ended once its journal is written; if the journal could not
         be written, the run is recorded all the same (failed, the error in its summary)

@@ -5,13 +5,17 @@ billing, the RouterOS simulator):
   same router are written in the same pass, the refusal is a WARNING naming the list,
   and /healthz lists it (``?strict=1`` answers 503);
 - a full pool names the accounts it could not serve, counts them, and /healthz says so;
-- a router that comes back is passed again when its back-off ends, not at the interval.
+- a router that comes back is passed again when its back-off ends, not at the interval;
+- ``provisiond status`` and ``provisiond pass`` see and steer the daemon; pass numbers
+  go on across a restart; a failed reload shows in /metrics and /healthz.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -119,3 +123,76 @@ def test_a_router_that_comes_back_is_passed_when_its_back_off_ends(
     d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=1 targets=core-1", after=mark,
                timeout=15)
     assert listed(router, "tower-hosts") == {Billing.address(1000)}
+
+
+def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provisiond.cli", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_status_and_pass_see_and_steer_the_running_daemon(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    billing.join("Tower Hosts", 1000)
+    port = free_port()
+    # No NOTIFY, a long interval: only `provisiond pass` can bring a change in now.
+    path = config(state_url=billing.url, daemon={"metrics_listen": f"127.0.0.1:{port}"})
+    d = start(path)
+    d.wait_log(r"pass=1 result=ok")
+    billing.join("Tower Hosts", 1001)
+    done = cli(path, "pass")
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"pass 2: ok: ", done.stdout)
+    assert listed(router, "tower-hosts") == {Billing.address(1000), Billing.address(1001)}
+    billing.join("Tower Hosts", 1002)
+    done = cli(path, "pass", "--account", "1002")
+    assert done.returncode == 0 and done.stdout.startswith("pass 3: ok"), done
+    assert Billing.address(1002) in listed(router, "tower-hosts")
+    d.wait_log(r"pass=3 result=ok duration=\S+ changes=1 scope=1")
+    bad = cli(path, "pass", "--target", "nope")
+    assert bad.returncode == 1 and "--target 'nope' matches no target (targets: core-1)" in bad.stderr
+    shown = cli(path, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert f"leader: pid={d.pid} since=" in shown.stdout
+    assert "target core-1: ok" in shown.stdout
+    assert re.search(r"pass 3 +\S+ \S+ +scoped +ok +changes=1", shown.stdout), shown.stdout
+    assert re.search(r"pass 2 +\S+ \S+ +full +ok +changes=1", shown.stdout), shown.stdout
+    # A restart: pass numbers go on, they do not start at 1 again.
+    d.stop()
+    d2 = start(path)
+    d2.wait_log(r"pass=4 result=ok")
+    assert "pass=1 " not in d2.text()
+
+
+def test_pass_with_no_daemon_says_so(billing: Billing, config: Callable[..., Path]) -> None:
+    path = config()
+    done = cli(path, "pass", "--timeout", "1.5")
+    assert done.returncode == 1
+    assert "no leading daemon took the request within 2s" in done.stderr
+
+
+def test_a_failed_reload_is_seen_in_metrics_and_healthz(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc],
+) -> None:
+    port = free_port()
+    path = config(daemon={"metrics_listen": f"127.0.0.1:{port}"})
+    d = start(path)
+    d.wait_log(r"pass=1 result=ok")
+    assert metric(port, "provisiond_config_reload_failed") == 0
+    good = path.read_text()
+    path.write_text(good.replace("[daemon]", "[daemon]\nintervall = 5\n"))
+    mark = d.mark()
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"reload failed with 1 problem", after=mark)
+    assert metric(port, "provisiond_config_reload_failed") == 1
+    assert metric(port, 'provisiond_config_reloads_total{result="failed"}') == 1
+    code, body = healthz(port, "?strict=1")
+    assert code == 503 and "degraded: reload: failed at" in body and "intervall" in body
+    path.write_text(good)
+    mark = d.mark()
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"reload: configuration valid", after=mark)
+    assert metric(port, "provisiond_config_reload_failed") == 0
+    assert healthz(port, "?strict=1")[0] == 200
