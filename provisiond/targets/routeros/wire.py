@@ -303,7 +303,7 @@ class ApiWire:
         # Set by a full read once it knows the desired state: rows it takes as they are
         # on the wire (``BufferedTransport.skim``) never reach the pipeline.
         self.rows: Callable[[bytes, bytes, bytes], bool] | None = None
-        # Set with ``rows``: takes every such row in a run at once (``_ListReader.take_run``).
+        # Set with ``rows``: takes every such row in a run at once (``reader.ListReader.take_run``).
         self.run: Callable[[bytes, int], int] | None = None
 
     def encode(self, words: Sequence[str]) -> bytes:
