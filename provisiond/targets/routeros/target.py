@@ -36,7 +36,7 @@ from provisiond.targets.routeros.wire import ApiWire, closed, login, quietly_clo
 from provisiond.targets.routeros.wire import connect as connect_librouteros
 from provisiond.targets.routeros.writer import Finished, Writer
 
-log = logging.getLogger(__package__)
+log = logging.getLogger(__package__)  # one logger for the room: provisiond.targets.routeros
 
 
 @dataclass(frozen=True, slots=True)
