@@ -289,6 +289,7 @@ class RouterTarget:
                 writer.write(self._wire(), plan.changes, result)
         except TargetError as exc:
             done.failed_rest(result, plan.changes, str(exc))
+            result.unavailable = isinstance(exc, TargetUnavailable)  # back off, or retry at the interval
         done.flush()
         return result
 
