@@ -126,11 +126,15 @@ class Plan:
             raise refused(self, held)
 
     def without(self, groups: Set[str]) -> Plan:
-        """This plan less the changes of ``groups`` (and the follow-ups only they called
-        for): what is written while those groups are held."""
+        """This plan less the changes of ``groups``, and of the RADIUS usernames whose
+        membership they change (a held group's reply rows stay with it), and the
+        follow-ups only those called for: what is written while ``groups`` are held."""
         if not groups:
             return self
-        changes = tuple(c for c in self.changes if c.resource.group not in groups)
+        held_users = {u for c in self.changes if c.resource.group in groups
+                      if (u := c.resource.get("username"))}
+        changes = tuple(c for c in self.changes if c.resource.group not in groups
+                        and c.resource.get("username") not in held_users)
         touched = {c.resource.get("username") for c in changes}
         followups = tuple(f for f in self.followups
                           if "username" not in f or f["username"] in touched)
@@ -141,8 +145,7 @@ def refused(plan: Plan, held: Mapping[str, str]) -> TooMuchChange | UnmatchedMap
     """The error that says which groups of ``plan`` are held and why; the rest of the
     target is written (unless the caller refuses the whole plan)."""
     reasons = "; ".join(held.values())
-    rest = "; everything else on this target is applied" if any(
-        c.resource.group not in held for c in plan.changes) else ""
+    rest = "; everything else on this target is applied" if plan.without(held.keys()).changes else ""
     names = ", ".join(held)
     if any(plan.unmatched.get(group) and "would empty it" in why for group, why in held.items()):
         return UnmatchedMapping(
