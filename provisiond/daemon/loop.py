@@ -187,7 +187,7 @@ class Daemon:
                     self._set_leading(True)
                     self.runner.continue_numbering()
                     self.request_pass(None, reason="leader")
-            if self.leading:
+            if self.leading and not self.settings.daemon.dry_run:  # dry run: writes nothing
                 self._take_requests()
 
     def _shutdown(self, watchdog: threading.Event | None) -> None:
