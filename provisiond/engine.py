@@ -48,7 +48,7 @@ from provisiond.errors import (
     SuspiciousSnapshot,
     TargetError,
 )
-from provisiond.core.model import Snapshot
+from provisiond.core.model import Match, Snapshot
 from provisiond.core.plan import Plan, Safety
 from provisiond.core.scope import Scope, UsernameHolders
 from provisiond.core.plan import (
@@ -435,7 +435,7 @@ class Reconciler:
                 held = members.setdefault(p.name, set())
                 for account_id in accounts:
                     account = snapshot.accounts.get(account_id)
-                    if account is not None and p.group in account.groups:
+                    if account is not None and Match.of(p).selects(account):
                         held.add(account_id)
                     else:
                         held.discard(account_id)
@@ -530,7 +530,8 @@ class Reconciler:
         if pp.snapshot is not None and self.settings.pool:
             self._pool_billing = _pool_billing(self.settings, pp.snapshot)
             self._pool_members = {p.name: {a.id for a in pp.snapshot.accounts.values()
-                                           if p.group in a.groups} for p in self.settings.pool}
+                                           if m.selects(a)}
+                                  for p, m in ((p, Match.of(p)) for p in self.settings.pool)}
 
     def _count_applied(self, outcome: ApplyResult, *, scoped: bool) -> None:
         """Keep the numbers scoped passes check safety against in step with writes.
@@ -622,12 +623,11 @@ class Reconciler:
         self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
     ) -> list[str]:
         """Ids of accounts an address list wants but that have no address at all."""
-        groups = {m.group for m in self.settings.address_list if m.group is not None}
-        statuses = {m.status for m in self.settings.address_list if m.status is not None}
+        matches = [Match.of(m) for m in self.settings.address_list]
         return sorted(
             (a.id for a in snapshot.accounts.values()
              if not a.addresses and not allocated.get(a.id)
-             and (a.groups & groups or a.status in statuses)),
+             and any(m.selects(a) for m in matches)),
             key=lambda i: (len(i), i),
         )
 
@@ -639,8 +639,7 @@ class Reconciler:
             desire.ListMapping(
                 list=m.list,
                 routers=tuple(r.name for r in s.routers_for(m)),
-                group=m.group,
-                status=m.status,
+                match=Match.of(m),
             )
             for m in s.address_list
         ]
@@ -1033,7 +1032,8 @@ def build_source(settings: Settings) -> Source:
         url = s.resolved_url()
     except Exception as exc:  # noqa: BLE001 - a bad URL is a source error, named
         raise SourceError(f"source.url: {exc}") from exc
-    return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url())
+    return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url(),
+                     needs=settings.flags_used())
 
 
 def _open_store(settings: Settings, *, readonly: bool) -> Store:
@@ -1145,12 +1145,12 @@ def selectors(settings: Settings) -> list[Selector]:
     """Every mapping's selector with what it fills and where: the unmatched-mapping rule's input."""
     out = [
         Selector(f"address_list[{i}]", m.list, tuple(r.name for r in settings.routers_for(m)),
-                 group=m.group, status=m.status)
+                 match=Match.of(m))
         for i, m in enumerate(settings.address_list)
     ]
-    out += [Selector(f"radius_group[{i}]", m.radius_group, ("radius",), group=m.group, status=m.status)
+    out += [Selector(f"radius_group[{i}]", m.radius_group, ("radius",), match=Match.of(m))
             for i, m in enumerate(settings.radius_group)]
-    out += [Selector(f"pool[{i}]", p.name, ("ipam",), group=p.group)
+    out += [Selector(f"pool[{i}]", p.name, ("ipam",), match=Match.of(p))
             for i, p in enumerate(settings.pool)]
     return out
 
