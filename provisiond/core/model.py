@@ -90,20 +90,21 @@ class Match:
         out = []
         if self.groups is not None:
             hit = sorted(self.groups & account.groups)
-            out.append(("groups", bool(hit), f"member of {_names(hit)}" if hit else
-                        f"in none of {_names(self.groups)}"))
+            word = "group" if len(self.groups) == 1 else "groups"
+            out.append(("groups", bool(hit), f"member of group {_names(hit)}" if hit else
+                        f"not in {word} {_names(self.groups, 'or')}"))
         if self.statuses is not None:
             held = account.status in self.statuses
-            out.append(("status", held, f"status {_quote(account.status)}"
-                        + ("" if held else f" is not {_names(self.statuses, 'or')}")))
+            out.append(("status", held, f"status is {_quote(account.status)}"
+                        + ("" if held else f", not {_names(self.statuses, 'or')}")))
         if self.active is not None:
             held = account.active == self.active
             out.append(("active", held, f"its status {'activates' if account.active else 'does not activate'} "
-                        f"it (active = {str(self.active).lower()} wanted)"))
+                        f"it (active = {str(self.active).lower()})"))
         if self.delinquent is not None:
             held = account.delinquent == self.delinquent
             out.append(("delinquent", held, f"{'delinquent' if account.delinquent else 'not delinquent'} "
-                        f"(delinquent = {str(self.delinquent).lower()} wanted)"))
+                        f"(delinquent = {str(self.delinquent).lower()})"))
         return out
 
     def flags(self) -> frozenset[str]:
