@@ -47,7 +47,8 @@ def check_config(path: Path, *, connect: bool = False) -> int:
         else:
             assert settings.source.query is not None
             source = SqlSource(settings.source.resolved_url(), settings.source.query,
-                               timeout=settings.source.timeout, display=settings.source.display_url())
+                               timeout=settings.source.timeout, display=settings.source.display_url(),
+                               needs=settings.flags_used())
             try:
                 found = source.check_columns()
                 problems += found
