@@ -1,7 +1,9 @@
 """Billing-side values: what the Source reads and everything downstream consumes.
 
 ``Source.read()`` returns a ``Snapshot`` of ``Account`` values; the allocator, desire
-and the targets only ever see these frozen values, never database rows.
+and the targets only ever see these frozen values, never database rows. ``Match`` is
+the one rule by which a mapping (address list, RADIUS group, pool) selects accounts:
+desire, radius, ipam, the unmatched-mapping check and ``explain`` all ask it.
 """
 
 from __future__ import annotations
