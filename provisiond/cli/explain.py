@@ -231,9 +231,9 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         name = f' "{b["name"]}"' if b.get("name") else ""
         out.append(f"account {aid}{name} (billing):")
         if "status" in b:
-            flags = (f"{'active' if b['active'] else 'inactive'}, "
-                     f"{'delinquent' if b['delinquent'] else 'not delinquent'}")
-            out += [f"    status: {b['status'] or '-'} ({flags})",
+            activates = "activates the account" if b["active"] else "does not activate the account"
+            out += [f"    status: {b['status'] or '-'} ({activates})",
+                    f"    delinquent: {'yes' if b['delinquent'] else 'no'}",
                     f"    groups: {', '.join(b['groups']) or '-'}",
                     f"    addresses: {', '.join(b['addresses']) or '-'}",
                     f"    RADIUS usernames: {', '.join(b['usernames']) or '-'}"]

@@ -106,6 +106,17 @@ def test_an_ip_on_an_uninventoried_mac_reaches_lists_and_radius(
     assert ("ridge", "Framed-IP-Address", "=", "100.64.7.7") in replies
     code, out, err = run(config, "plan")  # idempotence: a second pass plans nothing
     assert code == 0 and "Plan: 0 to create, 0 to update, 0 to delete" in out, out + err
+    code, out, err = run(config, "explain", "424")
+    assert code == 0, out + err
+    for line in ("    status: active (activates the account)", "    delinquent: no",
+                 '    selects: address list legacy on core-1 [group "Legacy Customers"]',
+                 '        groups holds: member of group "Legacy Customers"',
+                 "    no: address list walled-garden on core-1 [delinquent = true]",
+                 "        delinquent fails: not delinquent (delinquent = true)",
+                 '    no: address list tower-hosts on core-1 [group "Tower Hosts" and active = true]',
+                 '        groups fails: not in group "Tower Hosts"',
+                 "        active holds: its status activates it (active = true)"):
+        assert line in out.splitlines(), (line, out)
 
 
 def _settings(tmp_path: Path, mapping: str) -> settings_mod.Settings:
