@@ -30,7 +30,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -299,8 +298,8 @@ class _Selector(_Model):
     groups: builtins.list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
     status: str | None = Field(None, min_length=1)
     statuses: builtins.list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
-    active: StrictBool | None = None
-    delinquent: StrictBool | None = None
+    active: bool | None = None
+    delinquent: bool | None = None
 
     @model_validator(mode="before")
     @classmethod

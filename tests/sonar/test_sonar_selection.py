@@ -142,7 +142,7 @@ list = "l"
     ('group = "A"\ngroups = ["B"]', "address_list[0]: set group or groups, not both"),
     ('status = "A"\nstatuses = ["A", "B"]', "address_list[0]: set status or statuses, not both"),
     ("groups = []", "address_list[0].groups: List should have at least 1 item"),
-    ('delinquent = "yes"', "address_list[0].delinquent: Input should be a valid boolean"),
+    ('delinquent = "maybe"', "address_list[0].delinquent: Input should be a valid boolean"),
 ])
 def test_selector_settings_refused(tmp_path: Path, mapping: str, problem: str) -> None:
     with pytest.raises(ConfigError) as exc:
