@@ -31,8 +31,8 @@ from graphql import (
     print_ast,
 )
 
-SOURCE = ("github.com/Elifnurdeniz/sonar-graphql-schema, docs/*.md (```graphql blocks, "
-          "concatenated; Sonar's schema as of May 2025)")
+SOURCE = ("github.com/Elifnurdeniz/sonar-graphql-schema at commit 991d802d5136002e737de1a07066dcb76f950900,\n"
+          "# docs/*.md (their ```graphql blocks, concatenated: Sonar's schema as of May 2025)")
 
 KEEP: dict[str, set[str]] = {
     "Query": {"accounts", "account_groups", "account_statuses"},
