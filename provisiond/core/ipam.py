@@ -9,7 +9,8 @@ Allocation and writes nothing.
 
 The rules (issue #4):
 
-- an account in a pool's group gets one address of that pool; in several pool groups,
+- an account a pool selects (its group, or its selector keys: ``Match``) gets one
+  address of that pool; selected by several pools,
   the pool with the highest priority wins (ties: the lower pool name);
 - deterministic: accounts are taken in a stable order and get the lowest free
   address, so a plan and the apply after it agree; sticky: a leased address stays with
@@ -38,7 +39,7 @@ from typing import Any, Literal, Protocol
 import netaddr
 
 from provisiond.core import addresses
-from provisiond.core.model import Account
+from provisiond.core.model import Account, Match
 
 
 class PoolSpec(Protocol):
@@ -47,7 +48,7 @@ class PoolSpec(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def group(self) -> str: ...
+    def group(self) -> str | None: ...
     @property
     def networks(self) -> list[str]: ...
     @property
@@ -88,10 +89,12 @@ class Pool:
     """A group's addresses. ``usable`` already lacks exclusions, network and broadcast."""
 
     name: str
-    group: str
+    group: str | None
     usable: netaddr.IPSet
     priority: int = 0
     hold: timedelta = timedelta(days=1)
+    # Which accounts it serves; None: the members of ``group``.
+    match: Match | None = field(default=None, compare=False)
     version: int = field(init=False)
     # Inclusive integer ranges of ``usable``, sorted; the allocator walks these.
     ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
@@ -106,16 +109,22 @@ class Pool:
         object.__setattr__(self, "ranges", ranges)
         object.__setattr__(self, "starts", tuple(r[0] for r in ranges))
 
+    def selects(self, account: Account) -> bool:
+        if self.match is None:
+            return self.group in account.groups
+        return self.match.selects(account)
+
     @classmethod
     def build(
         cls,
         name: str,
-        group: str,
+        group: str | None,
         networks: Iterable[str],
         *,
         exclude: Iterable[str] = (),
         priority: int = 0,
         hold: timedelta | float = timedelta(days=1),
+        match: Match | None = None,
     ) -> Pool:
         """A pool from network strings; exclusions are addresses, networks or ``a-b`` ranges."""
         usable = netaddr.IPSet()
@@ -134,7 +143,7 @@ class Pool:
                 usable.remove(reserved)
         if not isinstance(hold, timedelta):
             hold = timedelta(seconds=hold)
-        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold)
+        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold, match=match)
 
     @classmethod
     def from_settings(cls, settings: PoolSpec) -> Pool:
@@ -145,6 +154,7 @@ class Pool:
             exclude=settings.exclude,
             priority=settings.priority,
             hold=settings.hold,
+            match=Match.of(settings),
         )
 
     @property
@@ -415,7 +425,7 @@ def allocate(
         """The highest-priority pool of each IP family, unless billing gives that family."""
         out: dict[int, Pool] = {}
         for pool in ranked:
-            if pool.group in account.groups and pool.version not in out:
+            if pool.version not in out and pool.selects(account):
                 out[pool.version] = pool
         billing = billing_family.get(account.id, set())
         return [p for v, p in sorted(out.items()) if v not in billing]
