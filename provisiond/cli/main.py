@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="show the journal of applied changes")
     hist.add_argument("--since", metavar="WHEN", help="ISO time or a duration like 2h, 7d")
     hist.add_argument("--account", metavar="ID")
-    hist.add_argument("--limit", type=int, default=200)
+    hist.add_argument("--limit", type=int, default=200, metavar="N",
+                      help="the newest N entries (default 200); says so when there are more")
     hist.add_argument("--format", choices=["text", "json"], default="text")
 
     try:
