@@ -198,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             bars = ProgressBars() if progress_wanted(log_format) else None
             return int(run_daemon(path, settings, first_pass_progress=bars))
-    except SourceError as exc:
-        print(f"error: source: {exc}", file=sys.stderr)
+    except SourceError as exc:  # the one place a CLI billing error says so
+        print(f"error: source: {exc}; nothing written", file=sys.stderr)
         return EXIT_ERROR
     except (StoreError, ProvisiondError) as exc:
         print(f"error: {exc}", file=sys.stderr)

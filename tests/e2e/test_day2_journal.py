@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from world import World
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "radius"))
@@ -106,4 +107,27 @@ def test_history_says_when_it_shows_only_the_newest(world: World, tmp_path: Path
     assert json.loads(world.run("history", "--format", "json")[1])["truncated"] is False
     code, _, err = world.run("history", "--limit", "0")
     assert code != 0 and "--limit" in err
+    world.assert_converged()
+
+
+def test_a_refused_drop_says_how_to_accept_it_and_that_works(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.router("core-1")
+    for i in range(10):
+        world.account(1000 + i, f"Account {i}", groups=["Tower Hosts"], ips=[f"100.64.0.{i + 1}"])
+    world.write_config(safety={"max_delete_ratio": 1, "max_update_ratio": 1, "min_existing": 0})
+    assert world.run("apply")[0] == 0
+    for i in range(6):
+        world.remove_account(1000 + i)
+    code, out, err = world.run("apply")
+    assert code == 1, out + err
+    assert "source.max_account_drop" in err and err.count("nothing written") == 1, err
+    hint = "PROVISIOND_SOURCE__MAX_ACCOUNT_DROP=1 provisiond apply"
+    assert hint in err, err
+    # Done as it says: accepted once, and the next read is measured against it.
+    with monkeypatch.context() as m:
+        m.setenv("PROVISIOND_SOURCE__MAX_ACCOUNT_DROP", "1")
+        code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert set(world.entries()) == {f"100.64.0.{i + 1}" for i in range(6, 10)}
     world.assert_converged()
