@@ -81,6 +81,9 @@ _JournalHead = tuple[str, datetime, str]
 # RADIUS rows stay one per change: usernames_written reads their detail by account.
 PART_ROWS = 200
 _PART_KINDS = frozenset({"address-list", "lease"})
+# radius_accounts looks up to this many usernames by their spelling in the journal's
+# detail; more, in one read of every RADIUS row of the journal.
+SPELLING_LOOKUPS = 500
 # Lease changes are journalled as the target ``ipam``, kind ``lease``, group the pool.
 LEASE_TARGET = "ipam"
 RELEASED_BY_HAND = "released by hand (provisiond ipam release)"
@@ -433,16 +436,18 @@ class StateStore(PassRequests):
                 if conn is None or not left:
                     return out
                 c = journal_t.c
-                # The detail is JSON text: each username's spelling in it, in batches
-                # (a delete's few usernames; the journal has no username column).
-                for start in range(0, len(left), 50):
-                    batch = left[start:start + 50]
-                    query = (sa.select(c.account_id, c.detail)
-                             .where(c.kind.in_(("radusergroup", "radreply")), c.action != "delete",
-                                    c.account_id != "",
-                                    sa.or_(*(c.detail.contains(f'"username": {json.dumps(u)}',
-                                                               autoescape=True) for u in batch)))
-                             .order_by(c.id.desc()))
+                radius_rows = (sa.select(c.account_id, c.detail)
+                               .where(c.kind.in_(("radusergroup", "radreply")), c.action != "delete",
+                                      c.account_id != "")
+                               .order_by(c.id.desc()))
+                # The detail is JSON text (the journal has no username column): a few
+                # usernames are looked for by their spelling in it, 50 to a query; many
+                # (a large delete) in one read of every RADIUS row.
+                batches = [left[i:i + 50] for i in range(0, len(left), 50)]
+                queries = [radius_rows.where(sa.or_(*(
+                    c.detail.contains(f'"username": {json.dumps(u)}', autoescape=True) for u in batch)))
+                    for batch in batches] if len(left) <= SPELLING_LOOKUPS else [radius_rows]
+                for query in queries:
                     for account_id, detail in conn.execute(query):
                         name = str(json.loads(detail).get("username", ""))
                         if name in wanted and name not in out:
