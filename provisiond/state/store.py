@@ -619,11 +619,12 @@ class StateStore(PassRequests):
             changes: list[Change] = [Delete(_lease_resource(x)) for x in freed]
             changes += [Update(_lease_resource(current[(x.pool, x.address)]), _lease_resource(x))
                         for x in (*allocation.releases, *allocation.returns)]
-            changes += [Create(_lease_resource(x)) for x in allocation.new]
+            changes += Create.each(map(_lease_resource, allocation.new))
             if changes:
                 run = run_id if run_id is not None else _run_of_its_own(conn, "ipam", now)
                 outcome = _Outcome((run, now, LEASE_TARGET), changes)
-                _insert_journal(conn, [_journal_rows_of(conn.dialect, [outcome])])
+                parts = list(outcome.split(JOURNAL_CHUNK))
+                _insert_journal(conn, [_journal_rows_of(conn.dialect, parts)])
         log.info(
             "leases reserved new=%d released=%d returned=%d expired=%d",
             len(allocation.new), len(allocation.releases), len(allocation.returns),
@@ -717,9 +718,8 @@ def _lease_resource(lease: Lease) -> Resource:
     attrs: tuple[tuple[str, str], ...] = (("state", lease.state),)
     if lease.held_until is not None:
         attrs += (("held_until", _utc(lease.held_until).isoformat(timespec="seconds")),)
-    return Resource(kind="lease", group=lease.pool,
-                    ident=(("pool", lease.pool), ("address", lease.address)), attrs=attrs,
-                    account_id=lease.account_id)
+    return Resource.make("lease", lease.pool, (("pool", lease.pool), ("address", lease.address)),
+                         attrs, lease.account_id, "")
 
 
 def _run_of_its_own(conn: Connection, mode: str, now: datetime) -> str:
