@@ -131,6 +131,7 @@ class Metrics:
         converged since 1970"; it appears with a target's first good pass."""
         for name in target_names(settings):
             self.errors.labels(name)
+            self.target_errors.labels(name)
             self.refusals.labels(name)
             self.conflicts.labels(name)
             self.backoff.labels(name)

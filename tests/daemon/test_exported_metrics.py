@@ -63,6 +63,7 @@ def test_every_labelled_series_of_the_configuration_starts_at_zero() -> None:
         ("provisiond_safety_refusals_total", {"target": "core-1"}),
         ("provisiond_safety_refusals_total", {"target": "radius"}),
         ("provisiond_errors_total", {"target": "radius"}),
+        ("provisiond_target_errors_total", {"target": "core-1"}),
         ("provisiond_errors_total", {"target": "source"}),
         ("provisiond_coa_results_total", {"result": "timeout"}),
         ("provisiond_changes_applied_total", {"target": "core-1", "action": "delete"}),
