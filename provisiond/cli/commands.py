@@ -135,13 +135,16 @@ def notify_warnings(settings: settings_mod.Settings) -> list[str]:
     if url.get_backend_name() != "postgresql":
         return [f"daemon.notify_channel: billing is on {url.get_backend_name()}, not PostgreSQL: "
                 "no notifications, passes run on the interval only"]
-    engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, int(settings.source.timeout))})
+    timeout = max(1, int(settings.source.timeout))
+    engine = sa.create_engine(url, connect_args={"connect_timeout": timeout})
     try:
         with engine.connect() as conn:
-            if conn.execute(sa.text("SELECT to_regproc('provisiond_notify_channel')")).scalar() is None:
-                return [f"daemon.notify_channel: the billing database has no provisiond_notify_channel(): "
-                        f"install (or re-run) config/billing-notify-trigger.sql, or make your own "
-                        f"triggers NOTIFY {channel!r}"]
+            found = conn.execute(sa.text("SELECT to_regproc('provisiond_notify_channel')")).scalar()
+            if found is None:
+                return ["daemon.notify_channel: the billing database has no "
+                        "provisiond_notify_channel(): install (or re-run) "
+                        "config/billing-notify-trigger.sql, or make your own triggers NOTIFY "
+                        f"{channel!r}"]
             theirs = conn.execute(sa.text("SELECT provisiond_notify_channel()")).scalar()
     except sa.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -701,8 +701,9 @@ class StateStore(PassRequests):
                 before.append(_lease(row))
             if out:
                 run = _run_of_its_own(conn, "ipam release", now)
-                rows = [(a, k, g, acct, d, res, RELEASED_BY_HAND) for a, k, g, acct, d, res, _ in _change_rows(
-                    [Update(_lease_resource(b), _lease_resource(x)) for b, x in zip(before, out)], (), ())]
+                updates = [Update(_lease_resource(b), _lease_resource(x)) for b, x in zip(before, out)]
+                rows = [(a, k, g, acct, d, res, RELEASED_BY_HAND)
+                        for a, k, g, acct, d, res, _ in _change_rows(updates, (), ())]
                 outcome = _Outcome((run, now, LEASE_TARGET), rows=rows)
                 _insert_journal(conn, [_journal_rows_of(conn.dialect, [outcome])])
         return out
