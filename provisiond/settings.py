@@ -592,6 +592,10 @@ def _cross_problems(s: Settings) -> Iterator[str]:
                 yield f"address_list[{i}].routers[{j}]: {pattern!r} matches no [[router]]"
     if s.radius_group and s.radius is None:
         yield "radius_group: [[radius_group]] mappings need a [radius] section with url"
+    if s.daemon.notify_channel is not None and s.source.type == "sonar":
+        yield ("daemon.notify_channel: LISTEN/NOTIFY needs billing on PostgreSQL (source.type "
+               "= \"sql\"); Sonar tells provisiond of changes by webhook: remove notify_channel "
+               "and set daemon.webhook_listen and daemon.webhook_token_file")
     names: dict[str, int] = {}
     for i, p in enumerate(s.pool):
         if p.name in names:

@@ -64,6 +64,7 @@ def check_config(path: Path, *, connect: bool = False) -> int:
         problems.append(f"source.url: {type(exc).__name__}: {exc}")
     if snapshot is not None:
         problems += unmatched_problems(settings, snapshot)
+        warnings += notify_warnings(settings)
     if settings.radius is not None and not any(p.startswith("radius.") for p in problems):
         import sqlalchemy as sa
 
@@ -119,6 +120,42 @@ def _check_sonar(settings: settings_mod.Settings) -> list[str]:
         return [f"{key}: {exc}"]
     finally:
         source.close()
+    return []
+
+
+def notify_warnings(settings: settings_mod.Settings) -> list[str]:
+    """``daemon.notify_channel`` against the billing database: PostgreSQL, and the
+    channel its trigger notifies (``provisiond_notify_channel()``, from
+    config/billing-notify-trigger.sql) the same. Changes nothing."""
+    import sqlalchemy as sa
+
+    channel = settings.daemon.notify_channel
+    if channel is None or settings.source.type != "sql":
+        return []
+    url = sa.engine.make_url(settings.source.resolved_url())
+    if url.get_backend_name() != "postgresql":
+        return [f"daemon.notify_channel: billing is on {url.get_backend_name()}, not PostgreSQL: "
+                "no notifications, passes run on the interval only"]
+    timeout = max(1, int(settings.source.timeout))
+    engine = sa.create_engine(url, connect_args={"connect_timeout": timeout})
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT to_regproc('provisiond_notify_channel')")).scalar()
+            if found is None:
+                return ["daemon.notify_channel: the billing database has no "
+                        "provisiond_notify_channel(): install (or re-run) "
+                        "config/billing-notify-trigger.sql, or make your own triggers NOTIFY "
+                        f"{channel!r}"]
+            theirs = conn.execute(sa.text("SELECT provisiond_notify_channel()")).scalar()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return [f"daemon.notify_channel: cannot read the billing trigger's channel: {reason}"]
+    finally:
+        engine.dispose()
+    if theirs != channel:
+        return [f"daemon.notify_channel is {channel!r} but the billing database's trigger notifies "
+                f"{theirs!r} (provisiond_notify_channel() in config/billing-notify-trigger.sql): "
+                "billing changes wait for the next interval"]
     return []
 
 

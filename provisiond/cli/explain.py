@@ -286,8 +286,8 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
                 out.append(f"  error: {j['error']}")
                 continue
             d = j.get("detail") or {}
-            ident = " ".join(str(d.get(k)) for k in ("list", "groupname", "username", "address",
-                                                     "value") if d.get(k))
+            ident = " ".join(str(d.get(k)) for k in ("list", "groupname", "username", "pool",
+                                                     "address", "value") if d.get(k))
             msg = f"  {j['message']}" if j.get("message") else ""
             out.append(f"    {j['at']}  {j['target']}  {j['action']} {ident}  {j['result']}{msg}")
     s = doc["summary"]

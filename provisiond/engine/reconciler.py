@@ -97,7 +97,10 @@ class Reconciler:
         if last and seen < last * (1 - drop):
             raise SuspiciousSnapshot(
                 f"billing returned {seen} accounts, last good read had {last}: "
-                f"a drop of more than {drop:.0%} (source.max_account_drop); nothing written"
+                f"a drop of more than {drop:.0%} (source.max_account_drop); if the drop is "
+                "real, accept it with one `PROVISIOND_SOURCE__MAX_ACCOUNT_DROP=1 provisiond "
+                "apply` (add --force if the safety thresholds refuse its deletes): later "
+                "reads are measured against that one"
             )
         return snapshot
 

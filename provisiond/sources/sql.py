@@ -294,7 +294,7 @@ class SqlSource:
                 snapshot = aggregate(rows, read_at=read_at, scope=scope)
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"billing read from {self.display} failed: {_reason(exc)}; nothing written"
+                f"billing read from {self.display} failed: {_reason(exc)}"
             ) from exc
         for p in snapshot.problems:
             log.warning("source: skipped billing row: %s", p)
@@ -319,7 +319,7 @@ class SqlSource:
         if missing:
             result.close()
             raise SourceError(
-                f"billing query returns no column(s) {', '.join(missing)}; nothing written"
+                f"billing query returns no column(s) {', '.join(missing)}"
             )
         lacking = [c for c in sorted(self.needs) if c not in keys]
         if lacking:

@@ -399,3 +399,30 @@ def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
     with pytest.raises(StoreError, match="not JSON serializable"):
         store.finish_run(run, "ok", {})
     assert [e for e in store.history() if e["run_id"] == run] == []
+
+
+@pytest.mark.parametrize("spelling_lookups", [500, 0])  # by spelling, and one read of all
+def test_radius_accounts_name_the_account_a_username_was_written_for(
+        store: StateStore, monkeypatch: pytest.MonkeyPatch, spelling_lookups: int) -> None:
+    from provisiond.core.changes import Create, Delete, Resource
+    from provisiond.state import store as store_mod
+
+    monkeypatch.setattr(store_mod, "SPELLING_LOOKUPS", spelling_lookups)
+
+    def member(username: str, account: str) -> Resource:
+        return Resource(kind="radusergroup", group="tower",
+                        ident=(("username", username), ("groupname", "tower")),
+                        attrs=(("priority", "1"),), account_id=account)
+
+    odd = "o'neil%_x\\é"  # LIKE's wildcards, a quote, a backslash and beyond ASCII
+    run = store.start_run("apply")
+    store.journal_changes(run, "radius", applied=[Create(member("user1003", "1003")),
+                                                  Create(member(odd, "77")),
+                                                  Create(member("moved", "1"))], at=T0)
+    store.journal_changes(run, "radius", applied=[Create(member("moved", "2")),
+                                                  Delete(member("user1003", "9"))],
+                          at=T0 + timedelta(minutes=1))
+    store.radreply_record(added=[("ledgered", "Framed-IP-Address", "55")], removed=[])
+    assert store.radius_accounts(["user1003", odd, "moved", "ledgered", "user100", "nobody"]) == {
+        "user1003": "1003", odd: "77", "moved": "2", "ledgered": "55"}
+    assert store.radius_accounts([]) == {}
