@@ -63,6 +63,8 @@ def check_config(path: Path, *, connect: bool = False) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. an unknown driver in the URL
         problems.append(f"source.url: {type(exc).__name__}: {exc}")
     if snapshot is not None:
+        from provisiond.engine.checks import unmatched_problems
+
         problems += unmatched_problems(settings, snapshot)
         warnings += notify_warnings(settings)
     if settings.radius is not None and not any(p.startswith("radius.") for p in problems):
@@ -179,42 +181,6 @@ def secret_problems(settings: settings_mod.Settings) -> list[str]:
             read()
         except ConfigError as exc:
             out += [f"{where}: cannot read {p.split(': cannot read ', 1)[-1]}" for p in exc.problems]
-    return out
-
-
-def unmatched_problems(settings: settings_mod.Settings, snapshot: Snapshot) -> list[str]:
-    """Every mapping that names a group or status billing has no account in (billing's
-    closest names first), and every mapping whose status(es) cannot hold with its
-    ``active`` (no account in billing has that status and that flag)."""
-    from provisiond.core.plan import closest
-    from provisiond.engine import selectors
-
-    groups = {g for a in snapshot.accounts.values() for g in a.groups}
-    statuses = {a.status for a in snapshot.accounts.values()}
-    pairs = {(a.status, a.active) for a in snapshot.accounts.values()}
-    out = []
-    for sel in selectors(settings):
-        never = not sel.matches(groups, statuses)
-        match = sel.match
-        assert match is not None
-        for key, name in sel.missing(groups, statuses):
-            have, what = (groups, "groups") if key == "group" else (statuses, "statuses")
-            several = (match.groups if key == "group" else match.statuses) or ()
-            label = f"{sel.where}.{key}{'s' if len(several) > 1 else ''} {json.dumps(name, ensure_ascii=False)}"
-            listed = closest(name, have)
-            billing = (", ".join(json.dumps(n, ensure_ascii=False) for n in listed)
-                       + (", …" if len(have) > len(listed) else "")) if listed else "none"
-            guard = (f"plan and apply will not empty {sel.fills} without --force; " if never
-                     else "")
-            out.append(f"{label} matches no account in billing; {guard}billing's {what}, "
-                       f"closest first: {billing}")
-        if (match.statuses is not None and match.active is not None
-                and not match.statuses.isdisjoint(statuses)
-                and not any((st, match.active) in pairs for st in match.statuses)):
-            names = ", ".join(json.dumps(n, ensure_ascii=False) for n in sorted(match.statuses))
-            out.append(f"{sel.where}: status {names} with active = {str(match.active).lower()} can "
-                       f"never match: every account of {'that status' if len(match.statuses) == 1 else 'those statuses'} "
-                       f"in billing is {'inactive' if match.active else 'active'} (drop one of the two keys)")
     return out
 
 

@@ -10,7 +10,7 @@ accounts claiming one address in one list).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from provisiond.core.addresses import routeros_form, sort_key

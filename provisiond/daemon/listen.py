@@ -23,7 +23,9 @@ import psycopg
 from psycopg import sql
 
 from provisiond.core.scope import ids_text, parse_payload
-from provisiond.daemon.pg import connect_kwargs, display
+from provisiond.daemon.pg import connect_kwargs, display, is_postgresql
+from provisiond.errors import ConfigError
+from provisiond.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +121,23 @@ def _close(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def start_listener(settings: Settings,
+                   on_change: Callable[[frozenset[str] | None], None]) -> BillingListener | None:
+    """The LISTEN thread ``daemon.notify_channel`` asks for, started; None when it is not
+    set or cannot work here (said once: the interval passes go on)."""
+    d = settings.daemon
+    if not d.notify_channel:
+        return None
+    try:
+        url = settings.source.resolved_url()
+    except ConfigError as exc:
+        log.warning("daemon.notify_channel: %s; interval passes only", exc)
+        return None
+    if not is_postgresql(url):
+        log.warning("daemon.notify_channel is set but the billing database is not "
+                    "PostgreSQL: interval passes only")
+        return None
+    return BillingListener(url, d.notify_channel, on_change=on_change,
+                           retry_max=min(d.retry_max, 60.0)).start()

@@ -36,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,18 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from provisiond import settings as settings_mod
-from provisiond.core.scope import Pending, ids_text
+from provisiond.core.scope import Pending
 from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
-from provisiond.daemon.listen import BillingListener
+from provisiond.daemon import reload
+from provisiond.daemon.listen import BillingListener, start_listener
 from provisiond.daemon.metrics import Health, Metrics, serve
 from provisiond.daemon.passes import PassRunner
 from provisiond.daemon.summary import Display
-from provisiond.daemon.pg import is_postgresql
 from provisiond.daemon.requests import Requests
 from provisiond.daemon.retries import Owed, TargetRetries
 from provisiond.daemon.sdnotify import Notifier
-from provisiond.daemon.watchdog import start_watchdog
+from provisiond.daemon.watchdog import start_watchdog, why_stuck
 from provisiond.daemon.webhook import WebhookReceiver
 from provisiond.settings import Settings
 
@@ -123,8 +123,6 @@ class Daemon:
         self._last_job = time.monotonic()
         self._heartbeat = time.monotonic()
         self._requests = Requests(settings.state.url.get_secret_value())
-        # Pass requests taken from the store and not answered yet: (id, of targets only).
-        self._asked: list[tuple[str, bool]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -218,22 +216,7 @@ class Daemon:
     # -- the job --------------------------------------------------------------------
 
     def _start_scheduler(self) -> None:
-        d = self.settings.daemon
-        self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
-            job_defaults={"misfire_grace_time": None},
-            timezone=UTC,
-        )
-        self.scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
-        self.scheduler.add_job(
-            self._job, _trigger(self.settings), id=JOB_ID, name="reconcile",
-            max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
-        )
-        self.scheduler.start()
-        log.debug("scheduler started interval=%.1fs jitter=%.1fs", d.interval, _jitter(self.settings))
-
-    def _missed(self, event: JobExecutionEvent) -> None:
-        log.debug("scheduler: missed run at %s (coalesced)", event.scheduled_run_time)
+        self.scheduler = start_scheduler(self.settings, self._job)
 
     def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "") -> None:
         """Run a pass now: scoped to ``accounts``, or full (None). If one is in flight,
@@ -264,28 +247,13 @@ class Daemon:
 
     def _take_requests(self) -> None:
         """``provisiond pass`` requests from the state store, each a pass request here."""
-        for request in self._requests.poll():
-            targets, accounts = request["targets"], request["accounts"]
-            log.info("pass requested by %s: targets=%s accounts=%s", request["requested_by"],
-                     ",".join(targets) if targets else "all", ids_text(accounts))
-            with self._guard:
-                self._asked.append((request["id"], targets is not None and accounts is None))
+        for accounts, targets in self._requests.take():
             if accounts is not None:
-                self.request_pass(frozenset(accounts), reason="request")
+                self.request_pass(accounts, reason="request")
             elif targets is not None:
-                self.request_targets(frozenset(targets))
+                self.request_targets(targets)
             else:
                 self.request_pass(None, reason="request")
-
-    def _served(self, scope: frozenset[str] | None, targets: frozenset[str] | None) -> list[str]:
-        """The asked requests this run serves (under _guard): a full pass serves all."""
-        if scope is None and targets is None:
-            served, self._asked = self._asked, []
-        else:
-            of_targets = targets is not None
-            served = [a for a in self._asked if a[1] == of_targets]
-            self._asked = [a for a in self._asked if a[1] != of_targets]
-        return [request_id for request_id, _ in served]
 
     def _run_now(self) -> None:
         if self.scheduler is None:
@@ -320,7 +288,8 @@ class Daemon:
             scope, targets = self._next_scope()
             if scope is None and targets is None:
                 self._last_full = time.monotonic()
-            served = self._served(scope, targets)
+            served = self._requests.served(full=scope is None and targets is None,
+                                           of_targets=targets is not None)
         try:
             if not self._still_leading():
                 return
@@ -376,53 +345,20 @@ class Daemon:
     # -- LISTEN ---------------------------------------------------------------------
 
     def _start_listener(self) -> None:
-        d = self.settings.daemon
-        if not d.notify_channel:
-            return
-        try:
-            url = self.settings.source.resolved_url()
-        except ConfigError as exc:
-            log.warning("daemon.notify_channel: %s; interval passes only", exc)
-            return
-        if not is_postgresql(url):
-            log.warning("daemon.notify_channel is set but the billing database is not "
-                        "PostgreSQL: interval passes only")
-            return
-        self.listener = BillingListener(
-            url, d.notify_channel,
-            on_change=self.request_pass, retry_max=min(d.retry_max, 60.0),
-        ).start()
+        self.listener = start_listener(self.settings, self.request_pass)
 
     # -- SIGHUP ---------------------------------------------------------------------
 
     def _reload(self) -> None:
         self.notifier.reloading()
         log.info("signal=SIGHUP: reloading %s", self.path)
-        try:
-            new = settings_mod.load(self.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload: %s", problem)
-            log.error("reload failed with %d problem(s); the running configuration stays",
-                      len(exc.problems))
-            self._reload_failed(f"{len(exc.problems)} problem(s): {exc.problems[0] if exc.problems else exc}")
-            self.notifier.ready(f"reload failed ({len(exc.problems)} problem(s)); "
-                                "running the previous configuration")
+        old, new = self.settings, reload.reread(self.path, self.settings)
+        if isinstance(new, str):
+            reload.failed(self.metrics, self.health, new)
+            self.notifier.ready(f"reload failed ({new}); running the previous configuration")
             return
-        old = self.settings
-        if new.state.url.get_secret_value() != old.state.url.get_secret_value():
-            log.error("reload: state.url cannot change while running (leader lock, leases); "
-                      "restart provisiond; the running configuration stays")
-            self._reload_failed("state.url cannot change while running; restart provisiond")
-            self.notifier.ready("reload refused (state.url changed); running the previous configuration")
-            return
-        for key in ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file"):
-            if getattr(new.daemon, key) != getattr(old.daemon, key):
-                log.warning("reload: daemon.%s changes only on restart", key)
+        reload.succeeded(self.metrics, self.health)
         self.settings = new
-        self.metrics.reloads.labels("ok").inc()
-        self.metrics.reload_failed.set(0)
-        self.health.degraded.pop("reload", None)
         self.metrics.prime(new)
         self.health.max_age = _max_age(new)
         self.runner.swap_at_next_pass(new)
@@ -434,36 +370,37 @@ class Daemon:
                 self.listener = None
             self._start_listener()
         log.info("reload: configuration valid; swapped in at the next pass (starting now)")
+        reload.check_billing(new)
         self.notifier.ready("reloaded; " + self.health.last_result)
         self.request_pass(None, reason="reload")
-
-    def _reload_failed(self, why: str) -> None:
-        """A reload that left the running configuration in place: /metrics and /healthz
-        say so until a reload succeeds (``systemctl reload`` itself cannot)."""
-        self.metrics.reloads.labels("failed").inc()
-        self.metrics.reload_failed.set(1)
-        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        self.health.degraded["reload"] = (f"failed at {stamp}: {why}; the previous "
-                                          f"configuration runs")
 
     # -- watchdog -------------------------------------------------------------------
 
     def unhealthy(self, period: float) -> str | None:
-        """Why the loop looks stuck, or None. Honest, not clever: the main loop ticks, the
-        scheduler fires its job, and no pass has run longer than the watchdog period."""
-        now = time.monotonic()
-        if now - self._heartbeat > period:
-            return f"main loop silent for {now - self._heartbeat:.0f}s"
+        """Why the loop looks stuck, or None (``watchdog.why_stuck``)."""
         with self._guard:
             since, last = self._in_pass_since, self._last_job
-        if since is not None and now - since > period:
-            return f"pass running for {now - since:.0f}s"
-        if self.scheduler is None or not self.scheduler.running:
-            return "scheduler not running"
+        running = self.scheduler is not None and self.scheduler.running
         late = self.settings.daemon.interval + _jitter(self.settings) + period
-        if since is None and now - last > late:
-            return f"no pass started for {now - last:.0f}s"
-        return None
+        return why_stuck(period, heartbeat=self._heartbeat, in_pass_since=since, last_job=last,
+                         scheduler_running=running, late=late)
+
+
+def start_scheduler(settings: Settings, job: Callable[[], None]) -> BackgroundScheduler:
+    """The one interval job: passes never overlap, missed runs fold into one, the first now."""
+    scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(max_workers=1)},
+                                    job_defaults={"misfire_grace_time": None}, timezone=UTC)
+    scheduler.add_listener(_missed, EVENT_JOB_MISSED)
+    scheduler.add_job(job, _trigger(settings), id=JOB_ID, name="reconcile", max_instances=1,
+                      coalesce=True, next_run_time=datetime.now(UTC))
+    scheduler.start()
+    log.debug("scheduler started interval=%.1fs jitter=%.1fs", settings.daemon.interval,
+              _jitter(settings))
+    return scheduler
+
+
+def _missed(event: JobExecutionEvent) -> None:
+    log.debug("scheduler: missed run at %s (coalesced)", event.scheduled_run_time)
 
 
 def _jitter(settings: Settings) -> float:

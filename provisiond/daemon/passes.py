@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from provisiond.daemon import worker
 from provisiond.daemon.metrics import Health, Metrics
+from provisiond.daemon.notes import ConflictNames, note_pools, note_refusals
 from provisiond.daemon.summary import Display, PassSummary, summarise
 from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.settings import Settings
@@ -140,7 +141,7 @@ class PassRunner:
         self._in_child = False  # the pass in flight is a full one in its own process
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
-        self._conflicts: dict[str, set[str]] = {}  # target -> conflicts named so far
+        self._conflicts = ConflictNames()
         self._numbered = False  # the pass count continues from the store's last daemon run
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
@@ -331,7 +332,7 @@ class PassRunner:
                 self._refused = True
             elif self._scope is None and self._targets is None:
                 self._refused = False
-            self._note_refusals(summary)
+            note_refusals(summary, self.health, self.metrics)
         failed = self._target_failures(summary)
         # Unreachable or left out (back-off): owed a retry of this scoped pass. A target
         # that answered wrongly is tried again by the next interval's full pass.
@@ -344,9 +345,9 @@ class PassRunner:
             retry = (self._scope, max(RETRY_MIN, delay))
         for pool, share in (summary.pool_utilisation or {}).items():
             m.pool_utilisation.labels(pool).set(share)
-        self._note_pools(summary)
+        note_pools(summary, self.health, self.metrics)
         conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
-        self._name_conflicts(summary)
+        self._conflicts.name(summary)
         for target, n in conflicts.items():
             m.conflicts.labels(target).set(n)
         line = summary.line
@@ -365,53 +366,6 @@ class PassRunner:
         return Outcome("ok" if summary.ok and not waiting else "partial", line,
                        changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
                        retry_targets=again)
-
-    def _name_conflicts(self, summary: PassSummary) -> None:
-        """Each conflict is named once, when it first shows (the pass line counts them
-        while they last); one that goes away is said too."""
-        for name, t in summary.targets.items():
-            if not t.planned:
-                continue
-            now = set(t.conflict_lines)
-            before = self._conflicts.get(name, set())
-            if summary.full or now - before:
-                for line in sorted(now - before):
-                    log.info("target=%s conflict: %s", name, line)
-                if summary.full:
-                    for line in sorted(before - now):
-                        log.info("target=%s conflict gone: %s", name, line)
-                    self._conflicts[name] = now
-                else:
-                    self._conflicts[name] = before | now
-
-    def _note_refusals(self, summary: PassSummary) -> None:
-        """Refused lists and groups: counted, logged loud, listed by /healthz until a
-        full pass finds them clear."""
-        degraded = self.health.degraded
-        if summary.full:
-            for part in [p for p in degraded if p.startswith("refused ")]:
-                target = part.split(" ", 2)[1]
-                if target in summary.targets and target not in summary.held:
-                    del degraded[part]
-        for target, why in summary.refused.items():
-            self.metrics.refusals.labels(target).inc()
-            held = summary.held.get(target, ())
-            log.warning("target=%s result=refused held=%s reason=%r", target,
-                        ",".join(held) or "all", why)
-            for group in held or ("(all)",):
-                degraded[f"refused {target} {group}"] = why
-
-    def _note_pools(self, summary: PassSummary) -> None:
-        """Accounts a pool had no address for: named, counted, listed by /healthz."""
-        for pool, ids in (summary.unallocated or {}).items():
-            self.metrics.pool_unallocated.labels(pool).set(len(ids))
-            if not ids:
-                self.health.degraded.pop(f"pool {pool}", None)
-                continue
-            shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
-            log.warning("pool=%s result=exhausted unallocated=%d accounts=%s", pool, len(ids), shown)
-            self.health.degraded[f"pool {pool}"] = (f"exhausted: {len(ids)} account(s) have no "
-                                                   f"address: {shown}")
 
     def _target_failures(self, summary: PassSummary) -> list[str]:
         """Update back-off, error counters and last-success gauges; return the failed names."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from provisiond.core.scope import ids_text
 from provisiond.errors import ProvisiondError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ class Requests:
         self._lock = threading.Lock()
         self._next = 0.0
         self._failing = False
+        # Requests taken and not answered yet: (id, a pass of targets only), oldest first.
+        self._asked: list[tuple[str, bool]] = []
 
     def _open(self) -> Any:
         if self._store is None:
@@ -52,6 +55,30 @@ class Requests:
                 return []
         self._failing = False
         return taken
+
+    def take(self) -> list[tuple[frozenset[str] | None, frozenset[str] | None]]:
+        """The pending requests as passes to ask for: (accounts, targets), None for all."""
+        out = []
+        for request in self.poll():
+            targets, accounts = request["targets"], request["accounts"]
+            log.info("pass requested by %s: targets=%s accounts=%s", request["requested_by"],
+                     ",".join(targets) if targets else "all", ids_text(accounts))
+            with self._lock:
+                self._asked.append((request["id"], targets is not None and accounts is None))
+            out.append((None if accounts is None else frozenset(accounts),
+                        None if targets is None or accounts is not None else frozenset(targets)))
+        return out
+
+    def served(self, *, full: bool, of_targets: bool) -> list[str]:
+        """The taken requests the pass starting now serves: a full pass every one; a pass
+        of targets those of targets; a scoped pass those of accounts."""
+        with self._lock:
+            if full:
+                served, self._asked = self._asked, []
+            else:
+                served = [a for a in self._asked if a[1] == of_targets]
+                self._asked = [a for a in self._asked if a[1] != of_targets]
+        return [request_id for request_id, _ in served]
 
     def answer(self, ids: Sequence[str], *, number: int, result: str, status: str) -> None:
         if not ids:

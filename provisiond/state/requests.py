@@ -13,26 +13,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
+from provisiond.state.plumbing import StoreBase
 from provisiond.state.tables import pass_requests
 
 
-class _Plumbing(Protocol):
-    def _read(self, table: str) -> AbstractContextManager[Connection | None]: ...
-    def _write(self, what: str, lock: int | None = None) -> AbstractContextManager[Connection]: ...
-    def _errors(self, what: str) -> AbstractContextManager[None]: ...
-
-
-class PassRequests:
+class PassRequests(StoreBase):
     """The StateStore's part for pass requests (a mixin of ``StateStore``)."""
 
-    def request_pass(self: _Plumbing, *, by: str, targets: Collection[str] | None = None,
+    def request_pass(self, *, by: str, targets: Collection[str] | None = None,
                      accounts: Collection[str] | None = None) -> str:
         """A request for a pass (of ``targets``, of ``accounts``; None: all); its id."""
         request_id = uuid.uuid4().hex
@@ -44,7 +37,7 @@ class PassRequests:
                 state="pending"))
         return request_id
 
-    def take_pass_requests(self: _Plumbing) -> list[dict[str, Any]]:
+    def take_pass_requests(self) -> list[dict[str, Any]]:
         """The pending requests, now taken (by the leading daemon), oldest first."""
         with self._write("take pass requests") as conn:
             rows = [dict(r) for r in conn.execute(
@@ -56,7 +49,7 @@ class PassRequests:
                              .values(state="taken", taken_at=datetime.now(UTC)))
         return [_decoded(r) for r in rows]
 
-    def finish_pass_requests(self: _Plumbing, ids: Collection[str], *, number: int, result: str,
+    def finish_pass_requests(self, ids: Collection[str], *, number: int, result: str,
                              status: str) -> None:
         if not ids:
             return
@@ -65,7 +58,7 @@ class PassRequests:
                          .values(state="done", done_at=datetime.now(UTC), pass_number=number,
                                  result=result, status=status[:4000]))
 
-    def pass_request(self: _Plumbing, request_id: str) -> dict[str, Any] | None:
+    def pass_request(self, request_id: str) -> dict[str, Any] | None:
         with self._errors("read a pass request"), self._read("pass_requests") as conn:
             if conn is None:
                 return None

@@ -67,6 +67,9 @@ def test_a_typo_holds_back_only_its_own_list(
     assert listed(router, "legacy") == {Billing.address(1002), Billing.address(1003)}
     assert re.search(r"WARNING provisiond.daemon.passes: target=core-1 result=refused "
                      r"held=tower-hosts reason=.*Tower Host", d.text()[mark:])
+    # The reload ran check-config's billing checks on the new mappings, and said so.
+    d.wait_log(r'WARNING provisiond.daemon.loop: reload: address_list\[0\].group "Tower Host" '
+               r'matches no account in billing; .*closest first: "Tower Hosts"', after=mark)
     assert listed(router, "tower-hosts") == {Billing.address(1000), Billing.address(1001)}
     code, body = healthz(port)
     assert code == 200 and "degraded: refused core-1 tower-hosts:" in body

@@ -151,7 +151,7 @@ def test_history_and_explain_with_a_role_that_cannot_read_journal_parts(
     naming the table, the privilege and the GRANT (it would otherwise show a journal
     without its parts as if it were whole); ``explain`` explains the account and says
     in its journal section why the journal could not be read."""
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     monkeypatch.setattr(store_mod, "PART_ROWS", 2)  # the router's four creates: one part
     world.router("core-1")

@@ -48,7 +48,7 @@ def main() -> None:
     config = sys.argv[1]
     part_rows = os.environ.get("PROVISIOND_TEST_PART_ROWS")
     if part_rows:
-        provisiond.state.store.PART_ROWS = int(part_rows)
+        provisiond.state.journal.PART_ROWS = int(part_rows)
     print("ready", flush=True)
     for line in sys.stdin:
         verb, _, log = line.strip().partition(" ")

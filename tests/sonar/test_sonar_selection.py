@@ -16,7 +16,7 @@ from sonarlib import TOKEN
 from test_sonar_e2e import radius_rows, routers, run, setup  # noqa: F401 - routers: a fixture
 
 from provisiond import settings as settings_mod
-from provisiond.cli.commands import unmatched_problems
+from provisiond.engine.checks import unmatched_problems
 from provisiond.errors import ConfigError
 from provisiond.sim import RouterSim
 from provisiond.sim.sonar import FakeSonar, World

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisiond.core.changes import IDENT_FIELDS, Change, Conflict, Create, Delete, Resource, Update
-from provisiond.state import store as store_mod
+from provisiond.state import journal as store_mod
 from provisiond.state.parts import encode_part, part_entries, part_rows
 from provisiond.state.store import StateStore, journal_parts
 

@@ -207,7 +207,7 @@ def test_leases_roundtrip_dataclass_equality(store: StateStore) -> None:
 @pytest.mark.parametrize("part_rows", [2, 200])  # as journal_parts rows, and one row each
 def test_every_lease_change_is_journalled_with_its_account(
         store: StateStore, monkeypatch: pytest.MonkeyPatch, part_rows: int) -> None:
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     monkeypatch.setattr(store_mod, "PART_ROWS", part_rows)
     run_id = store.start_run("apply")

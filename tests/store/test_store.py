@@ -343,7 +343,7 @@ def test_queued_journal_is_written_by_finish_run_and_close(store: StateStore, st
 def test_a_failed_queued_write_is_raised_by_finish_run(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     def broken(*args: object, **kw: object) -> None:
         raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
@@ -360,7 +360,7 @@ def test_a_run_whose_journal_failed_is_still_finished_as_failed(
 ) -> None:
     """finish_run records the run (failed, the journal's error in its summary) before it
     raises the writer's error: a run never stays unfinished because its journal failed."""
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     def broken(*args: object, **kw: object) -> None:
         raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
@@ -385,7 +385,7 @@ def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
 ) -> None:
     """A target reporting a part is never stopped half-way by the journal: the error
     comes from finish_run, and nothing more is written."""
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     def broken(*args: object, **kw: object) -> None:
         raise TypeError("not JSON serializable")
@@ -405,7 +405,7 @@ def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
 def test_radius_accounts_name_the_account_a_username_was_written_for(
         store: StateStore, monkeypatch: pytest.MonkeyPatch, spelling_lookups: int) -> None:
     from provisiond.core.changes import Create, Delete, Resource
-    from provisiond.state import store as store_mod
+    from provisiond.state import journal as store_mod
 
     monkeypatch.setattr(store_mod, "SPELLING_LOOKUPS", spelling_lookups)
 

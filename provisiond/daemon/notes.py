@@ -1,0 +1,69 @@
+"""What a pass leaves for the operator beyond its summary line: refused lists and
+exhausted pools logged at WARNING, counted and listed by /healthz (``Health.degraded``),
+and conflicts named once when they appear and when they go. Called by ``daemon.passes``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from provisiond.daemon.metrics import Health, Metrics
+from provisiond.daemon.summary import PassSummary
+
+log = logging.getLogger("provisiond.daemon.passes")  # the pass's lines, under one name
+
+
+def note_refusals(summary: PassSummary, health: Health, metrics: Metrics) -> None:
+    """Refused lists and groups: counted, logged loud, listed by /healthz until a
+    full pass finds them clear."""
+    degraded = health.degraded
+    if summary.full:
+        for part in [p for p in degraded if p.startswith("refused ")]:
+            target = part.split(" ", 2)[1]
+            if target in summary.targets and target not in summary.held:
+                del degraded[part]
+    for target, why in summary.refused.items():
+        metrics.refusals.labels(target).inc()
+        held = summary.held.get(target, ())
+        log.warning("target=%s result=refused held=%s reason=%r", target,
+                    ",".join(held) or "all", why)
+        for group in held or ("(all)",):
+            degraded[f"refused {target} {group}"] = why
+
+
+def note_pools(summary: PassSummary, health: Health, metrics: Metrics) -> None:
+    """Accounts a pool had no address for: named, counted, listed by /healthz."""
+    for pool, ids in (summary.unallocated or {}).items():
+        metrics.pool_unallocated.labels(pool).set(len(ids))
+        if not ids:
+            health.degraded.pop(f"pool {pool}", None)
+            continue
+        shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        log.warning("pool=%s result=exhausted unallocated=%d accounts=%s", pool, len(ids), shown)
+        health.degraded[f"pool {pool}"] = (f"exhausted: {len(ids)} account(s) have no "
+                                               f"address: {shown}")
+
+
+class ConflictNames:
+    """The conflicts named so far, per target."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, set[str]] = {}
+
+    def name(self, summary: PassSummary) -> None:
+        """Each conflict is named once, when it first shows (the pass line counts them
+        while they last); one that goes away is said too."""
+        for name, t in summary.targets.items():
+            if not t.planned:
+                continue
+            now = set(t.conflict_lines)
+            before = self.named.get(name, set())
+            if summary.full or now - before:
+                for line in sorted(now - before):
+                    log.info("target=%s conflict: %s", name, line)
+                if summary.full:
+                    for line in sorted(before - now):
+                        log.info("target=%s conflict gone: %s", name, line)
+                    self.named[name] = now
+                else:
+                    self.named[name] = before | now
