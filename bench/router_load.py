@@ -16,9 +16,10 @@ a scan). The router's counters are read with ``/sim/load/print`` (free). Phases:
 * ``--events`` billing changes, one at a time (an account moved to another group):
   R2 = COMMIT -> the entry's ``!re`` heard from every router, p50/p95 (a change not
   heard within ``--event-timeout`` counts as lost);
-* ``--deletes`` managed entries removed by hand, one every ``--delete-gap`` seconds
-  over the routers in turn: R3 = remove -> the entry's ``!re`` again, p50/p95, and how
-  many are not back ``--restore-wait`` seconds after their removal;
+* ``--deletes`` managed entries removed by hand over the API, one every
+  ``Options.delete_gap`` seconds over the routers in turn: R3 = remove -> the
+  entry's ``!re`` again, p50/p95, and how many are not back ``--restore-wait``
+  seconds after their removal;
 * R4 = router CPU seconds charged (``busy-seconds``) over wall seconds, per router,
   from the end of the first full pass to the end of the first full pass after the
   deletes: whole intervals, the full passes and every event above amortised in them
