@@ -309,7 +309,7 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    first_pass = first.split("pass=1 ", 1)[-1][:40]
+    first_pass = first[first.find("result="):][:40]
     return [
         Row("router-load R1: table scans per router per full pass [count]", r1, GOAL_SCANS, None,
             f"goal <= {GOAL_SCANS:g}: {verdict(r1 <= GOAL_SCANS)}; per router {', '.join(split)}; "
