@@ -2,7 +2,8 @@
 
     ./dev bench [--accounts 100000] [--routers 4] [--lists 10] [--rtt-ms 1]
                 [--churn 2000] [--churn-rtt-ms 20] [--changes 30] [--repeat 3]
-                [--only NAME]
+                [--scan-cost-us 80] [--add-cost-ms 1.2] [--events 20] [--deletes 20]
+                [--restore-wait 10] [--interval SECONDS] [--only NAME]
 
 Builds the scenario (``bench.scenario``), then runs each measurement of
 ``bench.measure`` in turn and prints one table: wall time, the floor it is compared
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import provisiond
 
-from bench import measure, notify
+from bench import measure, notify, router_load
 from bench.measure import Row
 from bench.scenario import Scenario
 
@@ -33,6 +34,10 @@ MEASUREMENTS: dict[str, Callable[[Scenario, argparse.Namespace], list[Row]]] = {
     "noop-plan": lambda s, a: measure.noop_plan(s, a.repeat),
     "churn": lambda s, a: measure.churn(s, count=a.churn, rtt=a.churn_rtt_ms / 1000),
     "notify": lambda s, a: notify.notify_latency(s, changes=a.changes),
+    "router-load": lambda s, a: router_load.router_load(s, router_load.Options(
+        scan_cost_us=a.scan_cost_us, add_cost_ms=a.add_cost_ms, events=a.events,
+        event_timeout=a.event_timeout, deletes=a.deletes, restore_wait=a.restore_wait,
+        interval=a.interval)),
 }
 
 
@@ -68,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=_positive, default=3,
                    help="pairs of (floor, job) for cold-apply and noop-plan; the ratio is "
                         "their median (default 3)")
+    g = p.add_argument_group("router-load", "the routers' side of provisiond run's cost (bench.router_load)")
+    g.add_argument("--scan-cost-us", type=float, default=80.0,
+                   help="router CPU per table row for every print (default 80: RB5009-class)")
+    g.add_argument("--add-cost-ms", type=float, default=1.2,
+                   help="router CPU per entry written (default 1.2)")
+    g.add_argument("--events", type=_positive, default=20, help="billing changes timed for R2")
+    g.add_argument("--event-timeout", type=float, default=120.0,
+                   help="seconds after which a billing change not on every router counts as lost")
+    g.add_argument("--deletes", type=_positive, default=20, help="entries removed by hand for R3")
+    g.add_argument("--restore-wait", type=float, default=10.0,
+                   help="seconds a removed entry has to come back before it counts as not back")
+    g.add_argument("--interval", type=float, default=None,
+                   help="the daemon's [daemon] interval in seconds (default: its own default)")
     p.add_argument("--only", action="append", choices=sorted(MEASUREMENTS),
                    help="run only these measurements (repeatable)")
     args = p.parse_args(argv)

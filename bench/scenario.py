@@ -52,10 +52,13 @@ class Sim:
     port: int
 
 
-def start_sim(*, rtt: float, password: str, name: str) -> Sim:
+def start_sim(*, rtt: float, password: str, name: str, scan_cost_us: float = 0.0,
+              add_cost_ms: float = 0.0) -> Sim:
+    """A simulator process; ``scan_cost_us``/``add_cost_ms``: its router CPU cost model."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "provisiond.sim", "--listen", "127.0.0.1:0", "--user", USER,
-         f"--password={password}", "--name", name, "--quiet", "--command-latency", str(rtt)],
+         f"--password={password}", "--name", name, "--quiet", "--command-latency", str(rtt),
+         "--scan-cost-us", str(scan_cost_us), "--add-cost-ms", str(add_cost_ms)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None
@@ -132,10 +135,12 @@ class Scenario:
 
     # -- routers ----------------------------------------------------------------------
 
-    def start_routers(self) -> None:
-        """Fresh (empty) simulators; any running ones are stopped first."""
+    def start_routers(self, *, scan_cost_us: float = 0.0, add_cost_ms: float = 0.0) -> None:
+        """Fresh (empty) simulators; any running ones are stopped first. The costs are the
+        router CPU model of ``provisiond.sim`` (0: free, only the counters move)."""
         self.stop_routers()
-        self.sims = [start_sim(rtt=self.rtt, password=self.password, name=f"core-{i + 1}")
+        self.sims = [start_sim(rtt=self.rtt, password=self.password, name=f"core-{i + 1}",
+                               scan_cost_us=scan_cost_us, add_cost_ms=add_cost_ms)
                      for i in range(self.routers)]
 
     def stop_routers(self) -> None:

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provisiond.sim.routeros.address import normalise_address
-from provisiond.sim.routeros.addresslist import AddressTable, TableOptions
+from provisiond.sim.routeros.addresslist import AddressTable
+from provisiond.sim.routeros.entry import TableOptions
 from provisiond.sim.routeros.errors import Trap
 from provisiond.sim.routeros.query import Eq, QueryError, Range, compile_query
 

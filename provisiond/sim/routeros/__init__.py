@@ -5,10 +5,11 @@ Public surface of ``provisiond.sim.routeros``: ``RouterSim`` (the server),
 ``Trap`` (what ``add_entry`` raises), ``ReceivedCommand`` (history rows) and
 ``RouterLoad`` (the router's work: scans, writes, streamed events, CPU time).
 Layers, bottom up: ``codec`` (bytes <-> words) -> ``query``/``address``/
-``values`` (pure rules) -> ``addresslist`` (one table) -> ``listen`` (change
-streams) and ``load`` (the CPU queue) -> ``state`` (one router) ->
-``commands``/``session`` (one conversation) -> ``server`` (sockets and
-threads). Imports nothing from the rest of provisiond.
+``values`` (pure rules) -> ``entry`` (one entry, its words) -> ``addresslist``
+(one table) -> ``listen`` (change streams) and ``load`` (the CPU queue) ->
+``state`` (one router) -> ``commands``/``session`` (one conversation) ->
+``connection`` (one socket's threads; ``faults``: a test's cuts and stalls) ->
+``server`` (the listener). Imports nothing from the rest of provisiond.
 """
 
 from .errors import Trap

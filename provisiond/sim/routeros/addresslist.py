@@ -17,18 +17,13 @@ deadline (checked at every access, and by the server's expiry tick). While
 someone listens, ``observer`` is told of every change (``listen``); ``reboot``
 keeps what a router saves to disk, renumbered.
 
-Choices where ROUTEROS.md has no observation ([inf]):
+What attribute words mean for an entry, and how a print shows it, is
+``entry.EntryForm``'s. Choices where ROUTEROS.md has no observation ([inf]):
 
 * ``.id`` numbers come from one counter per menu starting at
   ``SimSettings.first_id`` (``*1`` as on a fresh router) and are never reused;
 * a bare number without ``*`` is a 0-based position in print order
   (librouteros#20); an empty or unknown id is ``no such item (4)``;
-* an entry added with a timeout prints ``dynamic=false`` unless
-  ``timeout_marks_dynamic`` is set; ``timeout=0``/``none-static`` means no
-  timeout, ``none-dynamic`` no timeout and dynamic;
-* ``set`` accepts list, address, comment, disabled, timeout and ``!comment``/
-  ``!timeout``; anything else is ``unknown parameter <name>`` (category 1);
-  ``dynamic`` is writable on add only;
 * an entry moved to another list by ``set`` keeps its place in the full print
   but goes last in a ``?list=`` print of its new list.
 """
@@ -38,57 +33,25 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from sortedcontainers import SortedList
 
-from .address import normalise_address
-from .errors import ALREADY_HAVE, NO_SUCH_ITEM, Trap, invalid_value, unknown_parameter
+from .entry import Entry, EntryForm, TableOptions
+from .errors import ALREADY_HAVE, NO_SUCH_ITEM, Trap
 from .query import Atom, Eq, Query, Range
-from .values import format_bool, format_duration, format_timestamp, parse_bool, parse_duration
 
 Clock = Callable[[], float]
 #: Told of every change: (entry before, entry after, whether it expired); None: absent.
-Observer = Callable[["Entry | None", "Entry | None", bool], None]
+Observer = Callable[[Entry | None, Entry | None, bool], None]
 
-PROPERTIES = frozenset({"list", "address", "comment", "disabled", "timeout", "dynamic"})
-_SETTABLE = frozenset({"list", "address", "comment", "disabled", "timeout"})
-_UNSETTABLE = frozenset({"comment", "timeout"})
 _LAST_ID = 1 << 64  # above every id: (comment, _LAST_ID) sorts after every (comment, id)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: int
-    list: str
-    address: str
-    created: float
-    comment: str | None = None
-    disabled: bool = False
-    dynamic: bool = False
-    expires: float | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.list, self.address)
-
-    @property
-    def id_text(self) -> str:
-        return f"*{self.id:X}"
-
-
-@dataclass(frozen=True, slots=True)
-class TableOptions:
-    family: int
-    first_id: int = 1
-    iso_dates: bool = True
-    timeout_marks_dynamic: bool = False
 
 
 class AddressTable:
     def __init__(self, options: TableOptions, clock: Clock) -> None:
         self.options = options
         self._clock = clock
+        self._form = EntryForm(options, clock)
         self._next_id = options.first_id
         self._rows: dict[int, Entry] = {}
         self._by_key: dict[tuple[str, str], int] = {}
@@ -169,17 +132,8 @@ class AddressTable:
         return RowView(self, entry)
 
     def render(self, entry: Entry) -> dict[str, str]:
-        """The properties a print shows for ``entry`` (unset ones omitted)."""
-        row = {".id": entry.id_text, "list": entry.list, "address": entry.address}
-        row["creation-time"] = format_timestamp(int(entry.created), iso=self.options.iso_dates)
-        dynamic = entry.dynamic or (self.options.timeout_marks_dynamic and entry.expires is not None)
-        row["dynamic"] = format_bool(dynamic)
-        row["disabled"] = format_bool(entry.disabled)
-        if entry.expires is not None:
-            row["timeout"] = format_duration(entry.expires - self._clock())
-        if entry.comment is not None:
-            row["comment"] = entry.comment
-        return row
+        """The properties a print shows for ``entry`` (``EntryForm.render``)."""
+        return self._form.render(entry)
 
     # -- ids -------------------------------------------------------------
 
@@ -219,20 +173,7 @@ class AddressTable:
     def add(self, attrs: Mapping[str, str], *, dynamic: bool = False, allow_duplicate: bool = False) -> Entry:
         """``add``; ``allow_duplicate`` (injection only) skips the unique-key
         check, like a config imported from an older RouterOS can (ROUTEROS.md 2.3)."""
-        for name in attrs:
-            if name not in PROPERTIES:
-                raise unknown_parameter(name)
-        missing = [name for name in ("list", "address") if name not in attrs]
-        if missing:
-            raise Trap(f"missing value(s) of argument(s) {', '.join(missing)}", 1)
-        list_name, address = self._list_name(attrs["list"]), self._address(attrs["address"])
-        created = self._clock()
-        fields: dict[str, object] = {"dynamic": dynamic}
-        if len(attrs) > 2:
-            fields.update(self._changes({k: v for k, v in attrs.items() if k not in ("list", "address")}))
-        if "dynamic" in attrs:
-            fields["dynamic"] = _bool(attrs, "dynamic")
-        entry = Entry(self._next_id, list_name, address, created, **fields)  # type: ignore[arg-type]
+        entry = self._form.new(self._next_id, attrs, dynamic=dynamic)
         if entry.key in self._by_key:
             if not allow_duplicate:
                 raise Trap(ALREADY_HAVE)
@@ -245,16 +186,12 @@ class AddressTable:
 
     def update(self, ids: Sequence[int], attrs: Mapping[str, str]) -> None:
         """``set``: all-or-nothing over ``ids``; ``!name`` unsets ``name``."""
-        for name in attrs:
-            if name.lstrip("!") not in _SETTABLE or (name.startswith("!") and name[1:] not in _UNSETTABLE):
-                raise unknown_parameter(name)
-        changed = [self._apply(self._rows[i], attrs) for i in ids]
+        self._form.check_set(attrs)
+        changed = [self._form.apply(self._rows[i], attrs) for i in ids]
         self._replace_all(changed)
 
     def unset(self, ids: Sequence[int], name: str) -> None:
-        if name not in _UNSETTABLE:
-            raise invalid_value("value-name")
-        self.update(ids, {"!" + name: ""})
+        self.update(ids, self._form.unsetting(name))
 
     def set_disabled(self, ids: Sequence[int], disabled: bool) -> None:
         self._replace_all([dataclasses.replace(self._rows[i], disabled=disabled) for i in ids])
@@ -306,53 +243,7 @@ class AddressTable:
             self._store(renumbered)
         self._next_id = start + len(kept)
 
-    # -- helpers ---------------------------------------------------------
-
-    def _list_name(self, value: str) -> str:
-        if not value:
-            raise invalid_value("list")
-        return value
-
-    def _address(self, value: str) -> str:
-        try:
-            return normalise_address(value, self.options.family)
-        except ValueError as exc:
-            raise invalid_value("address") from exc
-
-    def _apply(self, entry: Entry, attrs: Mapping[str, str]) -> Entry:
-        return dataclasses.replace(entry, **self._changes(attrs))  # type: ignore[arg-type]
-
-    def _changes(self, attrs: Mapping[str, str]) -> dict[str, object]:
-        """The Entry fields ``attrs`` (of add or set) change, checked."""
-        changes: dict[str, object] = {}
-        for name, value in attrs.items():
-            if name == "list":
-                changes["list"] = self._list_name(value)
-            elif name == "address":
-                changes["address"] = self._address(value)
-            elif name == "comment":
-                changes["comment"] = value if value else None
-            elif name == "disabled":
-                changes["disabled"] = _bool(attrs, "disabled")
-            elif name == "timeout":
-                changes.update(self._timeout(value))
-            elif name == "!comment":
-                changes["comment"] = None
-            elif name == "!timeout":
-                changes["expires"] = None
-        return changes
-
-    def _timeout(self, value: str) -> dict[str, object]:
-        if value in ("none-static", "none-dynamic", ""):
-            changes: dict[str, object] = {"expires": None}
-            if value == "none-dynamic":
-                changes["dynamic"] = True
-            return changes
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            raise invalid_value("timeout") from exc
-        return {"expires": self._clock() + seconds if seconds > 0 else None}
+    # -- indexes ---------------------------------------------------------
 
     def _replace_all(self, changed: Sequence[Entry]) -> None:
         moving = {e.id for e in changed}
@@ -463,11 +354,3 @@ class PartialSelection(Trap):
     def __init__(self, found: list[int]) -> None:
         super().__init__(NO_SUCH_ITEM)
         self.found = found
-
-
-def _bool(attrs: Mapping[str, str], name: str) -> bool:
-    try:
-        return parse_bool(attrs[name])
-    except ValueError as exc:
-        raise invalid_value(name) from exc
-

@@ -34,7 +34,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .addresslist import AddressTable, Entry
+from .addresslist import AddressTable
+from .entry import Entry
 from .query import Query
 
 Sentence = tuple[str, ...]

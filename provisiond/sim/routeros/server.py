@@ -1,56 +1,40 @@
 """``RouterSim``: a simulated RouterOS API service on a loopback TCP port.
 
 The outermost layer of the simulator. ``start`` binds a listener (plain, or
-TLS like api-ssl when a certificate is configured) and serves every
-connection in its own pair of threads: the reader reads a sentence with
-``codec`` and hands it to a ``Session`` at once (commands run in arrival
-order, one at a time, as on a router); the writer sends each ``Reply``
-``command_latency`` after its command arrived (plus the router's own work),
-so pipelined commands overlap like on a WAN link, and writes every reply
-that is due in one ``sendall``. A malformed stream
-(control byte, over-long pre-login word) closes that connection only.
+TLS like api-ssl when a certificate is configured) and serves every accepted
+socket with a ``connection.Connection`` in a thread of its own; a ticker
+thread expires timed-out entries every ``expiry_poll`` seconds so listeners
+hear of those too.
 
-Changes streamed to listeners (``listen``) go into the listening
-connection's outbox from whichever thread made them; a ticker thread expires
-timed-out entries every ``expiry_poll`` seconds so listeners hear of those
-too. A reply leaves no sooner than the router's one CPU queue
-(``load.RouterCpu``) is done with its command.
-
-The methods below the socket code are for tests and the demo: inspect and
+The methods below the lifecycle are for tests and the demo: inspect and
 seed the tables, inject traps, drop or stall connections (all of them, or
 those with a listen open), reboot the router, take it "down" (connections
 refused), read what commands arrived and what work it did. The fault hooks
-(``cut_after``, ``stall_after``, ``rewrite_next``, ``on_sentence``) count
-every non-empty sentence received on any connection, login included, so a
-test can break one apply at an exact point.
+(``cut_after``, ``stall_after``, ``rewrite_next``, ``on_sentence``) are those
+of its ``faults.FaultHooks``, reachable here too.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 
-from .codec import PeerClosed, ProtocolViolation, encode_reply, read_sentence
+from .connection import Connection, Connections, shut
 from .errors import Trap
+from .faults import FaultHooks, Observer, Rewrite
 from .load import RouterLoad
-from .session import Session
 from .settings import SimSettings
 from .state import MENUS, Drop, ReceivedCommand, RouterState
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Sentences = tuple[tuple[str, ...], ...]
-Rewrite = Callable[[Sentences], Sentences]
 _ACCEPT_POLL = 0.1
-_HANDSHAKE_TIMEOUT = 10.0
 
 
 class RouterSim:
@@ -64,20 +48,12 @@ class RouterSim:
         self._accept_thread: threading.Thread | None = None
         self._port = self.settings.port
         self._running = False
-        self._guard = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._sessions: dict[socket.socket, Session] = {}
+        self._connections = Connections()
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._unstalled = threading.Event()
-        self._unstalled.set()
-        # Fault hooks, under _guard: sentence number -> what to do with it.
-        self._received = 0
-        self._cuts: dict[int, bool] = {}  # -> run the command before cutting?
-        self._stalls: dict[int, bool] = {}  # -> send half of the reply before stalling?
-        self._rewrites: list[tuple[str, Rewrite]] = []
-        self._observer: Callable[[int, list[str]], None] | None = None
+        #: A test's faults: cut, stall or rewrite at an exact sentence.
+        self.faults = FaultHooks()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -94,7 +70,7 @@ class RouterSim:
     def stop(self) -> None:
         self._running = False
         self._stopping.set()
-        self._unstalled.set()
+        self.faults.set_stalled(False)
         self._close_listener()
         self.drop_connections()
         for thread in list(self._threads):
@@ -195,24 +171,16 @@ class RouterSim:
 
     @property
     def connection_count(self) -> int:
-        with self._guard:
-            return len(self._connections)
+        return len(self._connections)
 
     def drop_connections(self) -> None:
         """Close every client connection abruptly (no ``!fatal``)."""
-        with self._guard:
-            connections = list(self._connections)
-        for conn in connections:
-            _shut(conn)
+        self._connections.drop_all()
 
     def drop_listening(self) -> int:
         """Close abruptly every connection with a listen/follow open (the others stay);
         returns how many were closed."""
-        with self._guard:
-            chosen = [conn for conn, session in self._sessions.items() if session.listening]
-        for conn in chosen:
-            _shut(conn)
-        return len(chosen)
+        return self._connections.drop_listening()
 
     @property
     def listening(self) -> int:
@@ -264,44 +232,27 @@ class RouterSim:
     def set_stalled(self, stalled: bool) -> None:
         """Stalled: read commands but hold every reply until un-stalled
         (a client's read timeout fires; replies then arrive late)."""
-        if stalled:
-            self._unstalled.clear()
-        else:
-            self._unstalled.set()
+        self.faults.set_stalled(stalled)
 
     def cut_after(self, n: int, *, run: bool = False) -> None:
-        """The ``n``-th sentence received from now on (1 = the next one, on any
-        connection; 0 = the one an ``on_sentence`` observer is looking at) is the last
-        on its connection: it is closed without an answer.
-        ``run`` runs the command first, as when the reply is lost on its way back."""
-        with self._guard:
-            self._cuts[self._received + n] = run
+        """``FaultHooks.cut_after``: the ``n``-th sentence from now on closes its connection."""
+        self.faults.cut_after(n, run=run)
 
     def stall_after(self, n: int, *, half: bool = False) -> None:
-        """The reply to the ``n``-th sentence from now on is held until
-        ``set_stalled(False)``; ``half`` sends the first half of its bytes first.
-        Takes effect by stalling the whole router (every later reply waits too)."""
-        with self._guard:
-            self._stalls[self._received + n] = half
+        """``FaultHooks.stall_after``: the reply to the ``n``-th sentence from now on is held."""
+        self.faults.stall_after(n, half=half)
 
     def rewrite_next(self, command_path: str, rewrite: Rewrite) -> None:
-        """The next reply to ``command_path`` passes through ``rewrite`` (sentences in,
-        sentences out) before it is sent; a ``!fatal`` among them closes the connection
-        after sending, as RouterOS does."""
-        with self._guard:
-            self._rewrites.append((command_path, rewrite))
+        """``FaultHooks.rewrite_next``: the next reply to ``command_path`` is rewritten."""
+        self.faults.rewrite_next(command_path, rewrite)
 
-    def on_sentence(self, observer: Callable[[int, list[str]], None] | None) -> None:
-        """Call ``observer(number, words)`` for every sentence received, before it runs
-        (number counts from the router's start); it may call ``cut_after(0)`` or
-        ``stall_after(0)`` to break that very sentence."""
-        with self._guard:
-            self._observer = observer
+    def on_sentence(self, observer: Observer | None) -> None:
+        """``FaultHooks.on_sentence``: ``observer(number, words)`` for every sentence received."""
+        self.faults.on_sentence(observer)
 
     @property
     def sentences_received(self) -> int:
-        with self._guard:
-            return self._received
+        return self.faults.received
 
     # -- sockets -----------------------------------------------------------
 
@@ -329,7 +280,7 @@ class RouterSim:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        _shut(listener)
+        shut(listener)
         accept_thread, self._accept_thread = self._accept_thread, None
         if accept_thread is not None and accept_thread is not threading.current_thread():
             accept_thread.join(timeout=5)
@@ -343,161 +294,18 @@ class RouterSim:
             except OSError:
                 break
             peer = f"{address[0]}:{address[1]}"
-            with self._guard:  # registered before its thread runs, so a drop can't miss it
-                self._connections.add(conn)
-            thread = threading.Thread(target=self._serve, args=(conn, peer), name=f"sim-conn-{peer}", daemon=True)
+            self._connections.add(conn)  # registered before its thread runs, so a drop can't miss it
+            connection = Connection(conn, peer, state=self.state, settings=self.settings, tls=self._tls,
+                                    faults=self.faults, registry=self._connections,
+                                    running=lambda: self._running)
+            thread = threading.Thread(target=connection.serve, name=f"sim-conn-{peer}", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
             thread.start()
 
-    def _serve(self, conn: socket.socket, peer: str) -> None:
-        log.info("sim connection open peer=%s", peer)
-        stream, reason = conn, "closed by server"
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = self._secure(conn)
-            reason = self._converse(stream, peer)
-        except (PeerClosed, ConnectionError):
-            reason = "closed by peer"
-        except ProtocolViolation as exc:
-            reason = f"protocol violation: {exc}"
-        except (ssl.SSLError, OSError) as exc:
-            reason = f"socket error: {exc}"
-        finally:
-            with self._guard:
-                self._connections.discard(conn)
-                self._connections.discard(stream)
-            _shut(stream)
-            log.info("sim connection closed peer=%s reason=%s", peer, reason)
-
-    def _secure(self, conn: socket.socket) -> socket.socket:
-        """The TLS layer over ``conn`` (api-ssl), or ``conn`` itself."""
-        if self._tls is None:
-            conn.settimeout(None)
-            return conn
-        conn.settimeout(_HANDSHAKE_TIMEOUT)
-        stream = self._tls.wrap_socket(conn, server_side=True)  # detaches conn
-        stream.settimeout(None)
-        with self._guard:
-            self._connections.discard(conn)
-            self._connections.add(stream)
-        return stream
-
-    def _converse(self, stream: socket.socket, peer: str) -> str:
-        outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
-        latency = self.settings.command_latency
-
-        def deliver(sentences: Sentences, ready: float) -> None:  # streamed changes, any thread
-            outbox.put(_Outgoing(max(time.monotonic(), ready) + latency, encode_reply(sentences), False, None))
-
-        session = Session(self.state, peer=peer, deliver=deliver)
-        with self._guard:
-            self._sessions[stream] = session
-        writer = threading.Thread(target=self._write_replies, args=(stream, outbox),
-                                  name=f"sim-write-{peer}", daemon=True)
-        writer.start()
-        busy_until = 0.0  # when the router finishes the work queued so far
-        try:
-            with stream.makefile("rb") as reader:
-                while True:
-                    limit = None if session.logged_in else self.settings.max_pre_login_word
-                    words = read_sentence(reader.read, max_word=limit)
-                    arrived = time.monotonic()
-                    cut, stall, rewrite = self._faults_for(words)
-                    if cut is False:
-                        return "cut by a test before running the command"
-                    reply = session.handle(words)
-                    if reply is None:
-                        continue
-                    if cut is True or reply.drop:
-                        return "cut by a test after running the command"
-                    sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
-                    busy_until = max(arrived, busy_until, reply.ready) + reply.delay
-                    close = reply.close or any(s and s[0] == "!fatal" for s in sentences)
-                    outbox.put(_Outgoing(busy_until + latency, encode_reply(sentences), close, stall))
-                    if reply.listener is not None:
-                        reply.listener.arm()
-                    if close:
-                        return "fatal sent"
-        finally:
-            session.close()
-            with self._guard:
-                self._sessions.pop(stream, None)
-            outbox.put(None)  # replies already queued still leave, at their time
-            writer.join()
-
     def _tick(self) -> None:
         while not self._stopping.wait(self.settings.expiry_poll):
             self.expire()
-
-    def _write_replies(self, stream: socket.socket, outbox: queue.SimpleQueue[_Outgoing | None]) -> None:
-        """Send each reply at its time; replies due together go in one ``sendall``."""
-        held = outbox.get()  # taken from the outbox, not sent yet
-        try:
-            while held is not None:
-                item, held = held, None
-                wait = item.due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                data, close, ended = item.data, item.close, False
-                if item.stall is not None:
-                    self._unstalled.clear()
-                    if item.stall:
-                        stream.sendall(data[: len(data) // 2])
-                        data = data[len(data) // 2:]
-                chunks = [data]
-                while item.stall is None and not close:
-                    try:
-                        nxt = outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        ended = True
-                        break
-                    if nxt.stall is not None or nxt.due > time.monotonic():
-                        held = nxt  # not due yet (or stalls): the next round
-                        break
-                    chunks.append(nxt.data)
-                    close = nxt.close
-                self._unstalled.wait()
-                if not self._running:
-                    return
-                stream.sendall(b"".join(chunks))
-                if close or ended:
-                    return
-                if held is None:
-                    held = outbox.get()
-        except OSError:
-            return
-
-
-    def _faults_for(self, words: list[str]) -> tuple[bool | None, bool | None, Rewrite | None]:
-        """(cut: None / before / after running, stall: None / whole / half, rewrite)."""
-        if not words:
-            return None, None, None
-        with self._guard:
-            self._received += 1
-            number, observer = self._received, self._observer
-        if observer is not None:  # outside the lock: it may call cut_after(0) and the like
-            observer(number, words)
-        with self._guard:
-            cut = self._cuts.pop(number, None)
-            stall = self._stalls.pop(number, None)
-            rewrite = None
-            for index, (path, fn) in enumerate(self._rewrites):
-                if path == words[0]:
-                    rewrite = fn
-                    del self._rewrites[index]
-                    break
-        return cut, stall, rewrite
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    due: float  # monotonic time the reply leaves
-    data: bytes
-    close: bool  # close the connection after it (``!fatal``)
-    stall: bool | None  # a test's stall: None, whole reply, or half of it first
 
 
 def _menu(menu: str) -> str:
@@ -505,11 +313,3 @@ def _menu(menu: str) -> str:
     if key not in MENUS:
         raise ValueError(f"unknown address-list menu {menu!r}; use 'ip' or 'ipv6'")
     return key
-
-
-def _shut(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    conn.close()

@@ -14,7 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .addresslist import AddressTable, Entry, TableOptions
+from .addresslist import AddressTable
+from .entry import Entry, TableOptions
 from .errors import Trap
 from .listen import Listener, Listeners
 from .load import RouterCpu
