@@ -653,7 +653,7 @@ class Reconciler:
         if s.radius is not None:
             from provisiond.core.radius import radius as radius_desire
 
-            want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group)
+            want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group, pools=s.pool)
             desired["radius"] = want
             conflicts["radius"] = list(found)
         return desired, conflicts
