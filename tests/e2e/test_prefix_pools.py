@@ -120,3 +120,25 @@ def test_delegated_prefix_and_tower_block_reach_router_and_radius(
     assert set(world.entries("core-1", "tower-hosts")) == {"100.64.8.8/29", "100.64.8.16/29"}
     assert fr.authenticate("ridge", "ridge-pw")[1]["Framed-Route"] == ["100.64.8.8/29 0.0.0.0 1"]
     world.assert_converged()
+
+
+def test_check_config_reports_billing_prefixes_inside_a_pool_and_bad_prefix_settings(world: World) -> None:
+    world.router("core-1")
+    world.sql("INSERT INTO groups (name) VALUES ('FTTH')")
+    world.account(2, "Home Two", groups=["FTTH"], ips=["2001:db8:100::/56"])
+    world.account(7, "Ridge Tower", groups=["Tower Hosts"])
+    world.write_config(lists=LISTS, extra=POOLS.split("[radius]")[0])
+    code, out, err = world.run("check-config")
+    assert code == 0, out + err
+    assert ("warning: pool[0].networks: pool 'ftth-pd' overlaps 1 billing-assigned value(s): "
+            "2001:db8:100::/56 (account 2); they are never allocated to anyone else") in out
+
+    bad = POOLS.split("[radius]")[0].replace("prefix_length = 56", "prefix_length = 36").replace(
+        'radius_attribute = "Framed-Route"', 'radius_attribute = "Delegated-IPv6-Prefix"')
+    world.write_config(lists=LISTS, extra=bad + '[[pool]]\nname = "again"\ngroup = "FTTH"\n'
+                       'networks = ["2001:db8:180::/41"]\nprefix_length = 129\n')
+    code, out, err = world.run("check-config")
+    assert code == 1
+    assert "error: pool[0].prefix_length: /36 is shorter than networks[0] 2001:db8:100::/40: no /36 fits in it" in out
+    assert "error: pool[1].radius_attribute: Delegated-IPv6-Prefix carries an IPv6 prefix; this pool is IPv4" in out
+    assert "error: pool[2].prefix_length: Input should be less than or equal to 128" in out

@@ -201,3 +201,34 @@ def test_property_no_overlap_misalignment_exclusion_and_sticky(world: tuple[Pool
         again = allocate(accounts, [pool], leases, now)
         assert not again.changed and again.addresses == a.addresses
         now += timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"networks": ["100.64.0.0/24"], "prefix_length": 33}, r"/33 is longer than an IPv4 address \(/32 at most\)"),
+    ({"networks": ["100.64.0.0/24"], "prefix_length": 22}, r"/22 is shorter than networks\[0\] 100.64.0.0/24"),
+    ({"networks": ["100.64.0.0/24", "2001:db8::/48"], "prefix_length": 56}, "mixes IPv4 and IPv6"),
+    ({"networks": ["100.64.0.0/24"], "prefix_length": 29, "radius_attribute": "Framed-IPv6-Prefix"},
+     "Framed-IPv6-Prefix carries an IPv6 prefix; this pool is IPv4"),
+    ({"networks": ["2001:db8::/48"], "prefix_length": 56, "radius_attribute": "Framed-Route"},
+     "Framed-Route carries IPv4; this pool is IPv6"),
+    ({"networks": ["100.64.0.0/24"], "prefix_length": 30, "radius_attribute": "Framed-IP-Address"},
+     "a /30 block is routed with Framed-Route"),
+    ({"networks": ["100.64.0.0/24"], "radius_attribute": "Framed-Routes"}, "Input should be"),
+])
+def test_pool_settings_refuse_bad_prefix_settings(kw: dict[str, object], message: str) -> None:
+    from pydantic import ValidationError
+
+    from provisiond.settings import PoolSettings
+
+    with pytest.raises(ValidationError, match=message):
+        PoolSettings(name="p", group="g", **kw)  # type: ignore[arg-type]
+
+
+def test_pool_settings_count_aligned_prefixes() -> None:
+    from provisiond.settings import PoolSettings
+
+    s = PoolSettings(name="p", group="g", networks=["100.64.8.0/27"], prefix_length=29,
+                     exclude=["100.64.8.3", "100.64.8.17-100.64.8.20"])
+    assert s.allocations() == Pool.from_settings(s).size == 2
+    assert PoolSettings(name="p", group="g", networks=["100.64.8.0/29"], prefix_length=29,
+                        exclude=["100.64.8.7"]).allocations() == 0
