@@ -115,7 +115,7 @@ class Digest:
     ok: bool
     refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
     lost_leader: bool = False  # the leader lock went while planning: nothing written
-    pool_utilisation: dict[str, float] | None = None  # full passes with pools
+    pool_utilisation: dict[str, dict[str, Any]] | None = None  # ipam.pool_usage per pool (full passes)
     remembered: Any = None  # engine.Remembered, from the full-pass process
 
 
@@ -195,8 +195,9 @@ def _dry_run_digest(
                   pool_utilisation=None)
 
 
-def _pool_utilisation(rec: Any, settings: Settings) -> dict[str, float] | None:
-    """Each pool's share of addresses in use (a full read of the leases: full passes only)."""
+def _pool_utilisation(rec: Any, settings: Settings) -> dict[str, dict[str, Any]] | None:
+    """Each pool's allocations in use (``ipam.pool_usage``; a full read of the leases:
+    full passes only)."""
     if not settings.pool or rec.store is None:
         return None
     from provisiond.core import ipam
@@ -207,8 +208,7 @@ def _pool_utilisation(rec: Any, settings: Settings) -> dict[str, float] | None:
         log.warning("pool utilisation: cannot read leases: %s", exc)
         return None
     now = datetime.now(UTC)
-    return {p.name: float(ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)["utilisation"])
-            for p in settings.pool}
+    return {p.name: ipam.pool_usage(ipam.Pool.from_settings(p), leases, now) for p in settings.pool}
 
 
 ReconcilerFactory = Callable[[Settings, bool], Any]
@@ -430,8 +430,11 @@ class PassRunner:
             # Only a full pass would reach them otherwise: the event must not be lost.
             delay = min(self.backoff.remaining(n) for n in owed)
             retry = (self._scope, max(RETRY_MIN, delay))
-        for pool, share in (digest.pool_utilisation or {}).items():
-            m.pool_utilisation.labels(pool).set(share)
+        for pool, usage in (digest.pool_utilisation or {}).items():
+            m.pool_utilisation.labels(pool).set(float(usage["utilisation"]))
+            m.pool_prefixes_total.labels(pool).set(usage["size"])
+            m.pool_prefixes_used.labels(pool).set(usage["leased"])
+            m.pool_prefixes_held.labels(pool).set(usage["held"])
         conflicts = {name: t.conflicts for name, t in digest.targets.items() if t.planned}
         for target, n in conflicts.items():
             m.conflicts.labels(target).set(n)

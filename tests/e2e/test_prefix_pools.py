@@ -100,6 +100,11 @@ def test_delegated_prefix_and_tower_block_reach_router_and_radius(
 
     code, out, err = world.run("ipam", "show", "1")
     assert code == 0 and "2001:db8:100:100::/56" in out, out + err
+    code, out, err = world.run("explain", "1")
+    assert code == 0, out + err
+    assert "selects: pool ftth-pd 2001:db8:100::/40 as /56s (Delegated-IPv6-Prefix)" in out
+    assert "leased ftth-pd 2001:db8:100:100::/56" in out
+    assert "Delegated-IPv6-Prefix" in out and "ftth 2001:db8:100:100::/56" in out
 
     # the tower leaves (and so "Tower Hosts" would be empty: --force), its /29 is held
     world.account(7, "Ridge Tower", groups=[], usernames=["ridge"])
