@@ -154,32 +154,58 @@ def ipv4_hosts(
 
 
 def pool_replies(
-    account: Account, allocated: Mapping[str, tuple[str, ...]], pools: Sequence[ipam.Pool]
+    account: Account,
+    allocated: Mapping[str, tuple[str, ...]],
+    pools: Sequence[ipam.Pool],
+    by_shape: Mapping[tuple[int, int], Sequence[ipam.Pool]] | None = None,
 ) -> tuple[list[tuple[str, str]], frozenset[str]]:
     """The (attribute, value) pairs the account's pool slots send, and the allocated
-    addresses the Framed-IP-Address rule must skip (their pool sends something else)."""
+    addresses the Framed-IP-Address rule must skip (their pool sends something else).
+
+    ``by_shape``: the pools by (IP family, prefix length), to find an allocation's pool
+    from its text when only one pool has that shape (``shapes(pools)``).
+    """
+    shape_of = by_shape if by_shape is not None else shapes(pools)
     out: dict[str, str] = {}
     hidden: set[str] = set()
     for text in allocated.get(account.id, ()):
-        span = addresses.parse(text)
-        pool = next((p for p in pools if p.within(span)), None)
+        pool = _pool_of(text, pools, shape_of)
         if pool is None or pool.attribute == FRAMED_IP:
             continue
         hidden.add(text)
         if pool.attribute in _PREFIX_ATTRIBUTES:
-            out.setdefault(pool.attribute, _attribute_text(pool.attribute, text))
+            # A lease's text is already in its one spelling (``ipam.Pool.text``).
+            prefix = text if "/" in text else f"{text}/{ipam.BITS[pool.version]}"
+            out.setdefault(pool.attribute, f"{prefix} 0.0.0.0 1" if pool.attribute == FRAMED_ROUTE else prefix)
     if account.addresses:
         for pool, given in ipam.slots(account, pools):
             if given is None or pool.attribute not in _PREFIX_ATTRIBUTES:
                 continue
             span = addresses.parse(given)
             if span is not None and (pool.attribute != FRAMED_ROUTE or span[1] != span[2]):
-                out.setdefault(pool.attribute, _attribute_text(pool.attribute, given))
+                value = f"{given} 0.0.0.0 1" if pool.attribute == FRAMED_ROUTE else given
+                out.setdefault(pool.attribute, reply_value(pool.attribute, value))
     return sorted(out.items()), frozenset(hidden)
 
 
-def _attribute_text(attribute: str, prefix: str) -> str:
-    return reply_value(attribute, f"{prefix} 0.0.0.0 1" if attribute == FRAMED_ROUTE else prefix)
+def shapes(pools: Sequence[ipam.Pool]) -> dict[tuple[int, int], list[ipam.Pool]]:
+    out: dict[tuple[int, int], list[ipam.Pool]] = {}
+    for pool in pools:
+        out.setdefault((pool.version, pool.length), []).append(pool)
+    return out
+
+
+def _pool_of(
+    text: str, pools: Sequence[ipam.Pool], by_shape: Mapping[tuple[int, int], Sequence[ipam.Pool]]
+) -> ipam.Pool | None:
+    """The configured pool an allocated address or prefix lies in (None: none does)."""
+    version = 6 if ":" in text else 4
+    _, slash, length = text.partition("/")
+    candidates = by_shape.get((version, int(length) if slash and length.isdigit() else ipam.BITS[version]), ())
+    if len(candidates) == 1:
+        return candidates[0]  # pools never overlap: the only pool of this shape
+    span = addresses.parse(text)
+    return next((p for p in pools if p.within(span)), None)
 
 
 def radius(
@@ -195,6 +221,7 @@ def radius(
     ``pools``: the configured ``[[pool]]``s, which say which attribute carries each
     allocation; without them every allocated IPv4 host is a Framed-IP-Address."""
     built = [p if isinstance(p, ipam.Pool) else ipam.Pool.from_settings(p) for p in pools]
+    by_shape = shapes(built)
     desired: dict[Key, Resource] = {}
     conflicts: list[Conflict] = []
     owner: dict[str, str] = {}  # username -> account id that owns it
@@ -210,7 +237,7 @@ def radius(
         if not groups:
             continue
         usernames = sorted(set(account.usernames))
-        replies, hidden = pool_replies(account, allocated, built) if built else ([], frozenset())
+        replies, hidden = pool_replies(account, allocated, built, by_shape) if built else ([], frozenset())
         addresses = ipv4_hosts(account, allocated, hidden) if framed_ip else []
         for i, username in enumerate(usernames):
             rows = [usergroup_row(username, g, p, account) for g, p in sorted(groups.items())]
