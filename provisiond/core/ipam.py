@@ -450,16 +450,21 @@ def _billing_gives(pool: Pool, spans: Sequence[addresses.Span]) -> bool:
     return False
 
 
+def _slot_pools(account: Account, ranked: Sequence[Pool]) -> list[Pool]:
+    """The first pool of each slot the account's groups select, ``ranked`` by priority."""
+    out: dict[tuple[int, str], Pool] = {}
+    for pool in ranked:
+        if pool.group in account.groups and pool.slot not in out:
+            out[pool.slot] = pool
+    return [p for _, p in sorted(out.items())]
+
+
 def slots(account: Account, pools: Sequence[Pool]) -> list[tuple[Pool, str | None]]:
     """The pool of each slot the account's groups select (highest priority, then name),
     with the billing value that fills that slot instead (None: the pool allocates)."""
-    out: dict[tuple[int, str], Pool] = {}
-    for pool in sorted(pools, key=lambda p: (-p.priority, p.name)):
-        if pool.group in account.groups and pool.slot not in out:
-            out[pool.slot] = pool
-    found: list[tuple[Pool, str | None]] = []
     spans = [(a, addresses.parse(a)) for a in account.addresses]
-    for _, pool in sorted(out.items()):
+    found: list[tuple[Pool, str | None]] = []
+    for pool in _slot_pools(account, sorted(pools, key=lambda p: (-p.priority, p.name))):
         given = [a for a, span in spans if span is not None and _billing_gives(pool, (span,))]
         found.append((pool, given[0] if given else None))
     return found
@@ -538,12 +543,8 @@ def allocate(
 
     def wanted(account: Account) -> list[Pool]:
         """The highest-priority pool of each slot, unless billing fills that slot."""
-        out: dict[tuple[int, str], Pool] = {}
-        for pool in ranked:
-            if pool.group in account.groups and pool.slot not in out:
-                out[pool.slot] = pool
         billing = billing_spans.get(account.id, ())
-        return [p for _, p in sorted(out.items()) if not (billing and _billing_gives(p, billing))]
+        return [p for p in _slot_pools(account, ranked) if not (billing and _billing_gives(p, billing))]
 
     new: list[Lease] = []
     releases: list[Lease] = []

@@ -157,6 +157,7 @@ def pool_replies(
     account: Account,
     allocated: Mapping[str, tuple[str, ...]],
     pools: Sequence[ipam.Pool],
+    *,
     by_shape: Mapping[tuple[int, int], Sequence[ipam.Pool]] | None = None,
 ) -> tuple[list[tuple[str, str]], frozenset[str]]:
     """The (attribute, value) pairs the account's pool slots send, and the allocated
@@ -237,7 +238,7 @@ def radius(
         if not groups:
             continue
         usernames = sorted(set(account.usernames))
-        replies, hidden = pool_replies(account, allocated, built, by_shape) if built else ([], frozenset())
+        replies, hidden = pool_replies(account, allocated, built, by_shape=by_shape) if built else ([], frozenset())
         addresses = ipv4_hosts(account, allocated, hidden) if framed_ip else []
         for i, username in enumerate(usernames):
             rows = [usergroup_row(username, g, p, account) for g, p in sorted(groups.items())]
