@@ -64,8 +64,11 @@ def _quick(text: str) -> tuple[int, int] | None:
 _HEX6 = re.compile(r"[0-9A-Fa-f:]{2,39}").fullmatch
 
 
+@lru_cache(maxsize=1 << 17)
 def parse(text: str) -> Span | None:
-    """The value of an address, CIDR network (host bits allowed) or ``a-b`` range; None otherwise."""
+    """The value of an address, CIDR network (host bits allowed) or ``a-b`` range; None otherwise.
+
+    Cached: one pass reads a lease's text from the store, the router and FreeRADIUS."""
     value = text.strip()
     if "/" in value:
         if "%" in value:
