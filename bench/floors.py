@@ -21,7 +21,7 @@ from librouteros.protocol import encode_sentence
 from bench.scenario import BILLING_QUERY, USER
 
 MENUS = ("/ip/firewall/address-list", "/ipv6/firewall/address-list")
-# The same properties provisiond asks for in a full read (targets.routeros.PRINT_PROPLIST_WORD).
+# The same properties provisiond asks for in a full read (targets.routeros.commands.PRINT_PROPLIST_WORD).
 PROPLIST = "=.proplist=.id,address,comment,dynamic,disabled"
 DONE = b"\x05!done"
 

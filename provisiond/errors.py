@@ -34,8 +34,26 @@ class StoreError(ProvisiondError):
     """provisiond's own state store failed."""
 
 
+class LeaseConflict(StoreError):
+    """``reserve`` found the leases changed under it: re-read, re-allocate, try again."""
+
+    def __init__(self, message: str, *, pool: str, address: str, account_id: str) -> None:
+        self.pool, self.address, self.account_id = pool, address, account_id
+        super().__init__(message)
+
+
+class WorkerDied(ProvisiondError):
+    """The daemon's full-pass process ended without a result (killed, out of memory)."""
+
+
+class WorkerCrashed(ProvisiondError):
+    """The daemon's full-pass process failed with an unexpected exception (its traceback inside)."""
+
+
 class TargetError(ProvisiondError):
-    """One target (router, RADIUS database) failed; the others go on."""
+    """One target (router, RADIUS database) failed; the others go on. It answered, but
+    wrongly (a refused command, a malformed reply): reported, and tried again at the next
+    interval without backing off further."""
 
     def __init__(self, target: str, message: str) -> None:
         self.target = target
@@ -43,7 +61,7 @@ class TargetError(ProvisiondError):
 
 
 class TargetUnavailable(TargetError):
-    """The target could not be reached or timed out: retry on a later pass."""
+    """The target could not be reached or timed out: back off and retry it."""
 
 
 class PlanRefused(ProvisiondError):

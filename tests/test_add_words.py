@@ -1,5 +1,5 @@
-"""An add as ``RouterTarget`` sends it (``_AddWords``) is librouteros's encoding of its
-words (``_add_words``), whatever the Resource: as ``desire`` makes one or not, words
+"""An add as ``RouterTarget`` sends it (``AddWords``) is librouteros's encoding of its
+words (``add_words``), whatever the Resource: as ``desire`` makes one or not, words
 shorter or longer than 128 bytes, characters of more than one byte, either family."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from librouteros.protocol import encode_sentence
 
 from provisiond.core.changes import Create, Resource
-from provisiond.targets.routeros import _add_words, _AddWords
+from provisiond.targets.routeros.commands import AddWords, add_words
 
 text = st.one_of(st.sampled_from(["", "provisiond:1 Ridge Tower", "x" * 110, "x" * 118, "x" * 119, "\u00e9" * 60]),
                  st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=140))
@@ -40,7 +40,7 @@ def _resource(draw: st.DrawFn) -> Resource:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_resource(), min_size=1, max_size=4))
 def test_an_add_is_sent_as_librouteros_encodes_its_words(resources: list[Resource]) -> None:
-    words = _AddWords("utf-8")  # one per apply: its command and list words kept
+    words = AddWords("utf-8")  # one per apply: its command and list words kept
     for r in resources:
         change = Create(r)
-        assert words(change) + b"\x00" == encode_sentence(*_add_words(change), encoding="utf-8")
+        assert words(change) + b"\x00" == encode_sentence(*add_words(change), encoding="utf-8")

@@ -51,7 +51,7 @@ def test_exactly_at_the_ratio_is_allowed_one_more_is_refused() -> None:
     assert str(caught.value) == (
         "core-1: g: 4 deletes of 10 existing entries (40.0%) exceeds max_delete_ratio 30.0%; "
         "g: 4 updates of 10 existing entries (40.0%) exceeds max_update_ratio 30.0% "
-        "(use --force to apply anyway)")
+        "(held back: g; use --force to apply anyway)")
 
 
 def test_creates_never_count_and_each_group_stands_alone() -> None:
@@ -156,3 +156,33 @@ def test_sort_key_orders_by_family_then_number_then_text() -> None:
     values = ["bob", "2001:db8::1/128", "10.0.0.10", "10.0.0.9-10.0.0.20", "10.0.0.9/32", "::1", "", "9x"]
     assert sorted(values, key=addresses.sort_key) == [
         "10.0.0.9-10.0.0.20", "10.0.0.9/32", "10.0.0.10", "::1", "2001:db8::1/128", "", "9x", "bob"]
+
+
+# -- a refusal holds back only its own groups ----------------------------------------
+
+
+def test_a_group_over_a_threshold_is_held_and_the_others_are_written() -> None:
+    other = [Create(_entry("10.0.9.1", "h")), *_deletes(1, "h")]
+    plan = _plan(*_deletes(4), *other, existing={"g": 10, "h": 10})
+    held = plan.refusals(SAFETY)
+    assert list(held) == ["g"] and "4 deletes of 10 existing entries" in held["g"]
+    assert plan.without(held.keys()).changes == tuple(other)
+    with pytest.raises(TooMuchChange, match=r"held back: g; everything else on this target is applied"):
+        plan.check_safety(SAFETY)
+
+
+def test_a_held_radius_group_keeps_the_reply_rows_of_its_usernames() -> None:
+    def row(kind: str, group: str, user: str) -> Resource:
+        return Resource(kind=kind, group=group, ident=(("username", user), ("groupname", group)),
+                        attrs=(), account_id=user)
+
+    members = [Delete(row("radusergroup", "tower", f"u{i}")) for i in range(3)]
+    replies = [Delete(row("radreply", "Framed-IP-Address", f"u{i}")) for i in range(4)]
+    plan = Plan("radius", "radius", (*members, *replies), existing={"tower": 3},
+                unmatched={"tower": 'radius_group[0].group "Tower Host" matches no account'},
+                followups=({"username": "u0"}, {"username": "u3"}))
+    held = plan.refusals(SAFETY)
+    assert list(held) == ["tower"] and "3 deletes would empty it" in held["tower"]
+    rest = plan.without(held.keys())
+    assert rest.changes == (replies[3],)  # u3's reply row is not the held group's
+    assert rest.followups == ({"username": "u3"},)

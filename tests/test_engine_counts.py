@@ -1,6 +1,6 @@
 """The managed counts a full apply leaves for scoped passes' safety checks.
 
-``Reconciler._count_applied`` tallies a cold apply's 100,000 changes per router once
+``ScopedMemory.count_applied`` tallies a cold apply's 100,000 changes per router once
 per group; it must leave what stepping through the changes one by one leaves (deletes
 apply first, a count never goes below zero)."""
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provisiond.core.changes import Change, Create, Delete, Resource, Update
-from provisiond.engine import Reconciler
+from provisiond.engine import ScopedMemory
 from provisiond.targets.base import ApplyResult
 
 
@@ -30,11 +30,9 @@ def _stepped(existing: dict[str, int], applied: list[Change]) -> dict[str, int]:
 
 
 def _counted(existing: dict[str, int], applied: list[Change], *, error: str | None = None) -> dict[str, int] | None:
-    rec = object.__new__(Reconciler)  # only the counting state is used
-    rec._existing = {"core-1": dict(existing)}
-    rec._since_full = {}
-    rec._count_applied(ApplyResult("core-1", applied=applied, error=error), scoped=False)
-    return rec._existing.get("core-1")
+    memory = ScopedMemory(existing={"core-1": dict(existing)})
+    memory.count_applied(ApplyResult("core-1", applied=applied, error=error), scoped=False)
+    return memory.existing.get("core-1")
 
 
 GROUPS = st.sampled_from(["a", "b", "c"])

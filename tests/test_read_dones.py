@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from librouteros.protocol import encode_sentence
 
-from provisiond.targets import pipeline
+from provisiond.targets.routeros import pipeline
 from provisiond.targets.routeros import ApiWire, BufferedTransport
 
 ENCODING = "utf-8"

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from librouteros.protocol import encode_sentence, encode_word
 
-from provisiond.targets import routeros
 from provisiond.targets.routeros import BufferedTransport
+from provisiond.targets.routeros.reader import _WINDOW_MIN, ListReader, _key, _row_patterns
 
 
 class _Bytes:
@@ -89,20 +89,20 @@ row = st.builds(
     st.sampled_from([0, 0, 9, 9, 1]), st.sampled_from([0, 0, 1, 2]))
 
 
-def _reader(wanted: set[bytes], *, window: int, one_by_one: bool, each: int = 0) -> routeros._ListReader:
-    reader = object.__new__(routeros._ListReader)
+def _reader(wanted: set[bytes], *, window: int, one_by_one: bool, each: int = 0) -> ListReader:
+    reader = object.__new__(ListReader)
     reader._wire = _Wire()  # type: ignore[assignment]
     reader._reading = {b"7": "l", b"12": "l", b"77777777777777777777777777777777777777777777777": "l"}
     reader._tails = {"l": {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}}
     reader._left = {"l": {f"a{i}": ("c", None) for i in range(len(wanted))}}  # type: ignore[dict-item]
     # Something owned already (another list's entry): rows are taken one by one.
-    reader.owned = {routeros._key("other", "a0"): None} if one_by_one else {}  # type: ignore[dict-item]
+    reader.owned = {_key("other", "a0"): None} if one_by_one else {}  # type: ignore[dict-item]
     reader.digest = None
     reader._first = "address"
     reader._batches = {}
     reader._window = window
     reader._each = each  # rows still to take one by one before batches
-    reader._runs = routeros._row_patterns("address", "utf-8")
+    reader._runs = _row_patterns("address", "utf-8")
     return reader
 
 
@@ -119,7 +119,7 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
     rests = [b"".join(encode_word(w, encoding="utf-8") for w in s[1:]
                       if not w.startswith((".tag=", "=.id="))) for s in sentences]
     wanted = data.draw(st.sets(st.sampled_from(rests)))
-    window = data.draw(st.sampled_from([routeros._WINDOW_MIN, 1, 24, 60, 200]))
+    window = data.draw(st.sampled_from([_WINDOW_MIN, 1, 24, 60, 200]))
     reader = _reader(wanted, window=window, one_by_one=False, each=data.draw(st.sampled_from([0, 0, 1, 3])))
     end = reader.take_run(wire, 0)
     one_by_one = _reader(wanted, window=window, one_by_one=True)
@@ -142,7 +142,7 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["7", "7", "7", "12"])), min_size=1, max_size=12),
-       st.sets(st.integers(0, 5)), st.booleans(), st.sampled_from([routeros._WINDOW_MIN, 1, 60, 120]),
+       st.sets(st.integers(0, 5)), st.booleans(), st.sampled_from([_WINDOW_MIN, 1, 60, 120]),
        st.sampled_from([0, 0, 1, 2, 5]), st.one_of(st.none(), st.integers(0, 600)))
 def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
         rows: list[tuple[int, str]], wanted: set[int], tag_last: bool, window: int, each: int,

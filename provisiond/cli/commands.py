@@ -232,10 +232,10 @@ def scope_line(pp: Any) -> str | None:
         shown = sorted(pp.accounts, key=lambda a: (len(a), a))
         lines.append(f"Accounts: {', '.join(shown[:20])}{' …' if len(shown) > 20 else ''} "
                      "(a scoped pass: other accounts not planned nor applied)")
-    if not pp.scope:
+    if not pp.target_patterns:
         return "\n".join(lines) or None
     names = sorted(pp.kinds) or ["(none)"]
-    lines.append(f"Scope: {', '.join(pp.scope)} -> {', '.join(names)} "
+    lines.append(f"Scope: {', '.join(pp.target_patterns)} -> {', '.join(names)} "
                  "(other targets not planned nor applied)")
     return "\n".join(lines)
 
@@ -272,8 +272,8 @@ def cmd_plan(
     if out or fmt == "json":
         extra: dict[str, Any] = {"created_at": (pp.now or datetime.now(UTC)).isoformat(),
                                  "notes": pp.notes}
-        if pp.scope:
-            extra["scope"] = {"targets": list(pp.scope), "resolved": sorted(pp.kinds)}
+        if pp.target_patterns:
+            extra["scope"] = {"targets": list(pp.target_patterns), "resolved": sorted(pp.kinds)}
         if pp.ipam_refused:
             extra["ipam_refused"] = refused["ipam"]
         if pp.ipam_json:
@@ -421,7 +421,7 @@ def apply_json(result: Any) -> dict[str, Any]:
     return {
         "ok": result.ok,
         "duration": round(result.duration, 3),
-        "scope": list(result.plan.scope),
+        "scope": list(result.plan.target_patterns),
         "refused": result.refused,
         "errors": result.plan.errors,
         "targets": [

@@ -86,8 +86,11 @@ def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
     pending = sum(1 for e in entries if e["state"] in ("missing", "update", "delete"))
     conflicting = sum(1 for e in entries if e["state"] == "conflict")
     failed = [v.target for v in views if v.error]
+    # A pool that had no address for this account: not converged, whatever the targets say.
+    short = sorted(pool for pool, ids in (allocation.exhausted if allocation is not None else {}).items()
+                   if account_id in ids)
     code = (EXIT_ERROR if not known or failed
-            else EXIT_CHANGES if pending or conflicting else EXIT_OK)
+            else EXIT_CHANGES if pending or conflicting or short else EXIT_OK)
     history: list[dict[str, Any]] = []
     try:
         history = rec.store.history(account=account_id, limit=journal) if journal > 0 else []
@@ -103,7 +106,8 @@ def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
                      "entries": v.entries, **({"error": v.error} if v.error else {})}
                     for v in views],
         "journal": [_stamped(h) for h in history],
-        "summary": {"pending": pending, "conflicts": conflicting, "failed_targets": failed},
+        "summary": {"pending": pending, "conflicts": conflicting, "failed_targets": failed,
+                    "exhausted_pools": short},
         "converged": code == EXIT_OK,
         "exit": code,
     }
@@ -297,5 +301,8 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         verdict = "converged on every target"
     else:
         verdict = f"{s['pending']} pending change(s), {s['conflicts']} conflict(s)"
+        if s.get("exhausted_pools"):
+            verdict += (f"; no address: pool {', '.join(s['exhausted_pools'])} exhausted "
+                        "(widen it, or free addresses with `ipam release`)")
     out.append(f"Explain: account {aid}: {verdict} (exit {doc['exit']}).")
     return out

@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="reconcile continuously (the systemd service)")
 
+    status = sub.add_parser("status", help="the running daemon: leader, last passes, targets, "
+                            "pools, health (writes nothing)")
+    status.add_argument("--format", choices=["text", "json"], default="text")
+
+    pass_ = sub.add_parser("pass", help="ask the running daemon for a pass now and wait for it")
+    pass_.add_argument("--target", "-t", dest="targets", action="append", metavar="NAME",
+                       help="only this target (repeatable)")
+    pass_.add_argument("--account", dest="accounts", action="append", metavar="ID",
+                       help="only this billing account (repeatable, or ID,ID)")
+    pass_.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="how long to wait for the pass (default 300)")
+
     hist = sub.add_parser("history", help="show the journal of applied changes")
     hist.add_argument("--since", metavar="WHEN", help="ISO time or a duration like 2h, 7d")
     hist.add_argument("--account", metavar="ID")
@@ -173,6 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from provisiond.cli import ipam as ipam_cmd
 
             return int(ipam_cmd.run(args, settings))
+        if args.command in ("status", "pass"):
+            from provisiond.cli import daemonctl
+
+            if args.command == "status":
+                return daemonctl.cmd_status(settings, fmt=args.format)
+            return daemonctl.cmd_pass(settings, targets=args.targets,
+                                      accounts=_accounts(args.accounts), timeout=args.timeout)
         if args.command == "run":
             from provisiond.daemon.loop import run_daemon
 

@@ -317,6 +317,7 @@ class Allocation:
     conflicts: tuple[AddressConflict, ...] = ()
     out_of_pool: tuple[OutOfPool, ...] = ()
     addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    exhausted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # pool -> accounts left without
 
     @property
     def changed(self) -> bool:
@@ -550,6 +551,7 @@ def allocate(
     releases: list[Lease] = []
     returns: list[Lease] = []
     failures: dict[str, str] = {}
+    exhausted: dict[str, list[str]] = {}
     out_of_pool: list[OutOfPool] = []
     allocated: dict[str, list[str]] = {}
     cursors: dict[str, _Cursor] = {}
@@ -588,6 +590,7 @@ def allocate(
             if value is None:
                 why = f"pool {pool.name} exhausted"
                 failures[account.id] = f"{failures[account.id]}; {why}" if account.id in failures else why
+                exhausted.setdefault(pool.name, []).append(account.id)
                 continue
             address = pool.text(value)
             new.append(Lease(pool.name, address, account.id, "leased", None))
@@ -614,6 +617,7 @@ def allocate(
         conflicts=tuple(conflicts),
         out_of_pool=tuple(out_of_pool),
         addresses={k: tuple(sorted(v)) for k, v in allocated.items()},
+        exhausted={k: tuple(v) for k, v in exhausted.items()},
     )
 
 

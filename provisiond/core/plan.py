@@ -16,7 +16,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from provisiond.core.changes import Change, Conflict, change_to_json
@@ -73,30 +73,32 @@ class Plan:
         )
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def check_safety(
+    def refusals(
         self, safety: Safety, *, earlier: Mapping[str, Mapping[str, int]] | None = None
-    ) -> None:
-        """Raise ``TooMuchChange`` naming the target, group and numbers when over a threshold.
+    ) -> dict[str, str]:
+        """The groups this plan may not change unforced, each with why (empty: none).
 
+        A group is held when its changes exceed a threshold (the share of deletes or
+        updates against the managed entries it holds, once it holds ``min_existing``),
+        or when its changes would empty it while its mapping matches nobody in billing.
         ``earlier``: changes per group and action already applied by scoped passes since
         the last full one; they count with this plan's, so a run of small scoped passes
-        cannot together do what one full pass would be refused. ``UnmatchedMapping`` when
-        the plan would empty a group whose mapping matches nobody in billing.
+        cannot together do what one full pass would be refused.
         """
         per_group: dict[str, dict[str, int]] = {}
         for c in self.changes:
             g = per_group.setdefault(c.resource.group, {"delete": 0, "update": 0, "create": 0})
             g[c.action] += 1
-        emptied = []
+        held: dict[str, list[str]] = {}
         for group, why in sorted(self.unmatched.items()):
-            held, mine = self.existing.get(group, 0), per_group.get(group)
-            if held and mine and mine["delete"] >= held and not mine["create"]:
-                emptied.append(f"{group}: {mine['delete']} deletes would empty it, but {why}")
+            existing, mine = self.existing.get(group, 0), per_group.get(group)
+            if existing and mine and mine["delete"] >= existing and not mine["create"]:
+                held.setdefault(group, []).append(
+                    f"{group}: {mine['delete']} deletes would empty it, but {why}")
         for group, n in (earlier or {}).items():
             if group in per_group:
                 for action in ("delete", "update"):
                     per_group[group][action] += n.get(action, 0)
-        problems = []
         for group, n in sorted(per_group.items()):
             existing = self.existing.get(group, 0)
             if existing < safety.min_existing or existing == 0:  # min_existing = 0: nothing to lose
@@ -107,19 +109,50 @@ class Plan:
             ):
                 ratio = n[action] / existing
                 if ratio > limit:
-                    problems.append(
+                    held.setdefault(group, []).append(
                         f"{group}: {n[action]} {action}s of {existing} existing entries "
                         f"({ratio:.1%}) exceeds max_{action}_ratio {limit:.1%}"
                     )
-        if emptied:
-            raise UnmatchedMapping(
-                self.target, "; ".join(emptied + problems)
-                + " (a typo in the config? use --force to apply anyway)",
-            )
-        if problems:
-            raise TooMuchChange(
-                self.target, "; ".join(problems) + " (use --force to apply anyway)"
-            )
+        return {group: "; ".join(why) for group, why in sorted(held.items())}
+
+    def check_safety(
+        self, safety: Safety, *, earlier: Mapping[str, Mapping[str, int]] | None = None
+    ) -> None:
+        """Raise ``UnmatchedMapping`` (a group whose mapping matches nobody would be
+        emptied) or ``TooMuchChange`` (over a threshold), naming the target, the groups
+        and the numbers, when ``refusals`` holds any group."""
+        held = self.refusals(safety, earlier=earlier)
+        if held:
+            raise refused(self, held)
+
+    def without(self, groups: Set[str]) -> Plan:
+        """This plan less the changes of ``groups``, and of the RADIUS usernames whose
+        membership they change (a held group's reply rows stay with it), and the
+        follow-ups only those called for: what is written while ``groups`` are held."""
+        if not groups:
+            return self
+        held_users = {u for c in self.changes if c.resource.group in groups
+                      if (u := c.resource.get("username"))}
+        changes = tuple(c for c in self.changes if c.resource.group not in groups
+                        and c.resource.get("username") not in held_users)
+        touched = {c.resource.get("username") for c in changes}
+        followups = tuple(f for f in self.followups
+                          if "username" not in f or f["username"] in touched)
+        return replace(self, changes=changes, followups=followups)
+
+
+def refused(plan: Plan, held: Mapping[str, str]) -> TooMuchChange | UnmatchedMapping:
+    """The error that says which groups of ``plan`` are held and why; the rest of the
+    target is written (unless the caller refuses the whole plan)."""
+    reasons = "; ".join(held.values())
+    rest = "; everything else on this target is applied" if plan.without(held.keys()).changes else ""
+    names = ", ".join(held)
+    if any(plan.unmatched.get(group) and "would empty it" in why for group, why in held.items()):
+        return UnmatchedMapping(
+            plan.target, f"{reasons} (held back: {names}{rest}; a typo in the config? "
+            "use --force to apply anyway)")
+    return TooMuchChange(plan.target, f"{reasons} (held back: {names}{rest}; "
+                         "use --force to apply anyway)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,15 @@ class Scope:
     existing: Mapping[str, int] | None = None
 
 
+def ids_text(accounts: Iterable[str] | None, limit: int = 20) -> str:
+    """Account ids for a log line: ``all`` (a full pass), or the first ``limit`` and a count."""
+    if accounts is None:
+        return "all"
+    ids = sorted(accounts, key=lambda a: (len(a), a))
+    shown = ",".join(ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
 def parse_payload(payload: str) -> frozenset[str] | None:
     """A NOTIFY payload -> the account ids it names, or None for "full pass".
 
@@ -70,6 +79,18 @@ class Pending:
 
     full: bool = False
     accounts: set[str] = field(default_factory=set)
+    # Targets whose back-off ended: a pass of those targets only (a full billing read).
+    targets: set[str] = field(default_factory=set)
+
+    def add_targets(self, names: Iterable[str]) -> None:
+        self.targets.update(names)
+
+    def take_targets(self) -> frozenset[str] | None:
+        """The targets waiting for a pass of their own (None: none), when nothing else waits."""
+        if self.full or self.accounts or not self.targets:
+            return None
+        out, self.targets = frozenset(self.targets), set()
+        return out
 
     def add(self, accounts: Iterable[str] | None) -> None:
         if accounts is None:
@@ -80,7 +101,7 @@ class Pending:
 
     @property
     def empty(self) -> bool:
-        return not self.full and not self.accounts
+        return not self.full and not self.accounts and not self.targets
 
     def take(self, limit: int) -> frozenset[str] | None:
         """The next pass's scope (None: full) and an empty queue."""

@@ -17,11 +17,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from provisiond.errors import ProvisiondError
@@ -49,6 +52,10 @@ class Leadership(Protocol):
 
     def release(self) -> None: ...
 
+    def holder(self) -> str | None:
+        """Who holds the lock now (``host … pid … since …``), when the lock can tell."""
+        ...
+
 
 class NoElection:
     standby_possible = False
@@ -64,6 +71,9 @@ class NoElection:
 
     def release(self) -> None:
         pass
+
+    def holder(self) -> str | None:
+        return None
 
 
 class FileLock:
@@ -87,20 +97,23 @@ class FileLock:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = (fh.read().strip().splitlines() or ["unknown"])[0]
             fh.close()
             raise AlreadyRunning(
                 f"another provisiond (pid {holder}) already runs on this state store: "
                 f"{self.path} is locked; stop it first, or give this one its own [state] url"
             ) from None
         fh.truncate(0)
-        fh.write(f"{os.getpid()}\n")
+        fh.write(f"{os.getpid()}\n{identity()}\n")
         fh.flush()
         self._fh = fh
         return True
 
     def still_held(self) -> bool:
         return self._fh is not None
+
+    def holder(self) -> str | None:
+        return file_holder(self.path)
 
     def release(self) -> None:
         if self._fh is not None:
@@ -136,6 +149,9 @@ class PgAdvisoryLock:
                 self._drop()
                 return False
             self._held = bool(row and row[0])
+            if self._held:  # who leads, for the standbys and `provisiond status`
+                self._conn.execute(sql.SQL("SET application_name = {}").format(
+                    sql.Literal(f"provisiond leader {identity()}"[:63])))
             return self._held
 
     def still_held(self) -> bool:
@@ -148,6 +164,16 @@ class PgAdvisoryLock:
             log.error("leader election: lost the connection holding the leader lock; "
                       "writing stops until it is won again")
             return False
+
+    def holder(self) -> str | None:
+        with self._guard:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(**connect_kwargs(self._url, connect_timeout=5))
+                return pg_holder(self._conn, self._key)
+            except psycopg.Error:
+                self._drop()
+                return None
 
     def release(self) -> None:
         with self._guard:
@@ -191,6 +217,41 @@ def for_store(url: str) -> Leadership:
             and not database.startswith("file:"):
         return FileLock(Path(database + ".lock"))
     return NoElection(f"no leader election for a {parsed.get_backend_name()} state store")
+
+
+def identity() -> str:
+    """This process, as the leader lock shows it: ``pid=… since=… host=…`` (host last:
+    PostgreSQL keeps 63 bytes of an application_name)."""
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"pid={os.getpid()} since={since} host={socket.gethostname()}"
+
+
+def pg_holder(conn: psycopg.Connection[Any], key: int = LEADER_KEY) -> str | None:
+    """The leader lock's holder on a PostgreSQL state store, from its application_name."""
+    row = conn.execute(
+        "SELECT a.application_name, host(a.client_addr) FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+        "AND l.classid = %s AND l.objid = %s AND l.granted", (key >> 32, key & 0xFFFFFFFF)).fetchone()
+    if row is None:
+        return None
+    name, addr = str(row[0] or ""), row[1]
+    told = name.removeprefix("provisiond leader ") if name.startswith("provisiond leader ") else None
+    return told or f"a session from {addr or 'a local socket'}"
+
+
+def file_holder(path: Path) -> str | None:
+    """The leader of a SQLite state store: what its lock file says, while it is locked."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lines = fh.read().strip().splitlines()
+                return lines[1] if len(lines) > 1 else f"pid={lines[0]}" if lines else "unknown"
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return None
+    except OSError:
+        return None
 
 
 def _first_line(exc: BaseException) -> str:

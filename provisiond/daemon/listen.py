@@ -22,7 +22,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from provisiond.core.scope import parse_payload
+from provisiond.core.scope import ids_text, parse_payload
 from provisiond.daemon.pg import connect_kwargs, display
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class BillingListener:
             for note in conn.notifies(timeout=POLL):
                 self.notifications += 1
                 accounts = parse_payload(note.payload)
-                log.debug("billing notify channel=%s payload=%.80s accounts=%s", note.channel,
-                          note.payload, "all" if accounts is None else len(accounts))
+                log.debug("billing notify channel=%s payload=%.200s", note.channel, note.payload)
+                log.info("billing notify channel=%s accounts=%s", note.channel, ids_text(accounts))
                 self._on_change(accounts)
             now = time.monotonic()
             if now - last_ping >= PING_EVERY:

@@ -48,14 +48,18 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from provisiond import settings as settings_mod
-from provisiond.core.scope import Pending
+from provisiond.core.scope import Pending, ids_text
 from provisiond.errors import ConfigError
 from provisiond.daemon import leader as leader_mod
 from provisiond.daemon.listen import BillingListener
 from provisiond.daemon.metrics import Health, Metrics, serve
-from provisiond.daemon.passes import Display, PassRunner
+from provisiond.daemon.passes import PassRunner
+from provisiond.daemon.summary import Display
 from provisiond.daemon.pg import is_postgresql
-from provisiond.daemon.sdnotify import Notifier, watchdog_interval
+from provisiond.daemon.requests import Requests
+from provisiond.daemon.retries import Owed, TargetRetries
+from provisiond.daemon.sdnotify import Notifier
+from provisiond.daemon.watchdog import start_watchdog
 from provisiond.daemon.webhook import WebhookReceiver
 from provisiond.settings import Settings
 
@@ -111,14 +115,16 @@ class Daemon:
         self._guard = threading.Lock()
         self._in_pass_since: float | None = None
         self._pending = Pending()  # requested passes not started yet
-        # Accounts of scoped passes that left a target out (back-off), asked for again
-        # by one timer once that target may be tried.
-        self._owed = Pending()
-        self._owed_timer: threading.Timer | None = None
+        self._owed = Owed(lambda accounts: self.request_pass(accounts, reason="retry"),
+                          max_accounts=lambda: self.settings.daemon.scope_max_accounts)
+        self._retries = TargetRetries(self.request_targets)
         self._requested = False  # the job's next run was moved to now for them
         self._last_full = time.monotonic()
         self._last_job = time.monotonic()
         self._heartbeat = time.monotonic()
+        self._requests = Requests(settings.state.url.get_secret_value())
+        # Pass requests taken from the store and not answered yet: (id, of targets only).
+        self._asked: list[tuple[str, bool]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -153,7 +159,7 @@ class Daemon:
         self._set_leading(self.leading, first=True)
         self._start_listener()
         self._start_scheduler()
-        watchdog = self._start_watchdog()
+        watchdog = start_watchdog(self.notifier, self.unhealthy)
         try:
             self._main_loop()
         finally:
@@ -179,19 +185,23 @@ class Daemon:
                 if self.leader.acquire():
                     log.info("leader lock won (%s): taking over", self.leader.description)
                     self._set_leading(True)
+                    self.runner.continue_numbering()
                     self.request_pass(None, reason="leader")
+            if self.leading:
+                self._take_requests()
 
     def _shutdown(self, watchdog: threading.Event | None) -> None:
         self.notifier.stopping()
         with self._guard:
             self.stopping = True
-            if self._owed_timer is not None:
-                self._owed_timer.cancel()
+        self._owed.stop()
+        self._retries.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # waits for the pass in flight
         if self.listener is not None:
             self.listener.stop()
         self.runner.close()
+        self._requests.close()
         self.leader.release()
         self.metrics.leader.set(0)
         if watchdog is not None:
@@ -239,6 +249,43 @@ class Daemon:
                   "all" if accounts is None else len(accounts))
         self._run_now()
 
+    def request_targets(self, names: frozenset[str]) -> None:
+        """A pass of ``names`` only (their back-off ended), gathered like any request."""
+        with self._guard:
+            if self.stopping:
+                return
+            self._pending.add_targets(names)
+            if self._in_pass_since is not None or self._requested:
+                return
+            self._requested = True
+        log.debug("pass requested reason=retry targets=%s", ",".join(sorted(names)))
+        self._run_now()
+
+    def _take_requests(self) -> None:
+        """``provisiond pass`` requests from the state store, each a pass request here."""
+        for request in self._requests.poll():
+            targets, accounts = request["targets"], request["accounts"]
+            log.info("pass requested by %s: targets=%s accounts=%s", request["requested_by"],
+                     ",".join(targets) if targets else "all", ids_text(accounts))
+            with self._guard:
+                self._asked.append((request["id"], targets is not None and accounts is None))
+            if accounts is not None:
+                self.request_pass(frozenset(accounts), reason="request")
+            elif targets is not None:
+                self.request_targets(frozenset(targets))
+            else:
+                self.request_pass(None, reason="request")
+
+    def _served(self, scope: frozenset[str] | None, targets: frozenset[str] | None) -> list[str]:
+        """The asked requests this run serves (under _guard): a full pass serves all."""
+        if scope is None and targets is None:
+            served, self._asked = self._asked, []
+        else:
+            of_targets = targets is not None
+            served = [a for a in self._asked if a[1] == of_targets]
+            self._asked = [a for a in self._asked if a[1] != of_targets]
+        return [request_id for request_id, _ in served]
+
     def _run_now(self) -> None:
         if self.scheduler is None:
             return
@@ -251,34 +298,47 @@ class Daemon:
         """A Sonar event: a pass for ``accounts`` (None: a full one)."""
         self.request_pass(accounts, reason="webhook")
 
-    def _next_scope(self) -> frozenset[str] | None:
-        """What this run covers (under _guard): None is a full pass."""
+    def _next_scope(self) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+        """What this run covers (under _guard): (accounts, targets); (None, None) is a
+        full pass, (None, names) a pass of those targets only."""
         requested, self._requested = self._requested, False
         due = time.monotonic() - self._last_full >= self.settings.daemon.interval
         if not requested or due:
             self._pending = Pending()  # a full pass covers every request so far
-            return None
-        return self._pending.take(self.settings.daemon.scope_max_accounts)
+            return None, None
+        targets = self._pending.take_targets()
+        if targets is not None:
+            return None, targets
+        return self._pending.take(self.settings.daemon.scope_max_accounts), None
 
     def _job(self) -> None:
         with self._guard:
             if self.stopping:
                 return
             self._in_pass_since = self._last_job = time.monotonic()
-            scope = self._next_scope()
-            if scope is None:
+            scope, targets = self._next_scope()
+            if scope is None and targets is None:
                 self._last_full = time.monotonic()
+            served = self._served(scope, targets)
         try:
             if not self._still_leading():
                 return
-            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope)
+            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope,
+                                           targets=targets)
+            self._requests.answer(served, number=self.runner.count, result=outcome.result,
+                                  status=outcome.status)
+            served = []
             if outcome.retry is not None:
-                self._owe(*outcome.retry)
+                self._owed.owe(*outcome.retry)
+            if outcome.retry_targets:
+                self._retries.schedule(outcome.retry_targets)
             self.notifier.status(outcome.status)
             if not self.ready_sent:
                 self.ready_sent = self.notifier.ready(outcome.status) or True
         except Exception:
             log.exception("pass crashed; the next one runs as scheduled")
+            self._requests.answer(served, number=self.runner.count, result="error",
+                                  status="the pass crashed; see the daemon's log")
         finally:
             with self._guard:
                 self._in_pass_since = None
@@ -287,25 +347,6 @@ class Daemon:
                     self._requested = True
             if again:
                 self._run_now()
-
-    def _owe(self, accounts: frozenset[str], delay: float) -> None:
-        """A pass for ``accounts`` in ``delay`` s (the soonest a skipped target is due)."""
-        with self._guard:
-            if self.stopping:
-                return
-            self._owed.add(accounts)
-            if self._owed_timer is not None:
-                return  # the timer already set takes these too
-            timer = self._owed_timer = threading.Timer(delay, self._pay)
-        timer.daemon = True
-        timer.start()
-        log.debug("accounts=%d owed to targets in back-off: a pass in %.1fs", len(accounts), delay)
-
-    def _pay(self) -> None:
-        with self._guard:
-            owed, self._owed, self._owed_timer = self._owed, Pending(), None
-            accounts = owed.take(self.settings.daemon.scope_max_accounts)
-        self.request_pass(accounts, reason="retry")
 
     def _still_leading(self) -> bool:
         if not self.leading:
@@ -320,8 +361,11 @@ class Daemon:
         self.metrics.leader.set(1 if leading else 0)
         self.health.standby = not leading
         if not leading:
-            log.info("standby: %s is held by another provisiond; retrying every %.0fs",
-                     self.leader.description, _standby_poll(self.settings))
+            holder = self.leader.holder()
+            self.health.leader = holder or ""
+            log.info("standby: %s is held by another provisiond (%s); retrying every %.0fs",
+                     self.leader.description, holder or "holder unknown",
+                     _standby_poll(self.settings))
             status = "standby: another provisiond is the leader"
             if first or not self.ready_sent:
                 self.ready_sent = self.notifier.ready(status) or True
@@ -360,6 +404,7 @@ class Daemon:
                 log.error("reload: %s", problem)
             log.error("reload failed with %d problem(s); the running configuration stays",
                       len(exc.problems))
+            self._reload_failed(f"{len(exc.problems)} problem(s): {exc.problems[0] if exc.problems else exc}")
             self.notifier.ready(f"reload failed ({len(exc.problems)} problem(s)); "
                                 "running the previous configuration")
             return
@@ -367,12 +412,16 @@ class Daemon:
         if new.state.url.get_secret_value() != old.state.url.get_secret_value():
             log.error("reload: state.url cannot change while running (leader lock, leases); "
                       "restart provisiond; the running configuration stays")
+            self._reload_failed("state.url cannot change while running; restart provisiond")
             self.notifier.ready("reload refused (state.url changed); running the previous configuration")
             return
         for key in ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file"):
             if getattr(new.daemon, key) != getattr(old.daemon, key):
                 log.warning("reload: daemon.%s changes only on restart", key)
         self.settings = new
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.reload_failed.set(0)
+        self.health.degraded.pop("reload", None)
         self.health.max_age = _max_age(new)
         self.runner.swap_at_next_pass(new)
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):
@@ -386,26 +435,16 @@ class Daemon:
         self.notifier.ready("reloaded; " + self.health.last_result)
         self.request_pass(None, reason="reload")
 
+    def _reload_failed(self, why: str) -> None:
+        """A reload that left the running configuration in place: /metrics and /healthz
+        say so until a reload succeeds (``systemctl reload`` itself cannot)."""
+        self.metrics.reloads.labels("failed").inc()
+        self.metrics.reload_failed.set(1)
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        self.health.degraded["reload"] = (f"failed at {stamp}: {why}; the previous "
+                                          f"configuration runs")
+
     # -- watchdog -------------------------------------------------------------------
-
-    def _start_watchdog(self) -> threading.Event | None:
-        every = watchdog_interval()
-        if every is None or not self.notifier.enabled:
-            return None
-        stop = threading.Event()
-        period = every * 2
-        threading.Thread(target=self._watchdog, args=(stop, every, period),
-                         name="watchdog", daemon=True).start()
-        log.info("systemd watchdog: keep-alive every %.1fs", every)
-        return stop
-
-    def _watchdog(self, stop: threading.Event, every: float, period: float) -> None:
-        while not stop.wait(every):
-            why = self.unhealthy(period)
-            if why is None:
-                self.notifier.watchdog()
-            else:
-                log.error("watchdog: not sending keep-alive: %s", why)
 
     def unhealthy(self, period: float) -> str | None:
         """Why the loop looks stuck, or None. Honest, not clever: the main loop ticks, the

@@ -4,8 +4,9 @@ The pass runner records into ``Metrics`` after every pass; ``Health`` remembers 
 pass last succeeded. ``serve`` answers ``GET /metrics`` (the text exposition of
 provisiond's own registry, nothing of the process-global one) and ``GET /healthz``
 (200 ``ok`` when a pass succeeded within ``healthz_max_age``, else 503 and the reason;
-lasting conflicts are named in the body either way, without failing health)
-from a small threading HTTP server.
+lasting conflicts and degraded parts (refused lists, exhausted pools, unreachable
+targets, a failed reload) are listed in the body either way, without failing health;
+``/healthz?strict=1`` fails while any part is degraded) from a small threading HTTP server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +41,10 @@ class Metrics:
         self.errors = Counter("provisiond_errors",
                               "Passes in which a target (or the billing source) failed",
                               ["target"], registry=r)
+        self.target_errors = Counter("provisiond_target_errors",
+                                     "Passes in which a target answered wrongly (a refused "
+                                     "command, a malformed reply): no back-off, retried at the "
+                                     "next interval", ["target"], registry=r)
         self.last_success = Gauge("provisiond_last_success_timestamp_seconds",
                                   "When a target last converged (Unix time)", ["target"], registry=r)
         self.pool_utilisation = Gauge("provisiond_pool_utilisation_ratio",
@@ -75,10 +81,25 @@ class Metrics:
                                      registry=r)
         self.healthy = Gauge("provisiond_healthy", "1 when /healthz answers 200, else 0",
                              registry=r)
+        self.pool_unallocated = Gauge("provisiond_pool_unallocated_accounts",
+                                      "Accounts of a pool's group left without an address because "
+                                      "the pool is exhausted (as of the last pass that allocated)",
+                                      ["pool"], registry=r)
+        self.reloads = Counter("provisiond_config_reloads", "SIGHUP reloads by result (ok, failed)",
+                               ["result"], registry=r)
+        self.reload_failed = Gauge("provisiond_config_reload_failed",
+                                   "1 while the last reload failed (the previous configuration "
+                                   "runs), else 0", registry=r)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.degraded = Gauge("provisiond_degraded_parts",
+                              "Parts /healthz lists as degraded (refused lists, exhausted pools, "
+                              "unreachable targets, a failed reload)", registry=r)
 
     def watch(self, health: Health) -> None:
         """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""
         self.healthy.set_function(lambda: 1.0 if health.check()[0] else 0.0)
+        self.degraded.set_function(lambda: float(len(health.degraded)))
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -92,25 +113,36 @@ class Health:
     last_success: float | None = None  # time.monotonic()
     last_result: str = "no pass yet"
     standby: bool = False
+    leader: str = ""  # standby: who leads, as the leader lock tells
     conflicts: dict[str, int] = field(default_factory=dict)  # target -> entries left alone
+    # What works but not as asked, by part ("refused core-1 tower-hosts", "pool towers",
+    # "unreachable core-2", "reload") -> why. Listed by /healthz; ?strict=1 fails on any.
+    degraded: dict[str, str] = field(default_factory=dict)
 
     def _detail(self) -> str:
-        """Conflicts do not fail health (provisiond did its job), but they are shown."""
-        if not self.conflicts:
-            return ""
-        each = ", ".join(f"{t} {n}" for t, n in sorted(self.conflicts.items()))
-        return f"; conflicts (entries provisiond will not touch, see `provisiond plan`): {each}"
+        """Conflicts and degraded parts do not fail health (the daemon works), but they are shown."""
+        out = ""
+        if self.conflicts:
+            each = ", ".join(f"{t} {n}" for t, n in sorted(self.conflicts.items()))
+            out += f"; conflicts (entries provisiond will not touch, see `provisiond plan`): {each}"
+        for part, why in sorted(self.degraded.items()):
+            out += f"\ndegraded: {part}: {why}"
+        return out
 
-    def check(self, now: float | None = None) -> tuple[bool, str]:
+    def check(self, now: float | None = None, *, strict: bool = False) -> tuple[bool, str]:
+        """(healthy, the body of /healthz). ``strict``: any degraded part is unhealthy too."""
         now = time.monotonic() if now is None else now
         if self.standby:
-            return True, "ok: standby (another provisiond is the leader)"
+            leads = f": {self.leader} leads" if self.leader else ""
+            return True, f"ok: standby (another provisiond is the leader{leads})"
         if self.last_success is None:
             return False, f"no successful pass yet; last: {self.last_result}{self._detail()}"
         age = now - self.last_success
         if age > self.max_age:
             return False, (f"last successful pass {age:.0f}s ago (healthz_max_age "
                            f"{self.max_age:.0f}s); last: {self.last_result}{self._detail()}")
+        if strict and self.degraded:
+            return False, f"degraded ({len(self.degraded)} part(s)){self._detail()}"
         return True, "ok" + self._detail()
 
 
@@ -136,11 +168,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/metrics":
             self._reply(200, self.server.metrics.exposition(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok, reason = self.server.health.check()
+            strict = parse_qs(query).get("strict", ["0"])[-1] not in ("", "0", "false", "no")
+            ok, reason = self.server.health.check(strict=strict)
             self._reply(200 if ok else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
         else:
             self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")

@@ -2,36 +2,43 @@
 
 Called by the daemon's scheduler job. Holds ONE Reconciler per configuration
 generation (built lazily, swapped at a pass boundary after a reload) so connections
-survive from pass to pass; a target whose connection broke reconnects by itself on
-its next observe. Per pass: ``plan(skip=<targets in back-off>)`` then, unless dry run,
-``apply(force=False, mode="daemon")``, reduced to a ``Digest`` (``make_digest``) that
-the bookkeeping (metrics, back-off, the status line) works from. With ``isolate``
-(the daemon's choice) every full pass runs in a process of its own
-(``daemon.worker``) and only its Digest comes back, so the daemon stays small between
-passes; scoped passes run here, on the kept connections. What the loop does with each
-failure:
+survive from pass to pass, and the ``ScopedMemory`` scoped passes build on. Per pass:
+``plan(skip=<targets in back-off>)`` then, unless dry run, ``apply(force=False,
+mode="daemon")``, reduced to a ``PassSummary`` (``daemon.summary``) that the bookkeeping
+(metrics, back-off, the status line) works from. With ``isolate`` (the daemon's choice)
+every full pass runs in a process of its own (``daemon.worker``) and only its summary
+comes back, so the daemon stays small between passes; scoped passes run here, on the
+kept connections. What the loop does with each failure:
 
 - billing read failed (``SourceError``) or the state store failed: nothing is written,
   the pass counts as ``error``, the next interval tries again;
-- a target unreachable (in ``plan.errors`` or ``ApplyResult.error``): that target backs
-  off exponentially (up to ``daemon.retry_max``) while the others go on;
+- a target unreachable (``TargetUnavailable``): that target backs off exponentially
+  (up to ``daemon.retry_max``) while the others go on;
+- a target that answered wrongly (``TargetError``: a refused command, a malformed
+  reply): reported and counted (``provisiond_target_errors_total``), tried again at the
+  next interval without backing off;
 - a plan over the safety thresholds: logged and counted, not applied; it stays
   refused on every pass until a human looks (``provisiond apply --force``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
 
-from provisiond.core import render
-from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
+from provisiond.daemon import worker
 from provisiond.daemon.metrics import Health, Metrics
+from provisiond.daemon.summary import Display, PassSummary, summarise
+from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.settings import Settings
+
+if TYPE_CHECKING:
+    from provisiond.engine import PassPlan, Reconciler, ScopedMemory
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ class Backoff:
     def __init__(self, ceiling: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = ceiling
         self._clock = clock
-        self._failures: dict[str, int] = {}
+        self._failures: dict[str, int] = {}  # unreachable, in a row: the back-off grows
+        self._errors: dict[str, int] = {}  # answered wrongly, in a row: no back-off
         self._until: dict[str, float] = {}
 
     def skip(self, name: str) -> bool:
@@ -55,8 +63,12 @@ class Backoff:
         return max(0.0, self._until.get(name, 0.0) - self._clock())
 
     def failures(self, name: str) -> int:
-        """Failures in a row of ``name`` (0 after a success)."""
-        return self._failures.get(name, 0)
+        """Failures in a row of ``name``, of either kind (0 after a success)."""
+        return self._failures.get(name, 0) + self._errors.get(name, 0)
+
+    def errored(self, name: str) -> None:
+        """``name`` answered wrongly: counted, but retried at the next interval as usual."""
+        self._errors[name] = self._errors.get(name, 0) + 1
 
     def failed(self, name: str) -> float:
         n = self._failures.get(name, 0) + 1
@@ -66,9 +78,10 @@ class Backoff:
         return delay
 
     def succeeded(self, name: str) -> bool:
-        """Forget the failures; True when the target was backing off."""
+        """Forget the failures; True when the target was failing."""
         self._until.pop(name, None)
-        return self._failures.pop(name, None) is not None
+        errored = self._errors.pop(name, None) is not None
+        return self._failures.pop(name, None) is not None or errored
 
     def names(self) -> list[str]:
         return sorted(self._failures)
@@ -85,147 +98,24 @@ class Outcome:
     # A scoped pass that left targets out (back-off) or failed on them: its accounts are
     # owed to those targets; the daemon asks for a pass for them after ``retry[1]`` s.
     retry: tuple[frozenset[str], float] | None = None
+    # Targets that could not be reached: passed again when their back-off ends (name -> s).
+    retry_targets: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class TargetDigest:
-    """One target of a pass, as the bookkeeping needs it."""
-
-    error: str | None = None  # it could not be planned, or its apply failed as a whole
-    planned: bool = False  # it has a plan (its conflicts count)
-    conflicts: int = 0  # entries left alone: the plan's and the apply's
-    applied: dict[str, int] = field(default_factory=dict)  # action -> changes applied
-    coa: dict[str, int] = field(default_factory=dict)  # CoA / Disconnect result -> count
-    written: bool = False  # its apply ran (an ApplyResult exists)
-    failed: bool = False  # some of its changes failed
+# (settings, readonly, memory) -> the Reconciler of one configuration generation
+ReconcilerFactory = Callable[[Settings, bool, "ScopedMemory"], "Reconciler"]
 
 
-@dataclass(slots=True)
-class Digest:
-    """One pass reduced to what the daemon keeps: a few numbers per target, picklable.
-
-    ``make_digest`` makes it from a PassPlan (and PassResult); a full pass run in the
-    full-pass process comes back as one, with what its Reconciler learnt for scoped
-    passes (``remembered``)."""
-
-    names: list[str]  # every target of the configuration, in order
-    targets: dict[str, TargetDigest]  # the targets this pass planned or tried to
-    line: str  # the summary, before the back-off notes
-    changes: int  # applied (planned, in a dry run)
-    ok: bool
-    refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
-    lost_leader: bool = False  # the leader lock went while planning: nothing written
-    pool_utilisation: dict[str, dict[str, Any]] | None = None  # ipam.pool_usage per pool (full passes)
-    remembered: Any = None  # engine.Remembered, from the full-pass process
-
-
-def make_digest(
-    rec: Any,
-    pp: Any,
-    settings: Settings,
-    *,
-    dry_run: bool,
-    may_write: Callable[[], bool] | None = None,
-    progress: Any = None,
-) -> Digest:
-    """Apply ``pp`` (unless ``dry_run``: log its diff) and reduce the pass to a Digest.
-
-    Logs what only this process can see: a dry run's diff, each applied change at DEBUG.
-    ``progress`` is the engine's ProgressFactory for the apply."""
-    names = [t.name for t in rec.targets]
-    targets = {name: TargetDigest(error=pp.errors.get(name)) for name in pp.kinds}
-    for plan in pp.plans:
-        t = targets.setdefault(plan.target, TargetDigest())
-        t.planned, t.conflicts = True, len(plan.conflicts)
-    full = pp.accounts is None
-    if dry_run:
-        return _dry_run_digest(rec, pp, names, targets, full)
-    if may_write is not None and not may_write():
-        # Planning can take a while; another provisiond may lead by now.
-        return Digest(names, targets, "lost the leader lock while planning, nothing written",
-                      0, False, lost_leader=True)
-    pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress)
-    applied = 0
-    for r in pr.results:
-        t = targets.setdefault(r.target, TargetDigest())
-        t.written, t.failed = True, bool(r.failed)
-        t.error = t.error or r.error
-        t.conflicts += len(r.conflicts)
-        for action, n in r.counts().items():
-            if n:
-                t.applied[action] = t.applied.get(action, 0) + n
-        if log.isEnabledFor(logging.DEBUG):  # a cold pass applies 400,000: no lines made unasked
-            for c in r.applied:
-                log.debug("target=%s applied %s", r.target, render.change_line(c))
-        applied += len(r.applied)
-        for f in r.followups:
-            result = str(f.get("result", "unknown"))
-            t.coa[result] = t.coa.get(result, 0) + 1
-    total = render.totals(pp.plans)
-    line = (f"{applied} change(s) applied ({total['create']} create, {total['update']} update, "
-            f"{total['delete']} delete planned) on {len(pp.plans)} target(s)")
-    if pr.refused:
-        line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
-    return Digest(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
-                  pool_utilisation=_pool_utilisation(rec, settings) if full else None)
-
-
-def _dry_run_digest(
-    rec: Any, pp: Any, names: list[str], targets: dict[str, TargetDigest], full: bool
-) -> Digest:
-    for plan in pp.plans:
-        c = plan.counts()
-        log.info("dry-run target=%s create=%d update=%d delete=%d conflicts=%d",
-                 plan.target, c["create"], c["update"], c["delete"], len(plan.conflicts))
-        # The diff itself at INFO: watching it is the point of dry-run mode.
-        for change in plan.changes:
-            log.info("dry-run target=%s %s", plan.target, render.change_line(change))
-        for conflict in plan.conflicts:
-            log.info("dry-run target=%s conflict: %s: %s", plan.target,
-                     render.resource_line(conflict.resource), conflict.reason)
-    line = render.summary_line(pp.plans, errors=pp.errors, ipam_changes=pp.ipam_changes)
-    if pp.allocation is not None:
-        for text in pp.allocation.lines():
-            log.info("dry-run ipam %s", text)
-    for note in pp.notes:
-        log.info("dry-run note: %s", note)
-    log.info("dry-run %s (nothing written)", line)
-    changes = sum(len(p.changes) for p in pp.plans)
-    return Digest(names, targets, f"dry run: {line}", changes, not pp.errors,
-                  pool_utilisation=None)
-
-
-def _pool_utilisation(rec: Any, settings: Settings) -> dict[str, dict[str, Any]] | None:
-    """Each pool's allocations in use (``ipam.pool_usage``; a full read of the leases:
-    full passes only)."""
-    if not settings.pool or rec.store is None:
-        return None
-    from provisiond.core import ipam
-
-    try:
-        leases = rec.store.leases()
-    except ProvisiondError as exc:
-        log.warning("pool utilisation: cannot read leases: %s", exc)
-        return None
-    now = datetime.now(UTC)
-    return {p.name: ipam.pool_usage(ipam.Pool.from_settings(p), leases, now) for p in settings.pool}
-
-
-ReconcilerFactory = Callable[[Settings, bool], Any]
-
-
-class Display(Protocol):
-    """A live progress display around one apply (the CLI's ``ProgressBars``)."""
-
-    def factory(self, target: str, total: int) -> Callable[[int], None]: ...
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: object) -> None: ...
-
-
-def _default_factory(settings: Settings, readonly: bool) -> Any:
+def _default_factory(settings: Settings, readonly: bool, memory: ScopedMemory) -> Reconciler:
     from provisiond.engine import Reconciler
 
-    return Reconciler(settings, readonly=readonly)
+    return Reconciler(settings, readonly=readonly, memory=memory)
+
+
+def _new_memory() -> ScopedMemory:
+    from provisiond.engine import ScopedMemory
+
+    return ScopedMemory()
 
 
 class PassRunner:
@@ -244,14 +134,17 @@ class PassRunner:
         self._factory = factory
         # Full passes in a process of their own (``daemon.worker``): the daemon's choice.
         self.isolate = isolate
-        self._rec: Any = None
+        self._rec: Reconciler | None = None
         self._pending: Settings | None = None
-        self._learnt: Any = None  # what the last isolated full pass learnt, for scoped ones
+        self.memory = _new_memory()  # what full passes learnt, for scoped ones
         self._in_child = False  # the pass in flight is a full one in its own process
         self.backoff = Backoff(settings.daemon.retry_max)
         self.count = 0
+        self._conflicts: dict[str, set[str]] = {}  # target -> conflicts named so far
+        self._numbered = False  # the pass count continues from the store's last daemon run
         self.first_progress: Display | None = None  # shown around the next apply only
         self._scope: frozenset[str] | None = None  # the pass in flight's accounts
+        self._targets: frozenset[str] | None = None  # ... and its targets (None: all)
         # A plan was refused by safety: passes stay full until a full one goes through,
         # so that the refused changes keep counting (a scoped pass would not see them).
         self._refused = False
@@ -267,7 +160,7 @@ class PassRunner:
         new, self._pending = self._pending, None
         old = self._rec
         self._rec = None
-        self._learnt = None
+        self.memory = _new_memory()
         self.settings = new
         self.backoff = Backoff(new.daemon.retry_max)
         if old is not None:
@@ -275,12 +168,10 @@ class PassRunner:
         log.info("configuration swapped in: routers=%d lists=%d radius=%s pools=%d",
                  len(new.router), len(new.address_list), new.radius is not None, len(new.pool))
 
-    def _reconciler(self) -> Any:
+    def _reconciler(self) -> Reconciler:
         self._swap()
         if self._rec is None:
-            self._rec = self._factory(self.settings, self.settings.daemon.dry_run)
-            if self._learnt is not None:
-                self._rec.absorb(self._learnt)
+            self._rec = self._factory(self.settings, self.settings.daemon.dry_run, self.memory)
         return self._rec
 
     def close(self) -> None:
@@ -295,9 +186,14 @@ class PassRunner:
         *,
         may_write: Callable[[], bool] | None = None,
         accounts: frozenset[str] | None = None,
+        targets: frozenset[str] | None = None,
     ) -> Outcome:
-        """One pass, scoped to ``accounts`` (None: full). ``may_write`` (the leader check)
-        is asked again between plan and apply."""
+        """One pass, scoped to ``accounts`` (None: full) and to ``targets`` (None: all;
+        a retry of targets whose back-off ended). ``may_write`` (the leader check) is
+        asked again between plan and apply."""
+        if not self._numbered:
+            self.count = self._last_number()
+            self._numbered = True
         self.count += 1
         started = time.monotonic()
         if accounts is not None and self._refused:
@@ -305,9 +201,10 @@ class PassRunner:
                      "safety until apply --force or billing is fixed", self.count, len(accounts))
             accounts = None
         self._scope = accounts
+        self._targets = targets if accounts is None else None
         try:
-            digest = self._digest(may_write)
-            outcome = self._book(digest)
+            summary = self._summary(may_write)
+            outcome = self._book(summary)
         except SourceError as exc:
             outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
             self.metrics.errors.labels("source").inc()
@@ -326,7 +223,7 @@ class PassRunner:
                 self._rec = None
             # It may have written part of its changes: no remembered count is trusted
             # until the next full pass (scoped passes count each list on the target).
-            self._forget_counts()
+            self.memory.forget_counts()
         accounts = self._scope  # a scoped pass may have widened
         outcome.duration = time.monotonic() - started
         self.metrics.passes.labels(outcome.result).inc()
@@ -335,7 +232,7 @@ class PassRunner:
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
                          + outcome.status
         self.health.last_result = outcome.status
-        if outcome.result == "ok" and accounts is None:
+        if outcome.result == "ok" and accounts is None and self._targets is None:
             # Only a full pass vouches for every target (healthz).
             self.health.last_success = time.monotonic()
         if outcome.result != "error":  # an error pass saw no target: keep what is known
@@ -344,16 +241,36 @@ class PassRunner:
         # Lasting conflicts are on every pass line while they last (absent: none).
         log.info("pass=%d result=%s duration=%.2fs changes=%d%s%s%s", self.count,
                  outcome.result, outcome.duration, outcome.changes,
-                 "" if accounts is None else f" scope={len(accounts)}",
+                 ("" if accounts is None else f" scope={len(accounts)}")
+                 + ("" if self._targets is None else f" targets={','.join(sorted(self._targets))}"),
                  f" conflicts={conflicts} conflicts_on={','.join(sorted(self.health.conflicts))}"
                  if conflicts else "",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
 
-    def _skip(self, name: str) -> bool:
-        return self.backoff.skip(name)
+    def continue_numbering(self) -> None:
+        """Pass numbers go on from the state store's last daemon pass (a restart, or this
+        daemon taking over from another): read again before the next pass."""
+        self._numbered = False
 
-    def _digest(self, may_write: Callable[[], bool] | None) -> Digest:
+    def _last_number(self) -> int:
+        try:
+            runs = self._reconciler().store.runs(limit=50)
+        except Exception as exc:  # noqa: BLE001 - numbering never stops a pass
+            log.warning("pass numbers: cannot read the last runs: %s", exc)
+            return self.count
+        numbers = [int(r["summary"].get("pass", 0)) for r in runs
+                   if r.get("mode") == "daemon" and isinstance(r.get("summary"), dict)]
+        return max([self.count, *numbers])
+
+    def _skip(self, name: str) -> bool:
+        return self.backoff.skip(name) or not self._asked_for(name)
+
+    def _asked_for(self, name: str) -> bool:
+        """In this pass's targets (names or globs; None: every target)."""
+        return self._targets is None or any(fnmatch.fnmatchcase(name, p) for p in self._targets)
+
+    def _summary(self, may_write: Callable[[], bool] | None) -> PassSummary:
         """Plan and apply this pass: here, or (a full pass, isolated) in its own process."""
         self._in_child = False
         self._swap()  # a reload takes effect before anything of this pass is decided
@@ -367,80 +284,77 @@ class PassRunner:
             return self._here(rec, pp, dry_run, may_write)
         if self._scope is not None:
             rec = self._reconciler()
-            pp = rec.plan_scoped(self._scope, skip=self._skip)
-            if pp is not None:
-                return self._here(rec, pp, dry_run, may_write)
+            scoped = rec.plan_scoped(self._scope, skip=self._skip)
+            if scoped is not None:
+                return self._here(rec, scoped, dry_run, may_write)
             self._scope = None  # widened: only a full pass may decide
-        from provisiond.daemon import worker
-
         skip = frozenset(n for n in self.backoff.names() if self._skip(n))
+        if self._targets is not None:
+            skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
-        digest = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display)
-        self._learnt = digest.remembered
-        digest.remembered = None
-        if self._rec is not None and self._learnt is not None:
-            self._rec.absorb(self._learnt)
-        return digest
+        summary = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display,
+                                   number=self.count)
+        if summary.memory is not None:
+            self.memory, summary.memory = summary.memory, None
+            if self._rec is not None:
+                self._rec.memory = self.memory
+        return summary
 
-    def _forget_counts(self) -> None:
-        """Managed counts from the last full pass are stale after a failed pass: keep
-        the rest of what it learnt, and let targets count live until the next one."""
-        if self._learnt is None:
-            return
-        self._learnt = replace(self._learnt, existing={})
-        if self._rec is not None:
-            self._rec.absorb(self._learnt)
-
-    def _here(self, rec: Any, pp: Any, dry_run: bool, may_write: Callable[[], bool] | None) -> Digest:
+    def _here(self, rec: Reconciler, pp: PassPlan, dry_run: bool,
+              may_write: Callable[[], bool] | None) -> PassSummary:
         display, self.first_progress = self.first_progress, None
         if display is None or dry_run:
-            return make_digest(rec, pp, self.settings, dry_run=dry_run, may_write=may_write)
+            return summarise(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
+                             number=self.count)
         with display:
-            return make_digest(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
-                               progress=display.factory)
+            return summarise(rec, pp, self.settings, dry_run=dry_run, may_write=may_write,
+                             progress=display.factory, number=self.count)
 
     # -- bookkeeping ----------------------------------------------------------------
 
-    def _book(self, digest: Digest) -> Outcome:
-        """Metrics, back-off and the status line of one pass, from its Digest."""
+    def _book(self, summary: PassSummary) -> Outcome:
+        """Metrics, back-off and the status line of one pass, from its summary."""
         m = self.metrics
         m.billing_reads.labels("ok").inc()
-        if digest.lost_leader:
+        if summary.lost_leader:
             log.error("pass result=error: lost the leader lock while planning; nothing written")
-            return Outcome("error", digest.line)
-        for name, t in digest.targets.items():
+            return Outcome("error", summary.line)
+        for name, t in summary.targets.items():
             for action, n in t.applied.items():
                 m.changes.labels(name, action).inc(n)
             for result, n in t.coa.items():
                 m.coa.labels(result).inc(n)
         dry_run = self.settings.daemon.dry_run
         if not dry_run:
-            if digest.refused:
+            if summary.refused:
                 self._refused = True
-            elif self._scope is None:
+            elif self._scope is None and self._targets is None:
                 self._refused = False
-            for target, why in digest.refused.items():
-                m.refusals.labels(target).inc()
-                log.info("target=%s result=refused reason=%r", target, why)
-        failed = self._target_failures(digest)
-        owed = failed + [n for n in digest.names if n not in digest.targets]
+            self._note_refusals(summary)
+        failed = self._target_failures(summary)
+        # Unreachable or left out (back-off): owed a retry of this scoped pass. A target
+        # that answered wrongly is tried again by the next interval's full pass.
+        owed = [n for n in failed if summary.targets[n].unavailable] + [
+            n for n in summary.names if n not in summary.targets]
         retry = None
         if self._scope is not None and owed:
             # Only a full pass would reach them otherwise: the event must not be lost.
             delay = min(self.backoff.remaining(n) for n in owed)
             retry = (self._scope, max(RETRY_MIN, delay))
-        for pool, usage in (digest.pool_utilisation or {}).items():
+        for pool, usage in (summary.pool_utilisation or {}).items():
             m.pool_utilisation.labels(pool).set(float(usage["utilisation"]))
             m.pool_prefixes_total.labels(pool).set(usage["size"])
             m.pool_prefixes_used.labels(pool).set(usage["leased"])
             m.pool_prefixes_held.labels(pool).set(usage["held"])
-        conflicts = {name: t.conflicts for name, t in digest.targets.items() if t.planned}
+        self._note_pools(summary)
+        conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
+        self._name_conflicts(summary)
         for target, n in conflicts.items():
             m.conflicts.labels(target).set(n)
-        line = digest.line
+        line = summary.line
         if dry_run:
-            return Outcome("ok" if digest.ok else "partial", line, changes=digest.changes,
+            return Outcome("ok" if summary.ok else "partial", line, changes=summary.changes,
                            failed=failed, conflicts=conflicts, retry=retry)
         if failed:
             line += f"; failing: {', '.join(failed)}"
@@ -449,36 +363,101 @@ class PassRunner:
             line += f"; backing off: {', '.join(waiting)}"
         if sum(conflicts.values()):
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
-        return Outcome("ok" if digest.ok and not waiting else "partial", line,
-                       changes=digest.changes, failed=failed, conflicts=conflicts, retry=retry)
+        # Unreachable: passed again when the back-off the log gave ends.
+        again = {n: self.backoff.remaining(n) for n in failed if summary.targets[n].unavailable}
+        return Outcome("ok" if summary.ok and not waiting else "partial", line,
+                       changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
+                       retry_targets=again)
 
-    def _target_failures(self, digest: Digest) -> list[str]:
+    def _name_conflicts(self, summary: PassSummary) -> None:
+        """Each conflict is named once, when it first shows (the pass line counts them
+        while they last); one that goes away is said too."""
+        for name, t in summary.targets.items():
+            if not t.planned:
+                continue
+            now = set(t.conflict_lines)
+            before = self._conflicts.get(name, set())
+            if summary.full or now - before:
+                for line in sorted(now - before):
+                    log.info("target=%s conflict: %s", name, line)
+                if summary.full:
+                    for line in sorted(before - now):
+                        log.info("target=%s conflict gone: %s", name, line)
+                    self._conflicts[name] = now
+                else:
+                    self._conflicts[name] = before | now
+
+    def _note_refusals(self, summary: PassSummary) -> None:
+        """Refused lists and groups: counted, logged loud, listed by /healthz until a
+        full pass finds them clear."""
+        degraded = self.health.degraded
+        if summary.full:
+            for part in [p for p in degraded if p.startswith("refused ")]:
+                target = part.split(" ", 2)[1]
+                if target in summary.targets and target not in summary.held:
+                    del degraded[part]
+        for target, why in summary.refused.items():
+            self.metrics.refusals.labels(target).inc()
+            held = summary.held.get(target, ())
+            log.warning("target=%s result=refused held=%s reason=%r", target,
+                        ",".join(held) or "all", why)
+            for group in held or ("(all)",):
+                degraded[f"refused {target} {group}"] = why
+
+    def _note_pools(self, summary: PassSummary) -> None:
+        """Accounts a pool had no address for: named, counted, listed by /healthz."""
+        for pool, ids in (summary.unallocated or {}).items():
+            self.metrics.pool_unallocated.labels(pool).set(len(ids))
+            if not ids:
+                self.health.degraded.pop(f"pool {pool}", None)
+                continue
+            shown = ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+            log.warning("pool=%s result=exhausted unallocated=%d accounts=%s", pool, len(ids), shown)
+            self.health.degraded[f"pool {pool}"] = (f"exhausted: {len(ids)} account(s) have no "
+                                                   f"address: {shown}")
+
+    def _target_failures(self, summary: PassSummary) -> list[str]:
         """Update back-off, error counters and last-success gauges; return the failed names."""
         m = self.metrics
         failed: list[str] = []
         now = time.time()
-        for name in digest.names:
-            t = digest.targets.get(name)
+        for name in summary.names:
+            if not self._asked_for(name):
+                continue  # a pass of other targets: this one was not asked for
+            t = summary.targets.get(name)
             if t is None:  # left out: still backing off
                 remaining = self.backoff.remaining(name)
                 m.backoff.labels(name).set(remaining)
                 log.info("target=%s result=backoff retry_in=%.1fs", name, remaining)
                 continue
             if t.error:
-                delay = self.backoff.failed(name)
                 m.errors.labels(name).inc()
-                m.backoff.labels(name).set(delay)
-                m.consecutive_failures.labels(name).set(self.backoff.failures(name))
                 failed.append(name)
-                log.warning("target=%s result=unavailable retry_in=%.1fs error=%r", name, delay, t.error)
+                part = f"unreachable {name}" if t.unavailable else f"error {name}"
+                since = self.health.degraded.get(part, "").partition(": ")[0] or \
+                    f"since {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
+                self.health.degraded[part] = f"{since}: {t.error}"
+                self.health.degraded.pop(f"error {name}" if t.unavailable else f"unreachable {name}", None)
+                if t.unavailable:
+                    delay = self.backoff.failed(name)
+                    m.backoff.labels(name).set(delay)
+                    log.warning("target=%s result=unavailable retry_in=%.1fs error=%r",
+                                name, delay, t.error)
+                else:
+                    self.backoff.errored(name)
+                    m.target_errors.labels(name).inc()
+                    log.warning("target=%s result=error retry=next-interval error=%r", name, t.error)
+                m.consecutive_failures.labels(name).set(self.backoff.failures(name))
                 continue
             if self.backoff.succeeded(name):
                 log.info("target=%s recovered", name)
+            self.health.degraded.pop(f"unreachable {name}", None)
+            self.health.degraded.pop(f"error {name}", None)
             m.backoff.labels(name).set(0)
             m.consecutive_failures.labels(name).set(0)
             if t.failed:
                 m.errors.labels(name).inc()
-            elif name not in digest.refused:
+            elif name not in summary.refused:
                 m.last_success.labels(name).set(now)
                 if not t.written:
                     log.info("target=%s result=ok changes=0", name)

@@ -5,16 +5,16 @@ desired state, every router's entries, the plans), and CPython's allocator keeps
 of that memory once the pass is over: run in the daemon, a pass's peak stays resident
 between passes. So the daemon (``PassRunner(isolate=True)``) runs each full pass in a
 fresh process (``python -m provisiond.daemon.worker``; a threaded daemon is never
-forked) and keeps only the pass's ``Digest``: the few numbers its bookkeeping and
-later scoped passes need. Scoped passes (NOTIFY, webhooks) stay in the daemon, on its
+forked) and keeps only the pass's ``PassSummary``: the few numbers its bookkeeping and
+later scoped passes need (its ``ScopedMemory``). Scoped passes (NOTIFY, webhooks) stay in the daemon, on its
 kept connections.
 
 The full-pass process talks to the daemon over one socket pair (multiprocessing's
 ``Connection``, pickled messages): its log records (written by the daemon's own
 handlers, so format and redaction are the daemon's), its progress ticks (the first
 pass's bars), the leader question before every write (``may_write``), and at the end
-the Digest or the error. It blocks SIGTERM as the daemon does, so a SIGTERM lets the
-pass in flight finish, as before. If the daemon dies (the watchdog's SIGABRT, a
+the PassSummary or the error (by its class name in ``provisiond.errors``). It blocks SIGTERM as the daemon does, so a SIGTERM lets the
+pass in flight finish. If the daemon dies (the watchdog's SIGABRT, a
 kill -9), the process exits within PARENT_POLL: a standby may lead by now.
 """
 
@@ -34,8 +34,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from provisiond.daemon.passes import Digest, Display, make_digest
-from provisiond.errors import ConfigError, ProvisiondError, SourceError, StoreError, SuspiciousSnapshot
+from provisiond import errors
+from provisiond.daemon.summary import Display, PassSummary, summarise
+from provisiond.errors import ConfigError, ProvisiondError, WorkerCrashed, WorkerDied
 from provisiond.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,30 +45,15 @@ TICK_EVERY = 0.1  # seconds between progress messages of one target
 PARENT_POLL = 0.5  # seconds between checks that the daemon is still there
 EXIT_ORPHANED = 3
 
-# Errors that cross the pipe by name: run_once tells them apart.
-_ERRORS: dict[str, Callable[[str], ProvisiondError]] = {
-    "SuspiciousSnapshot": SuspiciousSnapshot,
-    "SourceError": SourceError,
-    "StoreError": StoreError,
-}
-
-
-class WorkerDied(ProvisiondError):
-    """The full-pass process ended without a result (killed, out of memory)."""
-
-
-class WorkerCrashed(ProvisiondError):
-    """The full-pass process failed with an unexpected exception (its traceback inside)."""
-
-
 def full_pass(
     settings: Settings,
     *,
     skip: frozenset[str],
     may_write: Callable[[], bool] | None,
     display: Display | None = None,
-) -> Digest:
-    """Run one full pass in a new process and return its Digest (with ``remembered``).
+    number: int = 0,
+) -> PassSummary:
+    """Run one full pass in a new process and return its PassSummary (with ``memory``).
 
     Raises what the pass raised (SourceError, ConfigError, …), ``WorkerDied`` when the
     process ended without an answer, ``WorkerCrashed`` for an unexpected exception."""
@@ -85,7 +71,7 @@ def full_pass(
     log.debug("full pass: process pid=%d", proc.pid)
     ticks: dict[str, Callable[[int], None]] = {}
     try:
-        conn.send((settings, skip, _levels(), display is not None))
+        conn.send((settings, skip, _levels(), display is not None, number))
         if display is not None:
             with display:
                 return _serve(conn, proc, may_write, display, ticks)
@@ -107,7 +93,7 @@ def _serve(
     may_write: Callable[[], bool] | None,
     display: Display | None,
     ticks: dict[str, Callable[[int], None]],
-) -> Digest:
+) -> PassSummary:
     while True:
         try:
             message = conn.recv()
@@ -126,16 +112,28 @@ def _serve(
         elif kind == "tick" and message[1] in ticks:
             ticks[message[1]](message[2])
         elif kind == "done":
-            digest: Digest = message[1]
-            return digest
+            summary: PassSummary = message[1]
+            return summary
         elif kind == "error":
-            names, text, problems = message[1], message[2], message[3]
-            if "ConfigError" in names:
-                raise ConfigError(problems)
-            known = next((n for n in names if n in _ERRORS), None)
-            raise (_ERRORS[known] if known else ProvisiondError)(text)
+            raise _rebuilt(message[1], message[2], message[3])
         elif kind == "crash":
             raise WorkerCrashed(f"the full-pass process crashed:\n{message[1]}")
+
+
+def _rebuilt(names: list[str], text: str, problems: list[str]) -> ProvisiondError:
+    """The child's error as the same class of ``provisiond.errors`` (the nearest one its
+    class derives from), with the same message."""
+    cls: type[ProvisiondError] = ProvisiondError
+    for name in names:
+        found = getattr(errors, name, None)
+        if isinstance(found, type) and issubclass(found, ProvisiondError):
+            cls = found
+            break
+    if issubclass(cls, ConfigError):
+        return cls(problems)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, text)
+    return exc
 
 
 def _died(proc: subprocess.Popen[bytes]) -> WorkerDied:
@@ -246,15 +244,15 @@ def main(fd: int, parent: int) -> int:
     # As in the daemon: a SIGTERM lets the pass in flight finish (the daemon waits for it).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     # But not after the daemon is gone (the watchdog's SIGABRT, a kill -9): a standby may
-    # lead by now. Its writes died with it when passes ran inside it; so do they here.
+    # lead by now, so this process's writes must end with the daemon.
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch",
                      daemon=True).start()
     conn = Connection(fd)
     try:
-        settings, skip, levels, progress = conn.recv()
+        settings, skip, levels, progress, number = conn.recv()
     except (EOFError, OSError):
         return 1
-    _child(conn, settings, skip, levels, progress)
+    _child(conn, settings, skip, levels, progress, number)
     return 0
 
 
@@ -267,7 +265,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _child(conn: Connection, settings: Settings, skip: frozenset[str],
-           levels: dict[str, int], progress: bool) -> None:
+           levels: dict[str, int], progress: bool, number: int) -> None:
     channel = _Channel(conn)
     logging.raiseExceptions = False  # a record that cannot be sent is dropped, never printed raw
     root = logging.getLogger()
@@ -286,15 +284,16 @@ def _child(conn: Connection, settings: Settings, skip: frozenset[str],
         rec = Reconciler(settings, readonly=settings.daemon.dry_run)
         try:
             pp = rec.plan(skip=lambda name: name in skip, checksums=False)
-            digest = make_digest(rec, pp, settings, dry_run=settings.daemon.dry_run,
-                                 may_write=channel.may_write,
-                                 progress=ticks.factory if ticks is not None else None)
+            summary = summarise(rec, pp, settings, dry_run=settings.daemon.dry_run,
+                                may_write=channel.may_write,
+                                progress=ticks.factory if ticks is not None else None,
+                                number=number)
             if ticks is not None:
                 ticks.flush()
-            digest.remembered = rec.remembered()
+            summary.memory = rec.memory
         finally:
             rec.close()
-        channel.send("done", digest)
+        channel.send("done", summary)
     except ProvisiondError as exc:
         channel.send("error", [c.__name__ for c in type(exc).__mro__], str(exc),
                      getattr(exc, "problems", []))

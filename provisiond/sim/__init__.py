@@ -7,6 +7,6 @@ provisiond (the RouterOS simulator needs only the standard library and
 netaddr).
 """
 
-from .routeros import ManualClock, ReceivedCommand, RouterSim, SimSettings, Trap
+from .routeros import ManualClock, ReceivedCommand, RouterLoad, RouterSim, SimSettings, Trap
 
-__all__ = ["ManualClock", "ReceivedCommand", "RouterSim", "SimSettings", "Trap"]
+__all__ = ["ManualClock", "ReceivedCommand", "RouterLoad", "RouterSim", "SimSettings", "Trap"]

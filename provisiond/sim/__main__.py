@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "(pipelined commands overlap)")
     parser.add_argument("--row-latency", type=float, default=0.0, metavar="SECONDS",
                         help="router work per table row a print scans")
+    parser.add_argument("--scan-cost-us", type=float, default=0.0, metavar="N",
+                        help="router CPU per row of the whole table for every address-list print, "
+                             "one queue for all connections (listen costs nothing)")
+    parser.add_argument("--add-cost-ms", type=float, default=0.0, metavar="M",
+                        help="router CPU per entry an add/set/remove writes (same queue)")
+    parser.add_argument("--no-listen", action="store_true",
+                        help="refuse listen and print follow/follow-only, as a router without them")
+    parser.add_argument("--silent-expiry", action="store_true",
+                        help="do not report entries whose timeout ran out to listeners (default: .dead)")
+    parser.add_argument("--dead-to-all-listeners", action="store_true",
+                        help="report every removal to every listen, whatever its query")
+    parser.add_argument("--dead-value", choices=("yes", "true"),
+                        help="the value of .dead on a removal (default: true from v7, yes before)")
     parser.add_argument("--tag-last", action="store_true",
                         help="put a reply's .tag after its attributes, as some routers do")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback listen address")
@@ -82,6 +95,12 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         tag_last=args.tag_last,
         command_latency=args.command_latency,
         row_latency=args.row_latency,
+        scan_cost_us=args.scan_cost_us,
+        add_cost_ms=args.add_cost_ms,
+        listen=not args.no_listen,
+        report_expiry=not args.silent_expiry,
+        dead_to_all_listeners=args.dead_to_all_listeners,
+        dead_value=args.dead_value,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_commands=not args.quiet,

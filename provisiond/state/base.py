@@ -2,7 +2,7 @@
 
 ``engine.Reconciler`` reads the last good billing read and the leases before it
 plans, and records the read, the leases, the run and the journal when it applies.
-``state.store.StateStore`` is the implementation; ``engine.WritableOnDemand`` wraps it
+``state.store.StateStore`` is the implementation; ``state.ondemand.WritableOnDemand`` wraps it
 so a failed billing read creates nothing. The RADIUS target's ledger is its own,
 smaller protocol (``targets.radius.RadiusLedger``).
 """
@@ -27,6 +27,10 @@ class Store(Protocol):
     def reserve(self, allocation: Allocation, now: datetime) -> None: ...
 
     def start_run(self, mode: str) -> str: ...
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+        ...
 
     def finish_run(self, run_id: str, result: str, summary: Mapping[str, Any]) -> None:
         """Record how the run ended once its journal is written; if the journal could not

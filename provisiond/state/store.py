@@ -39,10 +39,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 
-from provisiond.errors import StoreError
+from provisiond.errors import LeaseConflict, StoreError
 from provisiond.core.changes import Change, Conflict, Create, Update
 from provisiond.core.ipam import Allocation, Lease
 from provisiond.state.parts import encode_part, part_entry, part_rows
+from provisiond.state.requests import PassRequests
+from provisiond.state.tables import (
+    UTCDateTime,
+    journal_parts,
+    journal_t,
+    leases_t,
+    metadata,
+    pass_requests,
+    radreply_ledger,
+    reads,
+    runs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,96 +65,8 @@ LEASE_LOCK = 0x70726F76_0002
 VERSION_TABLE = "provisiond_schema_version"
 # The newest migration's revision (provisiond/state/migrations/versions): a store that
 # is there already opens without alembic. A test holds it to alembic's own head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
-
-class LeaseConflict(StoreError):
-    """``reserve`` found the leases changed under it: re-read, re-allocate, try again."""
-
-    def __init__(self, message: str, *, pool: str, address: str, account_id: str) -> None:
-        self.pool, self.address, self.account_id = pool, address, account_id
-        super().__init__(message)
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out; SQLite keeps it as naive UTC text."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-metadata = sa.MetaData()
-
-# Mirrors migrations/versions/0001_initial.py; a new migration changes both.
-reads = sa.Table(
-    "reads", metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("at", UTCDateTime, nullable=False),
-    sa.Column("accounts", sa.Integer, nullable=False),
-    sa.Column("rows", sa.Integer, nullable=False),
-)
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("mode", sa.String(20), nullable=False),
-    sa.Column("started_at", UTCDateTime, nullable=False),
-    sa.Column("finished_at", UTCDateTime),
-    sa.Column("result", sa.String(20)),
-    sa.Column("summary", sa.Text),
-)
-journal_t = sa.Table(
-    "journal", metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(32), nullable=False),
-    sa.Column("at", UTCDateTime, nullable=False),
-    sa.Column("target", sa.String(255), nullable=False),
-    sa.Column("action", sa.String(20), nullable=False),
-    sa.Column("kind", sa.String(40), nullable=False),
-    sa.Column("group_name", sa.String(255), nullable=False),
-    sa.Column("account_id", sa.String(255), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("result", sa.String(20), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-)
-journal_parts = sa.Table(  # a part of PART_ROWS or more address-list changes, one row
-    "journal_parts", metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(32), nullable=False),
-    sa.Column("at", UTCDateTime, nullable=False),
-    sa.Column("target", sa.String(255), nullable=False),
-    sa.Column("changes", sa.Integer, nullable=False),
-    sa.Column("accounts", sa.Text, nullable=False),  # ",id,id,…,": a superset filter for LIKE
-    sa.Column("rows", sa.Text, nullable=False),  # JSON, the changes column by column (parts.py)
-)
-radreply_ledger = sa.Table(
-    "radreply_ledger", metadata,
-    sa.Column("username", sa.String(253), primary_key=True),
-    sa.Column("attribute", sa.String(64), primary_key=True),
-    sa.Column("account_id", sa.String(255), nullable=False),
-    sa.Column("recorded_at", UTCDateTime, nullable=False),
-)
-leases_t = sa.Table(
-    "leases", metadata,
-    sa.Column("pool", sa.String(255), primary_key=True),
-    sa.Column("address", sa.String(64), primary_key=True),
-    sa.Column("account_id", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(6), nullable=False),
-    sa.Column("leased_at", UTCDateTime, nullable=False),
-    sa.Column("released_at", UTCDateTime),
-    sa.Column("held_until", UTCDateTime),
-)
 
 _JOURNAL_SKIP = frozenset({"action", "kind", "group", "account_id", "result", "message"})
 _DETAIL_ENCODER = json.JSONEncoder(sort_keys=True, default=str)  # one encoder, not one per row
@@ -157,7 +81,7 @@ _JournalHead = tuple[str, datetime, str]
 # RADIUS rows stay one per change: usernames_written reads their detail by account.
 PART_ROWS = 200
 _PART_KINDS = frozenset({"address-list"})
-_TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases")
+_TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases", "pass_requests")
 
 
 def _insufficient_privilege(exc: sa.exc.DBAPIError) -> bool:
@@ -178,7 +102,7 @@ def _sqlite_path(url: sa.URL) -> Path | None:
     return Path(database)
 
 
-class StateStore:
+class StateStore(PassRequests):
     """provisiond's own database. Build it with ``StateStore.open``."""
 
     def __init__(self, engine: Engine | None, *, readonly: bool, display: str, tables: set[str]) -> None:

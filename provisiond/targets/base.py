@@ -1,12 +1,40 @@
-"""The seam between the reconciler and the things provisiond writes.
+"""The seam between the reconciler and the things provisiond writes: the template
+every target follows.
 
-A Target reads the scope it manages (``observe``) and applies a ``Plan`` to it
-(``apply``). The reconciler calls every target in its own worker, so one failing
-router never holds up the others; a target signals failure by raising
-``TargetError`` (or ``TargetUnavailable`` for "try again later") from ``observe`` and
-by reporting per-change failures in its ``ApplyResult`` from ``apply``. ``apply`` may
-report how far it got through a ``progress`` callback (the CLI's progress bar), and
-hands what it did to ``report`` (the journal) as it goes.
+A Target reads what it manages (``observe``) and applies a ``Plan`` to it (``apply``).
+The reconciler calls every target in its own worker, so one failing router never holds
+up the others. ``routeros.RouterTarget`` and ``radius.RadiusTarget`` are two
+variations of this one template; a new target is a third.
+
+A target MUST provide (``Target``):
+
+- ``name`` (unique: it keys the target's desired state, plans and journal) and
+  ``kind`` (``"routeros"``, ``"radius"``, as plans name it);
+- ``observe(scope=None)``: everything it manages; with a ``Scope``, only the scope's
+  part (its accounts' entries and whatever sits on the keys they want; other accounts
+  found there go to ``Observed.others``, which widens the pass to a full one). It fails
+  by raising ``TargetError``, or ``TargetUnavailable`` for "try again later";
+- ``apply(plan, *, progress=None, report=None)``: Delete, then Create, then Update;
+  never raises for one change (failures and conflicts go into the ``ApplyResult``,
+  a whole-target failure into ``ApplyResult.error``), and hands every finished change
+  to ``report`` (the journal) exactly once;
+- ``plan_followups(plan)``: the plan with its follow-up actions; a target without any
+  returns ``plan`` as it is (RouterTarget does; RadiusTarget adds CoA/Disconnect);
+- ``close()``: let go of connections; safe to call again, and the next ``observe``
+  connects afresh.
+
+A target MAY, and otherwise the default holds:
+
+- compare while it reads (``ComparesWhileReading.observe_against``): a full pass then
+  calls it instead of ``observe()`` and starts its reads before billing is read;
+- call ``progress`` as changes finish (the CLI's bar), or all at once at the end
+  (RadiusTarget: one transaction); likewise ``report`` may get one part or many
+  (RouterTarget: every ``writer.REPORT_EVERY`` changes);
+- keep a connection between passes (RouterTarget does, and reconnects once when it was
+  closed meanwhile);
+- offer ``check_connection() -> str`` for ``check-config --connect`` (log in, change
+  nothing, say how). It is not part of ``Target``: the CLI calls RouterTarget's, and
+  RADIUS's is a module function (``radius.check_connection``).
 """
 
 from __future__ import annotations
@@ -33,6 +61,7 @@ class ApplyResult:
     conflicts: list[Conflict] = field(default_factory=list)
     followups: list[Mapping[str, Any]] = field(default_factory=list)  # e.g. CoA results
     error: str | None = None  # the whole target failed (unreachable, refused, rolled back)
+    unavailable: bool = False  # ... because it could not be reached: retry it later
 
     @property
     def ok(self) -> bool:
@@ -46,6 +75,8 @@ class ApplyResult:
 
 
 class Target(Protocol):
+    """What every target MUST provide (the module docstring says what each promises)."""
+
     name: str
     kind: str
 
@@ -81,12 +112,15 @@ class Target(Protocol):
         """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let go of connections; safe to call again. The next ``observe`` reconnects."""
+        ...
 
 
 @runtime_checkable
 class ComparesWhileReading(Protocol):
-    """A target that compares what it reads with the desired state as it reads it.
+    """What a target MAY add: it compares what it reads with the desired state as it
+    reads it.
 
     ``observe_against(desired)`` starts its reads at once; ``desired`` is done once
     billing has been read (every target's desired state, by target name; its exception

@@ -459,8 +459,9 @@ class RadiusTarget:
             with self.engine.begin() as conn:
                 removed = self._write(conn, changes)
         except (_RowFailed, sa.exc.SQLAlchemyError) as exc:
-            why = f"{self.name}: {exc}" if isinstance(exc, _RowFailed) else str(self._wrap(exc, "apply"))
-            result.error = f"{why} (rolled back, nothing written)"
+            wrapped = None if isinstance(exc, _RowFailed) else self._wrap(exc, "apply")
+            result.error = f"{wrapped or f'{self.name}: {exc}'} (rolled back, nothing written)"
+            result.unavailable = isinstance(wrapped, TargetUnavailable)
             self._unclaim(added)
             return result
         result.applied = changes

@@ -47,7 +47,7 @@ def test_the_daemon_never_forces_past_the_safety_thresholds(
     assert listed(router) == addresses(*ALL)
     router.reset_history()
     billing.leave("Tower Hosts", *ALL[:10])  # 10 deletes of 20: over 30 %
-    d.wait_log(r"target=core-1 result=refused reason=.*10 deletes of 20 existing entries")
+    d.wait_log(r"target=core-1 result=refused held=tower-hosts reason=.*10 deletes of 20 existing entries")
     d.wait_log(r"pass=2 result=\S+")
     assert listed(router) == addresses(*ALL) and writes(router) == []
     billing.leave("Tower Hosts", *ALL[10:11])  # another pass: still refused, still nothing

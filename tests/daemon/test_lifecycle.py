@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import signal
 import socket
 import urllib.error
@@ -177,7 +179,9 @@ def test_leader_election_on_postgresql(
     first = start(path)
     first.wait_log(r"pass=1 result=ok")
     second = start(path)
-    second.wait_log(r"standby: advisory lock")
+    # The standby names who leads (host and pid, from the lock's session).
+    second.wait_log(rf"standby: advisory lock \S+ on \S+ is held by another provisiond "
+                    rf"\(pid={first.pid} since=\S+ host=\S+\)")
     billing.join("Tower Hosts", 1003)
     wait_until(lambda: listed(router) == addresses(1003), timeout=20, what="leader pass")
     assert "pass=" not in second.text()
@@ -186,6 +190,11 @@ def test_leader_election_on_postgresql(
     second.wait_log(r"leader lock won", timeout=10)
     billing.join("Tower Hosts", 1004)
     wait_until(lambda: listed(router) == addresses(1003, 1004), timeout=20, what="takeover")
+    # Its passes go on from the leader's numbers, not from 1 (the leader's last pass may
+    # have finished in its full-pass process after the kill: then one more).
+    last = max(int(n) for n in re.findall(r"pass=(\d+) ", first.text()))
+    taken = int(second.wait_log(r"pass=(\d+) result=").group(1))
+    assert last < taken <= last + 2
 
 
 def test_second_daemon_on_one_sqlite_store_refuses(

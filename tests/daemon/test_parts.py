@@ -82,11 +82,12 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
 
         def plan(self, skip: Any, checksums: bool = True) -> Any:
             calls.append("plan")
-            return SimpleNamespace(plans=[], errors={}, kinds={}, notes=[], accounts=None)
+            return SimpleNamespace(plans=[], errors={}, unavailable=set(), kinds={}, notes=[], accounts=None,
+                                   allocation=None)
 
         def apply(self, pp: Any, **kw: Any) -> Any:
             calls.append("apply")
-            return SimpleNamespace(results=[], refused={}, ok=True)
+            return SimpleNamespace(results=[], refused={}, held={}, ok=True)
 
         def close(self) -> None:
             pass
@@ -94,7 +95,7 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
     settings: Any = SimpleNamespace(daemon=SimpleNamespace(retry_max=60.0, dry_run=False), pool=[],
                                     router=[], address_list=[], radius=None)
     runner = PassRunner(settings, metrics=Metrics(), health=Health(max_age=60),
-                        factory=lambda s, ro: Rec())
+                        factory=lambda s, ro, memory: Rec())
     outcome = runner.run_once(may_write=lambda: False)
     assert calls == ["plan"] and outcome.result == "error" and "leader lock" in outcome.status
     assert runner.run_once(may_write=lambda: True).result == "ok"

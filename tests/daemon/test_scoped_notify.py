@@ -127,7 +127,7 @@ def test_scoped_passes_add_up_against_the_safety_thresholds(
         d.wait_log(rf"pass={n} result=ok duration=\S+ changes=2 scope=2\b")
     assert listed(router) == addresses(*range(1006, 1020))
     billing.leave("Tower Hosts", 1006, 1007)  # 8 of 20: refused, nothing written
-    d.wait_log(r"target=core-1 result=refused reason=.*tower-hosts: 8 deletes of 20 existing")
+    d.wait_log(r"target=core-1 result=refused held=tower-hosts reason=.*tower-hosts: 8 deletes of 20 existing")
     assert listed(router) == addresses(*range(1006, 1020))
     # From now on passes are full until one goes through: the refused deletes still count,
     # now against what the list holds (3 of 14: under 30 %, so it goes through).

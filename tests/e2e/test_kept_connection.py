@@ -24,7 +24,7 @@ from world import ROUTER_PASSWORD, ROUTER_USER, World
 from provisiond import settings as settings_mod
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.passes import PassRunner
-from provisiond.targets import pipeline
+from provisiond.targets.routeros import pipeline
 
 KEPT, DROPPED = "100.64.60.1", "100.64.60.2"
 

@@ -18,7 +18,8 @@ from provisiond.settings import RouterSettings
 from provisiond.sim import RouterSim, SimSettings
 from provisiond.targets import routeros
 from provisiond.targets.base import ApplyResult
-from provisiond.targets.routeros import RouterTarget
+from provisiond.targets.routeros import RouterTarget, reader, writer
+from provisiond.targets.routeros.reader import ListReader
 
 
 @pytest.fixture(params=[True, False], ids=["atomic-remove", "partial-remove"])
@@ -111,13 +112,13 @@ def test_report_gets_every_finished_change_once_in_parts(
 ) -> None:
     """What ``apply`` reports (the journal) is its result, change for change: applied,
     failed, collided and, after a lost connection, not applied; in parts, each once."""
-    monkeypatch.setattr(routeros, "REPORT_EVERY", 40)
-    monkeypatch.setattr(routeros, "ADDS_PER_SESSION", 100)
+    monkeypatch.setattr(writer, "REPORT_EVERY", 40)
+    monkeypatch.setattr(writer, "ADDS_PER_SESSION", 100)
     t = _target(sim, connections=connections)
     sim.add_entry("ip", list_name="l", address="10.1.0.7", comment="raced", dynamic=False)
     sim.fail_next("/ip/firewall/address-list/add", "failure: out of memory", after=20)
     sim.cut_after(300)
-    parts: list[routeros.ApplyResult] = []
+    parts: list[ApplyResult] = []
     result = t.apply(Plan("core-1", "routeros", _creates(400)), report=parts.append)
     assert result.error is not None and "connection lost" in result.error
     assert len(parts) > 3 and all(p.target == "core-1" for p in parts)
@@ -201,8 +202,8 @@ def test_answers_received_while_billing_is_read_are_compared_as_if_it_had_been_d
     known: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
     known.set_result({"core-1": want})
     first = t.observe_against(known)
-    monkeypatch.setattr(routeros, "PREFETCH_BYTES", limit)
-    monkeypatch.setattr(routeros, "PREFETCH_POLL", 0.001)
+    monkeypatch.setattr(reader, "PREFETCH_BYTES", limit)
+    monkeypatch.setattr(reader, "PREFETCH_POLL", 0.001)
     late = t.observe_against(_BillingDoneAfter({"core-1": want}, looks))
     assert _summary(late) == _summary(first)
     changes, conflicts = diff(late, want)
@@ -256,20 +257,20 @@ def _taken_rows_observe_what_every_word_observes(sim: RouterSim, monkeypatch: py
     known: Future[Mapping[str, Mapping[Key, Resource]]] = Future()
     known.set_result({"core-1": want})
     in_runs: list[int] = []
-    take_run = routeros._ListReader.take_run
+    take_run = ListReader.take_run
 
-    def counted(self: routeros._ListReader, buf: bytes, pos: int) -> int:
+    def counted(self: ListReader, buf: bytes, pos: int) -> int:
         end = take_run(self, buf, pos)
         in_runs.append(buf.count(b"\x03!re", pos, end))
         return end
 
-    monkeypatch.setattr(routeros._ListReader, "take_run", counted)
+    monkeypatch.setattr(ListReader, "take_run", counted)
     fast = t.observe_against(known)
     # Most rows are desired entries exactly, and come in runs.
     assert sum(in_runs) >= 100
-    monkeypatch.setattr(routeros._ListReader, "take_run", lambda self, buf, pos: pos)
+    monkeypatch.setattr(ListReader, "take_run", lambda self, buf, pos: pos)
     one_by_one = t.observe_against(known)
-    monkeypatch.setattr(routeros._ListReader, "_learn", lambda self, words: None)
+    monkeypatch.setattr(ListReader, "_learn", lambda self, words: None)
     slow = t.observe_against(known)
     for seen in (fast, one_by_one):
         assert _summary(seen) == _summary(slow)

@@ -132,7 +132,8 @@ def test_explain_converged_pending_conflicting_and_unknown(world: World) -> None
     sim.add_entry("ip", list_name="tower-hosts", address="100.64.0.2", comment="NOC", dynamic=False)
     world.account(2, "Crête Farm", groups=["Tower Hosts"], ips=["100.64.0.2"])
     code, text, doc = _explain(world, "2")
-    assert code == 2 and doc["summary"] == {"pending": 0, "conflicts": 1, "failed_targets": []}
+    assert code == 2 and doc["summary"] == {"pending": 0, "conflicts": 1, "failed_targets": [],
+                                            "exhausted_pools": []}
     assert ("  ! tower-hosts 100.64.0.2  acct 2 \"Crête Farm\"  conflict: entry not created by "
             "provisiond (comment 'NOC')") in text
     assert doc["targets"][0]["status"] == "conflict"  # type: ignore[index]
@@ -153,3 +154,19 @@ def test_explain_converged_pending_conflicting_and_unknown(world: World) -> None
     assert text.endswith("Explain: account 4242: unknown to billing (exit 1).\n")
     # explain wrote nothing: the hand-made entry is still there, account 2 still not applied.
     assert world.entries("core-1", "tower-hosts")["100.64.0.2"]["comment"] == "NOC"
+
+
+def test_explain_says_an_exhausted_pool_left_the_account_without_an_address(world: World) -> None:
+    world.router("core-1")
+    for i in (1, 2, 3):  # a /31 holds two addresses: account 3 gets none
+        world.account(i, f"Tower {i}", groups=["Tower Hosts"])
+    world.write_config(extra='[[pool]]\nname = "towers"\ngroup = "Tower Hosts"\n'
+                             'networks = ["100.64.9.0/31"]\n')
+    code, out, err = world.run("apply")
+    assert "pool towers exhausted: 1 account(s) got no address: 3" in out, out + err
+    code, text, doc = _explain(world, "3")
+    assert code == 2 and doc["summary"]["exhausted_pools"] == ["towers"]  # type: ignore[index]
+    assert text.rstrip().endswith("no address: pool towers exhausted (widen it, or free "
+                                  "addresses with `ipam release`) (exit 2).")
+    assert _explain(world, "1")[0] == 0
+    world.assert_converged()

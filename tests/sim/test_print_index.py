@@ -31,7 +31,7 @@ NAMES = ("comment", "address", "list", "disabled", "dynamic", ".id", "timeout")
 
 
 def scoped_words(accounts: Sequence[str], addresses: Sequence[str], marker: str = "provisiond") -> list[str]:
-    """The query ``RouterTarget._scope_queries`` sends (its shape, not its code)."""
+    """The query ``routeros.commands.scope_queries`` makes (its shape, not its code)."""
     words: list[str] = []
     for account in accounts:
         low = f"{marker}:{account}"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from provisiond.core.ipam import Pool, allocate
 from provisiond.core.model import Account
-from provisiond.state.store import LeaseConflict, StateStore
+from provisiond.errors import LeaseConflict
+from provisiond.state.store import StateStore
 
 
 def _barrier(directory: Path, worker: int, workers: int) -> None:

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from provisiond.errors import StoreError
 from provisiond.core.ipam import Allocation, Lease, Pool, allocate
 from provisiond.core.model import Account
-from provisiond.state.store import LeaseConflict, StateStore
+from provisiond.errors import LeaseConflict
+from provisiond.state.store import StateStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -2,16 +2,19 @@
 
 Public surface of ``provisiond.sim.routeros``: ``RouterSim`` (the server),
 ``SimSettings`` (its knobs), ``ManualClock`` (drive timeouts from tests),
-``Trap`` (what ``add_entry`` raises) and ``ReceivedCommand`` (history rows).
+``Trap`` (what ``add_entry`` raises), ``ReceivedCommand`` (history rows) and
+``RouterLoad`` (the router's work: scans, writes, streamed events, CPU time).
 Layers, bottom up: ``codec`` (bytes <-> words) -> ``query``/``address``/
-``values`` (pure rules) -> ``addresslist`` (one table) -> ``state`` (one
-router) -> ``commands``/``session`` (one conversation) -> ``server``
-(sockets and threads). Imports nothing from the rest of provisiond.
+``values`` (pure rules) -> ``addresslist`` (one table) -> ``listen`` (change
+streams) and ``load`` (the CPU queue) -> ``state`` (one router) ->
+``commands``/``session`` (one conversation) -> ``server`` (sockets and
+threads). Imports nothing from the rest of provisiond.
 """
 
 from .errors import Trap
+from .load import RouterLoad
 from .server import RouterSim
 from .settings import ManualClock, SimSettings
 from .state import ReceivedCommand
 
-__all__ = ["ManualClock", "ReceivedCommand", "RouterSim", "SimSettings", "Trap"]
+__all__ = ["ManualClock", "ReceivedCommand", "RouterLoad", "RouterSim", "SimSettings", "Trap"]

@@ -13,7 +13,9 @@ print whose query an index can answer (``Query.candidates``: ``?list=X``,
 ``?=address=A``, comment ranges, and ORs/ANDs of them) tests only the rows the
 index names; any other query tests every row, as the router does. Entries
 with a timeout sit in an expiry heap and vanish once the clock passes their
-deadline (checked lazily at every access).
+deadline (checked at every access, and by the server's expiry tick). While
+someone listens, ``observer`` is told of every change (``listen``); ``reboot``
+keeps what a router saves to disk, renumbered.
 
 Choices where ROUTEROS.md has no observation ([inf]):
 
@@ -46,6 +48,8 @@ from .query import Atom, Eq, Query, Range
 from .values import format_bool, format_duration, format_timestamp, parse_bool, parse_duration
 
 Clock = Callable[[], float]
+#: Told of every change: (entry before, entry after, whether it expired); None: absent.
+Observer = Callable[["Entry | None", "Entry | None", bool], None]
 
 PROPERTIES = frozenset({"list", "address", "comment", "disabled", "timeout", "dynamic"})
 _SETTABLE = frozenset({"list", "address", "comment", "disabled", "timeout"})
@@ -96,6 +100,8 @@ class AddressTable:
         self._expiry: list[tuple[float, int]] = []
         #: Set once a duplicate key is injected; only then do removals look for twins.
         self._duplicates = False
+        #: Set while someone listens (``listen``): told of each change as it happens.
+        self.observer: Observer | None = None
 
     # -- reading ---------------------------------------------------------
 
@@ -233,6 +239,8 @@ class AddressTable:
             self._duplicates = True
         self._next_id += 1
         self._store(entry)
+        if self.observer is not None:
+            self.observer(None, entry, False)
         return entry
 
     def update(self, ids: Sequence[int], attrs: Mapping[str, str]) -> None:
@@ -251,7 +259,7 @@ class AddressTable:
     def set_disabled(self, ids: Sequence[int], disabled: bool) -> None:
         self._replace_all([dataclasses.replace(self._rows[i], disabled=disabled) for i in ids])
 
-    def remove(self, ids: Sequence[int]) -> None:
+    def remove(self, ids: Sequence[int], *, expired: bool = False) -> None:
         for ident in ids:
             entry = self._rows.pop(ident)
             members = self._by_list[entry.list]
@@ -262,6 +270,8 @@ class AddressTable:
             if self._by_key.get(entry.key) == ident:
                 del self._by_key[entry.key]
                 self._reindex_duplicate(entry)
+            if self.observer is not None:
+                self.observer(entry, None, expired)
 
     def _reindex_duplicate(self, removed: Entry) -> None:
         """Point the unique-key index at a surviving injected duplicate, if any."""
@@ -278,7 +288,23 @@ class AddressTable:
             deadline, ident = heapq.heappop(self._expiry)
             entry = self._rows.get(ident)
             if entry is not None and entry.expires == deadline:
-                self.remove([ident])
+                self.remove([ident], expired=True)
+
+    def reboot(self, next_id: int | None = None) -> None:
+        """What a reboot leaves: the entries saved to disk (no timeout, not dynamic) in
+        print order, renumbered from ``next_id`` (default: past every id used, so no id
+        survives); nobody is told (the listeners' connections die with the router)."""
+        kept = [e for e in self._rows.values() if e.expires is None and not e.dynamic]
+        start = self._next_id if next_id is None else next_id
+        self._rows, self._by_key, self._by_list = {}, {}, {}
+        self._by_comment = SortedList()
+        self._expiry, self._joins, self._duplicates = [], 0, False
+        for offset, entry in enumerate(kept):
+            renumbered = dataclasses.replace(entry, id=start + offset)
+            if renumbered.key in self._by_key:
+                self._duplicates = True
+            self._store(renumbered)
+        self._next_id = start + len(kept)
 
     # -- helpers ---------------------------------------------------------
 
@@ -352,6 +378,10 @@ class AddressTable:
         for old in olds:
             if old.key not in self._by_key:
                 self._reindex_duplicate(old)
+        if self.observer is not None:
+            for old, entry in zip(olds, changed):
+                if old != entry:
+                    self.observer(old, entry, False)
 
     def _store(self, entry: Entry) -> None:
         self._rows[entry.id] = entry

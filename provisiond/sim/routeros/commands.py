@@ -2,8 +2,15 @@
 
 ``session`` calls ``run`` with a parsed ``Command`` while holding the state
 lock and gets back a ``Result``: the data sentences (``!re``/``!empty``,
-without tags), the attribute words of ``!done`` and how long to stall before
-answering. Failures raise ``Trap``. No I/O here.
+without tags), the attribute words of ``!done``, how long to stall before
+answering, and for ``listen``/``print =follow=``/``=follow-only=`` the
+``Watch`` to stream (the session then sends no ``!done``). Each address-list
+print and write is charged to the router's CPU (``load``). Failures raise
+``Trap``. No I/O here.
+
+``/sim/load/print`` (one row of counters, ``load.RouterLoad.as_row``) and
+``/sim/load/reset`` are the simulator's own, for benches that run it in
+another process; no RouterOS has them.
 
 ``?`` query words count only for ``print``; every other command ignores them, as
 RouterOS does: ``set``/``remove``/``enable``/… act on their ``.id``/``numbers`` alone,
@@ -12,14 +19,16 @@ and without one they change nothing and answer a bare ``!done``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .addresslist import AddressTable, PartialSelection, RowView
-from .errors import NO_SUCH_COMMAND, NO_SUCH_ITEM, NO_SUCH_PREFIX, Trap
+from .errors import NO_SUCH_COMMAND, NO_SUCH_ITEM, NO_SUCH_PREFIX, Trap, unknown_parameter
+from .listen import Watch
 from .query import Query, QueryError, compile_query
-from .state import RouterState
+from .state import RouterState, menu_for_path
 from .values import format_duration
 
 Row = Mapping[str, str]
@@ -36,6 +45,8 @@ _KNOWN_MENUS = frozenset(
         "/system/resource",
         "/ip/firewall/address-list",
         "/ipv6/firewall/address-list",
+        "/sim",
+        "/sim/load",
     }
 )
 
@@ -55,15 +66,22 @@ class Result:
     data: tuple[tuple[str, ...], ...] = ()
     done: tuple[str, ...] = ()
     delay: float = 0.0
+    #: Keep the command open and stream this (no ``!done`` until ``/cancel``).
+    watch: Watch | None = None
 
 
 def run(state: RouterState, command: Command) -> Result:
     menu, _, verb = command.path.rpartition("/")
     if verb == "getall":
         verb = "print"
-    table = state.table_for_path(menu)
-    if table is not None:
-        return _table_command(state, table, verb, command)
+    key = menu_for_path(menu)
+    if key is not None:
+        return _table_command(state, key, verb, command)
+    if menu == "/sim/load" and verb in ("print", "reset"):
+        if verb == "reset":
+            state.cpu.reset()
+            return Result()
+        return _print([state.cpu.snapshot().as_row()], command, state=state)
     if verb == "print" and menu == "/system/identity":
         return _print([{"name": state.settings.identity}], command, state=state)
     if verb == "print" and menu == "/system/resource":
@@ -110,7 +128,7 @@ def _same(row: Row) -> Row:
 
 def _answer(
     selected: Sequence[_R], render: Callable[[_R], Row], command: Command, *, state: RouterState,
-    delay: float = 0.0,
+    delay: float = 0.0, empty: bool = True,
 ) -> Result:
     """A print's reply: ``count-only``, or one ``!re`` per selected row (``.proplist``)."""
     attrs = command.attributes
@@ -124,23 +142,38 @@ def _answer(
     else:
         keys = [k for k in proplist.split(",") if k]
         data = [("!re", *(f"={k}={row[k]}" for k in keys if k in row)) for row in rows]
-    if not data and state.settings.sends_empty:
+    if not data and empty and state.settings.sends_empty:
         data = [("!empty",)]
     return Result(data=tuple(data), delay=delay)
 
 
-def _table_command(state: RouterState, table: AddressTable, verb: str, command: Command) -> Result:
+def _table_command(state: RouterState, menu: str, verb: str, command: Command) -> Result:
+    table = state.tables[menu]
     attrs = command.attributes
+    streams = verb == "listen" or (verb == "print" and ("follow" in attrs or "follow-only" in attrs))
+    if streams and not state.settings.listen:  # a router without listen: an unknown word
+        if verb == "listen":
+            raise Trap(NO_SUCH_COMMAND, 0)
+        raise unknown_parameter("follow-only" if "follow-only" in attrs else "follow")
+    if verb == "listen" or (verb == "print" and "follow-only" in attrs):
+        return Result(watch=_watch(menu, table, command))
     if verb == "print":
-        # The router scans every row whatever the query (ROUTEROS.md 6): row_latency
-        # charges for all of them, however few the simulator's indexes let it test.
-        delay = state.settings.row_latency * len(table)
+        # The router scans every row whatever the query (ROUTEROS.md 6, 8): row_latency
+        # and scan_cost_us charge for all of them, however few the indexes let it test.
         query = _compile(command, table.options.family)
+        rows = len(table)
+        delay = state.settings.row_latency * rows
+        state.cpu.scan(menu, rows)
+        if "follow" in attrs:
+            data = _answer(table.select(query), RowView.rendered, command, state=state, delay=delay,
+                           empty=False)
+            return dataclasses.replace(data, watch=_watch(menu, table, command, query))
         return _answer(table.select(query), RowView.rendered, command, state=state, delay=delay)
     if verb not in _TABLE_VERBS:
         raise Trap(NO_SUCH_COMMAND, 0)
     values = {k: v for k, v in attrs.items() if not k.startswith(".") and k != "numbers"}
     if verb == "add":
+        state.cpu.write(menu, 1)
         entry = table.add(values)
         return Result(done=(f"=ret={entry.id_text}",))
     if ".id" not in attrs and "numbers" not in attrs:
@@ -149,9 +182,10 @@ def _table_command(state: RouterState, table: AddressTable, verb: str, command: 
         # by .id/numbers does nothing and says so with a bare !done.
         return Result()
     if verb == "remove":
-        _remove(state, table, attrs)
+        _remove(state, menu, table, attrs)
         return Result()
     ids = _select(table, attrs)
+    state.cpu.write(menu, len(ids))
     if verb == "set":
         table.update(ids, values)
     elif verb in ("enable", "disable"):
@@ -180,12 +214,21 @@ def _select(table: AddressTable, attrs: Mapping[str, str]) -> Sequence[int]:
         raise Trap(NO_SUCH_ITEM) from exc
 
 
-def _remove(state: RouterState, table: AddressTable, attrs: Mapping[str, str]) -> None:
+def _remove(state: RouterState, menu: str, table: AddressTable, attrs: Mapping[str, str]) -> None:
     try:
         ids = table.resolve(_selector(attrs))
     except PartialSelection as exc:
         if not state.settings.atomic_remove:
+            state.cpu.write(menu, len(exc.found))
             table.remove(exc.found)
         raise Trap(NO_SUCH_ITEM) from exc
+    state.cpu.write(menu, len(ids))
     table.remove(ids)
+
+
+def _watch(menu: str, table: AddressTable, command: Command, query: Query | None = None) -> Watch:
+    """What a listen/follow streams: its query's changes, narrowed by ``.proplist``."""
+    proplist = command.attributes.get(".proplist")
+    keys = None if proplist is None else tuple(k for k in proplist.split(",") if k)
+    return Watch(menu, query if query is not None else _compile(command, table.options.family), keys)
 

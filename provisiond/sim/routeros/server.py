@@ -10,9 +10,16 @@ so pipelined commands overlap like on a WAN link, and writes every reply
 that is due in one ``sendall``. A malformed stream
 (control byte, over-long pre-login word) closes that connection only.
 
+Changes streamed to listeners (``listen``) go into the listening
+connection's outbox from whichever thread made them; a ticker thread expires
+timed-out entries every ``expiry_poll`` seconds so listeners hear of those
+too. A reply leaves no sooner than the router's one CPU queue
+(``load.RouterCpu``) is done with its command.
+
 The methods below the socket code are for tests and the demo: inspect and
-seed the tables, inject traps, drop or stall connections, take the router
-"down" (connections refused) and read what commands arrived. The fault hooks
+seed the tables, inject traps, drop or stall connections (all of them, or
+those with a listen open), reboot the router, take it "down" (connections
+refused), read what commands arrived and what work it did. The fault hooks
 (``cut_after``, ``stall_after``, ``rewrite_next``, ``on_sentence``) count
 every non-empty sentence received on any connection, login included, so a
 test can break one apply at an exact point.
@@ -32,6 +39,7 @@ from types import TracebackType
 
 from .codec import PeerClosed, ProtocolViolation, encode_reply, read_sentence
 from .errors import Trap
+from .load import RouterLoad
 from .session import Session
 from .settings import SimSettings
 from .state import MENUS, Drop, ReceivedCommand, RouterState
@@ -58,6 +66,9 @@ class RouterSim:
         self._running = False
         self._guard = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self._sessions: dict[socket.socket, Session] = {}
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unstalled = threading.Event()
         self._unstalled.set()
@@ -73,17 +84,25 @@ class RouterSim:
     def start(self) -> RouterSim:
         """Bind and listen; returns once connections are accepted."""
         self._running = True
+        self._stopping.clear()
         self._listen()
+        if self.settings.expiry_poll > 0:
+            self._ticker = threading.Thread(target=self._tick, name=f"sim-expiry-{self._port}", daemon=True)
+            self._ticker.start()
         return self
 
     def stop(self) -> None:
         self._running = False
+        self._stopping.set()
         self._unstalled.set()
         self._close_listener()
         self.drop_connections()
         for thread in list(self._threads):
             thread.join(timeout=5)
         self._threads.clear()
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.join(timeout=5)
 
     def __enter__(self) -> RouterSim:
         return self.start()
@@ -185,6 +204,53 @@ class RouterSim:
             connections = list(self._connections)
         for conn in connections:
             _shut(conn)
+
+    def drop_listening(self) -> int:
+        """Close abruptly every connection with a listen/follow open (the others stay);
+        returns how many were closed."""
+        with self._guard:
+            chosen = [conn for conn, session in self._sessions.items() if session.listening]
+        for conn in chosen:
+            _shut(conn)
+        return len(chosen)
+
+    @property
+    def listening(self) -> int:
+        """Listens/follows open on all connections."""
+        with self.state.lock:
+            return len(self.state.listeners)
+
+    def reboot(self, *, next_id: int | None = None, down_for: float = 0.0) -> None:
+        """Reboot the router: every connection drops (listeners with them), entries with a
+        timeout and dynamic ones are gone, the rest are renumbered (from ``next_id``;
+        default past every id used, so no old id is valid), ``/system/resource``'s
+        ``uptime`` starts again from 0. ``down_for`` seconds: connections are refused
+        meanwhile (this call returns at once)."""
+        with self.state.lock:
+            self.state.reboot(next_id)
+        if down_for > 0:
+            self.set_down(True)
+            timer = threading.Timer(down_for, self.set_down, args=(False,))
+            timer.daemon = True
+            timer.start()
+        else:
+            self.drop_connections()
+
+    @property
+    def load(self) -> RouterLoad:
+        """The router's work so far: scans and rows scanned per menu, entries written,
+        events streamed, CPU seconds charged by ``scan_cost_us``/``add_cost_ms``."""
+        with self.state.lock:
+            return self.state.cpu.snapshot()
+
+    def reset_load(self) -> None:
+        with self.state.lock:
+            self.state.cpu.reset()
+
+    def expire(self) -> None:
+        """Expire timed-out entries now (the ticker does it every ``expiry_poll`` s)."""
+        with self.state.lock:
+            self.state.expire()
 
     def set_down(self, down: bool) -> None:
         """Down: drop connections and stop listening (connection refused).
@@ -318,12 +384,18 @@ class RouterSim:
         return stream
 
     def _converse(self, stream: socket.socket, peer: str) -> str:
-        session = Session(self.state, peer=peer)
         outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
+        latency = self.settings.command_latency
+
+        def deliver(sentences: Sentences, ready: float) -> None:  # streamed changes, any thread
+            outbox.put(_Outgoing(max(time.monotonic(), ready) + latency, encode_reply(sentences), False, None))
+
+        session = Session(self.state, peer=peer, deliver=deliver)
+        with self._guard:
+            self._sessions[stream] = session
         writer = threading.Thread(target=self._write_replies, args=(stream, outbox),
                                   name=f"sim-write-{peer}", daemon=True)
         writer.start()
-        latency = self.settings.command_latency
         busy_until = 0.0  # when the router finishes the work queued so far
         try:
             with stream.makefile("rb") as reader:
@@ -340,14 +412,23 @@ class RouterSim:
                     if cut is True or reply.drop:
                         return "cut by a test after running the command"
                     sentences = rewrite(reply.sentences) if rewrite is not None else reply.sentences
-                    busy_until = max(arrived, busy_until) + reply.delay
+                    busy_until = max(arrived, busy_until, reply.ready) + reply.delay
                     close = reply.close or any(s and s[0] == "!fatal" for s in sentences)
                     outbox.put(_Outgoing(busy_until + latency, encode_reply(sentences), close, stall))
+                    if reply.listener is not None:
+                        reply.listener.arm()
                     if close:
                         return "fatal sent"
         finally:
+            session.close()
+            with self._guard:
+                self._sessions.pop(stream, None)
             outbox.put(None)  # replies already queued still leave, at their time
             writer.join()
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(self.settings.expiry_poll):
+            self.expire()
 
     def _write_replies(self, stream: socket.socket, outbox: queue.SimpleQueue[_Outgoing | None]) -> None:
         """Send each reply at its time; replies due together go in one ``sendall``."""

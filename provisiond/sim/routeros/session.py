@@ -2,12 +2,17 @@
 
 The server's connection loop reads a sentence with ``codec`` and passes its
 words to ``Session.handle``; it gets back a ``Reply`` (sentences to write in
-one go, whether to close afterwards, and how long the router works on it
-before answering) or None for an ignored empty sentence. The link latency
-(``command_latency``) is the server's business, not the session's. The
-session owns what is per connection (logged in or not, the login challenge,
-pre-login traffic) and runs menu commands from ``commands`` under the shared
-state lock.
+one go, whether to close afterwards, how long the router works on it
+before answering, and when the router's CPU queue is done with it) or None
+for an ignored empty sentence. The link latency (``command_latency``) is the
+server's business, not the session's. The session owns what is per
+connection (logged in or not, the login challenge, pre-login traffic, its
+open listens) and runs menu commands from ``commands`` under the shared
+state lock. A ``listen`` or follow print gets no ``!done``: the session opens
+a ``listen.Listener`` that streams to the connection through ``deliver``
+until ``/cancel`` names its tag (``!trap =category=2 =message=interrupted``
+for it, ``!done`` for the cancel, then its ``!done``: ROUTEROS.md 1.6) or
+the connection ends.
 
 Choices where RouterOS behaviour is undocumented (ROUTEROS.md [inf]):
 
@@ -19,9 +24,11 @@ Choices where RouterOS behaviour is undocumented (ROUTEROS.md [inf]):
   6.47 router did) but any ``=response=`` fails with
   ``invalid user name or password (6)``;
 * commands run one at a time per connection, so by the time ``/cancel
-  =tag=X`` is read, X has finished: the reply is ``!trap =category=0
-  =message=no such command or tag`` then ``!done``; ``/cancel`` without
-  ``=tag=`` (cancel everything) finds nothing running and answers ``!done``.
+  =tag=X`` is read, X has finished unless it is a listen/follow: for a
+  finished or unknown X the reply is ``!trap =message=no such command or tag
+  =category=0`` then ``!done``; ``/cancel`` without ``=tag=`` cancels every
+  open listen of the connection (a trap for each, the cancel's ``!done``,
+  then their ``!done``s) and answers a bare ``!done`` when there is none.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .commands import Command, Result, run
-from .errors import BAD_LOGIN, INTERNAL_ERROR, LEGACY_BAD_LOGIN, NO_SUCH_TAG, NOT_LOGGED_IN, Trap
+from .errors import BAD_LOGIN, INTERNAL_ERROR, INTERRUPTED, LEGACY_BAD_LOGIN, NO_SUCH_TAG, NOT_LOGGED_IN, Trap
+from .listen import Deliver, Listener
 from .state import ReceivedCommand, RouterState
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,8 @@ class Reply:
     close: bool = False
     drop: bool = False  # close the connection now, without this reply or any later one
     delay: float = 0.0  # the router's own work (rows scanned), before the link latency
+    ready: float = 0.0  # monotonic time the router's CPU queue is done with it (0: no cost)
+    listener: Listener | None = None  # opened by this command: ``arm`` it once the reply is queued
 
 
 def parse_command(words: Sequence[str]) -> Command:
@@ -75,12 +85,28 @@ def legacy_response(password: str, challenge: str) -> str:
 
 
 class Session:
-    def __init__(self, state: RouterState, *, peer: str) -> None:
+    def __init__(self, state: RouterState, *, peer: str, deliver: Deliver) -> None:
         self.state = state
         self.peer = peer
         self.logged_in = False
         self._challenge: str | None = None
         self._pre_login = 0
+        self._deliver = deliver
+        self._listening: list[Listener] = []
+        self._ready = 0.0
+
+    @property
+    def listening(self) -> bool:
+        """True while a listen or follow of this connection is open."""
+        with self.state.lock:
+            return bool(self._listening)
+
+    def close(self) -> None:
+        """The connection ended: its listens stop."""
+        with self.state.lock:
+            for listener in self._listening:
+                self.state.unlisten(listener)
+            self._listening.clear()
 
     def handle(self, words: Sequence[str]) -> Reply | None:
         if not words:
@@ -99,7 +125,7 @@ class Session:
         if not self.logged_in:
             return self._reply(command, _raise(Trap(NOT_LOGGED_IN)))
         if command.path == "/cancel":
-            return self._reply(command, _cancel)
+            return self._cancel(command)
         return self._reply(command, self._run)
 
     # -- internals -------------------------------------------------------
@@ -115,17 +141,30 @@ class Session:
             log.info("sim peer=%s command=%s tag=%s", self.peer, command.path, command.tag)
 
     def _run(self, command: Command) -> Result:
-        with self.state.lock:
-            fault = self.state.take_fault(command.path)
+        state = self.state
+        with state.lock:
+            fault = state.take_fault(command.path)
             if isinstance(fault, Trap):
                 raise fault
+            cpu, busy = state.cpu, state.cpu.busy_until
+            state.listeners.hold()  # what listeners hear of it leaves when the router is done
+            try:
+                result = run(state, command)
+            finally:
+                self._ready = cpu.busy_until if cpu.busy_until != busy else 0.0
+                state.listeners.release(self._ready)
             if fault is not None:
-                run(self.state, command)
                 raise _Dropped
-            return run(self.state, command)
+            if result.watch is not None:  # in the same hold as a follow's rows: no change is missed
+                listener = Listener(result.watch, tag=command.tag, frame=self._tagged,
+                                    deliver=self._deliver, lock=state.lock)
+                state.listen(listener)
+                self._listening.append(listener)
+            return result
 
     def _reply(self, command: Command, handler: _Handler) -> Reply:
         tag = command.tag
+        self._ready = 0.0
         try:
             result = handler(command)
         except _Dropped:
@@ -136,14 +175,29 @@ class Session:
             log.exception("sim peer=%s command=%s failed", self.peer, command.path)
             return self._trap(Trap(INTERNAL_ERROR, 4), tag)
         data = tuple(self._tagged(s[0], tag, *s[1:]) for s in result.data)
-        return Reply((*data, self._tagged("!done", tag, *result.done)), delay=result.delay)
+        if result.watch is not None:
+            return Reply(data, delay=result.delay, ready=self._ready, listener=self._listening[-1])
+        return Reply((*data, self._tagged("!done", tag, *result.done)), delay=result.delay, ready=self._ready)
 
     def _trap(self, trap: Trap, tag: str | None) -> Reply:
         words = [f"=message={trap.message}"]
         if trap.category is not None:
             words.append(f"=category={trap.category}")
         sentences = (self._tagged("!trap", tag, *words), self._tagged("!done", tag))
-        return Reply(sentences)
+        return Reply(sentences, ready=self._ready)
+
+    def _cancel(self, command: Command) -> Reply:
+        target = command.attributes.get("tag")
+        with self.state.lock:
+            chosen = [l for l in self._listening if target is None or l.tag == target]
+            for listener in chosen:
+                self.state.unlisten(listener)
+                self._listening.remove(listener)
+        if target is not None and not chosen:
+            return self._trap(Trap(NO_SUCH_TAG, 0), command.tag)
+        traps = [self._tagged("!trap", l.tag, "=category=2", f"=message={INTERRUPTED}") for l in chosen]
+        dones = [self._tagged("!done", l.tag) for l in chosen]
+        return Reply((*traps, self._tagged("!done", command.tag), *dones))
 
     def _tagged(self, kind: str, tag: str | None, *words: str) -> tuple[str, ...]:
         if tag is None:
@@ -180,12 +234,6 @@ class Session:
 
 class _Dropped(Exception):
     """The command ran; the connection is to be cut before its reply leaves."""
-
-
-def _cancel(command: Command) -> Result:
-    if "tag" in command.attributes:
-        raise Trap(NO_SUCH_TAG, 0)
-    return Result()
 
 
 def _raise(trap: Trap) -> _Handler:

@@ -45,6 +45,27 @@ class SimSettings:
     #: Seconds per table row scanned by a print (a router scans every row);
     #: the router's work, done one command at a time per connection.
     row_latency: float = 0.0
+    #: The router's CPU, one queue for all connections (``load``): microseconds per
+    #: row of the whole table for every address-list print, whatever its query...
+    scan_cost_us: float = 0.0
+    #: ...and milliseconds per entry an add/set/remove/enable/disable writes.
+    add_cost_ms: float = 0.0
+    #: ``listen`` and ``print =follow=``/``=follow-only=`` are known. False: a router
+    #: without them (``listen`` traps ``no such command``, category 0, as any unknown
+    #: command does; ``follow`` traps ``unknown parameter follow``, category 1).
+    listen: bool = True
+    #: An entry whose timeout runs out is reported to listeners as ``.dead``
+    #: (ROUTEROS.md 8 [inf]); False: expiries are not streamed at all.
+    report_expiry: bool = True
+    #: A removal reaches every listen of its menu, not only those whose query
+    #: selected the entry (ROUTEROS.md 8 [inf]).
+    dead_to_all_listeners: bool = False
+    #: The value of ``.dead`` on a removal; None: ``yes`` before v7, ``true`` from v7
+    #: (v7 prints booleans as ``true``/``false``; ROUTEROS.md 8).
+    dead_value: str | None = None
+    #: Seconds between the router's checks for expired entries (so listeners hear
+    #: of expiries without a client touching the table); 0: only when touched.
+    expiry_poll: float = 0.2
     #: Where a reply's ``.tag`` goes: right after the reply word, or last, after
     #: the attributes (seen from real routers: Trakkasure/mikronode#26).
     tag_last: bool = False
@@ -65,6 +86,9 @@ class SimSettings:
         parse_version(self.version)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        for name in ("scan_cost_us", "add_cost_ms", "expiry_poll", "row_latency", "command_latency"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
@@ -74,6 +98,12 @@ class SimSettings:
     def sends_empty(self) -> bool:
         """7.18 added ``!empty`` before ``!done`` on prints that find nothing."""
         return self.version_tuple >= (7, 18)
+
+    @property
+    def dead_word(self) -> str:
+        if self.dead_value is not None:
+            return self.dead_value
+        return "true" if self.version_tuple >= (7,) else "yes"
 
     @property
     def iso_dates(self) -> bool:

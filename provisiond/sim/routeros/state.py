@@ -3,7 +3,8 @@
 ``RouterSim`` owns one ``RouterState``; every ``Session`` (one per client
 connection) runs its commands against it while holding ``lock``. Tests and
 the demo reach it through ``RouterSim``'s methods: table contents, injected
-faults, and the record of commands received.
+faults, the record of commands received, the router's load (``load``) and
+its open listens (``listen``), and a reboot.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .addresslist import AddressTable, TableOptions
+from .addresslist import AddressTable, Entry, TableOptions
 from .errors import Trap
+from .listen import Listener, Listeners
+from .load import RouterCpu
 from .settings import SimSettings
 
 Clock = Callable[[], float]
@@ -54,12 +57,44 @@ class RouterState:
         self.counts: Counter[str] = Counter()
         self.history: deque[ReceivedCommand] = deque(maxlen=settings.history_size)
         self._faults: list[_Fault] = []
+        self.cpu = RouterCpu(scan_cost_us=settings.scan_cost_us, add_cost_ms=settings.add_cost_ms)
+        self.listeners = Listeners(dead_value=settings.dead_word, report_expiry=settings.report_expiry,
+                                   dead_to_all=settings.dead_to_all_listeners, count=self.cpu.streamed)
 
     def table_for_path(self, menu_path: str) -> AddressTable | None:
-        for menu, path in MENUS.items():
-            if path == menu_path:
-                return self.tables[menu]
-        return None
+        menu = menu_for_path(menu_path)
+        return None if menu is None else self.tables[menu]
+
+    def listen(self, listener: Listener) -> None:
+        """Stream ``listener``'s menu's changes to it from now on."""
+        menu = listener.watch.menu
+        self.listeners.add(listener)
+        table = self.tables[menu]
+        if table.observer is None:
+            def observe(old: Entry | None, new: Entry | None, expired: bool) -> None:
+                self.listeners.changed(menu, table, old, new, expired=expired)
+
+            table.observer = observe
+
+    def unlisten(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+        menu = listener.watch.menu
+        if not self.listeners.listening(menu):
+            self.tables[menu].observer = None
+
+    def expire(self) -> None:
+        """Drop the entries whose timeout has run out (listeners hear of it)."""
+        for table in self.tables.values():
+            table.expire()
+
+    def reboot(self, next_id: int | None = None) -> None:
+        """Tables as a reboot leaves them (``AddressTable.reboot``), uptime from zero,
+        no listeners (the caller drops their connections)."""
+        self.listeners.clear()
+        for table in self.tables.values():
+            table.observer = None
+            table.reboot(next_id)
+        self.booted = self.clock()
 
     def record(self, command: ReceivedCommand) -> None:
         self.counts[command.path] += 1
@@ -79,6 +114,14 @@ class RouterState:
             del self._faults[index]
             return entry.fault
         return None
+
+
+def menu_for_path(menu_path: str) -> str | None:
+    """``ip`` for ``/ip/firewall/address-list``, ``ipv6`` for the IPv6 one, else None."""
+    for menu, path in MENUS.items():
+        if path == menu_path:
+            return menu
+    return None
 
 
 @dataclass(frozen=True, slots=True)

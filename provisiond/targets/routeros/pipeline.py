@@ -1,19 +1,19 @@
 """A bounded window of tagged RouterOS API commands over one session.
 
-RouterOS answers pipelined commands in any order and marks every reply with the
-``.tag`` of its command (ROUTEROS.md §1.6); librouteros sends one command and waits
-for its ``!done``. ``RouterTarget`` (``targets.routeros``) hands this module its
-commands, each with a token of its own (the Changes a command carries), and a ``Wire``
-built on librouteros's codec and the session's transport: this module adds only the
-tags and the window. Every reply is routed back to its token by tag: rows to
-``on_row``, traps and ``!done`` to ``on_answer`` once the command is finished, so a
-``!trap`` is always attributed to the command that caused it. Plain ``!done``
-answers, nearly all of a write's, come from the wire in runs (``Wire.read_dones``),
-each as reading it word by word would give it; anything else is read word by word.
+RouterOS lets a client send commands without waiting for the answers: replies to
+several commands interleave, each marked with the ``.tag`` its command carried.
+librouteros sends one command and waits for its ``!done``; ``target`` and ``writer``
+hand this module their commands instead, each with a token of its own (the Changes a
+command carries), and a ``Wire`` (``wire.ApiWire``: librouteros's codec and the
+session's transport). This module adds only the tags and the window. Every reply is
+routed back to its token by tag: rows to ``on_row``, traps and ``!done`` to
+``on_answer`` once the command is finished, so a ``!trap`` is always attributed to the
+command that caused it. Runs of plain ``!done`` come from the wire at once
+(``Wire.read_dones``), each as reading it word by word would give it.
 
-A lost connection (an exception from the wire) ends the run with that exception;
-the caller knows which tokens were answered and fails the rest. Pure of librouteros:
-the wire is a Protocol, so the module is typed and tested without it.
+A lost connection (an exception from the wire) ends the run with that exception; the
+caller knows which tokens were answered and fails the rest. The wire is a Protocol,
+so this module imports no librouteros and is tested without it.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def run(
     """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
 
     A command's words may come encoded already (``bytes``: every word, no end of
-    sentence), as a caller that sends 100,000 alike makes them; its tag is added here.
+    sentence), as a caller that sends thousands alike makes them; its tag is added here.
 
     ``on_answer(token, answer)`` is called once per command, when its ``!done``
     arrives; ``on_row(token, words)`` for every ``!re`` of it (attribute words only).
