@@ -1,6 +1,7 @@
 """IPAM: which account holds which address or prefix of which pool. Pure: values in, values out.
 
-The reconciler calls ``allocate`` right after the Source read, with the Snapshot's
+``core.pool`` says what a pool offers; this module decides who gets what. The
+reconciler calls ``allocate`` right after the Source read, with the Snapshot's
 accounts, the configured ``Pool``s and the ``Lease``s it read from the StateStore; the
 ``Allocation`` it gets back feeds ``desire`` (``Allocation.addresses``) and, in apply
 only, ``StateStore.reserve``, which records it in one transaction BEFORE any router or
@@ -24,8 +25,9 @@ The rules (issue #4):
   a held address is never given to anyone else;
 - a billing-assigned address (``Account.addresses``, same IP family as the pool; for
   an IPv6 prefix pool, a prefix of the pool's length) wins: no allocation for that
-  account in that slot, and no allocation ever overlaps a billing-assigned value. If it lies in a pool where another
-  account holds it, that is a conflict, reported for both accounts;
+  account in that slot, and no allocation ever overlaps a billing-assigned value. If
+  it lies in a pool where another account holds it, that is a conflict, reported for
+  both accounts;
 - a full pool fails that account (``failures``), never the pass;
 - a lease whose address is no longer usable (pool shrunk, address excluded, pool
   removed from the config) is reported (``out_of_pool``), never moved or released
@@ -35,49 +37,20 @@ The rules (issue #4):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
-
-import netaddr
+from datetime import datetime
+from typing import Any, Literal
 
 from provisiond.core import addresses
 from provisiond.core.model import Account
-
-
-class PoolSpec(Protocol):
-    """What a pool is configured as (``settings.PoolSettings`` is one)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def group(self) -> str: ...
-    @property
-    def networks(self) -> list[str]: ...
-    @property
-    def exclude(self) -> list[str]: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def hold(self) -> float: ...
-    @property
-    def prefix_length(self) -> int | None: ...
-    @property
-    def radius_attribute(self) -> str | None: ...
-
-
-#: How a pool's allocation reaches FreeRADIUS (a radreply row per account), or "none".
-RADIUS_ATTRIBUTES = ("Framed-IP-Address", "Framed-Route", "Framed-IPv6-Prefix", "Delegated-IPv6-Prefix", "none")
-BITS = {4: 32, 6: 128}
-
-
-def default_attribute(version: int, length: int) -> str:
-    """The RADIUS attribute of a pool that names none: today's Framed-IP-Address for IPv4
-    hosts, Framed-Route for IPv4 blocks, Delegated-IPv6-Prefix for IPv6 prefixes."""
-    if version == 4:
-        return "Framed-IP-Address" if length == 32 else "Framed-Route"
-    return "none" if length == 128 else "Delegated-IPv6-Prefix"
+from provisiond.core.pool import BITS as BITS  # re-exported: callers use pools through ipam
+from provisiond.core.pool import RADIUS_ATTRIBUTES as RADIUS_ATTRIBUTES
+from provisiond.core.pool import Pool as Pool
+from provisiond.core.pool import PoolSpec as PoolSpec
+from provisiond.core.pool import _billing_ranges, _text
+from provisiond.core.pool import default_attribute as default_attribute
+from provisiond.core.pool import overlaps as overlaps
 
 LeaseState = Literal["leased", "held"]
 
@@ -103,167 +76,6 @@ class Lease:
         if self.held_until is not None:
             out["held_until"] = self.held_until.isoformat()
         return out
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Pool:
-    """A group's addresses or prefixes. ``usable`` already lacks exclusions (and, for a
-    pool of single addresses, network and broadcast addresses).
-
-    ``prefix_length`` is the length of every allocation (None: single addresses, /32 or
-    /128); allocations are aligned blocks of that size lying wholly inside ``usable``.
-    """
-
-    name: str
-    group: str
-    usable: netaddr.IPSet
-    priority: int = 0
-    hold: timedelta = timedelta(days=1)
-    prefix_length: int | None = None
-    radius_attribute: str | None = None
-    networks: tuple[tuple[int, int], ...] = ()  # (first, last) of each configured network
-    version: int = field(init=False)
-    length: int = field(init=False)  # the allocations' prefix length (32/128 for hosts)
-    step: int = field(init=False)  # addresses per allocation
-    attribute: str = field(init=False)  # ``radius_attribute`` or the family's default
-    # Inclusive integer ranges of ``usable``, sorted; the allocator walks these.
-    ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
-    starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        ranges = tuple((int(r.first), int(r.last)) for r in self.usable.iter_ipranges())
-        versions = {c.version for c in self.usable.iter_cidrs()}
-        if len(versions) > 1:
-            raise ValueError(f"pool {self.name}: mixes IPv4 and IPv6 networks")
-        version = versions.pop() if versions else (6 if (self.prefix_length or 0) > 32 else 4)
-        length = BITS[version] if self.prefix_length is None else self.prefix_length
-        if not 0 < length <= BITS[version]:
-            raise ValueError(f"pool {self.name}: prefix_length {length} does not fit IPv{version}")
-        object.__setattr__(self, "version", version)
-        object.__setattr__(self, "length", length)
-        object.__setattr__(self, "step", 1 << (BITS[version] - length))
-        object.__setattr__(self, "attribute", self.radius_attribute or default_attribute(version, length))
-        object.__setattr__(self, "ranges", ranges)
-        object.__setattr__(self, "starts", tuple(r[0] for r in ranges))
-
-    @classmethod
-    def build(
-        cls,
-        name: str,
-        group: str,
-        networks: Iterable[str],
-        *,
-        exclude: Iterable[str] = (),
-        priority: int = 0,
-        hold: timedelta | float = timedelta(days=1),
-        prefix_length: int | None = None,
-        radius_attribute: str | None = None,
-    ) -> Pool:
-        """A pool from network strings; exclusions are addresses, networks or ``a-b`` ranges."""
-        usable = netaddr.IPSet()
-        nets = [netaddr.IPNetwork(text, flags=netaddr.NOHOST) for text in networks]
-        for net in nets:
-            usable.add(net)
-        for text in exclude:
-            if "-" in text:
-                start, end = (p.strip() for p in text.split("-", 1))
-                usable.remove(netaddr.IPRange(start, end))
-            else:
-                usable.remove(netaddr.IPNetwork(text.strip()))
-        for net in nets:
-            if prefix_length is None or prefix_length == BITS[net.version]:
-                for reserved in _reserved(net):
-                    usable.remove(reserved)
-        if not isinstance(hold, timedelta):
-            hold = timedelta(seconds=hold)
-        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold,
-                   prefix_length=prefix_length, radius_attribute=radius_attribute,
-                   networks=tuple((int(n.first), int(n.last)) for n in nets))
-
-    @classmethod
-    def from_settings(cls, settings: PoolSpec) -> Pool:
-        return cls.build(
-            settings.name,
-            settings.group,
-            settings.networks,
-            exclude=settings.exclude,
-            priority=settings.priority,
-            hold=settings.hold,
-            prefix_length=settings.prefix_length,
-            radius_attribute=settings.radius_attribute,
-        )
-
-    @property
-    def size(self) -> int:
-        """How many allocations the pool can hand out (addresses, or aligned prefixes)."""
-        if self.step == 1:
-            return int(self.usable.size)
-        step = self.step
-        return sum(max(0, (last + 1) // step - -(-first // step)) for first, last in self.ranges)
-
-    @property
-    def slot(self) -> tuple[int, str]:
-        """Pools of one slot compete (priority); an account holds one allocation per slot."""
-        return (self.version, self.attribute if self.version == 6 else "")
-
-    def contains(self, value: int) -> bool:
-        i = bisect.bisect_right(self.starts, value) - 1
-        return i >= 0 and value <= self.ranges[i][1]
-
-    def offers(self, span: addresses.Span | None) -> bool:
-        """Whether ``span`` is one allocation this pool can hand out (aligned, usable)."""
-        if span is None or span[0] != self.version:
-            return False
-        _, first, last = span
-        if last - first + 1 != self.step or first % self.step:
-            return False
-        i = bisect.bisect_right(self.starts, first) - 1
-        return i >= 0 and last <= self.ranges[i][1]
-
-    def within(self, span: addresses.Span | None) -> bool:
-        """Whether ``span`` lies in one of the configured networks (exclusions or not)."""
-        return span is not None and span[0] == self.version and any(
-            a <= span[1] and span[2] <= b for a, b in self.networks)
-
-    def text(self, first: int) -> str:
-        """The lease text of the allocation starting at ``first`` (a host: no suffix)."""
-        if self.step == 1:
-            return _text(self.version, first)
-        return addresses.form_of((self.version, first, first + self.step - 1))
-
-    def __contains__(self, address: object) -> bool:
-        if not isinstance(address, str):
-            return False
-        return self.offers(addresses.parse(address))
-
-
-def _reserved(net: netaddr.IPNetwork) -> Iterator[netaddr.IPAddress]:
-    """Addresses of a network no host may have."""
-    if net.version == 4 and net.prefixlen < 31:
-        yield net.network
-        yield net.broadcast
-    elif net.version == 6 and net.prefixlen < 127:
-        yield net.network  # the Subnet-Router anycast address (RFC 4291 2.6.1)
-
-
-def _billing_ranges(address: str) -> tuple[int, int, int] | None:
-    """(version, first, last) of a billing address or network; None if unparsable."""
-    return addresses.span(address)
-
-
-def overlaps(pool: Pool, address: str) -> bool:
-    """Whether a billing address or network shares any address with the pool."""
-    span = _billing_ranges(address)
-    if span is None or span[0] != pool.version:
-        return False
-    _, first, last = span
-    i = bisect.bisect_right(pool.starts, last) - 1
-    return i >= 0 and pool.ranges[i][1] >= first
-
-
-def _text(version: int, value: int) -> str:
-    # One spelling per value whatever the Python version: the lease table is keyed by it.
-    return addresses.text_of(version, value)
 
 
 @dataclass(frozen=True, slots=True)
