@@ -2,7 +2,7 @@
 
 Run: ``python bench/sonar_read.py [--accounts 10000] [--page-cap 100]``. Starts
 ``python -m provisiond.sim.sonar`` (a separate process, 400 requests per 60 s, the demo's
-accounts with their addresses spread over the four owners) and times, in the same run:
+accounts with their addresses spread over the five owners) and times, in the same run:
 
 - the floor: the same keyset pages fetched with a bare httpx loop (no checks, no
   aggregation): what the fake and the wire cost;

@@ -5,7 +5,10 @@
 --     [daemon]
 --     notify_channel = "provisiond"
 --
--- The daemon LISTENs on that channel. The payload is the ids of the accounts a statement
+-- The daemon LISTENs on that channel. The triggers notify the channel that
+-- provisiond_notify_channel() below returns: the one place to change it (then re-run this
+-- file); it must be the same name as notify_channel. `provisiond check-config --connect`
+-- says when the two differ. The payload is the ids of the accounts a statement
 -- touched, separated by commas ("1042" or "1042,1043"); the daemon then runs a scoped
 -- pass for those accounts only (billing read narrowed to them, their router entries,
 -- RADIUS rows, CoA and leases), which takes well under a second even with 100,000
@@ -22,10 +25,15 @@
 -- Adapt the table list to the tables your billing query reads: each entry is a table and
 -- the column holding the account id (NULL: the table has none, every change means a full
 -- pass). The schema below is the one `provisiond demo` creates. Re-running this file is
--- safe. You can also send a notification by hand: SELECT pg_notify('provisiond', '1042');
+-- safe. You can also send a notification by hand:
+-- SELECT pg_notify(provisiond_notify_channel(), '1042');
 --
 -- Privileges: the role provisiond connects as needs only SELECT on the billing tables
 -- (LISTEN needs no grant). Installing the triggers needs the tables' owner.
+
+-- The channel: the same name as daemon.notify_channel in provisiond.toml.
+CREATE OR REPLACE FUNCTION provisiond_notify_channel() RETURNS text
+LANGUAGE sql STABLE AS $$ SELECT 'provisiond'::text $$;
 
 CREATE OR REPLACE FUNCTION provisiond_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -34,7 +42,7 @@ DECLARE
     ids text;
 BEGIN
     IF TG_OP = 'TRUNCATE' OR col IS NULL OR col = '' THEN
-        PERFORM pg_notify('provisiond', '');
+        PERFORM pg_notify(provisiond_notify_channel(), '');
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -55,7 +63,7 @@ BEGIN
     IF length(ids) > 7900 THEN
         ids := '';  -- too many ids for one payload: a full pass
     END IF;
-    PERFORM pg_notify('provisiond', ids);
+    PERFORM pg_notify(provisiond_notify_channel(), ids);
     RETURN NULL;
 END;
 $$;

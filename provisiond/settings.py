@@ -282,22 +282,44 @@ class RouterSettings(_Model):
         return _read_secret(self.password_file, f"router {self.name}: password_file")
 
 
-class _Selector(_Model):
-    """A mapping selects accounts by billing group or by account status, not both."""
+SELECTOR_KEYS = ("group", "groups", "status", "statuses", "active", "delinquent")
 
-    group: str | None = None
-    status: str | None = None
+
+class _Selector(_Model):
+    """Which accounts a mapping selects (``core.model.Match``): every key given must hold.
+
+    ``group`` or ``groups`` (any of them), ``status`` or ``statuses`` (any, by name),
+    ``active`` (the account's status activates it, or not), ``delinquent`` (billing's
+    flag); at least one. ``group`` with ``groups`` (or ``status`` with ``statuses``) is
+    refused: which one was meant is a guess.
+    """
+
+    group: str | None = Field(None, min_length=1)
+    groups: builtins.list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    status: str | None = Field(None, min_length=1)
+    statuses: builtins.list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    active: bool | None = None
+    delinquent: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _one_selector(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and not _unknown_keys(cls, data)
-                and (data.get("group") is None) == (data.get("status") is None)):
-            raise ValueError("set exactly one of group or status")
+    def _some_selector(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or _unknown_keys(cls, data):
+            return data
+        given = [k for k in SELECTOR_KEYS if data.get(k) is not None]
+        if not given:
+            raise ValueError("set at least one of " + ", ".join(SELECTOR_KEYS))
+        for one, many in (("group", "groups"), ("status", "statuses")):
+            if one in given and many in given:
+                raise ValueError(f"set {one} or {many}, not both "
+                                 f"(put {data[one]!r} in {many} to select any of them)")
         return data
 
+    def selector_keys(self) -> builtins.list[str]:
+        return [k for k in SELECTOR_KEYS if getattr(self, k) is not None]
+
     def describe(self) -> str:
-        return f"group {self.group!r}" if self.group is not None else f"status {self.status!r}"
+        return " and ".join(f"{k} {getattr(self, k)!r}" for k in self.selector_keys())
 
 
 class AddressListMapping(_Selector):
@@ -366,9 +388,8 @@ class CoaSettings(_Model):
 PoolAttribute = Literal["Framed-IP-Address", "Framed-Route", "Framed-IPv6-Prefix", "Delegated-IPv6-Prefix", "none"]
 
 
-class PoolSettings(_Model):
+class PoolSettings(_Selector):
     name: str = Field(min_length=1)
-    group: str
     networks: list[str] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
     priority: int = 0
@@ -591,6 +612,17 @@ class Settings(BaseSettings):
             raise ValueError("\n".join(problems))
         return self
 
+    def flags_used(self) -> dict[str, str]:
+        """Account flag -> the first mapping key that selects on it (``address_list[0].delinquent``):
+        the flag columns an SQL source's query must return."""
+        out: dict[str, str] = {}
+        for section in ("address_list", "radius_group", "pool"):
+            for i, m in enumerate(getattr(self, section)):
+                for flag in ("active", "delinquent"):
+                    if getattr(m, flag) is not None:
+                        out.setdefault(flag, f"{section}[{i}].{flag}")
+        return out
+
     def routers_for(self, mapping: AddressListMapping) -> list[RouterSettings]:
         return [r for r in self.router if any(fnmatch.fnmatchcase(r.name, p) for p in mapping.routers)]
 
@@ -607,6 +639,10 @@ def _cross_problems(s: Settings) -> Iterator[str]:
                 yield f"address_list[{i}].routers[{j}]: {pattern!r} matches no [[router]]"
     if s.radius_group and s.radius is None:
         yield "radius_group: [[radius_group]] mappings need a [radius] section with url"
+    if s.daemon.notify_channel is not None and s.source.type == "sonar":
+        yield ("daemon.notify_channel: LISTEN/NOTIFY needs billing on PostgreSQL (source.type "
+               "= \"sql\"); Sonar tells provisiond of changes by webhook: remove notify_channel "
+               "and set daemon.webhook_listen and daemon.webhook_token_file")
     names: dict[str, int] = {}
     for i, p in enumerate(s.pool):
         if p.name in names:

@@ -122,7 +122,7 @@ max_delete_ratio = -1
     assert exc.value.problems == [
         "source.colour: unknown key",
         "router[1].port: Input should be less than or equal to 65535",
-        "address_list[0]: set exactly one of group or status",
+        "address_list[0]: set at least one of group, groups, status, statuses, active, delinquent",
         "safety.max_delete_ratio: Input should be greater than or equal to 0",
     ]
 

@@ -123,7 +123,7 @@ def test_aggregate_skips_bad_rows_by_account() -> None:
         (2, "Two", "active", "T", "10.0.0.300", None),
         (3, " Three ", "active", None, None, None),
     ]
-    snap = aggregate(rows, read_at=datetime.now(UTC))
+    snap = aggregate([(*r, None, None) for r in rows], read_at=datetime.now(UTC))
     assert snap.accounts["1"] == Account("1", "One", "active", frozenset({"T", "L"}), ("10.0.0.1",), ("u1", "u1b"))
     assert snap.accounts["3"].name == "Three" and snap.accounts["3"].groups == frozenset()
     assert "2" not in snap.accounts
@@ -225,7 +225,7 @@ def test_host_bits(text: str, bits: bool) -> None:
 
 def test_aggregate_notes_host_bits_once_per_account() -> None:
     rows = [("7", "n", "active", "g", "100.64.30.9/30", None), ("7", "n", "active", "h", "100.64.30.9/30", None)]
-    snap = aggregate(rows, read_at=datetime.now(UTC))
+    snap = aggregate([(*r, None, None) for r in rows], read_at=datetime.now(UTC))
     assert snap.accounts["7"].addresses == ("100.64.30.8/30",)
     assert snap.notes == ("account 7: 100.64.30.9/30 has host bits set; used as the network 100.64.30.8/30",)
     assert snap.problems == ()

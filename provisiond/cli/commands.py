@@ -47,7 +47,8 @@ def check_config(path: Path, *, connect: bool = False) -> int:
         else:
             assert settings.source.query is not None
             source = SqlSource(settings.source.resolved_url(), settings.source.query,
-                               timeout=settings.source.timeout, display=settings.source.display_url())
+                               timeout=settings.source.timeout, display=settings.source.display_url(),
+                               needs=settings.flags_used())
             try:
                 found = source.check_columns()
                 problems += found
@@ -64,6 +65,7 @@ def check_config(path: Path, *, connect: bool = False) -> int:
     if snapshot is not None:
         problems += unmatched_problems(settings, snapshot)
         warnings += pool_billing_warnings(settings, snapshot)
+        warnings += notify_warnings(settings)
     if settings.radius is not None and not any(p.startswith("radius.") for p in problems):
         import sqlalchemy as sa
 
@@ -122,6 +124,42 @@ def _check_sonar(settings: settings_mod.Settings) -> list[str]:
     return []
 
 
+def notify_warnings(settings: settings_mod.Settings) -> list[str]:
+    """``daemon.notify_channel`` against the billing database: PostgreSQL, and the
+    channel its trigger notifies (``provisiond_notify_channel()``, from
+    config/billing-notify-trigger.sql) the same. Changes nothing."""
+    import sqlalchemy as sa
+
+    channel = settings.daemon.notify_channel
+    if channel is None or settings.source.type != "sql":
+        return []
+    url = sa.engine.make_url(settings.source.resolved_url())
+    if url.get_backend_name() != "postgresql":
+        return [f"daemon.notify_channel: billing is on {url.get_backend_name()}, not PostgreSQL: "
+                "no notifications, passes run on the interval only"]
+    timeout = max(1, int(settings.source.timeout))
+    engine = sa.create_engine(url, connect_args={"connect_timeout": timeout})
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT to_regproc('provisiond_notify_channel')")).scalar()
+            if found is None:
+                return ["daemon.notify_channel: the billing database has no "
+                        "provisiond_notify_channel(): install (or re-run) "
+                        "config/billing-notify-trigger.sql, or make your own triggers NOTIFY "
+                        f"{channel!r}"]
+            theirs = conn.execute(sa.text("SELECT provisiond_notify_channel()")).scalar()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return [f"daemon.notify_channel: cannot read the billing trigger's channel: {reason}"]
+    finally:
+        engine.dispose()
+    if theirs != channel:
+        return [f"daemon.notify_channel is {channel!r} but the billing database's trigger notifies "
+                f"{theirs!r} (provisiond_notify_channel() in config/billing-notify-trigger.sql): "
+                "billing changes wait for the next interval"]
+    return []
+
+
 def secret_problems(settings: settings_mod.Settings) -> list[str]:
     """Read every secret file provisiond will need, now rather than at the first pass."""
     checks: list[tuple[str, Callable[[], object]]] = []
@@ -146,23 +184,38 @@ def secret_problems(settings: settings_mod.Settings) -> list[str]:
 
 
 def unmatched_problems(settings: settings_mod.Settings, snapshot: Snapshot) -> list[str]:
-    """Every mapping whose group or status matches no account, with billing's closest first."""
-    from provisiond.core.plan import closest, unmatched
+    """Every mapping that names a group or status billing has no account in (billing's
+    closest names first), and every mapping whose status(es) cannot hold with its
+    ``active`` (no account in billing has that status and that flag)."""
+    from provisiond.core.plan import closest
     from provisiond.engine import selectors
 
     groups = {g for a in snapshot.accounts.values() for g in a.groups}
     statuses = {a.status for a in snapshot.accounts.values()}
+    pairs = {(a.status, a.active) for a in snapshot.accounts.values()}
     out = []
-    for sel in unmatched(selectors(settings), groups=groups, statuses=statuses):
-        name, have, what = ((sel.group, groups, "groups") if sel.group is not None
-                            else (sel.status or "", statuses, "statuses"))
-        listed = closest(name, have)
-        billing = (", ".join(json.dumps(n, ensure_ascii=False) for n in listed)
-                   + (", …" if len(have) > len(listed) else "")) if listed else "none"
-        out.append(
-            f"{sel.describe()} matches no account in billing; plan and apply will not empty "
-            f"{sel.fills} without --force; billing's {what}, closest first: {billing}"
-        )
+    for sel in selectors(settings):
+        never = not sel.matches(groups, statuses)
+        match = sel.match
+        assert match is not None
+        for key, name in sel.missing(groups, statuses):
+            have, what = (groups, "groups") if key == "group" else (statuses, "statuses")
+            several = (match.groups if key == "group" else match.statuses) or ()
+            label = f"{sel.where}.{key}{'s' if len(several) > 1 else ''} {json.dumps(name, ensure_ascii=False)}"
+            listed = closest(name, have)
+            billing = (", ".join(json.dumps(n, ensure_ascii=False) for n in listed)
+                       + (", …" if len(have) > len(listed) else "")) if listed else "none"
+            guard = (f"plan and apply will not empty {sel.fills} without --force; " if never
+                     else "")
+            out.append(f"{label} matches no account in billing; {guard}billing's {what}, "
+                       f"closest first: {billing}")
+        if (match.statuses is not None and match.active is not None
+                and not match.statuses.isdisjoint(statuses)
+                and not any((st, match.active) in pairs for st in match.statuses)):
+            names = ", ".join(json.dumps(n, ensure_ascii=False) for n in sorted(match.statuses))
+            out.append(f"{sel.where}: status {names} with active = {str(match.active).lower()} can "
+                       f"never match: every account of {'that status' if len(match.statuses) == 1 else 'those statuses'} "
+                       f"in billing is {'inactive' if match.active else 'active'} (drop one of the two keys)")
     return out
 
 

@@ -7,7 +7,9 @@ with ``--source sonar``, the same accounts as Sonar objects served by the fake S
 (``python -m provisiond.sim.sonar``) -- and an empty SQLite FreeRADIUS database, starts
 the RouterOS simulator as a separate process on a free loopback port, writes a config for
 all of them (tower hosts get addresses from a pool, tower blocks a /29 sent as
-Framed-Route, legacy customers a delegated IPv6 /56), then runs plan, apply and plan again
+Framed-Route, legacy customers a delegated IPv6 /56; the tower-hosts list takes the
+active ones; delinquent accounts, a flag apart from their status as in Sonar, go to a
+walled-garden list), then runs plan, apply and plan again
 through the same code the ``plan`` and ``apply`` commands use, and ``explain`` on one
 account. Only the CLI imports this module.
 
@@ -39,8 +41,10 @@ NAMES = (
 
 BILLING_QUERY = """
 SELECT a.id AS account_id, a.name AS account_name, a.status AS status,
-       g.name AS group_name, ip.address AS ip_address, r.username AS radius_username
+       g.name AS group_name, ip.address AS ip_address, r.username AS radius_username,
+       st.activates_account AS active, a.delinquent AS delinquent
 FROM accounts a
+JOIN account_statuses st ON st.name = a.status
 LEFT JOIN account_groups ag ON ag.account_id = a.id
 LEFT JOIN groups g ON g.id = ag.group_id
 LEFT JOIN ip_assignments ip ON ip.account_id = a.id
@@ -48,30 +52,33 @@ LEFT JOIN radius_accounts r ON r.account_id = a.id
 """
 
 
-DemoAccount = tuple[int, str, str, list[int], list[str], str]  # id, name, status, group ids, ips, username
+# id, name, status, group ids, ips, username, delinquent
+DemoAccount = tuple[int, str, str, list[int], list[str], str, bool]
+STATUSES = (("active", True), ("inactive", False))  # name, activates_account
 
 
 def demo_accounts(accounts: int, *, seed: int = 42) -> list[DemoAccount]:
     """The demo's accounts, the same for every source. Deterministic."""
-    rnd = random.Random(seed)
+    rnd, flags = random.Random(seed), random.Random(seed + 1)
     out: list[DemoAccount] = []
     for i in range(accounts):
         account_id = 1000 + i
-        status = "delinquent" if rnd.random() < 0.05 else "active"
+        status = "inactive" if rnd.random() < 0.05 else "active"
+        delinquent = flags.random() < 0.05  # a flag: most delinquent accounts stay "active"
         r = rnd.random()
         groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
+        if 1 in groups and account_id % 4 == 3:
+            groups = [*groups, 4]  # a tower host with a routed /29 (tower-blocks pool)
         # 100.64.0.0/10 carrier-grade NAT space, one address per account, except tower
         # hosts: they get theirs from the tower-hosts pool. Every 20th account also has
         # an IPv6 address from 2001:db8::/32 (documentation range).
-        if 1 in groups and account_id % 4 == 3:
-            groups = [*groups, 4]  # a tower host with a routed /29 (tower-blocks pool)
         ips = []
         if 1 not in groups:
             ips.append(f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}")
         if i % 20 == 0:
             ips.append(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1")
         out.append((account_id, f"{NAMES[i % len(NAMES)]} {i}", status, groups, ips,
-                    f"user{account_id}"))
+                    f"user{account_id}", delinquent))
     return out
 
 
@@ -80,7 +87,9 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
     db = sqlite3.connect(path)
     db.executescript(
         """
-        CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL);
+        CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+                               delinquent BOOLEAN NOT NULL);
+        CREATE TABLE account_statuses (name TEXT PRIMARY KEY, activates_account BOOLEAN NOT NULL);
         CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
         CREATE TABLE account_groups (account_id INTEGER, group_id INTEGER);
         CREATE TABLE ip_assignments (account_id INTEGER, address TEXT);
@@ -88,13 +97,15 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
         """
     )
     db.executemany("INSERT INTO groups VALUES (?, ?)", list(enumerate(GROUPS, 1)))
+    db.executemany("INSERT INTO account_statuses VALUES (?, ?)", STATUSES)
     acc, member, ips, radius = [], [], [], []
-    for account_id, name, status, groups, addresses, username in demo_accounts(accounts, seed=seed):
-        acc.append((account_id, name, status))
+    for account_id, name, status, groups, addresses, username, delinquent in demo_accounts(
+            accounts, seed=seed):
+        acc.append((account_id, name, status, delinquent))
         member += [(account_id, g) for g in groups]
         ips += [(account_id, a) for a in addresses]
         radius.append((account_id, username))
-    db.executemany("INSERT INTO accounts VALUES (?, ?, ?)", acc)
+    db.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?)", acc)
     db.executemany("INSERT INTO account_groups VALUES (?, ?)", member)
     db.executemany("INSERT INTO ip_assignments VALUES (?, ?)", ips)
     db.executemany("INSERT INTO radius_accounts VALUES (?, ?)", radius)
@@ -112,28 +123,34 @@ def seed_billing(path: Path, accounts: int, *, seed: int = 42) -> None:
 def sonar_tables(accounts: int, *, seed: int = 42) -> dict[str, list[dict[str, Any]]]:
     """The same accounts as Sonar's objects, for the fake Sonar (``--data``).
 
-    Each account's addresses hang off one of the four owners Sonar knows, in turn: the
-    account itself, its RADIUS account, an inventory item at its address, or that
-    item's MAC-address field.
+    Each account's addresses hang off one of the five owners of an account's IPs Sonar
+    knows, in turn: the account itself, its RADIUS account, an inventory item at its
+    address, that item's MAC-address field, or an uninventoried MAC address of it.
     """
     t: dict[str, list[dict[str, Any]]] = {
-        "account_statuses": [{"id": 1, "name": "active", "activates_account": True},
-                             {"id": 2, "name": "delinquent", "activates_account": False}],
+        "account_statuses": [{"id": i, "name": name, "activates_account": activates}
+                             for i, (name, activates) in enumerate(STATUSES, 1)],
         "account_groups": [{"id": i, "name": g} for i, g in enumerate(GROUPS, 1)],
         "accounts": [], "radius_accounts": [], "addresses": [], "inventory_items": [],
-        "inventory_model_field_data": [], "ip_assignments": [],
+        "inventory_model_field_data": [], "uninventoried_mac_addresses": [], "ip_assignments": [],
     }
-    for n, (account_id, name, status, groups, ips, username) in enumerate(
+    status_ids = {name: i for i, (name, _) in enumerate(STATUSES, 1)}
+    for n, (account_id, name, status, groups, ips, username, delinquent) in enumerate(
             demo_accounts(accounts, seed=seed)):
         t["accounts"].append({"id": account_id, "name": name, "group_ids": groups,
-                              "account_status_id": 1 if status == "active" else 2})
+                              "account_status_id": status_ids[status], "is_delinquent": delinquent})
         t["radius_accounts"].append({"id": 50000 + n, "username": username, "account_id": account_id})
         t["addresses"].append({"id": 60000 + n, "account_id": account_id, "serviceable": True})
         t["inventory_items"].append({"id": 70000 + n, "address_id": 60000 + n})
+        mac = f"02:00:00:00:{n >> 8 & 255:02x}:{n & 255:02x}"
         t["inventory_model_field_data"].append(
-            {"id": 80000 + n, "inventory_item_id": 70000 + n, "value": f"02:00:00:00:{n >> 8 & 255:02x}:{n & 255:02x}"})
+            {"id": 80000 + n, "inventory_item_id": 70000 + n, "value": mac})
         owner = (("Account", account_id), ("RadiusAccount", 50000 + n),
-                 ("InventoryItem", 70000 + n), ("InventoryModelFieldData", 80000 + n))[n % 4]
+                 ("InventoryItem", 70000 + n), ("InventoryModelFieldData", 80000 + n),
+                 ("UninventoriedMacAddress", 90000 + n))[n % 5]
+        if owner[0] == "UninventoriedMacAddress":
+            t["uninventoried_mac_addresses"].append(
+                {"id": 90000 + n, "account_id": account_id, "mac_address": mac})
         for ip in ips:
             t["ip_assignments"].append({
                 "subnet": ip + ("/128" if ":" in ip else "/32"), "soft": False,
@@ -212,6 +229,7 @@ password_file = "{password_file}"
 
 [[address_list]]
 group = "Tower Hosts"
+active = true
 list = "tower-hosts"
 
 [[address_list]]
@@ -223,8 +241,8 @@ group = "Legacy Customers"
 list = "legacy"
 
 [[address_list]]
-status = "delinquent"
-list = "delinquent"
+delinquent = true
+list = "walled-garden"
 
 [[pool]]
 name = "tower-hosts"

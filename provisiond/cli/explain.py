@@ -25,7 +25,7 @@ from provisiond.cli.console import painter
 from provisiond.core import render
 from provisiond.core.changes import Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.core.diff import diff
-from provisiond.core.model import Account
+from provisiond.core.model import Account, Match
 from provisiond.errors import ProvisiondError
 
 STATES = ("present", "missing", "update", "delete", "conflict")
@@ -172,29 +172,27 @@ def _entry(state: str, r: Resource, why: str) -> dict[str, Any]:
 def _billing(account: Account | None, problems: list[str], *, snapshot_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {"accounts_read": snapshot_size, "skipped_rows": problems}
     if account is not None:
-        out.update(name=account.name, status=account.status, groups=sorted(account.groups),
+        out.update(name=account.name, status=account.status, active=account.active,
+                   delinquent=account.delinquent, groups=sorted(account.groups),
                    addresses=list(account.addresses), usernames=list(account.usernames))
     return out
 
 
 def _mappings(s: settings_mod.Settings, account: Account | None) -> list[dict[str, Any]]:
+    """Each mapping, whether it selects the account, and each of its keys: held or not."""
     out = []
+    nobody = Account("")
 
     def one(kind: str, what: str, m: Any, **extra: Any) -> None:
-        groups = account.groups if account is not None else frozenset()
-        status = account.status if account is not None else ""
-        wanted_status = getattr(m, "status", None)
-        selector = f"group {m.group!r}" if m.group is not None else f"status {wanted_status!r}"
-        if m.group is not None:
-            selects = m.group in groups
-            why = (f"member of group {m.group!r}" if selects
-                   else f"would if it were in group {m.group!r}")
-        else:
-            selects = account is not None and status == wanted_status
-            why = (f"status is {wanted_status!r}" if selects
-                   else f"would if its status were {wanted_status!r}; it is {status!r}")
-        out.append({"kind": kind, "name": what, "selector": selector, "selects": selects,
-                    "why": why, **extra})
+        match = Match.of(m)
+        checks = match.checks(account if account is not None else nobody)
+        keys = [{"key": k, "holds": held, "why": why} for k, held, why in checks]
+        selects = account is not None and match.selects(account)
+        failed = [why for _, held, why in checks if not held]
+        why = ("; ".join(w for _, _, w in checks) if selects
+               else "; ".join(failed) if failed else "unknown to billing")
+        out.append({"kind": kind, "name": what, "selector": match.describe(), "selects": selects,
+                    "why": why, "keys": keys, **extra})
 
     for a in s.address_list:
         one("address_list", a.list, a, routers=[r.name for r in s.routers_for(a)])
@@ -239,7 +237,9 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         name = f' "{b["name"]}"' if b.get("name") else ""
         out.append(f"account {aid}{name} (billing):")
         if "status" in b:
-            out += [f"    status: {b['status'] or '-'}",
+            activates = "activates the account" if b["active"] else "does not activate the account"
+            out += [f"    status: {b['status'] or '-'} ({activates})",
+                    f"    delinquent: {'yes' if b['delinquent'] else 'no'}",
                     f"    groups: {', '.join(b['groups']) or '-'}",
                     f"    addresses: {', '.join(b['addresses']) or '-'}",
                     f"    RADIUS usernames: {', '.join(b['usernames']) or '-'}"]
@@ -255,7 +255,9 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
                      + (f" ({m['radius_attribute']})" if m.get("radius_attribute") else ""))
             label = m["kind"].replace("_", " ")
             out.append(f"    {'selects' if m['selects'] else 'no'}: {label} {m['name']}{where} "
-                       f"({m['why']})")
+                       f"[{m['selector']}]")
+            for k in m["keys"]:
+                out.append(f"        {k['key']} {'holds' if k['holds'] else 'fails'}: {k['why']}")
     ipam = doc["ipam"]
     if ipam:
         out.append("ipam:")
@@ -288,8 +290,8 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
                 out.append(f"  error: {j['error']}")
                 continue
             d = j.get("detail") or {}
-            ident = " ".join(str(d.get(k)) for k in ("list", "groupname", "username", "address",
-                                                     "value") if d.get(k))
+            ident = " ".join(str(d.get(k)) for k in ("list", "groupname", "username", "pool",
+                                                     "address", "value") if d.get(k))
             msg = f"  {j['message']}" if j.get("message") else ""
             out.append(f"    {j['at']}  {j['target']}  {j['action']} {ident}  {j['result']}{msg}")
     s = doc["summary"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from provisiond.errors import StoreError
 from provisiond.core.ipam import Lease, Pool, pool_usage
+from provisiond.core.model import Match
 from provisiond.settings import Settings
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -139,9 +140,10 @@ def _still_in_group(settings: Settings, account: str, released: set[str]) -> lis
     if acct is None:
         return []
     return [
-        f"account {account} is still in group {p.group!r} of pool {p.name} in billing: the next "
-        "pass hands its address back; take it out of the group in billing to free the address"
-        for p in settings.pool if p.name in released and p.group in acct.groups
+        f"account {account} is still selected by pool {p.name} ({Match.of(p).describe()}) in "
+        "billing: the next pass hands its address back; change the account in billing to free "
+        "the address"
+        for p in settings.pool if p.name in released and Match.of(p).selects(acct)
     ]
 
 

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="show the journal of applied changes")
     hist.add_argument("--since", metavar="WHEN", help="ISO time or a duration like 2h, 7d")
     hist.add_argument("--account", metavar="ID")
-    hist.add_argument("--limit", type=int, default=200)
+    hist.add_argument("--limit", type=int, default=200, metavar="N",
+                      help="the newest N entries (default 200); says so when there are more")
     hist.add_argument("--format", choices=["text", "json"], default="text")
 
     try:
@@ -197,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             bars = ProgressBars() if progress_wanted(log_format) else None
             return int(run_daemon(path, settings, first_pass_progress=bars))
-    except SourceError as exc:
-        print(f"error: source: {exc}", file=sys.stderr)
+    except SourceError as exc:  # the one place a CLI billing error says so
+        print(f"error: source: {exc}; nothing written", file=sys.stderr)
         return EXIT_ERROR
     except (StoreError, ProvisiondError) as exc:
         print(f"error: {exc}", file=sys.stderr)

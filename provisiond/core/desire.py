@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from provisiond.core.addresses import routeros_form, sort_key
 from provisiond.core.changes import Conflict, Key, Resource
-from provisiond.core.model import Account
+from provisiond.core.model import Account, Match
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +26,15 @@ class ListMapping:
     routers: tuple[str, ...]
     group: str | None = None
     status: str | None = None
+    match: Match | None = None  # the mapping's selector; None: ``group`` or ``status``
+
+    def __post_init__(self) -> None:
+        if self.match is None:
+            object.__setattr__(self, "match", Match.of(self))
 
     def selects(self, account: Account) -> bool:
-        if self.group is not None:
-            return self.group in account.groups
-        return account.status == self.status
+        assert self.match is not None
+        return self.match.selects(account)
 
 
 # A desired address-list entry as ``ListEntries`` holds it: its comment and its account.
@@ -234,12 +238,12 @@ def address_lists(
             shared_conflicts.setdefault(combo, [])
             uses[router].append(combo)
     feeds = [[(shared[c], shared_conflicts[c]) for c in shared if i in c[1]] for i in range(len(mappings))]
-    # The mappings that select an account depend on its groups and status only: a few
-    # distinct pairs for 100,000 accounts (the Source shares equal group sets).
-    selecting: dict[tuple[frozenset[str], str], list[int]] = {}
+    # The mappings that select an account depend on its groups, status and flags only: a
+    # few distinct kinds for 100,000 accounts (the Source shares equal group sets).
+    selecting: dict[tuple[frozenset[str], str, bool, bool], list[int]] = {}
     # Sorted so that when two accounts claim one address the lower id wins, every pass.
     for account in sorted(accounts, key=lambda a: (len(a.id), a.id)):
-        kind = (account.groups, account.status)
+        kind = (account.groups, account.status, account.active, account.delinquent)
         selected = selecting.get(kind)
         if selected is None:
             selected = selecting[kind] = [i for i, m in enumerate(mappings) if m.selects(account)]

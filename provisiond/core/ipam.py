@@ -10,8 +10,8 @@ Allocation and writes nothing.
 
 The rules (issue #4):
 
-- an account in a pool's group gets one address of that pool, or one aligned prefix of
-  ``prefix_length`` (issue #24: a /56 delegated from a /40, a routed /29 from a /22);
+- an account a pool selects (its group, or its selector keys: ``Match``) gets one
+  address of that pool, or one aligned prefix of ``prefix_length`` (issue #24: a /56 delegated from a /40, a routed /29 from a /22);
   every prefix lies wholly inside the pool's usable space (never across an exclusion).
   An account holds one allocation per *slot*: one IPv4 allocation, and one IPv6
   allocation per RADIUS attribute (a /64 ``Framed-IPv6-Prefix`` beside a /56
@@ -267,7 +267,7 @@ def _slot_pools(account: Account, ranked: Sequence[Pool]) -> list[Pool]:
     """The first pool of each slot the account's groups select, ``ranked`` by priority."""
     out: dict[tuple[int, str], Pool] = {}
     for pool in ranked:
-        if pool.group in account.groups and pool.slot not in out:
+        if pool.slot not in out and pool.selects(account):
             out[pool.slot] = pool
     return [p for _, p in sorted(out.items())]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from provisiond.core.changes import Change, Conflict, change_to_json
 from provisiond.core.ipam import Allocation, Lease
+from provisiond.core.model import Match
 from provisiond.errors import TooMuchChange, UnmatchedMapping
 
 
@@ -161,7 +162,8 @@ class Selector:
 
     ``where`` is its config path (``address_list[0]``), ``fills`` the list, RADIUS group
     or pool it fills, ``targets`` the target names it writes to (routers, ``radius``,
-    ``ipam`` for a pool).
+    ``ipam`` for a pool). ``match`` is the mapping's selector (``Match.of(mapping)``);
+    without one, ``group`` or ``status`` make it.
     """
 
     where: str
@@ -169,20 +171,44 @@ class Selector:
     targets: tuple[str, ...]
     group: str | None = None
     status: str | None = None
+    match: Match | None = None
+
+    def __post_init__(self) -> None:
+        if self.match is None:
+            object.__setattr__(self, "match", Match.of(self))
+
+    def _names(self) -> list[tuple[str, frozenset[str]]]:
+        m = self.match
+        assert m is not None
+        return [(k, names) for k, names in (("group", m.groups), ("status", m.statuses))
+                if names is not None]
 
     def describe(self) -> str:
-        if self.group is not None:
-            return f"{self.where}.group {json.dumps(self.group, ensure_ascii=False)}"
-        return f"{self.where}.status {json.dumps(self.status, ensure_ascii=False)}"
+        parts = []
+        for key, names in self._names():
+            shown = ", ".join(json.dumps(n, ensure_ascii=False) for n in sorted(names))
+            parts.append(f"{self.where}.{key} {shown}" if len(names) == 1
+                         else f"{self.where}.{key}s [{shown}]")
+        return " and ".join(parts) or self.where
+
+    def missing(self, groups: Set[str], statuses: Set[str]) -> list[tuple[str, str]]:
+        """(``group`` or ``status``, name) of each name the mapping gives that billing has not."""
+        have = {"group": groups, "status": statuses}
+        return [(key, n) for key, names in self._names() for n in sorted(names) if n not in have[key]]
 
     def matches(self, groups: Set[str], statuses: Set[str]) -> bool:
-        return self.group in groups if self.group is not None else self.status in statuses
+        """Whether the names it selects on can match: for each of ``group(s)`` and
+        ``status(es)`` given, billing has at least one. The flags (``active``,
+        ``delinquent``) never make a mapping unmatched: no delinquent account is news,
+        not a typo."""
+        have = {"group": groups, "status": statuses}
+        return all(not names.isdisjoint(have[key]) for key, names in self._names())
 
 
 def unmatched(
     selectors: Iterable[Selector], *, groups: Set[str], statuses: Set[str]
 ) -> list[Selector]:
-    """The selectors that match no account: billing has no such group (or status)."""
+    """The selectors that match no account: billing has none of its groups (or statuses)."""
     return [s for s in selectors if not s.matches(groups, statuses)]
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import netaddr
 
 from provisiond.core import addresses
+from provisiond.core.model import Account, Match
 
 class PoolSpec(Protocol):
     """What a pool is configured as (``settings.PoolSettings`` is one)."""
@@ -25,7 +26,7 @@ class PoolSpec(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def group(self) -> str: ...
+    def group(self) -> str | None: ...
     @property
     def networks(self) -> list[str]: ...
     @property
@@ -63,10 +64,12 @@ class Pool:
     """
 
     name: str
-    group: str
+    group: str | None
     usable: netaddr.IPSet
     priority: int = 0
     hold: timedelta = timedelta(days=1)
+    # Which accounts it serves; None: the members of ``group``.
+    match: Match | None = field(default=None, compare=False)
     prefix_length: int | None = None
     radius_attribute: str | None = None
     networks: tuple[tuple[int, int], ...] = ()  # (first, last) of each configured network
@@ -98,7 +101,7 @@ class Pool:
     def build(
         cls,
         name: str,
-        group: str,
+        group: str | None,
         networks: Iterable[str],
         *,
         exclude: Iterable[str] = (),
@@ -106,6 +109,7 @@ class Pool:
         hold: timedelta | float = timedelta(days=1),
         prefix_length: int | None = None,
         radius_attribute: str | None = None,
+        match: Match | None = None,
     ) -> Pool:
         """A pool from network strings; exclusions are addresses, networks or ``a-b`` ranges."""
         usable = netaddr.IPSet()
@@ -124,7 +128,7 @@ class Pool:
                     usable.remove(reserved)
         if not isinstance(hold, timedelta):
             hold = timedelta(seconds=hold)
-        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold,
+        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold, match=match,
                    prefix_length=prefix_length, radius_attribute=radius_attribute,
                    networks=tuple((int(n.first), int(n.last)) for n in nets))
 
@@ -139,7 +143,13 @@ class Pool:
             hold=settings.hold,
             prefix_length=settings.prefix_length,
             radius_attribute=settings.radius_attribute,
+            match=Match.of(settings),
         )
+
+    def selects(self, account: Account) -> bool:
+        if self.match is None:
+            return self.group in account.groups
+        return self.match.selects(account)
 
     @property
     def size(self) -> int:

@@ -9,7 +9,7 @@ conflicts found while building it.
 What is desired:
 
 - ``radusergroup``: one row per RADIUS username of every account a mapping selects
-  (by billing group or by status), ident ``(username, groupname)``, attribute
+  (by its selector keys, ``Match``), ident ``(username, groupname)``, attribute
   ``priority``. Two mappings onto one RADIUS group give one row, with the lower
   priority. Several mapped groups give several rows: FreeRADIUS then uses the first by
   priority unless its reply rows carry ``Fall-Through = Yes`` (FREERADIUS.md section 1).
@@ -43,7 +43,7 @@ from typing import Protocol
 
 from provisiond.core import addresses, ipam
 from provisiond.core.changes import Conflict, Key, Resource
-from provisiond.core.model import Account
+from provisiond.core.model import Account, Match
 
 FRAMED_IP = "Framed-IP-Address"
 FRAMED_ROUTE = "Framed-Route"
@@ -78,12 +78,14 @@ class GroupMapping:
     group: str | None = None
     status: str | None = None
     priority: int = 0
+    groups: tuple[str, ...] | None = None
+    statuses: tuple[str, ...] | None = None
+    active: bool | None = None
+    delinquent: bool | None = None
 
 
 def selects(mapping: RadiusMappingLike, account: Account) -> bool:
-    if mapping.group is not None:
-        return mapping.group in account.groups
-    return account.status == mapping.status
+    return Match.of(mapping).selects(account)
 
 
 def usergroup_row(username: str, groupname: str, priority: int, account: Account) -> Resource:
@@ -227,13 +229,14 @@ def radius(
     conflicts: list[Conflict] = []
     owner: dict[str, str] = {}  # username -> account id that owns it
     ordered = sorted(accounts, key=lambda a: (len(a.id), a.id))
+    matches = [(m, Match.of(m)) for m in mappings]
     for account in ordered:
         for username in account.usernames:
             owner.setdefault(username, account.id)
     for account in ordered:
         groups: dict[str, int] = {}
-        for m in mappings:
-            if selects(m, account):
+        for m, match in matches:
+            if match.selects(account):
                 groups[m.radius_group] = min(m.priority, groups.get(m.radius_group, m.priority))
         if not groups:
             continue

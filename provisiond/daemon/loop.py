@@ -99,7 +99,7 @@ class Daemon:
         self.path = path
         self.settings = settings
         self.notifier = Notifier()
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings)
         self.health = Health(max_age=_max_age(settings))
         self.metrics.watch(self.health)
         self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True)
@@ -147,7 +147,8 @@ class Daemon:
         if d.webhook_listen:
             try:
                 self.webhook = WebhookReceiver(d.webhook_listen, d.webhook_token(),
-                                               on_pass=self._webhook_pass, debounce=d.debounce).start()
+                                               on_pass=self._webhook_pass, debounce=d.debounce,
+                                               metrics=self.metrics).start()
             except (OSError, ValueError, ConfigError) as exc:
                 log.error("daemon.webhook_listen: cannot serve webhooks on %s: %s",
                           d.webhook_listen, exc)
@@ -187,7 +188,7 @@ class Daemon:
                     self._set_leading(True)
                     self.runner.continue_numbering()
                     self.request_pass(None, reason="leader")
-            if self.leading:
+            if self.leading and not self.settings.daemon.dry_run:  # dry run: writes nothing
                 self._take_requests()
 
     def _shutdown(self, watchdog: threading.Event | None) -> None:
@@ -422,6 +423,7 @@ class Daemon:
         self.metrics.reloads.labels("ok").inc()
         self.metrics.reload_failed.set(0)
         self.health.degraded.pop("reload", None)
+        self.metrics.prime(new)
         self.health.max_age = _max_age(new)
         self.runner.swap_at_next_pass(new)
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):

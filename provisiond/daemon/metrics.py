@@ -1,8 +1,10 @@
 """Prometheus metrics and ``/healthz``, served on ``daemon.metrics_listen``.
 
 The pass runner records into ``Metrics`` after every pass; ``Health`` remembers when a
-pass last succeeded. ``serve`` answers ``GET /metrics`` (the text exposition of
-provisiond's own registry, nothing of the process-global one) and ``GET /healthz``
+pass last succeeded. ``Metrics.prime`` creates every labelled series it can name from
+the configuration (targets, pools, results) at 0, at start-up and on reload: a series
+that first appears at 1 is an event ``increase()`` cannot see. ``serve`` answers
+``GET /metrics`` (the text exposition of provisiond's own registry, nothing of the process-global one) and ``GET /healthz``
 (200 ``ok`` when a pass succeeded within ``healthz_max_age``, else 503 and the reason;
 lasting conflicts and degraded parts (refused lists, exhausted pools, unreachable
 targets, a failed reload) are listed in the body either way, without failing health;
@@ -22,15 +24,35 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from provisiond.settings import Settings
+
 log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+PASS_RESULTS = ("ok", "partial", "error")
+ACTIONS = ("create", "update", "delete")
+BILLING_RESULTS = ("ok", "error", "suspicious")
+COA_RESULTS = ("ack", "nak", "timeout", "unknown-nas", "error")  # targets.coa.Outcome
+SOURCE = "source"  # the billing source's label in provisiond_errors_total
+# Webhook requests by result: accepted, or why refused (daemon.webhook).
+WEBHOOK_RESULTS = ("accepted", "unauthorised", "not_found", "method_not_allowed",
+                   "bad_request", "length_required", "too_large", "busy")
+
+
+def target_names(settings: Settings) -> list[str]:
+    """The targets a pass writes, as ``engine.build_targets`` makes them: every router
+    some address list goes to, and ``radius`` with a ``[radius]`` section."""
+    names = [r.name for r in settings.router
+             if any(r in settings.routers_for(m) for m in settings.address_list)]
+    if settings.radius is not None:
+        names.append("radius")
+    return names
 
 
 class Metrics:
     """Every provisiond_* series, in a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         r = self.registry = CollectorRegistry()
         self.passes = Counter("provisiond_passes", "Passes by result (ok, partial, error)",
                               ["result"], registry=r)
@@ -95,6 +117,38 @@ class Metrics:
         self.degraded = Gauge("provisiond_degraded_parts",
                               "Parts /healthz lists as degraded (refused lists, exhausted pools, "
                               "unreachable targets, a failed reload)", registry=r)
+        self.webhook_requests = Counter(
+            "provisiond_webhook_requests", "Webhook requests by result (accepted, or why refused)",
+            ["result"], registry=r)
+        for result in PASS_RESULTS:
+            self.passes.labels(result)
+        for result in BILLING_RESULTS:
+            self.billing_reads.labels(result)
+        for result in COA_RESULTS:
+            self.coa.labels(result)
+        for result in WEBHOOK_RESULTS:
+            self.webhook_requests.labels(result)
+        self.errors.labels(SOURCE)
+        if settings is not None:
+            self.prime(settings)
+
+    def prime(self, settings: Settings) -> None:
+        """Every series of the configured targets and pools, at 0 where not there yet.
+
+        ``provisiond_last_success_timestamp_seconds`` is left out: 0 would read as "not
+        converged since 1970"; it appears with a target's first good pass."""
+        for name in target_names(settings):
+            self.errors.labels(name)
+            self.target_errors.labels(name)
+            self.refusals.labels(name)
+            self.conflicts.labels(name)
+            self.backoff.labels(name)
+            self.consecutive_failures.labels(name)
+            for action in ACTIONS:
+                self.changes.labels(name, action)
+        for pool in settings.pool:
+            self.pool_utilisation.labels(pool.name)
+            self.pool_unallocated.labels(pool.name)
 
     def watch(self, health: Health) -> None:
         """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""

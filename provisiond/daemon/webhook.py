@@ -14,10 +14,13 @@ A ``POST`` body is only a hint of what changed; the pass re-reads billing:
   know): a full pass, debounced so a burst of events gives one.
 
 Refused, and nothing done: a wrong or missing token (403), a body over 1 MiB (413) or
-without a length (411), one that is not a JSON object with an ``event`` (400, nesting
-too deep for the parser included). At most ``MAX_HANDLERS`` connections are handled at
-once; one more is closed without an answer. Whatever a sender does, the handler thread
-answers or gives up (socket timeout) and the daemon goes on.
+without a length (411: a chunked body is not read; Sonar sends a Content-Length, and a
+proxy in front must pass one, as nginx does by buffering the request), one that is not
+a JSON object with an ``event`` (400, nesting too deep for the parser included). At
+most ``MAX_HANDLERS`` connections are handled at once; one more is closed without an
+answer. Whatever a sender does, the handler thread answers or gives up (socket
+timeout) and the daemon goes on. Every request is counted by result in
+``provisiond_webhook_requests_total`` (``daemon.metrics.WEBHOOK_RESULTS``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from provisiond.daemon.metrics import parse_listen
+from provisiond.daemon.metrics import Metrics, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ READ_TIMEOUT = 10.0  # seconds a sender may take to send its request
 MAX_HANDLERS = 16  # connections handled at once: slow senders cannot pile up threads
 
 OnPass = Callable[[frozenset[str] | None], None]
+# A refusal's status -> its result in provisiond_webhook_requests_total.
+REFUSED = {403: "unauthorised", 404: "not_found", 405: "method_not_allowed", 400: "bad_request",
+           411: "length_required", 413: "too_large"}
 
 
 def classify(doc: Any) -> frozenset[str] | None:
@@ -111,7 +117,7 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.receiver.refused += 1
+            self.receiver.count("busy")
             log.warning("webhook from %s refused: %d connections already being handled",
                         client_address[0], MAX_HANDLERS)
             self.shutdown_request(request)
@@ -136,7 +142,8 @@ class _Server6(_Server):
 class WebhookReceiver:
     """The endpoint; ``on_pass(accounts)`` is called with a scope, or None for a full pass."""
 
-    def __init__(self, listen: str, token: str, *, on_pass: OnPass, debounce: float) -> None:
+    def __init__(self, listen: str, token: str, *, on_pass: OnPass, debounce: float,
+                 metrics: Metrics | None = None) -> None:
         if len(token) < 16:
             raise ValueError("daemon.webhook_token_file: the token must have at least 16 characters")
         self.listen = listen
@@ -144,8 +151,18 @@ class WebhookReceiver:
         self._on_pass = on_pass
         self._full = _Debounce(debounce, lambda: self._request(None))
         self._server: _Server | None = None
+        self._metrics = metrics
         self.accepted = 0
         self.refused = 0
+
+    def count(self, result: str) -> None:
+        """One request's result: ``accepted`` or a refusal (``REFUSED``, ``busy``)."""
+        if result == "accepted":
+            self.accepted += 1
+        else:
+            self.refused += 1
+        if self._metrics is not None:
+            self._metrics.webhook_requests.labels(result).inc()
 
     def start(self) -> WebhookReceiver:
         host, port = parse_listen(self.listen)
@@ -175,7 +192,7 @@ class WebhookReceiver:
     def event(self, doc: Any) -> str:
         """Act on an event body; returns what was asked for (for the reply and the log)."""
         accounts = classify(doc)
-        self.accepted += 1
+        self.count("accepted")
         if accounts is None:
             self._full.poke()
             return "full pass"
@@ -241,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _refuse(self, code: int, why: str) -> None:
-        self.server.receiver.refused += 1
+        self.server.receiver.count(REFUSED.get(code, "bad_request"))
         log.warning("webhook from %s refused: %d %s", self.client_address[0], code, why)
         self._reply(code, (why + "\n").encode())
 

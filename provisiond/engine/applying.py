@@ -103,7 +103,7 @@ class Applier:
             if pp.allocation is not None:
                 # A LeaseConflict (another process reserved first) stops the pass before
                 # any write; the next pass re-plans.
-                self.store.reserve(pp.allocation, pp.now or datetime.now(UTC))
+                self.store.reserve(pp.allocation, pp.now or datetime.now(UTC), run_id=run_id)
             if pp.snapshot is not None and pp.snapshot.scope is None:
                 # A scoped read's few accounts are no yardstick for the next full read.
                 self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from provisiond.core.model import Snapshot
+from provisiond.core.model import Match, Snapshot
 from provisiond.core.plan import Selector, check_pools, emptied_pools
 from provisiond.errors import SourceError, UnmatchedMapping
 from provisiond.settings import Settings
@@ -38,7 +38,8 @@ def build_source(settings: Settings) -> Source:
         url = s.resolved_url()
     except Exception as exc:  # noqa: BLE001 - a bad URL is a source error, named
         raise SourceError(f"source.url: {exc}") from exc
-    return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url())
+    return SqlSource(url, s.query, timeout=s.timeout, display=s.display_url(),
+                     needs=settings.flags_used())
 
 
 def build_targets(settings: Settings, store: Store) -> list[Target]:
@@ -66,19 +67,19 @@ def selectors(settings: Settings) -> list[Selector]:
     """Every mapping's selector with what it fills and where: the unmatched-mapping rule's input."""
     out = [
         Selector(f"address_list[{i}]", m.list, tuple(r.name for r in settings.routers_for(m)),
-                 group=m.group, status=m.status)
+                 match=Match.of(m))
         for i, m in enumerate(settings.address_list)
     ]
-    out += [Selector(f"radius_group[{i}]", m.radius_group, ("radius",), group=m.group, status=m.status)
+    out += [Selector(f"radius_group[{i}]", m.radius_group, ("radius",), match=Match.of(m))
             for i, m in enumerate(settings.radius_group)]
-    out += [Selector(f"pool[{i}]", p.name, ("ipam",), group=p.group)
+    out += [Selector(f"pool[{i}]", p.name, ("ipam",), match=Match.of(p))
             for i, p in enumerate(settings.pool)]
     return out
 
 
-def pool_groups(settings: Settings) -> dict[str, str] | None:
-    """Pool name -> its group; None without pools."""
-    return {p.name: p.group for p in settings.pool} if settings.pool else None
+def pool_matches(settings: Settings) -> dict[str, Match] | None:
+    """Pool name -> which accounts it serves; None without pools."""
+    return {p.name: Match.of(p) for p in settings.pool} if settings.pool else None
 
 
 def allocate(

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from provisiond.core.changes import Create, Delete
-from provisiond.core.model import Snapshot
+from provisiond.core.model import Match, Snapshot
 from provisiond.core.plan import Plan
 from provisiond.core.scope import UsernameHolders
 from provisiond.targets.base import ApplyResult
@@ -44,12 +44,12 @@ class ScopedMemory:
     # -- learning from a full pass ----------------------------------------------------
 
     def learn(self, plans: list[Plan], snapshot: Snapshot | None, *,
-              pool_groups: Mapping[str, str] | None,
+              pool_matches: Mapping[str, Match] | None,
               pool_billing: dict[str, tuple[str, ...]] | None,
               radius: bool) -> None:
         """Keep what a full plan learnt: each target's managed counts, and (with the
         snapshot) the pools' members and billing addresses and the username holders.
-        ``pool_groups``: pool -> its group (None without pools)."""
+        ``pool_matches``: pool -> which accounts it serves (None without pools)."""
         for plan in plans:  # a target left out (back-off) keeps what it had
             self.existing[plan.target] = dict(plan.existing)
             self.since_full.pop(plan.target, None)
@@ -58,10 +58,10 @@ class ScopedMemory:
         if radius:
             self.holders = UsernameHolders(
                 {a.id: a.usernames for a in snapshot.accounts.values() if a.usernames})
-        if pool_groups:
+        if pool_matches:
             self.pool_billing = pool_billing or {}
-            self.pool_members = {pool: {a.id for a in snapshot.accounts.values() if group in a.groups}
-                                 for pool, group in pool_groups.items()}
+            self.pool_members = {pool: {a.id for a in snapshot.accounts.values() if m.selects(a)}
+                                 for pool, m in pool_matches.items()}
 
     def forget_counts(self) -> None:
         """After a pass that failed part-way: no count is trusted until the next full
@@ -128,17 +128,17 @@ class ScopedMemory:
         return out
 
     def pools_left_unmatched(self, accounts: frozenset[str], snapshot: Snapshot,
-                             pool_groups: Mapping[str, str], emptied: Mapping[str, int]) -> list[str]:
+                             pool_matches: Mapping[str, Match], emptied: Mapping[str, int]) -> list[str]:
         """Pools a scoped pass would release every lease of while their group may match
         no account (from the last full read, moved by the scoped reads since; without
         one, every such pool). Moves the members as it goes."""
         members = self.pool_members
         if members is not None:
-            for pool, group in pool_groups.items():
+            for pool, match in pool_matches.items():
                 held = members.setdefault(pool, set())
                 for account_id in accounts:
                     account = snapshot.accounts.get(account_id)
-                    if account is not None and group in account.groups:
+                    if account is not None and match.selects(account):
                         held.add(account_id)
                     else:
                         held.discard(account_id)

@@ -14,7 +14,7 @@ from datetime import datetime
 from provisiond.core import desire
 from provisiond.core.changes import Change, Conflict, Create, Key, Observed, Resource
 from provisiond.core.diff import count_by_group, diff
-from provisiond.core.model import Snapshot
+from provisiond.core.model import Match, Snapshot
 from provisiond.core.plan import Plan, unmatched, unmatched_by_target
 from provisiond.engine.assembly import allocate, selectors
 from provisiond.engine.memory import ScopedMemory
@@ -82,12 +82,8 @@ def desired(settings: Settings, snapshot: Snapshot,
     """Every target's desired resources, and the conflicts desire itself found."""
     s = settings
     mappings = [
-        desire.ListMapping(
-            list=m.list,
-            routers=tuple(r.name for r in s.routers_for(m)),
-            group=m.group,
-            status=m.status,
-        )
+        desire.ListMapping(list=m.list, routers=tuple(r.name for r in s.routers_for(m)),
+                           match=Match.of(m))
         for m in s.address_list
     ]
     per_router = desire.address_lists(
@@ -108,12 +104,11 @@ def desired(settings: Settings, snapshot: Snapshot,
 def without_address(settings: Settings, snapshot: Snapshot,
                     allocated: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Ids of accounts an address list wants but that have no address at all."""
-    groups = {m.group for m in settings.address_list if m.group is not None}
-    statuses = {m.status for m in settings.address_list if m.status is not None}
+    matches = [Match.of(m) for m in settings.address_list]
     return sorted(
         (a.id for a in snapshot.accounts.values()
          if not a.addresses and not allocated.get(a.id)
-         and (a.groups & groups or a.status in statuses)),
+         and any(m.selects(a) for m in matches)),
         key=lambda i: (len(i), i),
     )
 

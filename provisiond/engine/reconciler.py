@@ -26,7 +26,7 @@ from provisiond.core.model import Snapshot
 from provisiond.core.plan import Plan, Safety
 from provisiond.engine import planning, saved, scoped
 from provisiond.engine.applying import Applier, MayWrite
-from provisiond.engine.assembly import allocate, build_source, build_targets, pool_billing, pool_groups
+from provisiond.engine.assembly import allocate, build_source, build_targets, pool_billing, pool_matches
 from provisiond.engine.memory import ScopedMemory
 from provisiond.engine.reading import FullRead
 from provisiond.engine.results import MAX_WORKERS, PassPlan, PassResult, ProgressFactory
@@ -97,7 +97,10 @@ class Reconciler:
         if last and seen < last * (1 - drop):
             raise SuspiciousSnapshot(
                 f"billing returned {seen} accounts, last good read had {last}: "
-                f"a drop of more than {drop:.0%} (source.max_account_drop); nothing written"
+                f"a drop of more than {drop:.0%} (source.max_account_drop); if the drop is "
+                "real, accept it with one `PROVISIOND_SOURCE__MAX_ACCOUNT_DROP=1 provisiond "
+                "apply` (add --force if the safety thresholds refuse its deletes): later "
+                "reads are measured against that one"
             )
         return snapshot
 
@@ -164,7 +167,7 @@ class Reconciler:
     def _learn(self, pp: PassPlan) -> None:
         """What this full pass teaches later scoped passes."""
         self.memory.learn(
-            pp.plans, pp.snapshot, pool_groups=pool_groups(self.settings),
+            pp.plans, pp.snapshot, pool_matches=pool_matches(self.settings),
             pool_billing=pool_billing(self.settings, pp.snapshot) if pp.snapshot is not None else None,
             radius=any(t.kind == "radius" for t in self.targets))
 

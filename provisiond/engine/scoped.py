@@ -20,7 +20,7 @@ from provisiond.core.changes import Key, Observed, Resource
 from provisiond.core.model import Snapshot
 from provisiond.core.scope import Scope
 from provisiond.engine import planning
-from provisiond.engine.assembly import pool_groups
+from provisiond.engine.assembly import pool_matches
 from provisiond.engine.memory import ScopedMemory
 from provisiond.engine.results import Failed, PassPlan, each, guarded
 from provisiond.settings import Settings
@@ -59,8 +59,8 @@ def plan_scoped(settings: Settings, source: Source, store: Store, memory: Scoped
     """A pass over ``accounts`` on ``targets``; None when it must widen to a full pass."""
     snapshot = read_scoped(source, accounts)
     pp, desired, conflicts = planning.prepare(settings, store, snapshot, now, memory)
-    groups = pool_groups(settings)
-    pools = memory.pools_left_unmatched(accounts, snapshot, groups, pp.emptied_pools) if groups else []
+    matches = pool_matches(settings)
+    pools = memory.pools_left_unmatched(accounts, snapshot, matches, pp.emptied_pools) if matches else []
     if pools:
         # As for a list: a pool whose group may match nobody now (a typo'd group in
         # billing) is for a full pass to refuse, not to release event by event.

@@ -4,9 +4,13 @@ First step of every pass when ``[source] type = "sonar"``. ``read()`` pages thro
 ``accounts`` by keyset (sorted by id, ``id GT <last id seen>``), so an account added or
 deleted in Sonar during the read never pushes another out of it, and follows what
 ``page_info`` says rather than the page size it asked for. Each account comes with its
-status, groups, RADIUS usernames and every IP assignment reachable from it (its own,
-its RADIUS accounts', its addresses' inventory items' and their field data's), and
-becomes the same ``Account`` value the SQL source makes (``sql.aggregate``).
+status (and whether it activates the account), its delinquency flag, groups, RADIUS
+usernames and every IP assignment reachable from it (its own, its RADIUS accounts', its
+uninventoried MAC addresses', its addresses' inventory items' and their field data's),
+all in the one query per page, and becomes the same ``Account`` value the SQL source
+makes (``sql.aggregate``). Archived accounts are not read (``include_archived: false``):
+to provisiond an archived account is a deleted one. Ids are Sonar's ``Int64Bit``, a
+string on the wire; a number is taken too.
 ``read(accounts={…})`` reads just those accounts (a webhook's scoped pass); the
 Snapshot's ``scope`` says so, and an id of it missing from the Snapshot is an account
 Sonar no longer has.
@@ -59,17 +63,19 @@ def _collection(fields: str) -> str:
 
 _IPS = "ip_assignments" + _collection("subnet")
 ACCOUNT_FIELDS = (
-    "id name account_status { name } "
+    "id name is_delinquent account_status { name activates_account } "
     "account_groups" + _collection("name") + " "
     + _IPS + " "
     "radius_accounts" + _collection("username " + _IPS) + " "
+    "uninventoried_mac_addresses" + _collection("id " + _IPS) + " "
     "addresses" + _collection(
         "id inventory_items" + _collection(
             "id " + _IPS + " inventory_model_field_data" + _collection("id " + _IPS)))
 )
 QUERY = (
     "query provisiondAccounts($paginator: Paginator, $search: [Search], $sorter: [Sorter], "
-    "$nested: Paginator) { accounts(paginator: $paginator, search: $search, sorter: $sorter) "
+    "$nested: Paginator) { accounts(paginator: $paginator, search: $search, sorter: $sorter, "
+    "include_archived: false) "
     "{ entities { " + ACCOUNT_FIELDS + " } "
     "page_info { page records_per_page total_count total_pages } } }"
 )
@@ -225,6 +231,8 @@ class SonarSource:
         entities = []
         previous = after
         for raw in coll["entities"]:
+            if raw is None:  # the schema lets an entity be null: nothing to read
+                continue
             account_id = _int64(raw.get("id") if isinstance(raw, dict) else None)
             if account_id is None:
                 raise SonarError("answer", f"{what}: an account without a numeric id: {raw!r:.80}")
@@ -324,20 +332,33 @@ class SonarSource:
                 raise SonarError("answer", f"account {account_id}: account_status is not an "
                                            f"object: {account_status!r:.80}")
             status = (account_status or {}).get("name")
+            # No status (Sonar's schema allows it): nothing activates the account.
+            active = _flag(account_id, "account_status.activates_account",
+                           (account_status or {}).get("activates_account", False))
+            delinquent = _flag(account_id, "is_delinquent", e.get("is_delinquent"))
             name = e.get("name")
-            yield account_id, name, status, None, None, None
+            yield account_id, name, status, None, None, None, active, delinquent
             for group in _entities(e, "account_groups", account_id):
-                yield account_id, name, status, group.get("name"), None, None
+                yield account_id, name, status, group.get("name"), None, None, active, delinquent
             for subnet in _subnets(e, account_id):
-                yield account_id, name, status, None, subnet, None
+                yield account_id, name, status, None, subnet, None, active, delinquent
             for radius in _entities(e, "radius_accounts", account_id):
-                yield account_id, name, status, None, None, radius.get("username")
+                yield account_id, name, status, None, None, radius.get("username"), active, delinquent
+
+
+def _flag(account_id: int, field: str, value: Any) -> bool:
+    """A Boolean! of Sonar's; anything else makes the page untrustworthy."""
+    if not isinstance(value, bool):
+        raise SonarError("answer", f"account {account_id}: {field} is not true or false: "
+                                   f"{value!r:.40}")
+    return value
 
 
 def _subnets(account: dict[str, Any], account_id: int) -> Iterator[Any]:
     """Every IP assignment reachable from an account (SONAR.md §3, as LibreQoS reads them)."""
     owners = [account]
     owners += _entities(account, "radius_accounts", account_id)
+    owners += _entities(account, "uninventoried_mac_addresses", account_id)
     for address in _entities(account, "addresses", account_id):
         for item in _entities(address, "inventory_items", account_id):
             owners.append(item)

@@ -1,8 +1,10 @@
 """The SQL billing source: the operator's one query -> a ``Snapshot``.
 
 First step of every pass. The query returns one row per account × group × address ×
-username with the columns in ``REQUIRED_COLUMNS``; rows are aggregated into
-``Account`` values. A row with bad data is skipped and reported with its account id;
+username with the columns in ``REQUIRED_COLUMNS``, and may return the account flags
+in ``FLAG_COLUMNS`` (``active``, ``delinquent``: true/false, t/f, 1/0, yes/no; NULL is
+false); rows are aggregated into ``Account`` values. A flag a mapping selects on must
+be among the query's columns (``needs``), else the read fails naming it. A row with bad data is skipped and reported with its account id;
 an account whose rows disagree on its name or status is left out and reported too.
 A read that fails or times out raises ``SourceError``: the reconciler then writes
 nothing anywhere. SQLAlchemy Core, so PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL)
@@ -20,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +48,7 @@ REQUIRED_COLUMNS = (
     "ip_address",
     "radius_username",
 )
+FLAG_COLUMNS = ("active", "delinquent")  # optional; a mapping that selects on one needs it
 
 
 def make_engine(url: str, *, timeout: float) -> Engine:
@@ -75,10 +78,13 @@ class _Builder:
     groups: set[str] = field(default_factory=set)
     addresses: set[str] = field(default_factory=set)
     usernames: set[str] = field(default_factory=set)
+    active: bool = False
+    delinquent: bool = False
 
     @classmethod
     def of(cls, a: Account) -> _Builder:
-        return cls(a.id, a.name, a.status, set(a.groups), set(a.addresses), set(a.usernames))
+        return cls(a.id, a.name, a.status, set(a.groups), set(a.addresses), set(a.usernames),
+                   a.active, a.delinquent)
 
     def build(self, shared: dict[frozenset[str], frozenset[str]]) -> Account:
         groups = frozenset(self.groups)
@@ -89,6 +95,8 @@ class _Builder:
             groups=shared.setdefault(groups, groups),  # a few distinct sets, 100,000 accounts
             addresses=tuple(sorted(self.addresses)),
             usernames=tuple(sorted(self.usernames)),
+            active=self.active,
+            delinquent=self.delinquent,
         )
 
 
@@ -96,8 +104,28 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-Row = tuple[Any, Any, Any, Any, Any, Any]  # the REQUIRED_COLUMNS, in that order
+Row = tuple[Any, Any, Any, Any, Any, Any, Any, Any]  # REQUIRED_COLUMNS + FLAG_COLUMNS, in order
 _NO_GROUPS: frozenset[str] = frozenset()
+# A flag's spellings (strings compared stripped and lower-cased); NULL is false.
+_FLAGS: dict[Any, bool] = {
+    None: False, True: True, False: False,  # (1 and 0 are the same keys as True and False)
+    "true": True, "t": True, "1": True, "yes": True, "y": True,
+    "false": False, "f": False, "0": False, "no": False, "n": False, "": False,
+}
+
+
+def flag(value: Any) -> bool | None:
+    """A billing flag as a bool; ``None`` when it is none of the spellings."""
+    try:
+        found = _FLAGS.get(value)
+    except TypeError:  # unhashable
+        return None
+    if found is None and isinstance(value, (str, bytes)):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        found = _FLAGS.get(text.strip().lower())
+    elif found is None and isinstance(value, (int, float)) and value in (0, 1):
+        found = bool(value)  # Decimal('1'), 1.0
+    return found
 
 
 def aggregate(
@@ -112,13 +140,14 @@ def aggregate(
     accounts: dict[str, Account] = {}
     merging: dict[str, _Builder] = {}
     problems: list[RowProblem] = []
-    clashes: dict[str, tuple[set[str], set[str]]] = {}  # account id -> names, statuses
+    clashes: dict[str, tuple[set[str], set[str], set[bool], set[bool]]] = {}  # names, statuses, flags
     notes: dict[tuple[str, str], str] = {}
     one_group: dict[str, frozenset[str]] = {}  # group name -> {group name}, shared
     count = 0
     canonical_v4 = addresses.CANONICAL_V4  # the common address, already in RouterOS form
     new_account = Account.make
-    for raw_id, name, status, group, ip_raw, username in rows:
+    flags = _FLAGS
+    for raw_id, name, status, group, ip_raw, username, active_raw, delinquent_raw in rows:
         count += 1
         if type(raw_id) is int:
             account_id = str(raw_id)  # digits (and a sign): one word, printable
@@ -147,6 +176,16 @@ def aggregate(
                 if addresses.has_host_bits(given):
                     notes[(account_id, ip)] = (
                         f"account {account_id}: {given} has host bits set; used as the network {ip}")
+        active = flags[active_raw] if active_raw is None or type(active_raw) is bool else flag(active_raw)
+        if active is None:
+            problems.append(RowProblem(account_id, f"active is not true or false: {active_raw!r:.40}"))
+            continue
+        delinquent = (flags[delinquent_raw] if delinquent_raw is None or type(delinquent_raw) is bool
+                      else flag(delinquent_raw))
+        if delinquent is None:
+            problems.append(RowProblem(account_id,
+                                       f"delinquent is not true or false: {delinquent_raw!r:.40}"))
+            continue
         name_ = name.strip() if type(name) is str else _text(name)
         status_ = status.strip() if type(status) is str else _text(status)
         if type(group) is str:
@@ -164,15 +203,19 @@ def aggregate(
                 groups = one_group.get(group_) or one_group.setdefault(group_, frozenset((group_,)))
             accounts[account_id] = new_account(
                 account_id, name_, status_, groups, (ip,) if ip else (),
-                (username_,) if username_ is not None else ())
+                (username_,) if username_ is not None else (), active, delinquent)
             continue
         more = merging.get(account_id)
         if more is None:
             more = merging[account_id] = _Builder.of(acc)
-        if name_ != more.name or status_ != more.status:
-            seen = clashes.setdefault(account_id, ({more.name}, {more.status}))
+        if (name_ != more.name or status_ != more.status or active != more.active
+                or delinquent != more.delinquent):
+            seen = clashes.setdefault(account_id, ({more.name}, {more.status}, {more.active},
+                                                   {more.delinquent}))
             seen[0].add(name_)
             seen[1].add(status_)
+            seen[2].add(active)
+            seen[3].add(delinquent)
         if group_ is not None:
             more.groups.add(group_)
         if ip:
@@ -182,12 +225,14 @@ def aggregate(
     shared = {g: g for g in one_group.values()}
     for account_id, more in merging.items():
         accounts[account_id] = more.build(shared)
-    for account_id, (names, statuses) in clashes.items():
+    for account_id, (names, statuses, actives, delinquents) in clashes.items():
         # Which row is right is anyone's guess (and their order may change from read
         # to read): the account is left as it is on every target until billing agrees.
         del accounts[account_id]
         what = [f"different {kind} ({', '.join(repr(v) for v in sorted(values))})"
-                for kind, values in (("names", names), ("statuses", statuses)) if len(values) > 1]
+                for kind, values in (("names", names), ("statuses", statuses),
+                                     ("active flags", actives), ("delinquent flags", delinquents))
+                if len(values) > 1]
         problems.append(RowProblem(account_id, f"billing returns it with {' and '.join(what)}; "
                                                "left as it is this pass"))
     return Snapshot(
@@ -203,11 +248,14 @@ def aggregate(
 class SqlSource:
     """Runs the operator's billing query. ``display`` is the URL with the password hidden."""
 
-    def __init__(self, url: str, query: str, *, timeout: float, display: str) -> None:
+    def __init__(self, url: str, query: str, *, timeout: float, display: str,
+                 needs: Mapping[str, str] | None = None) -> None:
+        """``needs``: flag column -> the config key that selects on it (``address_list[2].delinquent``)."""
         self._engine = make_engine(url, timeout=timeout)
         self._query = sa.text(query)
         self._scoped = _scoped_query(query, self._engine.dialect.name)
         self.display = display
+        self.needs = dict(needs or {})
 
     def check_columns(self) -> list[str]:
         """Problems with the query's result columns (runs it with no rows fetched)."""
@@ -219,13 +267,16 @@ class SqlSource:
         except SQLAlchemyError as exc:
             return [f"source.query: failed against {self.display}: {_reason(exc)}"]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        out = []
         if missing:
-            return [
+            out.append(
                 "source.query: missing column(s) "
                 + ", ".join(missing)
                 + f" (it returns {', '.join(sorted(columns)) or 'none'}; alias them with AS)"
-            ]
-        return []
+            )
+        out += [_flag_problem(column, where) for column, where in sorted(self.needs.items())
+                if column not in columns]
+        return out
 
     def read(self, *, accounts: Collection[str] | None = None) -> Snapshot:
         read_at = datetime.now(UTC)
@@ -243,7 +294,7 @@ class SqlSource:
                 snapshot = aggregate(rows, read_at=read_at, scope=scope)
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"billing read from {self.display} failed: {_reason(exc)}; nothing written"
+                f"billing read from {self.display} failed: {_reason(exc)}"
             ) from exc
         for p in snapshot.problems:
             log.warning("source: skipped billing row: %s", p)
@@ -255,11 +306,11 @@ class SqlSource:
         )
         return snapshot
 
-    @staticmethod
-    def _rows(conn: Connection, query: Any, params: dict[str, Any]) -> Iterable[Row]:
-        """The REQUIRED_COLUMNS of every row, streamed, in that order: the result's own
-        rows when the query returns just those columns in that order (they unpack like
-        tuples), else each row's columns picked by one ``itemgetter``."""
+    def _rows(self, conn: Connection, query: Any, params: dict[str, Any]) -> Iterable[Row]:
+        """The REQUIRED_COLUMNS and FLAG_COLUMNS of every row, streamed, in that order:
+        the result's own rows when the query returns just those columns in that order
+        (they unpack like tuples), else each row's columns picked by one ``itemgetter``
+        (a flag column it lacks reads as NULL)."""
         result = conn.execution_options(stream_results=True, yield_per=5000).execute(
             query, params
         )
@@ -268,16 +319,31 @@ class SqlSource:
         if missing:
             result.close()
             raise SourceError(
-                f"billing query returns no column(s) {', '.join(missing)}; nothing written"
+                f"billing query returns no column(s) {', '.join(missing)}"
             )
-        idx = [keys.index(c) for c in REQUIRED_COLUMNS]
-        if idx == list(range(len(REQUIRED_COLUMNS))) and len(keys) == len(idx):
+        lacking = [c for c in sorted(self.needs) if c not in keys]
+        if lacking:
+            result.close()
+            raise SourceError("; ".join(_flag_problem(c, self.needs[c]) for c in lacking)
+                              + "; nothing written")
+        columns = REQUIRED_COLUMNS + FLAG_COLUMNS
+        if any(c not in keys for c in FLAG_COLUMNS):
+            # A missing flag column is a NULL at the end of each row (index len(keys)).
+            get = operator.itemgetter(*(keys.index(c) if c in keys else len(keys) for c in columns))
+            return (get((*r, None)) for r in result)
+        idx = [keys.index(c) for c in columns]
+        if idx == list(range(len(columns))) and len(keys) == len(idx):
             rows: Iterable[Row] = result  # Rows unpack as tuples
             return rows
         return map(operator.itemgetter(*idx), result)
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _flag_problem(column: str, where: str) -> str:
+    return (f"source.query: returns no column {column}, which {where} selects on "
+            f"(add it to the query, true or false per account, or drop {where})")
 
 
 def _scoped_query(query: str, dialect: str) -> Any:

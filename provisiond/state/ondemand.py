@@ -18,7 +18,7 @@ from provisiond.state.base import Store
 
 class WritableOnDemand:
     READS = frozenset({"last_good_read", "leases", "radreply_owned", "history", "runs",
-                       "usernames_written"})
+                       "usernames_written", "radius_accounts"})
 
     def __init__(self, url: str, *, writable: bool = True) -> None:
         self._url = url

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 
 from provisiond.errors import LeaseConflict, StoreError
-from provisiond.core.changes import Change, Conflict, Create, Update
+from provisiond.core.changes import Change, Conflict, Create, Delete, Resource, Update
 from provisiond.core.ipam import Allocation, Lease
 from provisiond.state.parts import encode_part, part_entry, part_rows
 from provisiond.state.requests import PassRequests
@@ -80,7 +80,13 @@ _JournalHead = tuple[str, datetime, str]
 # A part of at least this many changes, all of these kinds, is one journal_parts row.
 # RADIUS rows stay one per change: usernames_written reads their detail by account.
 PART_ROWS = 200
-_PART_KINDS = frozenset({"address-list"})
+_PART_KINDS = frozenset({"address-list", "lease"})
+# radius_accounts looks up to this many usernames by their spelling in the journal's
+# detail; more, in one read of every RADIUS row of the journal.
+SPELLING_LOOKUPS = 500
+# Lease changes are journalled as the target ``ipam``, kind ``lease``, group the pool.
+LEASE_TARGET = "ipam"
+RELEASED_BY_HAND = "released by hand (provisiond ipam release)"
 _TABLES = ("reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases", "pass_requests")
 
 
@@ -405,6 +411,49 @@ class StateStore(PassRequests):
                         out.add(str(name))
         return out
 
+    def radius_accounts(self, usernames: Collection[str]) -> dict[str, str]:
+        """The account each RADIUS username was last written for (username -> account id).
+
+        RADIUS rows carry no account id; a row provisiond deletes is journalled under
+        the account it wrote the row for: the radreply ledger's, else the newest
+        journalled create or update of a row of that username. Unknown names are left out.
+        """
+        wanted = set(usernames)
+        out: dict[str, str] = {}
+        if not wanted:
+            return out
+        with self._errors("radius accounts"):
+            with self._read("radreply_ledger") as conn:
+                if conn is not None:
+                    names = sorted(wanted)
+                    for start in range(0, len(names), 500):
+                        rl = radreply_ledger.c
+                        query = sa.select(rl.username, rl.account_id).where(
+                            rl.username.in_(names[start:start + 500]))
+                        out.update({str(u): str(a) for u, a in conn.execute(query) if a})
+            left = sorted(wanted - set(out))
+            with self._read("journal") as conn:
+                if conn is None or not left:
+                    return out
+                c = journal_t.c
+                radius_rows = (sa.select(c.account_id, c.detail)
+                               .where(c.kind.in_(("radusergroup", "radreply")), c.action != "delete",
+                                      c.account_id != "")
+                               .order_by(c.id.desc()))
+                # The detail is JSON text (the journal has no username column): a few
+                # usernames are looked for by their spelling in it, 50 to a query; many
+                # (a large delete) in one read of every RADIUS row.
+                batches = [left[i:i + 50] for i in range(0, len(left), 50)]
+                queries = [radius_rows.where(sa.or_(*(
+                    c.detail.contains(f'"username": {json.dumps(u)}', autoescape=True) for u in batch)))
+                    for batch in batches] if len(left) <= SPELLING_LOOKUPS else [radius_rows]
+                for query in queries:
+                    for account_id, detail in conn.execute(query):
+                        name = str(json.loads(detail).get("username", ""))
+                        if name in wanted and name not in out:
+                            out[name] = str(account_id)
+        return out
+
     def history(
         self,
         since: datetime | None = None,
@@ -527,20 +576,23 @@ class StateStore(PassRequests):
                 return []
             return _leases(conn, pool)
 
-    def reserve(self, allocation: Allocation, now: datetime) -> None:
+    def reserve(self, allocation: Allocation, now: datetime, *, run_id: str | None = None) -> None:
         """Record an Allocation in one transaction, or raise ``LeaseConflict`` and record nothing.
 
         Expired holds are freed first; every release, return and new lease is checked
         against the rows as they are under the lock, so two processes can never lease
-        one address twice (and the table's constraints back that up).
+        one address twice (and the table's constraints back that up). Every change is
+        journalled in the same transaction (target ``ipam``), under ``run_id`` (the
+        pass's run; without one, a run of its own).
         """
         if not allocation.changed:
             return
         now = _utc(now)
         with self._write("reserve leases", lock=LEASE_LOCK) as conn:
             rows = _leases(conn, None)
+            freed: list[Lease] = []
             if any(_expired(x, now) for x in rows):
-                _delete_expired(conn, now)
+                freed = _delete_expired(conn, now)
                 rows = [x for x in rows if not _expired(x, now)]
             current = {(x.pool, x.address): x for x in rows}
             by_address = {x.address: x for x in current.values()}
@@ -564,6 +616,15 @@ class StateStore(PassRequests):
                 _not_leased_twice(leased, lease)
                 by_address[lease.address] = lease
             self._apply(conn, allocation, now)
+            changes: list[Change] = [Delete(_lease_resource(x)) for x in freed]
+            changes += [Update(_lease_resource(current[(x.pool, x.address)]), _lease_resource(x))
+                        for x in (*allocation.releases, *allocation.returns)]
+            changes += Create.each(map(_lease_resource, allocation.new))
+            if changes:
+                run = run_id if run_id is not None else _run_of_its_own(conn, "ipam", now)
+                outcome = _Outcome((run, now, LEASE_TARGET), changes)
+                parts = list(outcome.split(JOURNAL_CHUNK))
+                _insert_journal(conn, [_journal_rows_of(conn.dialect, parts)])
         log.info(
             "leases reserved new=%d released=%d returned=%d expired=%d",
             len(allocation.new), len(allocation.releases), len(allocation.returns),
@@ -617,9 +678,11 @@ class StateStore(PassRequests):
         now: datetime,
         hold: float | Mapping[str, float] = 86400.0,
     ) -> list[Lease]:
-        """Release an account's leased addresses into hold by hand (seconds, per pool or one)."""
+        """Release an account's leased addresses into hold by hand (seconds, per pool or
+        one); journalled (target ``ipam``) under a run of its own, mode ``ipam release``."""
         now = _utc(now)
         out: list[Lease] = []
+        before: list[Lease] = []
         with self._write(f"release account {account_id}", lock=LEASE_LOCK) as conn:
             query = sa.select(leases_t).where(
                 leases_t.c.account_id == account_id, leases_t.c.state == "leased"
@@ -635,12 +698,37 @@ class StateStore(PassRequests):
                     .values(state="held", released_at=now, held_until=until)
                 )
                 out.append(Lease(row["pool"], row["address"], account_id, "held", until))
+                before.append(_lease(row))
+            if out:
+                run = _run_of_its_own(conn, "ipam release", now)
+                updates = [Update(_lease_resource(b), _lease_resource(x)) for b, x in zip(before, out)]
+                rows = [(a, k, g, acct, d, res, RELEASED_BY_HAND)
+                        for a, k, g, acct, d, res, _ in _change_rows(updates, (), ())]
+                outcome = _Outcome((run, now, LEASE_TARGET), rows=rows)
+                _insert_journal(conn, [_journal_rows_of(conn.dialect, [outcome])])
         return out
 
     def expire_holds(self, now: datetime) -> list[Lease]:
         """Free every address whose hold ran out; returns the freed leases."""
         with self._write("expire holds", lock=LEASE_LOCK) as conn:
             return _delete_expired(conn, _utc(now))
+
+
+def _lease_resource(lease: Lease) -> Resource:
+    """A lease as a journal row's resource: kind ``lease``, group its pool."""
+    attrs: tuple[tuple[str, str], ...] = (("state", lease.state),)
+    if lease.held_until is not None:
+        attrs += (("held_until", _utc(lease.held_until).isoformat(timespec="seconds")),)
+    return Resource.make("lease", lease.pool, (("pool", lease.pool), ("address", lease.address)),
+                         attrs, lease.account_id, "")
+
+
+def _run_of_its_own(conn: Connection, mode: str, now: datetime) -> str:
+    """A run, started and finished now, for lease changes made outside a pass's run."""
+    run_id = uuid.uuid4().hex
+    conn.execute(runs.insert().values(id=run_id, mode=mode, started_at=now, finished_at=now,
+                                      result="ok", summary="{}"))
+    return run_id
 
 
 def _change_rows(applied: Iterable[Change], failed: Iterable[tuple[Change, str]],

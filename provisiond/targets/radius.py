@@ -25,7 +25,7 @@ error or a log line.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -65,6 +65,8 @@ class RadiusLedger(Protocol):
     def radreply_record(
         self, *, added: Iterable[tuple[str, str, str]], removed: Iterable[tuple[str, str]]
     ) -> None: ...  # added: (username, attribute, account_id)
+
+    def radius_accounts(self, usernames: Collection[str]) -> dict[str, str]: ...  # username -> account
 
 
 class CoaClient(Protocol):
@@ -289,7 +291,9 @@ class RadiusTarget:
 
     # -- follow-ups ------------------------------------------------------------------------
     def plan_followups(self, plan: Plan) -> Plan:
-        """The plan with the CoA/Disconnect-Requests its changes call for (a preview)."""
+        """The plan with its deletes' accounts, and the CoA/Disconnect-Requests its
+        changes call for (a preview)."""
+        plan = self._accounts_of_deletes(plan)
         if self.coa is None and self.coa_mode == "off" and not self.coa_modes:
             return plan
         try:
@@ -298,6 +302,29 @@ class RadiusTarget:
         except sa.exc.SQLAlchemyError as exc:
             raise self._wrap(exc, "read sessions") from exc
         return replace(plan, followups=tuple(_followup_json(r, why) for r, why in requests))
+
+    def _accounts_of_deletes(self, plan: Plan) -> Plan:
+        """Rows read back carry no account id: a delete gets the account the ledger
+        (the state store) says its username was written for, so the journal, ``history
+        --account`` and ``explain`` find it. Creates and updates have billing's."""
+        names = {c.old.get("username") for c in plan.changes
+                 if isinstance(c, Delete) and not c.old.account_id}
+        if not names:
+            return plan
+        try:
+            owner = self.ledger.radius_accounts(names)
+        except Exception as exc:  # noqa: BLE001 - only the journal's account is lost
+            log.warning("radius target=%s cannot read the accounts of deleted rows: %s",
+                        self.name, exc)
+            return plan
+        if not owner:
+            return plan
+        changes = tuple(
+            Delete(replace(c.old, account_id=owner[u]))
+            if isinstance(c, Delete) and not c.old.account_id and (u := c.old.get("username")) in owner
+            else c
+            for c in plan.changes)
+        return replace(plan, changes=changes)
 
     def _requests(self, conn: Connection, changes: Sequence[Change]) -> list[tuple[CoaRequest, str]]:
         touched = sorted({c.resource.get("username") for c in changes})

@@ -25,7 +25,10 @@ TRIGGER_SQL = REPO / "config" / "billing-notify-trigger.sql"
 CHANNEL = "provisiond"
 
 SCHEMA = """
-CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL);
+CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+                       delinquent BOOLEAN NOT NULL DEFAULT false);
+CREATE TABLE account_statuses (name TEXT PRIMARY KEY, activates_account BOOLEAN NOT NULL);
+INSERT INTO account_statuses VALUES ('active', true), ('inactive', false);
 CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE account_groups (account_id INTEGER, group_id INTEGER);
 CREATE TABLE ip_assignments (account_id INTEGER, address TEXT);
@@ -57,7 +60,7 @@ class Billing:
             for name, gid in GROUPS.items():
                 c.execute("INSERT INTO groups VALUES (%s, %s)", (gid, name))
             with c.cursor() as cur:
-                cur.executemany("INSERT INTO accounts VALUES (%s, %s, 'active')",
+                cur.executemany("INSERT INTO accounts (id, name, status) VALUES (%s, %s, 'active')",
                                 [(1000 + i, f"Account {i}") for i in range(accounts)])
                 cur.executemany("INSERT INTO ip_assignments VALUES (%s, %s)",
                                 [(1000 + i, self.address(1000 + i)) for i in range(accounts)])

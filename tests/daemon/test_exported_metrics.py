@@ -47,6 +47,48 @@ def exported(text: str) -> set[str]:
     return names
 
 
+def test_every_labelled_series_of_the_configuration_starts_at_zero() -> None:
+    """Targets, pools and results known from the config are series at 0 before any
+    pass, so ``increase()`` sees their first event; the last-success time is not (0
+    would read as "not converged since 1970")."""
+    from provisiond import settings as settings_mod
+    from provisiond.daemon.metrics import Metrics
+
+    settings = settings_mod.load(REPO / "config" / "provisiond.reference.toml")
+    m = Metrics(settings)
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in m.registry.collect() for s in f.samples if not s.name.endswith("_created")}
+    for name, labels in [
+        ("provisiond_billing_reads_total", {"result": "suspicious"}),
+        ("provisiond_safety_refusals_total", {"target": "core-1"}),
+        ("provisiond_safety_refusals_total", {"target": "radius"}),
+        ("provisiond_errors_total", {"target": "radius"}),
+        ("provisiond_target_errors_total", {"target": "core-1"}),
+        ("provisiond_errors_total", {"target": "source"}),
+        ("provisiond_coa_results_total", {"result": "timeout"}),
+        ("provisiond_changes_applied_total", {"target": "core-1", "action": "delete"}),
+        ("provisiond_passes_total", {"result": "partial"}),
+        ("provisiond_target_consecutive_failures", {"target": "core-1"}),
+        ("provisiond_pool_unallocated_accounts", {"pool": "tower-hosts"}),
+        ("provisiond_webhook_requests_total", {"result": "too_large"}),
+    ]:
+        assert got.get((name, tuple(sorted(labels.items())))) == 0.0, (name, labels)
+    assert not any(name == "provisiond_last_success_timestamp_seconds" for name, _ in got)
+    # A target added by a reload gets its series too.
+    settings.router.append(settings.router[0].model_copy(update={"name": "core-2"}))
+    m.prime(settings)
+    assert m.registry.get_sample_value("provisiond_safety_refusals_total", {"target": "core-2"}) == 0.0
+
+
+def test_the_coa_results_primed_are_the_coa_outcomes() -> None:
+    from typing import get_args
+
+    from provisiond.daemon.metrics import COA_RESULTS
+    from provisiond.targets.coa import Outcome
+
+    assert set(COA_RESULTS) == set(get_args(Outcome))
+
+
 def scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
@@ -76,6 +118,15 @@ def test_contrib_metric_names_are_exported_by_a_running_daemon(
 
     # The series behind the alerts are there after a good pass ...
     for line in ("provisiond_healthy 1.0", 'provisiond_billing_reads_total{result="ok"}',
+                 # the series of events that have not happened yet: there, at 0 (an
+                 # alert's increase() sees the first one)
+                 'provisiond_billing_reads_total{result="suspicious"} 0.0',
+                 'provisiond_safety_refusals_total{target="core-1"} 0.0',
+                 'provisiond_errors_total{target="core-1"} 0.0',
+                 'provisiond_errors_total{target="source"} 0.0',
+                 'provisiond_coa_results_total{result="nak"} 0.0',
+                 'provisiond_webhook_requests_total{result="unauthorised"} 0.0',
+                 'provisiond_pool_unallocated_accounts{pool="towers"} 0.0',
                  'provisiond_target_consecutive_failures{target="core-1"} 0.0',
                  'provisiond_last_success_timestamp_seconds{target="core-1"}',
                  'provisiond_pool_utilisation_ratio{pool="towers"}',

@@ -144,7 +144,7 @@ def test_metrics_and_healthz(
 ) -> None:
     billing.join("Tower Hosts", 1000, 1001)
     with billing.connect() as c:  # no billing address: gets one from the pool
-        c.execute("INSERT INTO accounts VALUES (2000, 'Pool Tower', 'active')")
+        c.execute("INSERT INTO accounts (id, name, status) VALUES (2000, 'Pool Tower', 'active')")
     billing.join("Tower Hosts", 2000)
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -8,8 +8,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Billing, DaemonProc, wait_until
+import pytest
+from harness import TRIGGER_SQL, Billing, DaemonProc, wait_until
 
+from provisiond.cli import main as cli
 from provisiond.sim import RouterSim
 
 
@@ -140,3 +142,41 @@ def test_scoped_passes_add_up_against_the_safety_thresholds(
     billing.leave("Tower Hosts", 1009)  # scoped again
     d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=1 scope=1\b", after=mark)
     assert listed(router) == addresses(*range(1010, 1020))
+
+
+def test_the_trigger_notifies_the_channel_named_in_its_one_place(
+    billing: Billing, router: RouterSim, config: Callable[..., Path],
+    start: Callable[..., DaemonProc], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """config/billing-notify-trigger.sql names its channel once, in
+    provisiond_notify_channel(); check-config says whether it is notify_channel."""
+    text = TRIGGER_SQL.read_text()
+    assert text.count("SELECT 'provisiond'::text") == 1
+    with billing.connect() as c:
+        c.execute(text.replace("SELECT 'provisiond'::text", "SELECT 'billing_events'::text"))
+    billing.join("Tower Hosts", 1000)
+    path = config(daemon={"interval": "300s", "notify_channel": "billing_events"})
+
+    def check_config(config_path: Path) -> str:
+        assert cli.main(["--config", str(config_path), "check-config"]) == 0
+        return capsys.readouterr().out
+
+    assert "notify_channel" not in check_config(path)
+    d = start(path)
+    d.wait_log(r"listening for billing changes channel=billing_events")
+    d.wait_log(r"pass=1 result=ok")
+    mark = d.mark()
+    billing.join("Tower Hosts", 1001)  # the trigger notifies billing_events: "1001"
+    d.wait_log(r"pass=2 result=ok duration=\S+ changes=1 scope=1\b", after=mark)
+    assert listed(router) == addresses(1000, 1001)
+    d.stop()
+    assert cli.main(["--config", str(path), "plan"]) == 0  # idempotent: nothing left to do
+    assert "Plan: 0 to create, 0 to update, 0 to delete" in capsys.readouterr().out
+
+    other = config(daemon={"notify_channel": "provisiond"}, name="other.toml")
+    assert ("warning: daemon.notify_channel is 'provisiond' but the billing database's trigger "
+            "notifies 'billing_events'") in check_config(other)
+    with billing.connect() as c:
+        c.execute("DROP FUNCTION provisiond_notify_channel()")
+    assert ("warning: daemon.notify_channel: the billing database has no provisiond_notify_channel(): "
+            "install (or re-run) config/billing-notify-trigger.sql") in check_config(other)

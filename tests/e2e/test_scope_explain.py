@@ -107,9 +107,9 @@ def test_explain_converged_pending_conflicting_and_unknown(world: World) -> None
     assert doc["billing"]["groups"] == ["Legacy Customers", "Tower Hosts"]  # type: ignore[index]
     mappings = {m["name"]: (m["selects"], m["why"]) for m in doc["mappings"]}  # type: ignore[union-attr,index]
     assert mappings == {
-        "tower-hosts": (True, "member of group 'Tower Hosts'"),
-        "cc-pending": (False, "would if it were in group 'Credit Card Pending'"),
-        "delinquent": (False, "would if its status were 'delinquent'; it is 'active'"),
+        "tower-hosts": (True, 'member of group "Tower Hosts"'),
+        "cc-pending": (False, 'not in group "Credit Card Pending"'),
+        "delinquent": (False, 'status is "active", not "delinquent"'),
     }
     assert '  = tower-hosts 100.64.0.1  acct 1 "Ridge Tower"  present' in text
     assert "core-1 (routeros): converged: 1 present" in text

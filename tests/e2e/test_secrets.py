@@ -11,6 +11,8 @@ secret. PostgreSQL trusts loopback here, so passwords in URLs are accepted and u
 
 from __future__ import annotations
 
+import re
+
 import os
 import signal
 import subprocess
@@ -158,9 +160,10 @@ def _daemon(config: Path, fmt: str) -> str:
                                  "--config", str(config), "run"], stdout=subprocess.PIPE, stderr=err)
         try:
             deadline = time.monotonic() + 60
-            # JSON lines carry the pass's key=value pairs as fields of their own.
-            first_pass = "pass=1 result=" if fmt == "text" else '"pass": 1, "result": '
-            while first_pass not in log.read_text(errors="replace"):
+            # JSON lines carry the pass's key=value pairs as fields of their own; pass
+            # numbers go on from the previous daemon's (the state store keeps them).
+            first_pass = r"pass=\d+ result=" if fmt == "text" else r'"pass": \d+, "result": '
+            while not re.search(first_pass, log.read_text(errors="replace")):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)

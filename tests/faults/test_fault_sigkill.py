@@ -13,7 +13,8 @@ each kill an apply must converge, and over all trials:
 - no lease doubled: no address belongs to two accounts;
 - no duplicate entry on a router, and the hand-made and dynamic entries untouched;
 - the journal records no change that did not happen: every ``ok`` create, delete and
-  update matches a command the router received, whether it is a ``journal`` row or one
+  update of a router matches a command the router received (lease changes, journalled
+  with the leases in one transaction, carry their account), whether it is a ``journal`` row or one
   of a ``journal_parts`` row's changes (the worker's applies write a part from
   ``PART_ROWS`` changes on, so the first apply's creates are parts; read back with the
   store's ``part_entries``).
@@ -91,7 +92,8 @@ def journal(state_url: str, after: tuple[int, int]) -> tuple[list[dict[str, Any]
     try:
         with engine.connect() as c:
             rows = [{**r, "detail": json.loads(r["detail"])} for r in c.execute(sa.text(
-                "SELECT id, target, action, detail, result FROM journal WHERE id > :a ORDER BY id"),
+                "SELECT id, target, action, kind, account_id, detail, result FROM journal "
+                "WHERE id > :a ORDER BY id"),
                 {"a": after[0]}).mappings()]
             parts = list(c.execute(sa.text("SELECT id, target, changes, rows FROM journal_parts "
                                            "WHERE id > :a ORDER BY id"), {"a": after[1]}))
@@ -238,6 +240,12 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
             if trial == 0:  # the first apply's creates, a part per router, read back as they were
                 assert from_parts == len(rows) >= 2 * PART_ROWS, (from_parts, len(rows))
                 assert {(r["action"], r["result"]) for r in rows} == {("create", "ok")}
+            # Lease changes are journalled (target ipam) in the transaction that records
+            # the leases themselves: each with its account; the routers' rows are checked
+            # against the commands the routers received.
+            leases_journalled = [r for r in rows if r["target"] == "ipam"]
+            assert all(r["kind"] == "lease" and r["account_id"] for r in leases_journalled), trial
+            rows = [r for r in rows if r["target"] != "ipam"]
             bad = unrecorded(rows, sims, ids)
             outcome["journal_made_up"] += len(bad)
             assert not bad, f"trial {trial} ({kind}): journalled but never sent: {bad}"

@@ -151,8 +151,8 @@ def test_release_warns_when_billing_still_has_the_account_in_the_group(
         store.reserve(allocate(accounts, pools, [], NOW), NOW)
     assert ipam_cmd.run(parse("release", "1"), s, now=NOW) == 0
     err = capsys.readouterr().err
-    assert ("warning: account 1 is still in group 'towers' of pool towers in billing: the next "
-            "pass hands its address back") in err
+    assert ('warning: account 1 is still selected by pool towers (group "towers") in billing: '
+            "the next pass hands its address back") in err
     assert ipam_cmd.run(parse("release", "2"), s, now=NOW) == 0  # billing moved it: no warning
     assert capsys.readouterr().err == ""
 

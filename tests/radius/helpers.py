@@ -39,6 +39,10 @@ class MemoryLedger:
     def radreply_owned(self) -> set[tuple[str, str]]:
         return set(self.rows)
 
+    def radius_accounts(self, usernames: Iterable[str]) -> dict[str, str]:
+        wanted = set(usernames)
+        return {u: acct for (u, _), acct in self.rows.items() if u in wanted}
+
     def radreply_record(
         self, *, added: Iterable[tuple[str, str, str]], removed: Iterable[tuple[str, str]]
     ) -> None:

@@ -61,6 +61,10 @@ def test_sonar_settings_and_their_defaults(tmp_path: Path) -> None:
     ('type = "soap"\nurl = "https://isp.sonar.software"',
      "source.type: Input should be 'sql' or 'sonar'"),
     ('url = "sqlite:///x.db"\nquery = "SELECT 1"\ntoken = "t"', 'source.token: only for type = "sonar"'),
+    ('type = "sonar"\nurl = "https://isp.sonar.software"\ntoken = "t"\n[daemon]\nnotify_channel = "provisiond"',
+     'daemon.notify_channel: LISTEN/NOTIFY needs billing on PostgreSQL (source.type = "sql"); '
+     "Sonar tells provisiond of changes by webhook: remove notify_channel and set "
+     "daemon.webhook_listen and daemon.webhook_token_file"),
 ])
 def test_sonar_settings_problems_name_the_key(tmp_path: Path, source: str, problem: str) -> None:
     with pytest.raises(ConfigError) as exc:

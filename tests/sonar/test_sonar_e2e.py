@@ -92,7 +92,7 @@ def test_the_demo_gives_the_same_router_lists_from_sonar_as_from_sql(
     assert sonar.requests >= ACCOUNTS // 50  # really read over capped pages
     from_sql = lists(sql_router)
     assert len(from_sql) > 200
-    assert {e[1] for e in from_sql} == {"tower-hosts", "cc-pending", "legacy", "delinquent"}
+    assert {e[1] for e in from_sql} == {"tower-hosts", "cc-pending", "legacy", "walled-garden"}
     assert any(e[0] == "ipv6" for e in from_sql)
     assert lists(sonar_router) == from_sql
     assert radius_rows(tmp_path / "sonar") == radius_rows(tmp_path / "sql")

@@ -97,7 +97,8 @@ def test_httpcore_is_quietened_like_httpx(make_sonar: MakeSonar,
 @pytest.mark.parametrize(("field", "value"), [("account_status", "Active"), ("account_status", ["x"]),
                                               ("page_info", "many"), ("page_info", [3])])
 def test_an_answer_of_the_wrong_shape_is_a_sonar_error(field: str, value: Any) -> None:
-    account: dict[str, Any] = {"id": 7, "name": "Seven", "account_status": {"name": "Active"},
+    account: dict[str, Any] = {"id": 7, "name": "Seven", "is_delinquent": False,
+                               "account_status": {"name": "Active", "activates_account": True},
                                "account_groups": {"entities": [], "page_info": {"total_count": 0}}}
     if field == "account_status":
         account["account_status"] = value

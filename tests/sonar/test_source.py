@@ -35,7 +35,7 @@ def test_a_thousand_accounts_over_capped_pages(make_sonar: MakeSonar) -> None:
     assert sonar.requests == math.ceil(1000 / 37)
     assert snapshot.accounts["1999"] == Account(
         id="1999", name="Account 999", status="Active", groups=frozenset({"Tower Hosts"}),
-        addresses=("100.64.3.231",), usernames=("user1999",))
+        addresses=("100.64.3.231",), usernames=("user1999",), active=True)
     assert snapshot.accounts["1001"].groups == frozenset()
 
 
@@ -60,7 +60,7 @@ def test_addresses_from_each_of_the_four_owners(make_sonar: MakeSonar) -> None:
         id="424", name="Ridge Tower", status="Active",
         groups=frozenset({"Tower Hosts", "Legacy Customers"}),
         addresses=("10.0.2.10", "10.0.2.9", "100.64.0.7", "100.64.1.0/30", "2001:db8::5/128"),
-        usernames=("ridge",))
+        usernames=("ridge",), active=True)
     assert snapshot.accounts["425"].addresses == ("10.9.9.9",)
 
 
@@ -162,7 +162,8 @@ def test_a_graphql_errors_answer(make_sonar: MakeSonar) -> None:
     sonar = make_sonar(world)
 
     def older_sonar(doc: dict[str, Any]) -> None:  # a Sonar without a field provisiond reads
-        doc["query"] = doc["query"].replace("account_status { name }", "account_status { title }")
+        doc["query"] = doc["query"].replace("account_status { name activates_account }",
+                                            "account_status { title activates_account }")
 
     sonar.before_request.append(older_sonar)
     with pytest.raises(SonarError, match=r"Sonar request 1 \(accounts from the first\): GraphQL "

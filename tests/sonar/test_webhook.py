@@ -252,3 +252,34 @@ def test_connections_beyond_the_cap_are_closed(hook: tuple[WebhookReceiver, Reco
         assert time.monotonic() < deadline, "the endpoint stayed full"
         time.sleep(0.05)
     assert rec.calls == [frozenset({"424"})]
+
+
+def test_every_request_is_counted_by_result_from_zero() -> None:
+    from provisiond.daemon.metrics import WEBHOOK_RESULTS, Metrics
+
+    metrics = Metrics()
+    rec = Recorder()
+    receiver = WebhookReceiver("127.0.0.1:0", SECRET, on_pass=rec, debounce=1.0,
+                               metrics=metrics).start()
+    url = f"http://127.0.0.1:{receiver.port}/webhooks/sonar"
+
+    def counts() -> dict[str, float]:
+        return {r: metrics.registry.get_sample_value("provisiond_webhook_requests_total",
+                                                     {"result": r}) for r in WEBHOOK_RESULTS}
+
+    try:
+        assert counts() == {r: 0.0 for r in WEBHOOK_RESULTS}  # there before the first request
+        path = f"/webhooks/sonar?token={SECRET}".encode()
+        assert httpx.post(url, params={"token": SECRET}, json=body("account.status")).status_code == 200
+        assert httpx.post(url, params={"token": "wrong"}, json=body("account.status")).status_code == 403
+        assert httpx.post(url.replace("sonar", "x"), params={"token": SECRET}).status_code == 404
+        assert httpx.get(url, params={"token": SECRET}).status_code == 405
+        assert httpx.post(url, params={"token": SECRET}, content=b"{").status_code == 400
+        assert _raw(receiver.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.0 411")
+        assert _raw(receiver.port, b"POST " + path + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\n{}\r\n0\r\n\r\n").startswith(b"HTTP/1.0 411")
+        assert httpx.post(url, params={"token": SECRET}, content=b"x" * (MAX_BODY + 1)).status_code == 413
+        assert counts() == {"accepted": 1, "unauthorised": 1, "not_found": 1, "method_not_allowed": 1,
+                            "bad_request": 1, "length_required": 2, "too_large": 1, "busy": 0}
+    finally:
+        receiver.stop()

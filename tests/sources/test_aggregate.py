@@ -26,12 +26,25 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+SPELLINGS = {"true": True, "t": True, "1": True, "yes": True, "y": True,
+             "false": False, "f": False, "0": False, "no": False, "n": False, "": False}
+
+
+def _flag(value: Any) -> bool | None:
+    if value is None:
+        return False
+    if isinstance(value, (bool, int, float)):
+        return bool(value) if value in (0, 1) else None
+    return SPELLINGS.get(str(value).strip().lower())
+
+
 def reference(rows: list[tuple[Any, ...]]) -> Snapshot:
     builders: dict[str, dict[str, Any]] = {}
     problems: list[RowProblem] = []
-    clashes: dict[str, tuple[set[str], set[str]]] = {}
+    clashes: dict[str, tuple[set[Any], ...]] = {}
     notes: dict[tuple[str, str], str] = {}
-    for count, (raw_id, name, status, group, ip_raw, username) in enumerate(rows, 1):
+    for count, (raw_id, name, status, group, ip_raw, username, active_raw, delinquent_raw) \
+            in enumerate(rows, 1):
         account_id = _text(raw_id)
         if not account_id:
             problems.append(RowProblem("", f"row {count}: account_id is empty"))
@@ -50,28 +63,41 @@ def reference(rows: list[tuple[Any, ...]]) -> Snapshot:
             if "/" in given_ and (account_id, ip) not in notes and addresses.has_host_bits(given_):
                 notes[(account_id, ip)] = (
                     f"account {account_id}: {given_} has host bits set; used as the network {ip}")
+        active, delinquent = _flag(active_raw), _flag(delinquent_raw)
+        if active is None:
+            problems.append(RowProblem(account_id, f"active is not true or false: {active_raw!r:.40}"))
+            continue
+        if delinquent is None:
+            problems.append(RowProblem(account_id, f"delinquent is not true or false: {delinquent_raw!r:.40}"))
+            continue
         b = builders.get(account_id)
         if b is None:
             b = builders[account_id] = {"name": _text(name), "status": _text(status),
-                                        "groups": set(), "addresses": set(), "usernames": set()}
-        elif _text(name) != b["name"] or _text(status) != b["status"]:
-            seen = clashes.setdefault(account_id, ({b["name"]}, {b["status"]}))
-            seen[0].add(_text(name))
-            seen[1].add(_text(status))
+                                        "groups": set(), "addresses": set(), "usernames": set(),
+                                        "active": active, "delinquent": delinquent}
+        elif (_text(name), _text(status), active, delinquent) != (
+                b["name"], b["status"], b["active"], b["delinquent"]):
+            seen = clashes.setdefault(account_id, ({b["name"]}, {b["status"]}, {b["active"]},
+                                                   {b["delinquent"]}))
+            for kept, value in zip(seen, (_text(name), _text(status), active, delinquent)):
+                kept.add(value)
         if group is not None and group != "":
             b["groups"].add(_text(group))
         if ip:
             b["addresses"].add(ip)
         if username is not None and username != "":
             b["usernames"].add(_text(username))
-    for account_id, (names, statuses) in clashes.items():
+    for account_id, (names, statuses, actives, delinquents) in clashes.items():
         del builders[account_id]
         what = [f"different {kind} ({', '.join(repr(v) for v in sorted(values))})"
-                for kind, values in (("names", names), ("statuses", statuses)) if len(values) > 1]
+                for kind, values in (("names", names), ("statuses", statuses),
+                                     ("active flags", actives), ("delinquent flags", delinquents))
+                if len(values) > 1]
         problems.append(RowProblem(account_id, f"billing returns it with {' and '.join(what)}; "
                                                "left as it is this pass"))
     accounts = {i: Account(i, b["name"], b["status"], frozenset(b["groups"]),
-                           tuple(sorted(b["addresses"])), tuple(sorted(b["usernames"])))
+                           tuple(sorted(b["addresses"])), tuple(sorted(b["usernames"])),
+                           b["active"], b["delinquent"])
                 for i, b in builders.items()}
     return Snapshot(accounts=accounts, read_at=NOW, rows=len(rows), problems=tuple(problems),
                     notes=tuple(notes.values()))
@@ -83,8 +109,9 @@ groups = st.one_of(st.none(), st.sampled_from(["", " ", "g", " g", "h"]))
 ips = st.one_of(st.none(), st.sampled_from([
     "", " ", "10.0.0.1", " 10.0.0.1", "10.0.0.1/32", "10.0.0.5/24", "10.0.0.0/24", "10.0.0.300",
     "01.2.3.4", "2001:DB8::1", "10.0.0.0-10.0.0.255", "example.com", "10.0.0.2"]))
+flags = st.sampled_from([None, True, False, 1, 0, 2, "t", " Yes ", "no", "", "maybe", 1.0])
 rows = st.lists(st.tuples(ids, texts, st.sampled_from(["active", "off", " active"]), groups, ips,
-                          texts), max_size=14)
+                          texts, flags, flags), max_size=14)
 
 
 @settings(max_examples=400, deadline=None)

@@ -211,3 +211,31 @@ def test_leases_roundtrip_dataclass_equality(store: StateStore) -> None:
     a = run_pass(store, members("1"))
     assert store.leases() == list(a.new)
     assert dataclasses.replace(store.leases()[0], leased_at=None) == a.new[0]
+
+
+@pytest.mark.parametrize("part_rows", [2, 200])  # as journal_parts rows, and one row each
+def test_every_lease_change_is_journalled_with_its_account(
+        store: StateStore, monkeypatch: pytest.MonkeyPatch, part_rows: int) -> None:
+    from provisiond.state import store as store_mod
+
+    monkeypatch.setattr(store_mod, "PART_ROWS", part_rows)
+    run_id = store.start_run("apply")
+    store.reserve(allocate(members("1", "2", "3"), [POOL], [], NOW), NOW, run_id=run_id)
+    run_pass(store, members("1", "3"), NOW + timedelta(minutes=1))  # 2 is held
+    run_pass(store, members("1", "3"), NOW + 2 * HOUR)  # and its hold runs out
+    store.release("3", now=NOW + 2 * HOUR, hold=60)
+
+    def seen(account: str) -> list[tuple[str, str, str, str, str]]:
+        return [(e["target"], e["action"], e["detail"]["address"], e["detail"]["state"], e["message"])
+                for e in reversed(store.history(account=account)) if e["kind"] == "lease"]
+
+    assert seen("2") == [("ipam", "create", "100.64.0.2", "leased", ""),
+                         ("ipam", "update", "100.64.0.2", "held", ""),
+                         ("ipam", "delete", "100.64.0.2", "held", "")]
+    assert seen("3") == [("ipam", "create", "100.64.0.3", "leased", ""),
+                         ("ipam", "update", "100.64.0.3", "held",
+                          "released by hand (provisiond ipam release)")]
+    first = [e for e in store.history(account="1") if e["action"] == "create"]
+    assert [e["run_id"] for e in first] == [run_id]  # under the pass's run
+    modes = {r["mode"] for r in store.runs()}
+    assert {"apply", "ipam", "ipam release"} <= modes

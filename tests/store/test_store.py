@@ -23,8 +23,9 @@ def test_open_migrates_to_head_and_reopens(store_url: str) -> None:
         tables = set(sa.inspect(c).get_table_names())
         version = c.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
     engine.dispose()
-    assert {"reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases"} <= tables
-    assert version == "0002"
+    assert {"reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases",
+            "pass_requests"} <= tables
+    assert version == SCHEMA_HEAD == "0003"
 
 
 def test_the_head_a_store_opens_without_alembic_at_is_alembics_head() -> None:
@@ -52,8 +53,9 @@ def test_a_store_behind_head_is_migrated_and_one_at_head_is_not(
     engine = sa.create_engine(store_url)
     with engine.begin() as c:
         c.execute(sa.text("DROP TABLE journal_parts"))
+        c.execute(sa.text("DROP TABLE pass_requests"))
         c.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0001'"))
-    StateStore.open(store_url).close()  # behind: alembic runs 0002 again
+    StateStore.open(store_url).close()  # behind: alembic runs 0002 and 0003 again
     assert upgrades == ["head", "head"]
     with engine.connect() as c:
         assert "journal_parts" in sa.inspect(c).get_table_names()
@@ -397,3 +399,30 @@ def test_rows_that_cannot_be_made_fail_the_journal_not_the_caller(
     with pytest.raises(StoreError, match="not JSON serializable"):
         store.finish_run(run, "ok", {})
     assert [e for e in store.history() if e["run_id"] == run] == []
+
+
+@pytest.mark.parametrize("spelling_lookups", [500, 0])  # by spelling, and one read of all
+def test_radius_accounts_name_the_account_a_username_was_written_for(
+        store: StateStore, monkeypatch: pytest.MonkeyPatch, spelling_lookups: int) -> None:
+    from provisiond.core.changes import Create, Delete, Resource
+    from provisiond.state import store as store_mod
+
+    monkeypatch.setattr(store_mod, "SPELLING_LOOKUPS", spelling_lookups)
+
+    def member(username: str, account: str) -> Resource:
+        return Resource(kind="radusergroup", group="tower",
+                        ident=(("username", username), ("groupname", "tower")),
+                        attrs=(("priority", "1"),), account_id=account)
+
+    odd = "o'neil%_x\\é"  # LIKE's wildcards, a quote, a backslash and beyond ASCII
+    run = store.start_run("apply")
+    store.journal_changes(run, "radius", applied=[Create(member("user1003", "1003")),
+                                                  Create(member(odd, "77")),
+                                                  Create(member("moved", "1"))], at=T0)
+    store.journal_changes(run, "radius", applied=[Create(member("moved", "2")),
+                                                  Delete(member("user1003", "9"))],
+                          at=T0 + timedelta(minutes=1))
+    store.radreply_record(added=[("ledgered", "Framed-IP-Address", "55")], removed=[])
+    assert store.radius_accounts(["user1003", odd, "moved", "ledgered", "user100", "nobody"]) == {
+        "user1003": "1003", odd: "77", "moved": "2", "ledgered": "55"}
+    assert store.radius_accounts([]) == {}

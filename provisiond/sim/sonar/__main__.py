@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", type=Path, required=True, help="the bearer token to accept")
     p.add_argument("--data", type=Path, help="JSON tables to serve (default: empty)")
     p.add_argument("--page-cap", type=int, default=100, help="most records per page handed out")
-    p.add_argument("--ids", choices=["number", "string", "mixed"], default="number",
-                   help="how Int64Bit ids are written in JSON")
+    p.add_argument("--ids", choices=["number", "string", "mixed"], default="string",
+                   help="how Int64Bit ids are written in JSON (Sonar: string)")
     p.add_argument("--limit", type=int, default=400, help="requests per window (Sonar: 400)")
     p.add_argument("--window", type=float, default=60.0, help="seconds per window (Sonar: 60)")
     p.add_argument("--limit-status", type=int, default=429,

@@ -1,14 +1,23 @@
-"""The fake Sonar's GraphQL schema: the subset of Sonar's API provisiond uses, executed
-by graphql-core.
+"""The fake Sonar's GraphQL schema, executed by graphql-core over a ``World``.
 
-``build(world, page_cap=…, ids=…)`` returns a ``GraphQLSchema`` whose resolvers read a
-``World``. Field and type names follow Sonar's (docs and open-source clients): every
-list relation is a collection ``{entities, page_info}``, nested ones included, and
-takes a ``paginator``; ``records_per_page`` is capped at ``page_cap`` and the cap shows
-in ``page_info.records_per_page``; ``search`` ORs its Search objects and ANDs the fields
-inside one; ``sorter`` sorts. A field that does not exist is a GraphQL error, as on
-Sonar. ``Int64Bit`` ids go out as JSON numbers, strings, or both (``ids="mixed"``:
-even ids as numbers, odd as strings), since Sonar does not document which.
+``build(world, page_cap=…, ids=…)`` returns a ``GraphQLSchema`` from ``sdl.SDL`` (a
+subset of Sonar's real schema: same names, nullability, arguments and defaults) whose
+resolvers read a ``World``. As on Sonar: every list relation is a ``…Connection``
+``{entities, page_info}`` taking ``paginator``, ``sorter``, ``search`` and field
+filters (an argument named like a field of the listed type: equality); ``search`` ORs
+its Search objects and ANDs the fields inside one, a string field's ``partial_matching``
+defaults to true and ``match: false`` excludes; ``accounts`` leaves archived accounts
+out unless ``include_archived: true``; ``Int64Bit`` goes out as a string (Sonar: "always
+output as a string") and is taken as a string or a number; ``Datetime`` is ISO 8601.
+A field that does not exist is a GraphQL error.
+
+Assumptions where Sonar's behaviour is undocumented: ``records_per_page`` is capped at
+``page_cap`` and the cap shows in ``page_info.records_per_page``; an empty list has
+``total_pages: 0``; search kinds provisiond never sends (float, date, ip_address,
+geopoint, unset, exists, reverse_relation_filters) are refused with a GraphQL error
+rather than imitated. ``ids="number"`` / ``"mixed"`` (even ids as numbers, odd as
+strings) send ``Int64Bit`` as JSON numbers, which the real Sonar does not: for testing a
+client's tolerance only.
 """
 
 from __future__ import annotations
@@ -18,71 +27,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from graphql import GraphQLError, GraphQLSchema, build_schema
-from graphql.language import IntValueNode, StringValueNode, ValueNode
+from graphql import GraphQLError, GraphQLScalarType, GraphQLSchema, extend_schema, parse
+from graphql.language import DocumentNode, IntValueNode, ScalarTypeDefinitionNode, StringValueNode, ValueNode
 
+from .sdl import SDL
 from .world import Row, World
 
-SDL = """
-scalar Int64Bit
-scalar Datetime
-
-enum SortDirection { ASC DESC }
-enum Operator { EQ NEQ GT GTE LT LTE }
-
-input Paginator { page: Int!  records_per_page: Int! }
-input Sorter { attribute: String!  direction: SortDirection! }
-input StringField { attribute: String!  search_value: String!  match: Boolean  partial_matching: Boolean }
-input IntegerField { attribute: String!  search_value: Int64Bit!  operator: Operator! }
-input DatetimeField { attribute: String!  search_value: Datetime!  operator: Operator! }
-input BooleanField { attribute: String!  search_value: Boolean! }
-input Search {
-  string_fields: [StringField]  integer_fields: [IntegerField]
-  datetime_fields: [DatetimeField]  boolean_fields: [BooleanField]
-}
-
-type PageInfo { page: Int!  records_per_page: Int!  total_count: Int!  total_pages: Int! }
-
-type Query {
-  accounts(id: Int64Bit, account_status_id: Int64Bit, paginator: Paginator, search: [Search],
-           sorter: [Sorter]): AccountCollection
-  account_groups(id: Int64Bit, paginator: Paginator, search: [Search], sorter: [Sorter]): AccountGroupCollection
-  account_statuses(id: Int64Bit, activates_account: Boolean, paginator: Paginator): AccountStatusCollection
-}
-
-type Account {
-  id: Int64Bit!  name: String!  account_status_id: Int64Bit!  created_at: Datetime  updated_at: Datetime
-  account_status: AccountStatus
-  account_groups(paginator: Paginator): AccountGroupCollection
-  ip_assignments(soft: Boolean, paginator: Paginator): IpAssignmentCollection
-  radius_accounts(paginator: Paginator): RadiusAccountCollection
-  addresses(serviceable: Boolean, paginator: Paginator): AddressCollection
-}
-type AccountStatus { id: Int64Bit!  name: String!  activates_account: Boolean! }
-type AccountGroup { id: Int64Bit!  name: String!
-  accounts(paginator: Paginator, search: [Search], sorter: [Sorter]): AccountCollection }
-type RadiusAccount { id: Int64Bit!  username: String!  account_id: Int64Bit!
-  ip_assignments(paginator: Paginator): IpAssignmentCollection }
-type Address { id: Int64Bit!  serviceable: Boolean!
-  inventory_items(paginator: Paginator): InventoryItemCollection }
-type InventoryItem { id: Int64Bit!
-  ip_assignments(paginator: Paginator): IpAssignmentCollection
-  inventory_model_field_data(paginator: Paginator): InventoryModelFieldDataCollection }
-type InventoryModelFieldData { id: Int64Bit!  value: String
-  ip_assignments(paginator: Paginator): IpAssignmentCollection }
-type IpAssignment { id: Int64Bit!  subnet: String!  soft: Boolean!  ip_pool_id: Int64Bit
-  ipassignmentable_type: String!  ipassignmentable_id: Int64Bit!
-  created_at: Datetime  updated_at: Datetime }
-
-type AccountCollection { entities: [Account!]!  page_info: PageInfo! }
-type AccountStatusCollection { entities: [AccountStatus!]!  page_info: PageInfo! }
-type AccountGroupCollection { entities: [AccountGroup!]!  page_info: PageInfo! }
-type RadiusAccountCollection { entities: [RadiusAccount!]!  page_info: PageInfo! }
-type AddressCollection { entities: [Address!]!  page_info: PageInfo! }
-type InventoryItemCollection { entities: [InventoryItem!]!  page_info: PageInfo! }
-type InventoryModelFieldDataCollection { entities: [InventoryModelFieldData!]!  page_info: PageInfo! }
-type IpAssignmentCollection { entities: [IpAssignment!]!  page_info: PageInfo! }
-"""
+# The arguments of a list relation that are not field filters.
+LIST_ARGS = frozenset({"paginator", "sorter", "search", "reverse_relation_filters", "include_archived"})
+_SEARCH_KINDS = frozenset({"string_fields", "integer_fields", "datetime_fields", "boolean_fields"})
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "EQ": lambda a, b: a == b, "NEQ": lambda a, b: a != b, "GT": lambda a, b: a > b,
@@ -107,13 +60,39 @@ def _int64_literal(node: ValueNode, _variables: Any = None) -> int:
 
 
 def _datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
     try:
         return datetime.fromisoformat(str(value))
     except ValueError as exc:
         raise GraphQLError(f"not an ISO 8601 datetime: {value!r}") from exc
 
 
+def _datetime_literal(node: ValueNode, _variables: Any = None) -> datetime:
+    if isinstance(node, StringValueNode):
+        return _datetime(node.value)
+    raise GraphQLError("Datetime must be a string")
+
+
+def _datetime_out(value: Any) -> str:
+    return _datetime(value).isoformat()
+
+
+def _schema(scalars: list[GraphQLScalarType]) -> GraphQLSchema:
+    """``SDL`` as a schema whose ``scalars`` are the given objects (their coercion
+    functions in force: they are passed at construction, which every graphql-core
+    version honours), built by extending a schema that holds just them."""
+    names = {t.name for t in scalars}
+    doc = parse(SDL + "\nschema { query: Query }\n", no_location=True)
+    defs = tuple(d for d in doc.definitions
+                 if not (isinstance(d, ScalarTypeDefinitionNode) and d.name.value in names))
+    return extend_schema(GraphQLSchema(types=scalars), DocumentNode(definitions=defs))
+
+
 def _matches(row: Row, search: dict[str, Any]) -> bool:
+    for kind, given in search.items():
+        if given is not None and kind not in _SEARCH_KINDS:
+            raise GraphQLError(f"search.{kind}: not implemented by the fake Sonar")
     for f in search.get("integer_fields") or ():
         if not _OPS[f["operator"]](_int64(_attr(row, f["attribute"])), f["search_value"]):
             return False
@@ -121,14 +100,27 @@ def _matches(row: Row, search: dict[str, Any]) -> bool:
         if not _OPS[f["operator"]](_datetime(_attr(row, f["attribute"])), f["search_value"]):
             return False
     for f in search.get("boolean_fields") or ():
-        if bool(_attr(row, f["attribute"])) != f["search_value"]:
+        equal = bool(_attr(row, f["attribute"])) == f["search_value"]
+        if equal != (f.get("operator") != "NEQ"):
             return False
     for f in search.get("string_fields") or ():
         value, wanted = str(_attr(row, f["attribute"])).lower(), f["search_value"].lower()
-        hit = wanted in value if f.get("partial_matching") else value == wanted
-        if hit != (f.get("match") is not False):
+        hit = wanted in value if f["partial_matching"] else value == wanted
+        if hit != f["match"]:
             return False
     return True
+
+
+def _filtered(rows: list[Row], args: dict[str, Any]) -> list[Row]:
+    """``rows`` narrowed by the field filters among ``args`` (equality; null: not given)."""
+    for key, wanted in args.items():
+        if key in LIST_ARGS or wanted is None:
+            continue
+        if isinstance(wanted, datetime):
+            rows = [r for r in rows if r.get(key) is not None and _datetime(r[key]) == wanted]
+        else:
+            rows = [r for r in rows if r.get(key) == wanted]
+    return rows
 
 
 def _attr(row: Row, name: str) -> Any:
@@ -144,7 +136,10 @@ class _Collections:
         self.page_cap = page_cap
 
     def __call__(self, rows: list[Row], args: dict[str, Any]) -> dict[str, Any]:
-        searches = args.get("search")
+        if args.get("reverse_relation_filters"):
+            raise GraphQLError("reverse_relation_filters: not implemented by the fake Sonar")
+        rows = _filtered(rows, args)
+        searches = [s for s in args.get("search") or () if s is not None]
         if searches:
             rows = [r for r in rows if any(_matches(r, s) for s in searches)]
         sorters = args.get("sorter") or [{"attribute": "id", "direction": "ASC"}]
@@ -166,12 +161,10 @@ class _Collections:
         }
 
 
-def build(world: World, *, page_cap: int = 100, ids: str = "number") -> GraphQLSchema:
+def build(world: World, *, page_cap: int = 100, ids: str = "string") -> GraphQLSchema:
     """The schema, its resolvers bound to ``world``."""
     if ids not in ("number", "string", "mixed"):
         raise ValueError(f"ids must be number, string or mixed, not {ids!r}")
-    schema = build_schema(SDL)
-    page = _Collections(page_cap)
 
     def out_id(value: Any) -> int | str:
         n = _int64(value)
@@ -179,21 +172,21 @@ def build(world: World, *, page_cap: int = 100, ids: str = "number") -> GraphQLS
             return str(n)
         return n
 
-    int64 = schema.type_map["Int64Bit"]
-    int64.serialize = out_id  # type: ignore[attr-defined]
-    int64.parse_value = _int64  # type: ignore[attr-defined]
-    int64.parse_literal = _int64_literal  # type: ignore[attr-defined]
-    dt = schema.type_map["Datetime"]
-    dt.serialize = str  # type: ignore[attr-defined]
-    dt.parse_value = _datetime  # type: ignore[attr-defined]
+    schema = _schema([
+        GraphQLScalarType("Int64Bit", serialize=out_id, parse_value=_int64,
+                          parse_literal=_int64_literal),
+        GraphQLScalarType("Datetime", serialize=_datetime_out, parse_value=_datetime,
+                          parse_literal=_datetime_literal),
+    ])
+    page = _Collections(page_cap)
 
-    def top(table: str, *filters: str) -> Callable[..., dict[str, Any]]:
+    def unarchived(rows: list[Row], args: dict[str, Any]) -> list[Row]:
+        return rows if args.get("include_archived") else [r for r in rows if not r.get("archived_at")]
+
+    def top(table: str) -> Callable[..., dict[str, Any]]:
         def resolve(_root: Any, _info: Any, **args: Any) -> dict[str, Any]:
             rows = world.rows(table)
-            for key in ("id", *filters):
-                if args.get(key) is not None:
-                    rows = [r for r in rows if r[key] == args[key]]
-            return page(rows, args)
+            return page(unarchived(rows, args) if table == "accounts" else rows, args)
         return resolve
 
     def related(rows_of: Callable[[Row, dict[str, Any]], list[Row]]) -> Callable[..., dict[str, Any]]:
@@ -205,37 +198,32 @@ def build(world: World, *, page_cap: int = 100, ids: str = "number") -> GraphQLS
         return [g for g in (world.get("account_groups", i) for i in row["group_ids"]) if g is not None]
 
     def ips(kind: str) -> Callable[[Row, dict[str, Any]], list[Row]]:
-        def rows_of(row: Row, args: dict[str, Any]) -> list[Row]:
-            found = world.ips_of(kind, row["id"])
-            if args.get("soft") is not None:
-                found = [r for r in found if r["soft"] == args["soft"]]
-            return found
-        return rows_of
-
-    def addresses_of(row: Row, args: dict[str, Any]) -> list[Row]:
-        found = world.children("addresses", "account_id", row["id"])
-        if args.get("serviceable") is not None:
-            found = [r for r in found if r["serviceable"] == args["serviceable"]]
-        return found
+        return lambda row, _args: world.ips_of(kind, row["id"])
 
     def child(table: str, key: str) -> Callable[[Row, dict[str, Any]], list[Row]]:
         return lambda row, _args: world.children(table, key, row["id"])
 
-    def members(row: Row, _args: dict[str, Any]) -> list[Row]:
-        return [a for a in world.rows("accounts") if row["id"] in a["group_ids"]]
+    def members(row: Row, args: dict[str, Any]) -> list[Row]:
+        return unarchived([a for a in world.rows("accounts") if row["id"] in a["group_ids"]], args)
+
+    def status_of(row: Row, _info: Any, **args: Any) -> Row | None:
+        found = world.get("account_statuses", row["account_status_id"])
+        return next(iter(_filtered([found], args)), None) if found is not None else None
 
     resolvers: dict[tuple[str, str], Callable[..., Any]] = {
-        ("Query", "accounts"): top("accounts", "account_status_id"),
+        ("Query", "accounts"): top("accounts"),
         ("Query", "account_groups"): top("account_groups"),
-        ("Query", "account_statuses"): top("account_statuses", "activates_account"),
-        ("Account", "account_status"):
-            lambda row, _info: world.get("account_statuses", row["account_status_id"]),
+        ("Query", "account_statuses"): top("account_statuses"),
+        ("Account", "account_status"): status_of,
         ("Account", "account_groups"): related(groups_of),
         ("Account", "ip_assignments"): related(ips("Account")),
         ("Account", "radius_accounts"): related(child("radius_accounts", "account_id")),
-        ("Account", "addresses"): related(addresses_of),
+        ("Account", "addresses"): related(child("addresses", "account_id")),
+        ("Account", "uninventoried_mac_addresses"):
+            related(child("uninventoried_mac_addresses", "account_id")),
         ("AccountGroup", "accounts"): related(members),
         ("RadiusAccount", "ip_assignments"): related(ips("RadiusAccount")),
+        ("UninventoriedMacAddress", "ip_assignments"): related(ips("UninventoriedMacAddress")),
         ("Address", "inventory_items"): related(child("inventory_items", "address_id")),
         ("InventoryItem", "ip_assignments"): related(ips("InventoryItem")),
         ("InventoryItem", "inventory_model_field_data"):

@@ -41,7 +41,7 @@ class SonarSimSettings:
     host: str = "127.0.0.1"
     port: int = 0
     page_cap: int = 100  # the most records_per_page the fake hands out
-    ids: str = "number"  # Int64Bit as "number", "string" or "mixed"
+    ids: str = "string"  # Int64Bit as Sonar sends it ("string"), or "number" / "mixed" (not Sonar's)
     limit: int = 400  # requests per window per token: Sonar's documented 400/min
     window: float = 60.0
     limit_status: int = 429  # Sonar does not document it; 200 is as plausible

@@ -5,7 +5,9 @@ changed by tests and loaded from a JSON file by ``python -m provisiond.sim.sonar
 --data``. Every table is ``id -> row`` (a dict of the object's scalar fields); the
 relations are ids, as in Sonar: an account's groups are a list of group ids, an IP
 assignment belongs to whatever ``ipassignmentable_type`` / ``ipassignmentable_id``
-name (Account, RadiusAccount, InventoryItem, InventoryModelFieldData, …). One lock
+name (Account, RadiusAccount, UninventoriedMacAddress, InventoryItem,
+InventoryModelFieldData, …). An account has Sonar's ``is_delinquent`` flag and may be
+archived (``archived_at``), which hides it unless a query asks for archived ones. One lock
 guards it all: the HTTP server runs requests in threads.
 """
 
@@ -23,7 +25,7 @@ Row = dict[str, Any]
 
 TABLES = (
     "account_statuses", "account_groups", "accounts", "radius_accounts", "addresses",
-    "inventory_items", "inventory_model_field_data", "ip_assignments",
+    "inventory_items", "inventory_model_field_data", "uninventoried_mac_addresses", "ip_assignments",
 )
 
 # The polymorphic owner names Sonar uses in ``ipassignmentable_type``.
@@ -32,7 +34,10 @@ OWNER_TABLES = {
     "RadiusAccount": "radius_accounts",
     "InventoryItem": "inventory_items",
     "InventoryModelFieldData": "inventory_model_field_data",
+    "UninventoriedMacAddress": "uninventoried_mac_addresses",
 }
+# What each table's rows start with when a loaded file leaves a field out.
+DEFAULTS: dict[str, Row] = {"accounts": {"is_delinquent": False, "archived_at": None, "group_ids": []}}
 
 
 def now_iso() -> str:
@@ -59,6 +64,8 @@ class World:
             if "id" not in row or row["id"] is None:
                 row["id"] = self._next[table]
             row["id"] = int(row["id"])
+            for key, value in DEFAULTS.get(table, {}).items():
+                row.setdefault(key, value)
             self._next[table] = max(self._next[table], row["id"] + 1)
             stamp = now_iso()
             row.setdefault("created_at", stamp)
@@ -85,12 +92,18 @@ class World:
             return int(self._insert("account_groups", {"id": id, "name": name})["id"])
 
     def account(self, id: int, name: str, *, status: str = "Active",
-                groups: tuple[str, ...] | list[str] = ()) -> Row:
+                groups: tuple[str, ...] | list[str] = (), delinquent: bool = False) -> Row:
         with self.lock:
             return self._insert("accounts", {
                 "id": id, "name": name, "account_status_id": self.status(status),
-                "group_ids": [self.group(g) for g in groups],
+                "group_ids": [self.group(g) for g in groups], "is_delinquent": delinquent,
             })
+
+    def uninventoried_mac(self, account_id: int, mac_address: str, *, id: int | None = None) -> Row:
+        """An uninventoried MAC address of an account (a DHCP lease on equipment Sonar
+        never inventoried); its IPs belong to the account."""
+        return self._insert("uninventoried_mac_addresses", {
+            "id": id, "account_id": account_id, "mac_address": mac_address})
 
     def radius_account(self, account_id: int, username: str, *, id: int | None = None) -> Row:
         return self._insert("radius_accounts", {"id": id, "username": username,
@@ -126,6 +139,12 @@ class World:
     def set_status(self, account_id: int, status: str) -> Row:
         return self.update("accounts", account_id, account_status_id=self.status(status))
 
+    def set_delinquent(self, account_id: int, delinquent: bool) -> Row:
+        return self.update("accounts", account_id, is_delinquent=delinquent)
+
+    def archive(self, account_id: int) -> Row:
+        return self.update("accounts", account_id, archived_at=now_iso())
+
     def set_groups(self, account_id: int, groups: list[str]) -> Row:
         # Sonar does not say whether a membership change bumps updated_at; the fake does not.
         with self.lock:
@@ -144,7 +163,8 @@ class World:
                 for ip in [r for r in self.tables["ip_assignments"].values()
                            if r["ipassignmentable_type"] == kind and r["ipassignmentable_id"] == int(id)]:
                     del self.tables["ip_assignments"][ip["id"]]
-            children = {"accounts": (("radius_accounts", "account_id"), ("addresses", "account_id")),
+            children = {"accounts": (("radius_accounts", "account_id"), ("addresses", "account_id"),
+                                     ("uninventoried_mac_addresses", "account_id")),
                         "addresses": (("inventory_items", "address_id"),),
                         "inventory_items": (("inventory_model_field_data", "inventory_item_id"),)}
             for child, key in children.get(table, ()):
