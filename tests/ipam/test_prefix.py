@@ -232,3 +232,19 @@ def test_pool_settings_count_aligned_prefixes() -> None:
     assert s.allocations() == Pool.from_settings(s).size == 2
     assert PoolSettings(name="p", group="g", networks=["100.64.8.0/29"], prefix_length=29,
                         exclude=["100.64.8.7"]).allocations() == 0
+
+
+def test_a_prefix_pool_selects_by_selector_keys() -> None:
+    from dataclasses import replace
+
+    from provisiond.core.model import Match
+    from provisiond.settings import PoolSettings
+
+    s = PoolSettings(name="pd", groups=["FTTH", "Fibre"], active=True, networks=["2001:db8:100::/40"],
+                     prefix_length=56)
+    pool = Pool.from_settings(s)
+    assert pool.match == Match(groups=frozenset({"FTTH", "Fibre"}), active=True)
+    accounts = [replace(acct("1", "Fibre"), active=True), acct("2", "FTTH"),  # 2 is not active
+                replace(acct("3", "FTTH"), active=True)]
+    a = allocate(accounts, [pool], [], NOW)
+    assert a.addresses == {"1": ("2001:db8:100::/56",), "3": ("2001:db8:100:100::/56",)}
