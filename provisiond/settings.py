@@ -385,12 +385,19 @@ class CoaSettings(_Model):
         return None
 
 
+PoolAttribute = Literal["Framed-IP-Address", "Framed-Route", "Framed-IPv6-Prefix", "Delegated-IPv6-Prefix", "none"]
+
+
 class PoolSettings(_Selector):
     name: str = Field(min_length=1)
     networks: list[str] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
     priority: int = 0
     hold: Duration = 86400.0
+    # Issue #24: each allocation an aligned prefix of this length (None: one address).
+    prefix_length: int | None = Field(None, ge=1, le=128)
+    # How the allocation reaches FreeRADIUS (None: the family's default, see core.ipam).
+    radius_attribute: PoolAttribute | None = None
 
     @field_validator("networks")
     @classmethod
@@ -423,6 +430,46 @@ class PoolSettings(_Selector):
             if not ex.issubset(pool):
                 raise ValueError(f"exclude[{i}]: {item} lies (partly) outside the pool's networks")
         return self
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> PoolSettings:
+        nets = [netaddr.IPNetwork(n) for n in self.networks]
+        versions = sorted({n.version for n in nets})
+        if len(versions) > 1:
+            raise ValueError("networks: mixes IPv4 and IPv6; make one pool per family")
+        version = versions[0]
+        bits = 32 if version == 4 else 128
+        length = bits if self.prefix_length is None else self.prefix_length
+        if length > bits:
+            raise ValueError(f"prefix_length: /{length} is longer than an IPv{version} address (/{bits} at most)")
+        for i, net in enumerate(nets):
+            if net.prefixlen > length:
+                raise ValueError(f"prefix_length: /{length} is shorter than networks[{i}] {net}: "
+                                 f"no /{length} fits in it")
+        attr = self.radius_attribute
+        if attr in ("Framed-IPv6-Prefix", "Delegated-IPv6-Prefix") and version == 4:
+            raise ValueError(f"radius_attribute: {attr} carries an IPv6 prefix; this pool is IPv4")
+        if attr in ("Framed-IP-Address", "Framed-Route") and version == 6:
+            raise ValueError(f"radius_attribute: {attr} carries IPv4; this pool is IPv6 "
+                             "(Framed-IPv6-Prefix or Delegated-IPv6-Prefix)")
+        if attr == "Framed-IP-Address" and length != 32:
+            raise ValueError(f"radius_attribute: Framed-IP-Address carries one address; a /{length} "
+                             "block is routed with Framed-Route")
+        return self
+
+    def allocations(self) -> int:
+        """How many allocations the pool offers once exclusions are taken out (0: none)."""
+        usable = self.ipset() - self.excluded()
+        bits = 32 if netaddr.IPNetwork(self.networks[0]).version == 4 else 128
+        length = bits if self.prefix_length is None else self.prefix_length
+        if length == bits:
+            for net in self.networks:
+                n = netaddr.IPNetwork(net)
+                if n.version == 4 and n.prefixlen < 31:
+                    usable.remove(n.network)
+                    usable.remove(n.broadcast)
+            return int(usable.size)
+        return sum(1 << (length - c.prefixlen) for c in usable.iter_cidrs() if c.prefixlen <= length)
 
 
 def _parse_range(text: str) -> netaddr.IPSet:
@@ -601,14 +648,9 @@ def _cross_problems(s: Settings) -> Iterator[str]:
         if p.name in names:
             yield f"pool[{i}].name: duplicate pool name {p.name!r} (also pool[{names[p.name]}])"
         names.setdefault(p.name, i)
-        usable = p.ipset() - p.excluded()
-        for net in p.networks:
-            n = netaddr.IPNetwork(net)
-            if n.version == 4 and n.prefixlen < 31:
-                usable.remove(n.network)
-                usable.remove(n.broadcast)
-        if usable.size == 0:
-            yield f"pool[{i}]: pool {p.name!r} has no usable address"
+        if p.allocations() == 0:
+            what = "address" if p.prefix_length is None else f"/{p.prefix_length}"
+            yield f"pool[{i}]: pool {p.name!r} has no usable {what}"
     for i, a in enumerate(s.pool):
         for j in range(i + 1, len(s.pool)):
             b = s.pool[j]

@@ -224,3 +224,36 @@ def test_canonical_v4_fast_path_agrees_with_ipaddress(octets: list[str]) -> None
     except ValueError:
         expected = False
     assert is_canonical_v4(text) == expected
+
+
+# -- the quick path of ``parse`` (issue #24: 50,000 prefix leases a pass) agrees with ipaddress
+from hypothesis import given as _given  # noqa: E402
+from hypothesis import strategies as _st  # noqa: E402
+
+
+@_given(_st.one_of(_st.ip_addresses(v=4), _st.ip_addresses(v=6)), _st.integers(0, 130),
+        _st.sampled_from(["exploded", "compressed", "upper"]))
+def test_quick_parse_agrees_with_ipaddress(ip: object, length: int, spelling: str) -> None:
+    import ipaddress
+
+    from provisiond.core.addresses import parse
+
+    text = getattr(ip, "exploded") if spelling == "exploded" else str(ip)
+    text = text.upper() if spelling == "upper" else text
+    try:
+        net = ipaddress.ip_network(f"{text}/{length}", strict=False)
+        want = (net.version, int(net.network_address), int(net.broadcast_address))
+    except ValueError:
+        want = None
+    assert parse(f"{text}/{length}") == want
+
+
+@_given(_st.integers(1, (1 << 64) - 1), _st.integers(0, 63))
+def test_ipv6_text_of_a_prefix_agrees_with_ipaddress(high: int, zeros: int) -> None:
+    import ipaddress
+
+    from provisiond.core.addresses import text_of
+
+    value = ((high >> zeros) << zeros) << 64
+    if value:
+        assert text_of(6, value) == str(ipaddress.IPv6Address(value))

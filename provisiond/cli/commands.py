@@ -66,6 +66,7 @@ def check_config(path: Path, *, connect: bool = False) -> int:
         from provisiond.engine.checks import unmatched_problems
 
         problems += unmatched_problems(settings, snapshot)
+        warnings += pool_billing_warnings(settings, snapshot)
         warnings += notify_warnings(settings)
     if settings.radius is not None and not any(p.startswith("radius.") for p in problems):
         import sqlalchemy as sa
@@ -181,6 +182,29 @@ def secret_problems(settings: settings_mod.Settings) -> list[str]:
             read()
         except ConfigError as exc:
             out += [f"{where}: cannot read {p.split(': cannot read ', 1)[-1]}" for p in exc.problems]
+    return out
+
+
+def pool_billing_warnings(settings: settings_mod.Settings, snapshot: Snapshot) -> list[str]:
+    """Pools whose networks overlap billing-assigned addresses or prefixes: allowed (no
+    allocation ever collides with them), but worth a look. One line per pool."""
+    from provisiond.core import addresses, ipam
+
+    pools = [ipam.Pool.from_settings(p) for p in settings.pool]
+    hits: dict[int, list[str]] = {}
+    for account in sorted(snapshot.accounts.values(), key=lambda a: ipam.account_order(a.id)):
+        for text in account.addresses:
+            span = addresses.parse(text)
+            if span is None:
+                continue
+            for i, pool in enumerate(pools):
+                if span[0] == pool.version and any(a <= span[2] and span[1] <= b for a, b in pool.networks):
+                    hits.setdefault(i, []).append(f"{text} (account {account.id})")
+    out = []
+    for i, found in sorted(hits.items()):
+        shown = ", ".join(found[:5]) + (f", and {len(found) - 5} more" if len(found) > 5 else "")
+        out.append(f"pool[{i}].networks: pool {pools[i].name!r} overlaps {len(found)} billing-assigned "
+                   f"value(s): {shown}; they are never allocated to anyone else")
     return out
 
 

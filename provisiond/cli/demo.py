@@ -1,11 +1,13 @@
 """``provisiond demo``: the whole product with no outside services.
 
 Creates a SQLite billing database seeded with the three account groups from Sonar's
-documentation (Tower Hosts, Credit Card Pending, Legacy Customers) and N accounts -- or,
+documentation (Tower Hosts, Credit Card Pending, Legacy Customers), plus Tower Blocks
+(tower hosts routed a /29), and N accounts -- or,
 with ``--source sonar``, the same accounts as Sonar objects served by the fake Sonar
 (``python -m provisiond.sim.sonar``) -- and an empty SQLite FreeRADIUS database, starts
 the RouterOS simulator as a separate process on a free loopback port, writes a config for
-all of them (tower hosts get addresses from a pool; the tower-hosts list takes the
+all of them (tower hosts get addresses from a pool, tower blocks a /29 sent as
+Framed-Route, legacy customers a delegated IPv6 /56; the tower-hosts list takes the
 active ones; delinquent accounts, a flag apart from their status as in Sonar, go to a
 walled-garden list), then runs plan, apply and plan again
 through the same code the ``plan`` and ``apply`` commands use, and ``explain`` on one
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers")
+GROUPS = ("Tower Hosts", "Credit Card Pending", "Legacy Customers", "Tower Blocks")
 NAMES = (
     "Ridge Tower", "Crête Farm", "Åsa Nilsson", "Miller Ranch", "Zoë's Café", "North Silo",
     "Ólafur Co-op", "Dvořák Dairy", "Hill Church", "Łukasz Mill", "Valley School", "Ngũgĩ Store",
@@ -65,6 +67,8 @@ def demo_accounts(accounts: int, *, seed: int = 42) -> list[DemoAccount]:
         delinquent = flags.random() < 0.05  # a flag: most delinquent accounts stay "active"
         r = rnd.random()
         groups = [1] if r < 0.1 else [2] if r < 0.3 else [3] if r < 0.6 else [2, 3] if r < 0.65 else []
+        if 1 in groups and account_id % 4 == 3:
+            groups = [*groups, 4]  # a tower host with a routed /29 (tower-blocks pool)
         # 100.64.0.0/10 carrier-grade NAT space, one address per account, except tower
         # hosts: they get theirs from the tower-hosts pool. Every 20th account also has
         # an IPv6 address from 2001:db8::/32 (documentation range).
@@ -245,6 +249,27 @@ name = "tower-hosts"
 group = "Tower Hosts"
 networks = ["100.127.0.0/16"]
 exclude = ["100.127.0.1"]
+hold = "24h"
+
+# A routed /29 per tower host in Tower Blocks (instead of its single address: one IPv4
+# allocation per account, the higher priority wins), sent to FreeRADIUS as Framed-Route.
+[[pool]]
+name = "tower-blocks"
+group = "Tower Blocks"
+networks = ["100.126.0.0/16"]
+prefix_length = 29
+radius_attribute = "Framed-Route"
+priority = 1
+hold = "24h"
+
+# A delegated IPv6 /56 per legacy customer (DHCPv6-PD on the router), into the legacy
+# list on /ipv6/firewall/address-list and Delegated-IPv6-Prefix in RADIUS.
+[[pool]]
+name = "legacy-pd"
+group = "Legacy Customers"
+networks = ["2001:db8:100::/40"]
+prefix_length = 56
+radius_attribute = "Delegated-IPv6-Prefix"
 hold = "24h"
 
 [radius]

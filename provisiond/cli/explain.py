@@ -199,7 +199,9 @@ def _mappings(s: settings_mod.Settings, account: Account | None) -> list[dict[st
     for g in s.radius_group:
         one("radius_group", g.radius_group, g, priority=g.priority)
     for p in s.pool:
-        one("pool", p.name, p, networks=list(p.networks))
+        one("pool", p.name, p, networks=list(p.networks),
+            **({"prefix_length": p.prefix_length} if p.prefix_length is not None else {}),
+            **({"radius_attribute": p.radius_attribute} if p.radius_attribute is not None else {}))
     return out
 
 
@@ -248,7 +250,9 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         for m in doc["mappings"]:
             where = (f" on {', '.join(m['routers'])}" if m["kind"] == "address_list" else
                      f" priority {m['priority']}" if m["kind"] == "radius_group" else
-                     f" {', '.join(m['networks'])}")
+                     f" {', '.join(m['networks'])}"
+                     + (f" as /{m['prefix_length']}s" if m.get("prefix_length") else "")
+                     + (f" ({m['radius_attribute']})" if m.get("radius_attribute") else ""))
             label = m["kind"].replace("_", " ")
             out.append(f"    {'selects' if m['selects'] else 'no'}: {label} {m['name']}{where} "
                        f"[{m['selector']}]")

@@ -78,9 +78,10 @@ def _list(
         print(json.dumps({"leases": [x.to_json() for x in leases], "pools": usage}, indent=2))
         return EXIT_OK
     _table(leases, now)
-    for u in usage:
+    for p, u in zip(pools, usage):
+        unit = "addresses" if p.step == 1 else f"/{p.length} prefixes"
         print(
-            f"pool {u['name']}: {u['size']} addresses, {u['leased']} leased, {u['held']} held, "
+            f"pool {u['name']}: {u['size']} {unit}, {u['leased']} leased, {u['held']} held, "
             f"{u['free']} free ({u['utilisation']:.1%} used)"
         )
     return EXIT_OK
@@ -93,7 +94,7 @@ def _show(leases: Sequence[Lease], account: str, fmt: str, now: datetime) -> int
     elif mine:
         _table(mine, now)
     else:
-        print(f"account {account} holds no address in any pool")
+        print(f"account {account} holds no address or prefix in any pool")
     return EXIT_OK if mine else EXIT_ERROR
 
 

@@ -1,6 +1,7 @@
-"""IPAM: which account holds which address of which pool. Pure: values in, values out.
+"""IPAM: which account holds which address or prefix of which pool. Pure: values in, values out.
 
-The reconciler calls ``allocate`` right after the Source read, with the Snapshot's
+``core.pool`` says what a pool offers; this module decides who gets what. The
+reconciler calls ``allocate`` right after the Source read, with the Snapshot's
 accounts, the configured ``Pool``s and the ``Lease``s it read from the StateStore; the
 ``Allocation`` it gets back feeds ``desire`` (``Allocation.addresses``) and, in apply
 only, ``StateStore.reserve``, which records it in one transaction BEFORE any router or
@@ -10,17 +11,23 @@ Allocation and writes nothing.
 The rules (issue #4):
 
 - an account a pool selects (its group, or its selector keys: ``Match``) gets one
-  address of that pool; selected by several pools,
-  the pool with the highest priority wins (ties: the lower pool name);
+  address of that pool, or one aligned prefix of ``prefix_length`` (issue #24: a /56 delegated from a /40, a routed /29 from a /22);
+  every prefix lies wholly inside the pool's usable space (never across an exclusion).
+  An account holds one allocation per *slot*: one IPv4 allocation, and one IPv6
+  allocation per RADIUS attribute (a /64 ``Framed-IPv6-Prefix`` beside a /56
+  ``Delegated-IPv6-Prefix``); among pools of one slot the highest priority wins (ties:
+  the lower pool name);
 - deterministic: accounts are taken in a stable order and get the lowest free
   address, so a plan and the apply after it agree; sticky: a leased address stays with
   its account across passes, restarts and config reloads;
 - an account that leaves the group releases its address into hold for ``Pool.hold``;
   coming back during the hold returns the same address; after it the address is free;
   a held address is never given to anyone else;
-- a billing-assigned address (``Account.addresses``, same IP family as the pool) wins:
-  no allocation for that account in that pool. If it lies in a pool where another
-  account holds it, that is a conflict, reported for both accounts;
+- a billing-assigned address (``Account.addresses``, same IP family as the pool; for
+  an IPv6 prefix pool, a prefix of the pool's length) wins: no allocation for that
+  account in that slot, and no allocation ever overlaps a billing-assigned value. If
+  it lies in a pool where another account holds it, that is a conflict, reported for
+  both accounts;
 - a full pool fails that account (``failures``), never the pass;
 - a lease whose address is no longer usable (pool shrunk, address excluded, pool
   removed from the config) is reported (``out_of_pool``), never moved or released
@@ -30,33 +37,20 @@ The rules (issue #4):
 from __future__ import annotations
 
 import bisect
-import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
-
-import netaddr
+from datetime import datetime
+from typing import Any, Literal
 
 from provisiond.core import addresses
-from provisiond.core.model import Account, Match
-
-
-class PoolSpec(Protocol):
-    """What a pool is configured as (``settings.PoolSettings`` is one)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def group(self) -> str | None: ...
-    @property
-    def networks(self) -> list[str]: ...
-    @property
-    def exclude(self) -> list[str]: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def hold(self) -> float: ...
+from provisiond.core.model import Account
+from provisiond.core.pool import BITS as BITS  # re-exported: callers use pools through ipam
+from provisiond.core.pool import RADIUS_ATTRIBUTES as RADIUS_ATTRIBUTES
+from provisiond.core.pool import Pool as Pool
+from provisiond.core.pool import PoolSpec as PoolSpec
+from provisiond.core.pool import _billing_ranges, _text
+from provisiond.core.pool import default_attribute as default_attribute
+from provisiond.core.pool import overlaps as overlaps
 
 LeaseState = Literal["leased", "held"]
 
@@ -82,135 +76,6 @@ class Lease:
         if self.held_until is not None:
             out["held_until"] = self.held_until.isoformat()
         return out
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Pool:
-    """A group's addresses. ``usable`` already lacks exclusions, network and broadcast."""
-
-    name: str
-    group: str | None
-    usable: netaddr.IPSet
-    priority: int = 0
-    hold: timedelta = timedelta(days=1)
-    # Which accounts it serves; None: the members of ``group``.
-    match: Match | None = field(default=None, compare=False)
-    version: int = field(init=False)
-    # Inclusive integer ranges of ``usable``, sorted; the allocator walks these.
-    ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
-    starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        ranges = tuple((int(r.first), int(r.last)) for r in self.usable.iter_ipranges())
-        versions = {c.version for c in self.usable.iter_cidrs()}
-        if len(versions) > 1:
-            raise ValueError(f"pool {self.name}: mixes IPv4 and IPv6 networks")
-        object.__setattr__(self, "version", versions.pop() if versions else 4)
-        object.__setattr__(self, "ranges", ranges)
-        object.__setattr__(self, "starts", tuple(r[0] for r in ranges))
-
-    def selects(self, account: Account) -> bool:
-        if self.match is None:
-            return self.group in account.groups
-        return self.match.selects(account)
-
-    @classmethod
-    def build(
-        cls,
-        name: str,
-        group: str | None,
-        networks: Iterable[str],
-        *,
-        exclude: Iterable[str] = (),
-        priority: int = 0,
-        hold: timedelta | float = timedelta(days=1),
-        match: Match | None = None,
-    ) -> Pool:
-        """A pool from network strings; exclusions are addresses, networks or ``a-b`` ranges."""
-        usable = netaddr.IPSet()
-        for text in networks:
-            net = netaddr.IPNetwork(text, flags=netaddr.NOHOST)
-            usable.add(net)
-        for text in exclude:
-            if "-" in text:
-                start, end = (p.strip() for p in text.split("-", 1))
-                usable.remove(netaddr.IPRange(start, end))
-            else:
-                usable.remove(netaddr.IPNetwork(text.strip()))
-        for text in networks:
-            net = netaddr.IPNetwork(text, flags=netaddr.NOHOST)
-            for reserved in _reserved(net):
-                usable.remove(reserved)
-        if not isinstance(hold, timedelta):
-            hold = timedelta(seconds=hold)
-        return cls(name=name, group=group, usable=usable, priority=priority, hold=hold, match=match)
-
-    @classmethod
-    def from_settings(cls, settings: PoolSpec) -> Pool:
-        return cls.build(
-            settings.name,
-            settings.group,
-            settings.networks,
-            exclude=settings.exclude,
-            priority=settings.priority,
-            hold=settings.hold,
-            match=Match.of(settings),
-        )
-
-    @property
-    def size(self) -> int:
-        return int(self.usable.size)
-
-    def contains(self, value: int) -> bool:
-        i = bisect.bisect_right(self.starts, value) - 1
-        return i >= 0 and value <= self.ranges[i][1]
-
-    def __contains__(self, address: object) -> bool:
-        if not isinstance(address, str):
-            return False
-        parsed = _parse(address)
-        return parsed is not None and parsed[0] == self.version and self.contains(parsed[1])
-
-
-def _reserved(net: netaddr.IPNetwork) -> Iterator[netaddr.IPAddress]:
-    """Addresses of a network no host may have."""
-    if net.version == 4 and net.prefixlen < 31:
-        yield net.network
-        yield net.broadcast
-    elif net.version == 6 and net.prefixlen < 127:
-        yield net.network  # the Subnet-Router anycast address (RFC 4291 2.6.1)
-
-
-def _parse(address: str) -> tuple[int, int] | None:
-    """(version, integer) of a single address, or None for anything else."""
-    text = address.strip()
-    if text.endswith("/32") or text.endswith("/128"):
-        text = text.rsplit("/", 1)[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return ip.version, int(ip)
-
-
-def _billing_ranges(address: str) -> tuple[int, int, int] | None:
-    """(version, first, last) of a billing address or network; None if unparsable."""
-    return addresses.span(address)
-
-
-def overlaps(pool: Pool, address: str) -> bool:
-    """Whether a billing address or network shares any address with the pool."""
-    span = _billing_ranges(address)
-    if span is None or span[0] != pool.version:
-        return False
-    _, first, last = span
-    i = bisect.bisect_right(pool.starts, last) - 1
-    return i >= 0 and pool.ranges[i][1] >= first
-
-
-def _text(version: int, value: int) -> str:
-    # One spelling per value whatever the Python version: the lease table is keyed by it.
-    return addresses.text_of(version, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,39 +180,113 @@ def account_order(account_id: str) -> tuple[int, str]:
 
 
 class _Cursor:
-    """Walks a pool's ranges upwards, skipping used addresses: lowest free first.
+    """Walks a pool's ranges upwards in steps of one allocation, skipping taken and
+    blocked space: lowest free first, always aligned to the pool's prefix length.
 
-    Allocation only ever takes the address under the cursor, so one forward walk serves
+    Allocation only ever takes the block under the cursor, so one forward walk serves
     a whole pass without materialising the pool.
     """
 
-    def __init__(self, pool: Pool, used: set[int], blocked: list[tuple[int, int]]) -> None:
+    def __init__(self, pool: Pool, taken: set[int], blocked: list[tuple[int, int]]) -> None:
         self._ranges = pool.ranges
-        self._used = used
-        self._blocked = sorted(blocked)
+        self._step = pool.step
+        self._taken = taken
+        self._blocked = blocked  # sorted by first address
         self._index = 0
         self._value = self._ranges[0][0] if self._ranges else 0
         self._b = 0
 
     def take(self) -> int | None:
+        step = self._step
+        blocked = self._blocked
         while self._index < len(self._ranges):
             first, last = self._ranges[self._index]
             value = max(self._value, first)
-            while value <= last:
-                while self._b < len(self._blocked) and self._blocked[self._b][1] < value:
+            if step > 1:
+                value = -(-value // step) * step
+            while value + step - 1 <= last:
+                while self._b < len(blocked) and blocked[self._b][1] < value:
                     self._b += 1
-                if self._b < len(self._blocked) and self._blocked[self._b][0] <= value:
-                    value = self._blocked[self._b][1] + 1
+                if self._b < len(blocked) and blocked[self._b][0] <= value + step - 1:
+                    value = blocked[self._b][1] + 1
+                    if step > 1:
+                        value = -(-value // step) * step
                     continue
-                if value in self._used:
-                    value += 1
+                if value in self._taken:
+                    value += step
                     continue
-                self._value = value + 1
-                self._used.add(value)
+                self._value = value + step
+                self._taken.add(value)
                 return value
             self._index += 1
             self._value = 0
         return None
+
+
+class _Occupancy:
+    """Everything no allocation may overlap, per IP family: live leases and billing values.
+
+    A cursor for allocations of ``step`` addresses sees the values of exactly that size
+    and alignment as a set of first addresses (the common case: leases of its own pool)
+    and every other value as a blocked range.
+    """
+
+    def __init__(self) -> None:
+        self.points: dict[int, set[int]] = {4: set(), 6: set()}  # single addresses
+        self.spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}  # everything wider
+        self._views: dict[tuple[int, int], tuple[set[int], list[tuple[int, int]]]] = {}
+
+    def add(self, version: int, first: int, last: int) -> None:
+        if first == last:
+            self.points[version].add(first)
+        else:
+            self.spans[version].append((first, last))
+
+    def view(self, version: int, step: int) -> tuple[set[int], list[tuple[int, int]]]:
+        key = (version, step)
+        if key not in self._views:
+            if step == 1:
+                taken, blocked = self.points[version], list(self.spans[version])
+            else:
+                taken, blocked = set(), [(p, p) for p in self.points[version]]
+                for first, last in self.spans[version]:
+                    if last - first + 1 == step and first % step == 0:
+                        taken.add(first)
+                    else:
+                        blocked.append((first, last))
+            blocked.sort()
+            self._views[key] = (taken, blocked)
+        return self._views[key]
+
+
+def _billing_gives(pool: Pool, spans: Sequence[addresses.Span]) -> bool:
+    """Whether billing already gives the account what ``pool`` would: any value of the
+    family for IPv4 and for a pool of IPv6 hosts, a prefix of the pool's size for an
+    IPv6 prefix pool."""
+    for version, first, last in spans:
+        if version == pool.version and (version == 4 or pool.step == 1 or last - first + 1 == pool.step):
+            return True
+    return False
+
+
+def _slot_pools(account: Account, ranked: Sequence[Pool]) -> list[Pool]:
+    """The first pool of each slot the account's groups select, ``ranked`` by priority."""
+    out: dict[tuple[int, str], Pool] = {}
+    for pool in ranked:
+        if pool.slot not in out and pool.selects(account):
+            out[pool.slot] = pool
+    return [p for _, p in sorted(out.items())]
+
+
+def slots(account: Account, pools: Sequence[Pool]) -> list[tuple[Pool, str | None]]:
+    """The pool of each slot the account's groups select (highest priority, then name),
+    with the billing value that fills that slot instead (None: the pool allocates)."""
+    spans = [(a, addresses.parse(a)) for a in account.addresses]
+    found: list[tuple[Pool, str | None]] = []
+    for pool in _slot_pools(account, sorted(pools, key=lambda p: (-p.priority, p.name))):
+        given = [a for a, span in spans if span is not None and _billing_gives(pool, (span,))]
+        found.append((pool, given[0] if given else None))
+    return found
 
 
 def allocate(
@@ -378,45 +317,39 @@ def allocate(
         else:
             live.append(lease)
 
-    # Addresses nobody else may get: every live lease, every single billing address;
-    # billing networks block whole ranges.
-    used: dict[int, set[int]] = {4: set(), 6: set()}
+    # Space nobody else may get: every live lease and every billing value.
+    occupied = _Occupancy()
     holder: dict[tuple[int, int], Lease] = {}
-    parsed_of: dict[str, tuple[int, int] | None] = {}
+    width: dict[int, int] = {4: 1, 6: 1}  # the widest lease per family (for conflict lookups)
+    span_of: dict[str, addresses.Span | None] = {}
 
     def inside(pool: Pool, address: str) -> bool:
-        parsed = parsed_of[address] if address in parsed_of else _parse(address)
-        return parsed is not None and parsed[0] == pool.version and pool.contains(parsed[1])
+        parsed = span_of[address] if address in span_of else addresses.parse(address)
+        return pool.offers(parsed)
 
     for lease in live:
-        parsed = parsed_of[lease.address] = _parse(lease.address)
+        parsed = span_of[lease.address] = addresses.parse(lease.address)
         if parsed is not None:
-            used[parsed[0]].add(parsed[1])
-            holder[parsed] = lease
+            version, first, last = parsed
+            occupied.add(version, first, last)
+            holder[(version, first)] = lease
+            width[version] = max(width[version], last - first + 1)
     sorted_held = {v: sorted(n for (w, n) in holder if w == v) for v in (4, 6)}
-    blocked: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     for address in blocked_billing:
         span = _billing_ranges(address)
         if span is not None:
-            if span[1] == span[2]:
-                used[span[0]].add(span[1])
-            else:
-                blocked[span[0]].append((span[1], span[2]))
+            occupied.add(*span)
     conflicts: list[AddressConflict] = []
-    billing_family: dict[str, set[int]] = {}
+    billing_spans: dict[str, list[addresses.Span]] = {}
     for account in ordered:
         for address in account.addresses:
             span = _billing_ranges(address)
             if span is None:
                 continue
-            version, first, last = span
-            billing_family.setdefault(account.id, set()).add(version)
-            if first == last:
-                used[version].add(first)
-            else:
-                blocked[version].append((first, last))
+            billing_spans.setdefault(account.id, []).append(span)
+            occupied.add(*span)
             conflicts += _billing_conflicts(
-                account.id, version, first, last, holder, ranked, sorted_held
+                account.id, span, holder, ranked, sorted_held, span_of, width
             )
 
     leased_by: dict[str, list[Lease]] = {}
@@ -428,13 +361,9 @@ def allocate(
             held_by.setdefault((lease.account_id, lease.pool), []).append(lease)
 
     def wanted(account: Account) -> list[Pool]:
-        """The highest-priority pool of each IP family, unless billing gives that family."""
-        out: dict[int, Pool] = {}
-        for pool in ranked:
-            if pool.version not in out and pool.selects(account):
-                out[pool.version] = pool
-        billing = billing_family.get(account.id, set())
-        return [p for v, p in sorted(out.items()) if v not in billing]
+        """The highest-priority pool of each slot, unless billing fills that slot."""
+        billing = billing_spans.get(account.id, ())
+        return [p for p in _slot_pools(account, ranked) if not (billing and _billing_gives(p, billing))]
 
     new: list[Lease] = []
     releases: list[Lease] = []
@@ -442,7 +371,7 @@ def allocate(
     failures: dict[str, str] = {}
     exhausted: dict[str, list[str]] = {}
     out_of_pool: list[OutOfPool] = []
-    addresses: dict[str, list[str]] = {}
+    allocated: dict[str, list[str]] = {}
     cursors: dict[str, _Cursor] = {}
     seen: set[str] = set()
 
@@ -456,7 +385,7 @@ def allocate(
                 out_of_pool.append(OutOfPool(lease, f"pool {lease.pool} is not configured any more"))
             elif lease_pool in pools_for:
                 served.add(lease_pool.name)
-                addresses.setdefault(account.id, []).append(lease.address)
+                allocated.setdefault(account.id, []).append(lease.address)
                 if not inside(lease_pool, lease.address):
                     out_of_pool.append(
                         OutOfPool(lease, f"{lease.address} is no longer part of pool {lease.pool}")
@@ -468,22 +397,22 @@ def allocate(
                 continue
             back = [x for x in held_by.get((account.id, pool.name), ()) if inside(pool, x.address)]
             if back:
-                lease = min(back, key=lambda x: _parse(x.address) or (0, 0))
+                lease = min(back, key=lambda x: addresses.parse(x.address) or (0, 0, 0))
                 returns.append(Lease(pool.name, lease.address, account.id, "leased", None))
-                addresses.setdefault(account.id, []).append(lease.address)
+                allocated.setdefault(account.id, []).append(lease.address)
                 continue
             cursor = cursors.get(pool.name)
             if cursor is None:
-                cursor = cursors[pool.name] = _Cursor(pool, used[pool.version], blocked[pool.version])
+                cursor = cursors[pool.name] = _Cursor(pool, *occupied.view(pool.version, pool.step))
             value = cursor.take()
             if value is None:
                 why = f"pool {pool.name} exhausted"
                 failures[account.id] = f"{failures[account.id]}; {why}" if account.id in failures else why
                 exhausted.setdefault(pool.name, []).append(account.id)
                 continue
-            address = _text(pool.version, value)
+            address = pool.text(value)
             new.append(Lease(pool.name, address, account.id, "leased", None))
-            addresses.setdefault(account.id, []).append(address)
+            allocated.setdefault(account.id, []).append(address)
 
     # Accounts gone from billing release what they held.
     gone = set(leased_by) - seen
@@ -505,7 +434,7 @@ def allocate(
         failures=failures,
         conflicts=tuple(conflicts),
         out_of_pool=tuple(out_of_pool),
-        addresses={k: tuple(sorted(v)) for k, v in addresses.items()},
+        addresses={k: tuple(sorted(v)) for k, v in allocated.items()},
         exhausted={k: tuple(v) for k, v in exhausted.items()},
     )
 
@@ -516,23 +445,29 @@ def _hold(lease: Lease, pool: Pool, now: datetime) -> Lease:
 
 def _billing_conflicts(
     account_id: str,
-    version: int,
-    first: int,
-    last: int,
+    span: addresses.Span,
     holder: Mapping[tuple[int, int], Lease],
     pools: Sequence[Pool],
     sorted_held: Mapping[int, list[int]],
+    span_of: Mapping[str, addresses.Span | None],
+    width: Mapping[int, int],
 ) -> list[AddressConflict]:
-    """Billing gives ``account_id`` [first, last]; find pool leases there held by others."""
+    """Billing gives ``account_id`` ``span``; find pool leases overlapping it held by others."""
+    version, first, last = span
     found: list[Lease] = []
-    if first == last:
+    if first == last and width[version] == 1:
         lease = holder.get((version, first))
         if lease is not None:
             found.append(lease)
     else:
         values = sorted_held[version]
-        lo, hi = bisect.bisect_left(values, first), bisect.bisect_right(values, last)
-        found = [holder[(version, value)] for value in values[lo:hi]]
+        lo = bisect.bisect_left(values, first - width[version] + 1)
+        hi = bisect.bisect_right(values, last)
+        for value in values[lo:hi]:
+            lease = holder[(version, value)]
+            held = span_of.get(lease.address)
+            if held is not None and held[2] >= first:
+                found.append(lease)
     out: list[AddressConflict] = []
     for lease in found:
         if lease.account_id == account_id:

@@ -19,9 +19,14 @@ What is desired:
   address change is an Update; ``op`` and ``value`` are attributes. The account's single
   IPv4 host addresses (billing-assigned first, then allocated) are paired with its
   usernames in sorted order; a username left without one gets no Framed-IP-Address, and
-  networks never do (a /29 is a route, not a Framed-IP-Address). IPv6 is left alone:
-  RouterOS hands out IPv6 from prefixes (Delegated-IPv6-Prefix / pools), which needs
-  router-side pools provisiond does not manage, so no Framed-IPv6-Address is written.
+  networks never do (a /29 is a route, not a Framed-IP-Address).
+- radreply rows for pool allocations (issue #24): each ``[[pool]]`` names the attribute
+  its allocation travels in (``Pool.attribute``): ``Delegated-IPv6-Prefix`` (RFC 4818,
+  DHCPv6-PD on RouterOS), ``Framed-IPv6-Prefix`` (RFC 3162), ``Framed-Route``
+  (``100.64.8.0/29 0.0.0.0 1``, RFC 2865 5.22), ``Framed-IP-Address`` (the host rule
+  above) or ``none``. A billing-assigned value that fills the pool's slot travels in the
+  same attribute. These rows go to the account's first username only (one prefix per
+  account, not per login); same ident ``(username, attribute)``, so a change is an Update.
 - A username billing lists on two accounts belongs to the lowest account id (stable
   from pass to pass); the other accounts' rows for it become ``Conflict`` values.
 
@@ -36,11 +41,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from provisiond.core import addresses
+from provisiond.core import addresses, ipam
 from provisiond.core.changes import Conflict, Key, Resource
 from provisiond.core.model import Account, Match
 
 FRAMED_IP = "Framed-IP-Address"
+FRAMED_ROUTE = "Framed-Route"
+FRAMED_IPV6_PREFIX = "Framed-IPv6-Prefix"
+DELEGATED_IPV6_PREFIX = "Delegated-IPv6-Prefix"
+#: The radreply attributes provisiond writes (and so reads back, by ledger).
+REPLY_ATTRIBUTES = (FRAMED_IP, FRAMED_ROUTE, FRAMED_IPV6_PREFIX, DELEGATED_IPV6_PREFIX)
+_PREFIX_ATTRIBUTES = frozenset({FRAMED_ROUTE, FRAMED_IPV6_PREFIX, DELEGATED_IPV6_PREFIX})
 
 
 class RadiusMappingLike(Protocol):
@@ -99,14 +110,105 @@ def framed_ip_row(username: str, address: str, account: Account) -> Resource:
     )
 
 
-def ipv4_hosts(account: Account, allocated: Mapping[str, tuple[str, ...]]) -> list[str]:
-    """Single IPv4 addresses of the account, billing-assigned first, without duplicates."""
+def reply_row(username: str, attribute: str, value: str, account: Account) -> Resource:
+    return Resource(
+        kind="radreply",
+        group=attribute,
+        ident=(("username", username), ("attribute", attribute)),
+        attrs=(("op", "="), ("value", value)),
+        account_id=account.id,
+        account_name=account.name,
+    )
+
+
+def reply_value(attribute: str, value: str) -> str:
+    """One spelling per value of a managed radreply attribute (desire and observe agree).
+
+    ``Framed-IP-Address``: the dotted quad; the IPv6 prefixes: ``2001:db8:100::/56``;
+    ``Framed-Route``: ``100.64.8.0/29 0.0.0.0 1`` (destination with its length, then the
+    gateway and metrics as written). Anything unparsable comes back as it is.
+    """
+    text = value.strip()
+    if attribute == FRAMED_IP:
+        return addresses.ipv4_host(text) or value
+    head, _, rest = text.partition(" ")
+    span = addresses.parse(head)
+    if span is None or "-" in head:
+        return value
+    version, first, last = span
+    prefix = f"{addresses.text_of(version, first)}/{ipam.BITS[version] - (last - first + 1).bit_length() + 1}"
+    if attribute == FRAMED_ROUTE:
+        return " ".join([prefix, *rest.split()])
+    return prefix
+
+
+def ipv4_hosts(
+    account: Account, allocated: Mapping[str, tuple[str, ...]], hidden: frozenset[str] = frozenset()
+) -> list[str]:
+    """Single IPv4 addresses of the account, billing-assigned first, without duplicates;
+    ``hidden``: allocated addresses whose pool sends them otherwise (or not at all)."""
     out: dict[str, None] = {}
-    for text in (*account.addresses, *allocated.get(account.id, ())):
+    for text in (*account.addresses, *(a for a in allocated.get(account.id, ()) if a not in hidden)):
         host = addresses.ipv4_host(text)
         if host is not None:  # a network, IPv6 or a name gets no Framed-IP-Address
             out.setdefault(host, None)
     return list(out)
+
+
+def pool_replies(
+    account: Account,
+    allocated: Mapping[str, tuple[str, ...]],
+    pools: Sequence[ipam.Pool],
+    *,
+    by_shape: Mapping[tuple[int, int], Sequence[ipam.Pool]] | None = None,
+) -> tuple[list[tuple[str, str]], frozenset[str]]:
+    """The (attribute, value) pairs the account's pool slots send, and the allocated
+    addresses the Framed-IP-Address rule must skip (their pool sends something else).
+
+    ``by_shape``: the pools by (IP family, prefix length), to find an allocation's pool
+    from its text when only one pool has that shape (``shapes(pools)``).
+    """
+    shape_of = by_shape if by_shape is not None else shapes(pools)
+    out: dict[str, str] = {}
+    hidden: set[str] = set()
+    for text in allocated.get(account.id, ()):
+        pool = _pool_of(text, pools, shape_of)
+        if pool is None or pool.attribute == FRAMED_IP:
+            continue
+        hidden.add(text)
+        if pool.attribute in _PREFIX_ATTRIBUTES:
+            # A lease's text is already in its one spelling (``ipam.Pool.text``).
+            prefix = text if "/" in text else f"{text}/{ipam.BITS[pool.version]}"
+            out.setdefault(pool.attribute, f"{prefix} 0.0.0.0 1" if pool.attribute == FRAMED_ROUTE else prefix)
+    if account.addresses:
+        for pool, given in ipam.slots(account, pools):
+            if given is None or pool.attribute not in _PREFIX_ATTRIBUTES:
+                continue
+            span = addresses.parse(given)
+            if span is not None and (pool.attribute != FRAMED_ROUTE or span[1] != span[2]):
+                value = f"{given} 0.0.0.0 1" if pool.attribute == FRAMED_ROUTE else given
+                out.setdefault(pool.attribute, reply_value(pool.attribute, value))
+    return sorted(out.items()), frozenset(hidden)
+
+
+def shapes(pools: Sequence[ipam.Pool]) -> dict[tuple[int, int], list[ipam.Pool]]:
+    out: dict[tuple[int, int], list[ipam.Pool]] = {}
+    for pool in pools:
+        out.setdefault((pool.version, pool.length), []).append(pool)
+    return out
+
+
+def _pool_of(
+    text: str, pools: Sequence[ipam.Pool], by_shape: Mapping[tuple[int, int], Sequence[ipam.Pool]]
+) -> ipam.Pool | None:
+    """The configured pool an allocated address or prefix lies in (None: none does)."""
+    version = 6 if ":" in text else 4
+    _, slash, length = text.partition("/")
+    candidates = by_shape.get((version, int(length) if slash and length.isdigit() else ipam.BITS[version]), ())
+    if len(candidates) == 1:
+        return candidates[0]  # pools never overlap: the only pool of this shape
+    span = addresses.parse(text)
+    return next((p for p in pools if p.within(span)), None)
 
 
 def radius(
@@ -115,8 +217,14 @@ def radius(
     mappings: Sequence[RadiusMappingLike],
     *,
     framed_ip: bool = True,
+    pools: Sequence[ipam.Pool | ipam.PoolSpec] = (),
 ) -> tuple[dict[Key, Resource], list[Conflict]]:
-    """The desired radusergroup/radreply Resources by key, and the conflicts."""
+    """The desired radusergroup/radreply Resources by key, and the conflicts.
+
+    ``pools``: the configured ``[[pool]]``s, which say which attribute carries each
+    allocation; without them every allocated IPv4 host is a Framed-IP-Address."""
+    built = [p if isinstance(p, ipam.Pool) else ipam.Pool.from_settings(p) for p in pools]
+    by_shape = shapes(built)
     desired: dict[Key, Resource] = {}
     conflicts: list[Conflict] = []
     owner: dict[str, str] = {}  # username -> account id that owns it
@@ -133,11 +241,14 @@ def radius(
         if not groups:
             continue
         usernames = sorted(set(account.usernames))
-        addresses = ipv4_hosts(account, allocated) if framed_ip else []
+        replies, hidden = pool_replies(account, allocated, built, by_shape=by_shape) if built else ([], frozenset())
+        addresses = ipv4_hosts(account, allocated, hidden) if framed_ip else []
         for i, username in enumerate(usernames):
             rows = [usergroup_row(username, g, p, account) for g, p in sorted(groups.items())]
             if i < len(addresses):
                 rows.append(framed_ip_row(username, addresses[i], account))
+            if i == 0:
+                rows += [reply_row(username, attr, value, account) for attr, value in replies]
             holder = owner[username]
             for row in rows:
                 if holder != account.id:
@@ -211,7 +322,12 @@ def _merge(reply: dict[str, list[str]], rows: Iterable[tuple[str, str, str]]) ->
     return fall
 
 
-_CANONICAL = {a.lower(): a for a in (*COA_CHANGEABLE, FRAMED_IP, "Fall-Through", "Mikrotik-Address-List")}
+_CANONICAL = {a.lower(): a for a in (*COA_CHANGEABLE, *REPLY_ATTRIBUTES, "Fall-Through", "Mikrotik-Address-List")}
+
+
+def canonical(attr: str) -> str:
+    """An attribute name as provisiond spells it (FreeRADIUS reads names case-insensitively)."""
+    return _CANONICAL.get(attr.lower(), attr)
 
 
 def _canonical(attr: str) -> str:

@@ -70,8 +70,16 @@ class Metrics:
         self.last_success = Gauge("provisiond_last_success_timestamp_seconds",
                                   "When a target last converged (Unix time)", ["target"], registry=r)
         self.pool_utilisation = Gauge("provisiond_pool_utilisation_ratio",
-                                      "Leased or held addresses / usable addresses", ["pool"],
-                                      registry=r)
+                                      "Leased or held allocations / allocations the pool offers",
+                                      ["pool"], registry=r)
+        # A pool's allocations are prefixes of its prefix_length (an address is a /32 or /128).
+        self.pool_prefixes_total = Gauge("provisiond_pool_prefixes_total",
+                                         "Allocations (addresses or prefixes) a pool offers",
+                                         ["pool"], registry=r)
+        self.pool_prefixes_used = Gauge("provisiond_pool_prefixes_used",
+                                        "Allocations of a pool leased to an account", ["pool"], registry=r)
+        self.pool_prefixes_held = Gauge("provisiond_pool_prefixes_held",
+                                        "Allocations of a pool held after a release", ["pool"], registry=r)
         self.coa = Counter("provisiond_coa_results", "CoA/Disconnect requests by result",
                            ["result"], registry=r)
         self.refusals = Counter("provisiond_safety_refusals",

@@ -343,8 +343,11 @@ class PassRunner:
             # Only a full pass would reach them otherwise: the event must not be lost.
             delay = min(self.backoff.remaining(n) for n in owed)
             retry = (self._scope, max(RETRY_MIN, delay))
-        for pool, share in (summary.pool_utilisation or {}).items():
-            m.pool_utilisation.labels(pool).set(share)
+        for pool, usage in (summary.pool_utilisation or {}).items():
+            m.pool_utilisation.labels(pool).set(float(usage["utilisation"]))
+            m.pool_prefixes_total.labels(pool).set(usage["size"])
+            m.pool_prefixes_used.labels(pool).set(usage["leased"])
+            m.pool_prefixes_held.labels(pool).set(usage["held"])
         note_pools(summary, self.health, self.metrics)
         conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
         self._conflicts.name(summary)

@@ -61,7 +61,7 @@ class PassSummary:
     refused: dict[str, str] = field(default_factory=dict)  # safety refusals, by target
     held: dict[str, tuple[str, ...]] = field(default_factory=dict)  # target -> groups held back
     lost_leader: bool = False  # the leader lock went while planning: nothing written
-    pool_utilisation: dict[str, float] | None = None  # passes that allocated
+    pool_utilisation: dict[str, dict[str, Any]] | None = None  # ipam.pool_usage per pool (passes that allocated)
     unallocated: dict[str, tuple[str, ...]] | None = None  # pool -> accounts it had no address for
     full: bool = True  # a full pass (not scoped)
     memory: ScopedMemory | None = None  # what a full pass in its own process learnt
@@ -171,8 +171,9 @@ def _dry_run(pp: PassPlan, names: list[str], targets: dict[str, TargetSummary]) 
                        full=pp.accounts is None)
 
 
-def pool_utilisation(rec: Reconciler, settings: Settings) -> dict[str, float] | None:
-    """Each pool's share of addresses in use (a full read of the leases)."""
+def pool_utilisation(rec: Reconciler, settings: Settings) -> dict[str, dict[str, Any]] | None:
+    """Each pool's allocations in use (``ipam.pool_usage``: size, leased, held, utilisation;
+    a full read of the leases)."""
     if not settings.pool:
         return None
     from provisiond.core import ipam
@@ -183,5 +184,4 @@ def pool_utilisation(rec: Reconciler, settings: Settings) -> dict[str, float] | 
         log.warning("pool utilisation: cannot read leases: %s", exc)
         return None
     now = datetime.now(UTC)
-    return {p.name: float(ipam.pool_usage(ipam.Pool.from_settings(p), leases, now)["utilisation"])
-            for p in settings.pool}
+    return {p.name: ipam.pool_usage(ipam.Pool.from_settings(p), leases, now) for p in settings.pool}

@@ -95,7 +95,7 @@ def desired(settings: Settings, snapshot: Snapshot,
     if s.radius is not None:
         from provisiond.core.radius import radius as radius_desire
 
-        want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group)
+        want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group, pools=s.pool)
         wanted["radius"] = want
         conflicts["radius"] = list(found)
     return wanted, conflicts

@@ -10,8 +10,10 @@ Ownership (DESIGN.md "Ownership"):
 - every ``radusergroup`` row whose ``groupname`` is a managed ``[[radius_group]]`` is
   provisiond's (a second row for the same user and group is ``surplus`` and deleted);
 - a ``radreply`` row is provisiond's only when the StateStore's ledger says provisiond
-  wrote that ``(username, attribute)``; any other ``Framed-IP-Address`` row is hand-made:
-  never touched, and reported as a conflict when billing wants that user's address.
+  wrote that ``(username, attribute)``; any other row of an attribute provisiond writes
+  (``REPLY_ATTRIBUTES``: Framed-IP-Address and the pool attributes Framed-Route,
+  Framed-IPv6-Prefix, Delegated-IPv6-Prefix) is hand-made: never touched, and reported
+  as a conflict when billing or a pool wants that user's attribute.
 
 Works with FreeRADIUS's own ``schema.sql`` for PostgreSQL, MySQL/MariaDB and SQLite
 (SQLAlchemy Core, tables declared with the columns the three share). Database errors
@@ -30,12 +32,18 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from provisiond.core.addresses import ipv4_host
 from provisiond.core.changes import Change, Create, Delete, Key, Observed, Resource, Update
 from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.core.plan import Plan, observed_digest
 from provisiond.core.scope import Scope
-from provisiond.core.radius import COA_CHANGEABLE, FRAMED_IP, effective_reply, reply_diff
+from provisiond.core.radius import (
+    COA_CHANGEABLE,
+    REPLY_ATTRIBUTES,
+    canonical,
+    effective_reply,
+    reply_diff,
+    reply_value,
+)
 from provisiond.settings import CoaMode, Settings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.coa import CoaRequest, CoaResult, CoaSender
@@ -207,7 +215,7 @@ class RadiusTarget:
                     # FreeRADIUS reads attribute names case-insensitively: framed-ip-address
                     # is the same attribute.
                     rr = sa.select(radreply).where(
-                        sa.func.lower(radreply.c.attribute) == FRAMED_IP.lower())
+                        sa.func.lower(radreply.c.attribute).in_([a.lower() for a in REPLY_ATTRIBUTES]))
                     if batch is not None:
                         ug = ug.where(radusergroup.c.username.in_(batch))
                         rr = rr.where(radreply.c.username.in_(batch))
@@ -226,7 +234,8 @@ class RadiusTarget:
             raise self._wrap(exc, "observe") from exc
         ledger = self.ledger.radreply_owned()
         if scope is not None and scope.existing is None:
-            counts[FRAMED_IP] = sum(1 for _, attr in ledger if attr == FRAMED_IP)
+            for attribute in REPLY_ATTRIBUTES:
+                counts[attribute] = sum(1 for _, attr in ledger if attr == attribute)
         owned: dict[Key, Resource] = {}
         foreign: dict[Key, str] = {}
         surplus: list[Resource] = []
@@ -248,18 +257,19 @@ class RadiusTarget:
             else:
                 owned[res.key] = res
         for row in sorted(rr_rows, key=lambda r: r.id):
+            attribute = canonical(row.attribute)
             res = Resource(
                 kind="radreply",
-                group=FRAMED_IP,
-                ident=(("username", row.username), ("attribute", FRAMED_IP)),
+                group=attribute,
+                ident=(("username", row.username), ("attribute", attribute)),
                 # Compared by value: ``10.0.0.1 `` in the table is the address desire wants.
-                attrs=(("op", row.op), ("value", ipv4_host(row.value or "") or row.value)),
+                attrs=(("op", row.op), ("value", reply_value(attribute, row.value or ""))),
                 ref=str(row.id),
             )
             # The ledger knows (username, attribute), not row ids: provisiond writes one row
             # per key and only where none existed, so its row is the first one with the
             # exact spelling; any other row for the key is hand-made.
-            mine = (row.username, row.attribute) in ledger and row.attribute == FRAMED_IP
+            mine = (row.username, row.attribute) in ledger and row.attribute == attribute
             mine = mine and res.key not in owned and res.key not in foreign
             digest.append(("radreply", row.id, row.username, row.attribute, row.op, row.value, mine))
             if mine:

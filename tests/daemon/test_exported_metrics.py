@@ -100,6 +100,7 @@ def test_contrib_metric_names_are_exported_by_a_running_daemon(
     billing.join("Tower Hosts", 1000, 1001)
     port = free_port()
     pool = '[[pool]]\nname = "towers"\ngroup = "Tower Hosts"\nnetworks = ["10.99.0.0/29"]\n'
+    pool += '[[pool]]\nname = "pd"\ngroup = "Tower Hosts"\nnetworks = ["2001:db8::/48"]\nprefix_length = 56\n'
     d = start(config(daemon={"interval": "0.5s", "metrics_listen": f"127.0.0.1:{port}",
                              "healthz_max_age": "1.5s", "retry_max": "1s"}, extra=pool))
     d.wait_log(r"pass=1 result=ok")
@@ -128,8 +129,13 @@ def test_contrib_metric_names_are_exported_by_a_running_daemon(
                  'provisiond_pool_unallocated_accounts{pool="towers"} 0.0',
                  'provisiond_target_consecutive_failures{target="core-1"} 0.0',
                  'provisiond_last_success_timestamp_seconds{target="core-1"}',
-                 'provisiond_pool_utilisation_ratio{pool="towers"}'):
+                 'provisiond_pool_utilisation_ratio{pool="towers"}',
+                 'provisiond_pool_prefixes_total{pool="towers"} 6.0',
+                 'provisiond_pool_prefixes_total{pool="pd"} 256.0',
+                 'provisiond_pool_prefixes_held{pool="pd"} 0.0'):
         assert line in text, line
+    used_pd = re.search(r'provisiond_pool_prefixes_used\{pool="pd"\} (\S+)', text)
+    assert used_pd and float(used_pd.group(1)) >= 1  # the members' /56s
     # ... and move when a router goes away: failures count up, health drops.
     router.set_down(True)
     wait_until(lambda: 'provisiond_target_consecutive_failures{target="core-1"} 2.0' in scrape(port),

@@ -121,6 +121,12 @@ def test_demo_runs_and_converges(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "demo: converged: the second plan has nothing to do." in out
     assert "+ lease tower-hosts 100.127.0.2" in out
+    # issue #24: a /29 per tower block (Framed-Route), a delegated /56 per legacy customer
+    assert "+ lease tower-blocks 100.126.0.0/29  acct 1003" in out
+    assert '+ tower-hosts 100.126.0.0/29  acct 1003 "Miller Ranch 3"' in out
+    assert "+ user1003 Framed-Route = 100.126.0.0/29 0.0.0.0 1" in out
+    assert "+ user1005 Delegated-IPv6-Prefix = 2001:db8:100::/56" in out
+    assert "no: pool legacy-pd 2001:db8:100::/40 as /56s (Delegated-IPv6-Prefix)" in out
     # A tour: per list a count and three sample lines, then explain on one account.
     assert re.search(r"^  legacy: \d+ to create$", out, re.M)
     assert re.search(r"^    … \d+ more \(demo --full shows every line\)$", out, re.M)

@@ -1,5 +1,6 @@
 """SIGKILL of ``provisiond apply`` (a real process) at 20 random moments, with a pool
-configured and a PostgreSQL state store, over two simulated routers.
+configured and a PostgreSQL state store, over two simulated routers. Run twice: a pool
+of single addresses, and a pool of routed /29 blocks (issue #24).
 
 The applies are forked from a warm server (``apply_worker.py``), so a kill lands in
 the apply, not in Python's imports. Kill moments (seeded): at a random command a router receives (the process dies right
@@ -53,6 +54,7 @@ group = "Tower Hosts"
 networks = ["100.80.0.0/24"]
 hold = "24h"
 """
+PREFIX_POOL = POOL.replace('"100.80.0.0/24"', '"100.80.0.0/22"') + 'prefix_length = 29\n'
 
 
 @pytest.fixture
@@ -131,8 +133,9 @@ def unrecorded(rows: list[dict[str, Any]], sims: dict[str, RouterSim],
     return bad
 
 
+@pytest.mark.parametrize("pool", ["address", "prefix"])
 def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server: Server,
-                                         figures: Figures, monkeypatch: pytest.MonkeyPatch) -> None:
+                                         figures: Figures, monkeypatch: pytest.MonkeyPatch, pool: str) -> None:
     rng = random.Random(20261126)
     sims = {name: world.router(name, command_latency=0.002) for name in ("core-1", "core-2")}
     for i in POOLED:
@@ -145,14 +148,16 @@ def test_sigkill_apply_at_random_moments(world: World, state_url: str, pg_server
         sim.add_entry(list_name="tower-hosts", address="100.80.0.201")  # dynamic, no comment
         foreign[name] = [e for e in sim.entries("ip", "tower-hosts")]
     world.state_url = state_url
-    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")], extra=POOL,
+    world.write_config(lists=[("group", "Tower Hosts", "tower-hosts")],
+                       extra=POOL if pool == "address" else PREFIX_POOL,
                        safety={"max_delete_ratio": 1.0, "max_update_ratio": 1.0, "min_existing": 10})
     first: dict[str, str] = {}  # account -> the address it first got from the pool
     ids: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in sims}  # every .id ever seen
     duration = 0.0
     kinds: Counter[str] = Counter()
     journal_seen = (0, 0)
-    trials = figures.trials("SIGKILL of apply (pool, PostgreSQL state store)")
+    trials = figures.trials("SIGKILL of apply (pool, PostgreSQL state store)" if pool == "address"
+                            else "SIGKILL of apply (/29 prefix pool, PostgreSQL state store)")
     monkeypatch.setenv("PROVISIOND_TEST_PART_ROWS", str(PART_ROWS))  # read by apply_worker.py
     worker = Worker(world.config, world.tmp)
     for trial in range(TRIALS + 1):

@@ -155,3 +155,29 @@ def test_release_warns_when_billing_still_has_the_account_in_the_group(
             "the next pass hands its address back") in err
     assert ipam_cmd.run(parse("release", "2"), s, now=NOW) == 0  # billing moved it: no warning
     assert capsys.readouterr().err == ""
+
+
+def test_prefix_pools_list_show_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = Settings(
+        source={"url": "sqlite://", "query": "select 1"},  # type: ignore[arg-type]
+        state={"url": f"sqlite:///{tmp_path / 'state.db'}"},  # type: ignore[arg-type]
+        pool=[  # type: ignore[list-item]
+            {"name": "pd", "group": "ftth", "networks": ["2001:db8:100::/46"], "prefix_length": 56, "hold": "1h"},
+            {"name": "blocks", "group": "ftth", "networks": ["100.64.8.0/27"], "prefix_length": 29},
+        ],
+    )
+    pools = [Pool.from_settings(p) for p in s.pool]
+    accounts = [Account(str(i), groups=frozenset({"ftth"})) for i in (1, 2)]
+    with StateStore.open(s.state.url.get_secret_value()) as store:
+        store.reserve(allocate(accounts, pools, [], NOW), NOW)
+    assert ipam_cmd.run(parse("list"), s, now=NOW) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ["pd", "2001:db8:100:100::/56", "leased", "2"] in [line.split() for line in out]
+    assert "pool pd: 1024 /56 prefixes, 2 leased, 0 held, 1022 free (0.2% used)" in out
+    assert "pool blocks: 4 /29 prefixes, 2 leased, 0 held, 2 free (50.0% used)" in out
+    assert ipam_cmd.run(parse("show", "1", "--format", "json"), s, now=NOW) == 0
+    assert [x["address"] for x in json.loads(capsys.readouterr().out)["leases"]] == [
+        "100.64.8.0/29", "2001:db8:100::/56"]
+    assert ipam_cmd.run(parse("release", "1", "--pool", "pd"), s, now=NOW) == 0
+    until = (NOW + timedelta(hours=1)).isoformat()
+    assert capsys.readouterr().out.strip() == f"released pd 2001:db8:100::/56  acct 1: held until {until}"

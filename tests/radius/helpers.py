@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from provisiond.core.changes import Conflict
 from provisiond.core.diff import diff
+from provisiond.core.ipam import Pool
 from provisiond.core.model import Account
 from provisiond.core.plan import Plan
 from provisiond.core.radius import GroupMapping, radius
@@ -55,9 +56,9 @@ class MemoryLedger:
 
 def make_plan(
     target: RadiusTarget, accounts: Iterable[Account], mappings: Sequence[GroupMapping] = (LEGACY,),
-    allocated: Mapping[str, tuple[str, ...]] | None = None,
+    allocated: Mapping[str, tuple[str, ...]] | None = None, pools: Sequence[Pool] = (),
 ) -> tuple[Plan, list[Conflict]]:
-    desired, conflicts = radius(accounts, allocated or {}, mappings)
+    desired, conflicts = radius(accounts, allocated or {}, mappings, pools=pools)
     observed = target.observe()
     changes, found = diff(observed, desired)
     plan = Plan(
@@ -69,10 +70,10 @@ def make_plan(
 
 def sync(
     target: RadiusTarget, accounts: Iterable[Account], mappings: Sequence[GroupMapping] = (LEGACY,),
-    allocated: Mapping[str, tuple[str, ...]] | None = None,
+    allocated: Mapping[str, tuple[str, ...]] | None = None, pools: Sequence[Pool] = (),
 ) -> tuple[Plan, ApplyResult]:
     accounts = list(accounts)
-    plan, _ = make_plan(target, accounts, mappings, allocated)
+    plan, _ = make_plan(target, accounts, mappings, allocated, pools)
     result = target.apply(plan)
     return plan, result
 

@@ -154,7 +154,10 @@ def test_a_scoped_apply_reads_and_changes_only_those_accounts(
     assert code == 0, out + err
     assert sonar.requests == requests + 1  # one request, for that account
     changed = lists(router) ^ before
-    assert {(e[1], e[2]) for e in changed} == {("cc-pending", "100.64.0.1"), ("legacy", "100.64.0.1")}
+    # joining Legacy Customers also gives it a /56 from the demo's legacy-pd pool (issue #24)
+    assert {(e[1], e[2]) for e in changed if not e[2].endswith("/56")} == {
+        ("cc-pending", "100.64.0.1"), ("legacy", "100.64.0.1")}
+    assert [(e[1], e[2].startswith("2001:db8:1")) for e in changed if e[2].endswith("/56")] == [("legacy", True)]
     # The other change waits for its own pass; a full pass then finds only it.
     code, out, err = run(config, "apply")
     assert code == 0, out + err

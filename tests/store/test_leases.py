@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -150,7 +151,8 @@ def test_database_constraints_reject_double_leases(
         engine.dispose()
 
 
-def test_processes_never_double_lease(store_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["address", "prefix"])
+def test_processes_never_double_lease(store_url: str, tmp_path: Path, kind: str) -> None:
     workers, count, batch = 4, 60, 3
     StateStore.open(store_url).close()
     script = Path(__file__).with_name("lease_worker.py")
@@ -158,7 +160,8 @@ def test_processes_never_double_lease(store_url: str, tmp_path: Path) -> None:
     barrier.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), store_url, str(w), str(count), str(batch), str(barrier), str(workers)],
+            [sys.executable, str(script), store_url, str(w), str(count), str(batch), str(barrier), str(workers),
+             kind],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for w in range(workers)
@@ -178,9 +181,15 @@ def test_processes_never_double_lease(store_url: str, tmp_path: Path) -> None:
     engine.dispose()
     assert dupes == []
     # lowest free, packed: nothing skipped
-    assert sorted(int(x.address.split(".")[-1]) + 256 * int(x.address.split(".")[-2]) for x in leases) == list(
-        range(1, workers * count + 1)
-    )
+    if kind == "prefix":  # aligned /56s from 2001:db8::/44, one after the other
+        base = int(ipaddress.ip_network("2001:db8::/44").network_address)
+        assert sorted((int(ipaddress.ip_network(x.address).network_address) - base) >> 72 for x in leases) == list(
+            range(workers * count))
+        assert {ipaddress.ip_network(x.address).prefixlen for x in leases} == {56}
+    else:
+        assert sorted(int(x.address.split(".")[-1]) + 256 * int(x.address.split(".")[-2]) for x in leases) == list(
+            range(1, workers * count + 1)
+        )
     # The race really happened: all four allocated the same first addresses before any
     # reserved them (the barrier), so at least three lost and retried.
     retries = sum(int(out.strip()) for out, _ in outputs)
