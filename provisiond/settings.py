@@ -5,6 +5,10 @@ Unknown keys are errors. Every problem is reported at once with its key path
 (``router[1].port: …``) through ``ConfigError.problems``. Secrets are ``SecretStr``
 and are read from files (``password_file``; a relative path is looked up in systemd's
 ``$CREDENTIALS_DIRECTORY``) or the environment, never logged.
+
+This module is longer than 600 lines because it is the config file's one schema: every
+section's model, its validation and the cross-section checks sit in the order of
+``config/provisiond.reference.toml``, so a key is found in one place.
 """
 
 from __future__ import annotations

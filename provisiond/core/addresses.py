@@ -1,4 +1,4 @@
-"""Address values and RouterOS's normal form (ROUTEROS.md §2.2).
+"""Address values and RouterOS's normal form (../shared/ROUTEROS.md §2.2).
 
 The Source parses billing addresses here (``billing_form``), desire writes allocated
 ones through ``routeros_form``, and the RouterOS target passes every address it reads

@@ -48,7 +48,7 @@ from provisiond.core.pool import BITS as BITS  # re-exported: callers use pools 
 from provisiond.core.pool import RADIUS_ATTRIBUTES as RADIUS_ATTRIBUTES
 from provisiond.core.pool import Pool as Pool
 from provisiond.core.pool import PoolSpec as PoolSpec
-from provisiond.core.pool import _billing_ranges, _text
+from provisiond.core.pool import _billing_ranges
 from provisiond.core.pool import default_attribute as default_attribute
 from provisiond.core.pool import overlaps as overlaps
 

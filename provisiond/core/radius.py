@@ -12,7 +12,7 @@ What is desired:
   (by its selector keys, ``Match``), ident ``(username, groupname)``, attribute
   ``priority``. Two mappings onto one RADIUS group give one row, with the lower
   priority. Several mapped groups give several rows: FreeRADIUS then uses the first by
-  priority unless its reply rows carry ``Fall-Through = Yes`` (FREERADIUS.md section 1).
+  priority unless its reply rows carry ``Fall-Through = Yes`` (../shared/FREERADIUS.md section 1).
 - ``radreply`` ``Framed-IP-Address``: only for a username that also gets at least one
   managed group (provisiond does not blanket-write replies for every billing account),
   ident ``(username, attribute)`` so that a user has exactly one such row and an
@@ -260,7 +260,7 @@ def radius(
 
 
 # Reply attributes RouterOS changes on a live session by CoA (MikroTik manual, "RADIUS",
-# FREERADIUS.md section 4). Anything else - an address, a pool, Mikrotik-Address-List -
+# ../shared/FREERADIUS.md section 4). Anything else - an address, a pool, Mikrotik-Address-List -
 # needs the session to start over: Disconnect-Request.
 COA_CHANGEABLE = frozenset(
     {
@@ -271,7 +271,7 @@ COA_CHANGEABLE = frozenset(
 )
 
 
-# -- FreeRADIUS's reply, predicted (rlm_sql mod_authorize, FREERADIUS.md section 1) ------
+# -- FreeRADIUS's reply, predicted (rlm_sql mod_authorize, ../shared/FREERADIUS.md section 1) ------
 def effective_reply(
     user_reply: Sequence[tuple[str, str, str]],
     groups: Sequence[tuple[int, str]],
@@ -303,7 +303,7 @@ def _merge(reply: dict[str, list[str]], rows: Iterable[tuple[str, str, str]]) ->
     """Merge one result set into ``reply`` like rlm_sql's pairmove; its Fall-Through, if any.
 
     Operators compare against the reply as it was before this result set: two ``=`` rows
-    for one attribute in the same set are both sent (FREERADIUS.md section 1). Names are
+    for one attribute in the same set are both sent (../shared/FREERADIUS.md section 1). Names are
     case-insensitive, as in FreeRADIUS's dictionary.
     """
     fall: bool | None = None

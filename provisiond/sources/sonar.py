@@ -355,7 +355,7 @@ def _flag(account_id: int, field: str, value: Any) -> bool:
 
 
 def _subnets(account: dict[str, Any], account_id: int) -> Iterator[Any]:
-    """Every IP assignment reachable from an account (SONAR.md §3, as LibreQoS reads them)."""
+    """Every IP assignment reachable from an account (../shared/SONAR.md §3, as LibreQoS reads them)."""
     owners = [account]
     owners += _entities(account, "radius_accounts", account_id)
     owners += _entities(account, "uninventoried_mac_addresses", account_id)

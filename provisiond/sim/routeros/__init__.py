@@ -10,6 +10,8 @@ Layers, bottom up: ``codec`` (bytes <-> words) -> ``query``/``address``/
 ``state`` (one router) -> ``commands``/``session`` (one conversation) ->
 ``connection`` (one socket's threads; ``faults``: a test's cuts and stalls) ->
 ``server`` (the listener). Imports nothing from the rest of provisiond.
+Citations of ``../shared/ROUTEROS.md`` name the team's sourced reference on the
+RouterOS API, kept beside the repository, not in it.
 """
 
 from .errors import Trap

@@ -1,4 +1,4 @@
-"""Normalisation of address-list ``address`` values (ROUTEROS.md 2.2).
+"""Normalisation of address-list ``address`` values (../shared/ROUTEROS.md 2.2).
 
 Called by the table model on add/set and by the query machine when a query
 compares ``address``. Input is what a client typed; output is the form a

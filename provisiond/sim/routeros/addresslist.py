@@ -18,7 +18,7 @@ someone listens, ``observer`` is told of every change (``listen``); ``reboot``
 keeps what a router saves to disk, renumbered.
 
 What attribute words mean for an entry, and how a print shows it, is
-``entry.EntryForm``'s. Choices where ROUTEROS.md has no observation ([inf]):
+``entry.EntryForm``'s. Choices where ../shared/ROUTEROS.md has no observation ([inf]):
 
 * ``.id`` numbers come from one counter per menu starting at
   ``SimSettings.first_id`` (``*1`` as on a fresh router) and are never reused;
@@ -172,7 +172,7 @@ class AddressTable:
 
     def add(self, attrs: Mapping[str, str], *, dynamic: bool = False, allow_duplicate: bool = False) -> Entry:
         """``add``; ``allow_duplicate`` (injection only) skips the unique-key
-        check, like a config imported from an older RouterOS can (ROUTEROS.md 2.3)."""
+        check, like a config imported from an older RouterOS can (../shared/ROUTEROS.md 2.3)."""
         entry = self._form.new(self._next_id, attrs, dynamic=dynamic)
         if entry.key in self._by_key:
             if not allow_duplicate:

@@ -19,7 +19,7 @@ ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 
 #: Largest length that fits the 4-byte form. Replies never use the 5-byte form
-#: because librouteros cannot decode it (ROUTEROS.md 1.1).
+#: because librouteros cannot decode it (../shared/ROUTEROS.md 1.1).
 MAX_EMITTED_LENGTH = 0xFFFFFFF
 
 
@@ -32,7 +32,7 @@ class PeerClosed(Exception):
 
 
 def encode_length(length: int) -> bytes:
-    """Encode a word length in the 1-4 byte forms of ROUTEROS.md 1.1."""
+    """Encode a word length in the 1-4 byte forms of ../shared/ROUTEROS.md 1.1."""
     if length < 0:
         raise ValueError(f"negative length {length}")
     if length < 0x80:

@@ -158,7 +158,7 @@ def _table_command(state: RouterState, menu: str, verb: str, command: Command) -
     if verb == "listen" or (verb == "print" and "follow-only" in attrs):
         return Result(watch=_watch(menu, table, command))
     if verb == "print":
-        # The router scans every row whatever the query (ROUTEROS.md 6, 8): row_latency
+        # The router scans every row whatever the query (../shared/ROUTEROS.md 6, 8): row_latency
         # and scan_cost_us charge for all of them, however few the indexes let it test.
         query = _compile(command, table.options.family)
         rows = len(table)
@@ -177,7 +177,7 @@ def _table_command(state: RouterState, menu: str, verb: str, command: Command) -
         entry = table.add(values)
         return Result(done=(f"=ret={entry.id_text}",))
     if ".id" not in attrs and "numbers" not in attrs:
-        # Query words select nothing outside print (ROUTEROS.md 1.2: ``remove ?.id=*A6``
+        # Query words select nothing outside print (../shared/ROUTEROS.md 1.2: ``remove ?.id=*A6``
         # answers a bare !done and removes nothing), so a command that names no item
         # by .id/numbers does nothing and says so with a bare !done.
         return Result()

@@ -3,7 +3,7 @@
 ``AddressTable`` holds an ``EntryForm`` and asks it to make an ``Entry`` from an
 ``add``'s attribute words, to apply a ``set``'s, and to render an entry as a print
 shows it; the table itself only stores and indexes. Failures raise ``Trap`` with the
-router's wording. Choices where ROUTEROS.md has no observation ([inf]):
+router's wording. Choices where ../shared/ROUTEROS.md has no observation ([inf]):
 
 * an entry added with a timeout prints ``dynamic=false`` unless
   ``timeout_marks_dynamic`` is set; ``timeout=0``/``none-static`` means no

@@ -2,7 +2,7 @@
 
 Raised by the table model and the dispatcher, caught by ``session`` which
 turns it into ``!trap =message=... [=category=N]`` followed by ``!done``.
-Messages are the router's own wording where it is known (ROUTEROS.md 1.4,
+Messages are the router's own wording where it is known (../shared/ROUTEROS.md 1.4,
 2.3); the catalogue below names every message the simulator can produce.
 """
 

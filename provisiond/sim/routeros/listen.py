@@ -17,7 +17,7 @@ sooner than its writer does.
 
 A change row has the shape of a print row (``.proplist`` narrows it); a
 removal is ``!re =.id=*X =.dead=yes`` (``true`` from v7; ``SimSettings.dead_value``)
-and nothing else. Choices where ROUTEROS.md has no observation ([inf]):
+and nothing else. Choices where ../shared/ROUTEROS.md has no observation ([inf]):
 
 * the query is tested on the entry as it is after the change, so an entry
   moved out of a scoped listen's lists by ``set`` is not reported to it;

@@ -4,7 +4,7 @@
 holding the state lock, so commands from all connections pass through it in
 arrival order, as through a router's one API process. A print of an address
 table costs ``scan_cost_us`` per row of the *whole* table whether or not a
-query narrows it (a router scans every row; ROUTEROS.md 6, 8), a write
+query narrows it (a router scans every row; ../shared/ROUTEROS.md 6, 8), a write
 ``add_cost_ms`` per entry written; ``listen`` and the streaming part of
 ``follow`` cost nothing. The charge moves ``busy_until`` (monotonic seconds)
 and the command's reply leaves no earlier than that, so a client's

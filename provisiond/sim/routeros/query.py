@@ -1,4 +1,4 @@
-"""The ``print`` query stack machine of ROUTEROS.md 1.7.
+"""The ``print`` query stack machine of ../shared/ROUTEROS.md 1.7.
 
 ``session`` hands the ``?`` words of a print (in order) to ``compile_query``
 and gets back a ``Query``: a frozen value whose ``matches`` takes one row (the

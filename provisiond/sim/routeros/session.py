@@ -11,10 +11,10 @@ open listens) and runs menu commands from ``commands`` under the shared
 state lock. A ``listen`` or follow print gets no ``!done``: the session opens
 a ``listen.Listener`` that streams to the connection through ``deliver``
 until ``/cancel`` names its tag (``!trap =category=2 =message=interrupted``
-for it, ``!done`` for the cancel, then its ``!done``: ROUTEROS.md 1.6) or
+for it, ``!done`` for the cancel, then its ``!done``: ../shared/ROUTEROS.md 1.6) or
 the connection ends.
 
-Choices where RouterOS behaviour is undocumented (ROUTEROS.md [inf]):
+Choices where RouterOS behaviour is undocumented (../shared/ROUTEROS.md [inf]):
 
 * a command before login gets ``!trap =message=not logged in`` (no
   category) then ``!done``; more than ``max_pre_login_sentences`` sentences

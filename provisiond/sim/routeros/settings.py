@@ -2,7 +2,7 @@
 
 ``SimSettings`` is built by the CLI (``python -m provisiond.sim``), by the
 product's demo and by tests, and handed to ``RouterSim``. Behaviour that the
-reference material leaves open (ROUTEROS.md marks it [inf]) is a setting
+reference material leaves open (../shared/ROUTEROS.md marks it [inf]) is a setting
 here, so a client can be tested against both answers.
 """
 
@@ -55,13 +55,13 @@ class SimSettings:
     #: command does; ``follow`` traps ``unknown parameter follow``, category 1).
     listen: bool = True
     #: An entry whose timeout runs out is reported to listeners as ``.dead``
-    #: (ROUTEROS.md 8 [inf]); False: expiries are not streamed at all.
+    #: (../shared/ROUTEROS.md 8 [inf]); False: expiries are not streamed at all.
     report_expiry: bool = True
     #: A removal reaches every listen of its menu, not only those whose query
-    #: selected the entry (ROUTEROS.md 8 [inf]).
+    #: selected the entry (../shared/ROUTEROS.md 8 [inf]).
     dead_to_all_listeners: bool = False
     #: The value of ``.dead`` on a removal; None: ``yes`` before v7, ``true`` from v7
-    #: (v7 prints booleans as ``true``/``false``; ROUTEROS.md 8).
+    #: (v7 prints booleans as ``true``/``false``; ../shared/ROUTEROS.md 8).
     dead_value: str | None = None
     #: Seconds between the router's checks for expired entries (so listeners hear
     #: of expiries without a client touching the table); 0: only when touched.
