@@ -398,6 +398,9 @@ class PoolSettings(_Selector):
     exclude: list[str] = Field(default_factory=list)
     priority: int = 0
     hold: Duration = 86400.0
+    # An account of the pool's group the pool has no address for (it is exhausted):
+    # "withhold" its RADIUS rows until it has one, or "assign-group" them without one.
+    on_exhausted: Literal["withhold", "assign-group"] = "withhold"
     # Issue #24: each allocation an aligned prefix of this length (None: one address).
     prefix_length: int | None = Field(None, ge=1, le=128)
     # How the allocation reaches FreeRADIUS (None: the family's default, see core.ipam).

@@ -74,7 +74,7 @@ def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
     snapshot = rec.read_source()
     allocation = rec.allocate(snapshot, datetime.now(UTC))
     allocated = allocation.addresses if allocation is not None else {}
-    desired, conflicts = rec.desired(snapshot, allocated)
+    desired, conflicts = rec.desired(snapshot, allocated, allocation=allocation)
     account: Account | None = snapshot.accounts.get(account_id)
     problems = [p.message for p in snapshot.problems if p.account_id == account_id]
     observed = rec.observe_account(account_id, snapshot, desired)

@@ -218,11 +218,14 @@ def radius(
     *,
     framed_ip: bool = True,
     pools: Sequence[ipam.Pool | ipam.PoolSpec] = (),
+    withheld: frozenset[str] = frozenset(),
 ) -> tuple[dict[Key, Resource], list[Conflict]]:
     """The desired radusergroup/radreply Resources by key, and the conflicts.
 
     ``pools``: the configured ``[[pool]]``s, which say which attribute carries each
-    allocation; without them every allocated IPv4 host is a Framed-IP-Address."""
+    allocation; without them every allocated IPv4 host is a Framed-IP-Address.
+    ``withheld``: accounts that get no RADIUS rows this pass (a pool that should have
+    given them an address is exhausted, and says ``on_exhausted = "withhold"``)."""
     built = [p if isinstance(p, ipam.Pool) else ipam.Pool.from_settings(p) for p in pools]
     by_shape = shapes(built)
     desired: dict[Key, Resource] = {}
@@ -234,6 +237,8 @@ def radius(
         for username in account.usernames:
             owner.setdefault(username, account.id)
     for account in ordered:
+        if account.id in withheld:
+            continue
         groups: dict[str, int] = {}
         for m, match in matches:
             if match.selects(account):

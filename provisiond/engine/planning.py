@@ -14,6 +14,7 @@ from datetime import datetime
 from provisiond.core import desire
 from provisiond.core.changes import Change, Conflict, Create, Key, Observed, Resource
 from provisiond.core.diff import count_by_group, diff
+from provisiond.core.ipam import Allocation
 from provisiond.core.model import Match, Snapshot
 from provisiond.core.plan import Plan, unmatched, unmatched_by_target
 from provisiond.engine.assembly import allocate, selectors
@@ -54,7 +55,8 @@ def prepare(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
     """``decide``, then every target's desired state and the pass's notes."""
     pp = decide(settings, store, snapshot, now, memory)
     allocated = pp.allocation.addresses if pp.allocation is not None else {}
-    wanted, conflicts = desired(settings, snapshot, allocated)
+    wanted, conflicts = desired(settings, snapshot, allocated,
+                                waiting=withheld(settings, pp.allocation))
     for p in snapshot.problems:
         pp.notes.append(f"skipped billing row: {p}")
     pp.notes.extend(snapshot.notes)
@@ -77,9 +79,20 @@ def _some(ids: Sequence[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + (f" … ({len(ids) - n} more)" if len(ids) > n else "")
 
 
+def withheld(settings: Settings, allocation: Allocation | None) -> frozenset[str]:
+    """Accounts whose RADIUS rows wait for an address: an exhausted pool had none for
+    them and says ``on_exhausted = "withhold"``."""
+    if allocation is None or not allocation.exhausted:
+        return frozenset()
+    waiting = {p.name for p in settings.pool if p.on_exhausted == "withhold"}
+    return frozenset(a for pool, ids in allocation.exhausted.items() if pool in waiting for a in ids)
+
+
 def desired(settings: Settings, snapshot: Snapshot,
-            allocated: Mapping[str, tuple[str, ...]]) -> tuple[Desired, Conflicts]:
-    """Every target's desired resources, and the conflicts desire itself found."""
+            allocated: Mapping[str, tuple[str, ...]], *,
+            waiting: frozenset[str] = frozenset()) -> tuple[Desired, Conflicts]:
+    """Every target's desired resources, and the conflicts desire itself found.
+    ``waiting``: accounts whose RADIUS rows are withheld (``withheld``)."""
     s = settings
     mappings = [
         desire.ListMapping(list=m.list, routers=tuple(r.name for r in s.routers_for(m)),
@@ -95,7 +108,8 @@ def desired(settings: Settings, snapshot: Snapshot,
     if s.radius is not None:
         from provisiond.core.radius import radius as radius_desire
 
-        want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group, pools=s.pool)
+        want, found = radius_desire(snapshot.accounts.values(), allocated, s.radius_group,
+                                    pools=s.pool, withheld=waiting)
         wanted["radius"] = want
         conflicts["radius"] = list(found)
     return wanted, conflicts

@@ -193,9 +193,11 @@ class Reconciler:
             return None
         return allocate(self.settings, snapshot, self.store, now)[0]
 
-    def desired(self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]]
+    def desired(self, snapshot: Snapshot, allocated: Mapping[str, tuple[str, ...]], *,
+                allocation: Allocation | None = None
                 ) -> tuple[dict[str, Mapping[Key, Resource]], dict[str, list[Conflict]]]:
-        return planning.desired(self.settings, snapshot, allocated)
+        return planning.desired(self.settings, snapshot, allocated,
+                                waiting=planning.withheld(self.settings, allocation))
 
     def observe_account(self, account_id: str, snapshot: Snapshot,
                         desired: Mapping[str, Mapping[Key, Resource]]) -> dict[str, Observed | str]:

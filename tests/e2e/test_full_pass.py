@@ -224,3 +224,29 @@ def test_explain_shows_radius_rows_and_a_hand_made_framed_ip_conflict(world: Wor
                      r"conflict: .*10\.9\.9\.9", text, re.M), text
     assert "  + tower crete  priority 1" in text
     assert "held tower-hosts 100.64.99.3" in text
+
+
+@pytest.mark.parametrize("on_exhausted", ["withhold", "assign-group"])
+def test_an_account_a_full_pool_cannot_serve_gets_its_radius_group_as_the_pool_says(
+    world: World, radius_db: str, on_exhausted: str
+) -> None:
+    """A /30 with .1 excluded has one usable address: two accounts wait for one. With
+    ``withhold`` (the default) it has no RADIUS rows until then; with ``assign-group`` it
+    is in its group without a Framed-IP-Address."""
+    world.router("core-1")
+    for aid, user in ((1, "a"), (2, "b"), (3, "c")):
+        world.account(aid, f"Tower {aid}", groups=["Tower Hosts"], usernames=[user])
+    world.write_config(extra=POOL_AND_RADIUS.format(radius_url=radius_db).replace(
+        'networks = ["100.64.99.0/29"]', f'networks = ["100.64.99.0/30"]\non_exhausted = "{on_exhausted}"'))
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert "pool tower-hosts exhausted: 2 account(s) got no address: 2, 3" in out
+    engine = sa.create_engine(radius_db)
+    with engine.connect() as c:
+        groups = sorted(tuple(r) for r in c.exec_driver_sql("SELECT username, groupname FROM radusergroup"))
+        framed = sorted(r[0] for r in c.exec_driver_sql("SELECT username FROM radreply WHERE attribute = 'Framed-IP-Address'"))
+    engine.dispose()
+    assert framed == ["a"]
+    assert groups == ([("a", "tower")] if on_exhausted == "withhold"
+                      else [("a", "tower"), ("b", "tower"), ("c", "tower")])
+    world.assert_converged()
