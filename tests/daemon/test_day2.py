@@ -65,6 +65,9 @@ def test_a_typo_holds_back_only_its_own_list(
     d.signal(signal.SIGHUP)
     d.wait_log(r"pass=\d+ result=\S+", after=mark)
     assert listed(router, "legacy") == {Billing.address(1002), Billing.address(1003)}
+    # A pass of a few changes names each at INFO: target, list, address, account.
+    assert re.search(r'INFO provisiond.daemon.summary: target=core-1 applied \+ legacy '
+                     r'100\.64\.0\.3  acct 1003 "Account 3"', d.text()[mark:])
     assert re.search(r"WARNING provisiond.daemon.passes: target=core-1 result=refused "
                      r"held=tower-hosts reason=.*Tower Host", d.text()[mark:])
     # The reload ran check-config's billing checks on the new mappings, and said so.
