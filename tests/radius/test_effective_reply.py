@@ -28,7 +28,8 @@ def test_attribute_names_are_case_insensitive() -> None:
 
 
 def test_a_move_between_groups_takes_the_stronger_mode_of_both(tmp_path: object) -> None:
-    from provisiond.targets.radius import RadiusTarget, _UserPolicy
+    from provisiond.targets.radius import RadiusTarget
+    from provisiond.targets.radius.sessions import UserPolicy as _UserPolicy
 
     t = RadiusTarget("sqlite://", groups=["legacy", "tower"], ledger=None,  # type: ignore[arg-type]
                      coa_mode="coa", coa_modes={"legacy": "disconnect", "tower": "coa"})
