@@ -459,9 +459,9 @@ class PoolSettings(_Selector):
         if attr in ("Framed-IP-Address", "Framed-Route") and version == 6:
             raise ValueError(f"radius_attribute: {attr} carries IPv4; this pool is IPv6 "
                              "(Framed-IPv6-Prefix or Delegated-IPv6-Prefix)")
-        if attr == "Framed-IP-Address" and length != 32:
-            raise ValueError(f"radius_attribute: Framed-IP-Address carries one address; a /{length} "
-                             "block is routed with Framed-Route")
+        if attr == "Framed-IP-Address" and length == 31:
+            raise ValueError(f"radius_attribute: a /{length} block has no host for "
+                             "Framed-IP-Address + Framed-IP-Netmask; route it with Framed-Route")
         return self
 
     def allocations(self) -> int:

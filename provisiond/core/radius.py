@@ -47,10 +47,12 @@ from provisiond.core.model import Account, Match
 
 FRAMED_IP = "Framed-IP-Address"
 FRAMED_ROUTE = "Framed-Route"
+FRAMED_IP_NETMASK = "Framed-IP-Netmask"
 FRAMED_IPV6_PREFIX = "Framed-IPv6-Prefix"
 DELEGATED_IPV6_PREFIX = "Delegated-IPv6-Prefix"
 #: The radreply attributes provisiond writes (and so reads back, by ledger).
-REPLY_ATTRIBUTES = (FRAMED_IP, FRAMED_ROUTE, FRAMED_IPV6_PREFIX, DELEGATED_IPV6_PREFIX)
+REPLY_ATTRIBUTES = (FRAMED_IP, FRAMED_IP_NETMASK, FRAMED_ROUTE, FRAMED_IPV6_PREFIX,
+                    DELEGATED_IPV6_PREFIX)
 _PREFIX_ATTRIBUTES = frozenset({FRAMED_ROUTE, FRAMED_IPV6_PREFIX, DELEGATED_IPV6_PREFIX})
 
 
@@ -129,7 +131,7 @@ def reply_value(attribute: str, value: str) -> str:
     gateway and metrics as written). Anything unparsable comes back as it is.
     """
     text = value.strip()
-    if attribute == FRAMED_IP:
+    if attribute in (FRAMED_IP, FRAMED_IP_NETMASK):
         return addresses.ipv4_host(text) or value
     head, _, rest = text.partition(" ")
     span = addresses.parse(head)
@@ -173,9 +175,14 @@ def pool_replies(
     hidden: set[str] = set()
     for text in allocated.get(account.id, ()):
         pool = _pool_of(text, pools, shape_of)
-        if pool is None or pool.attribute == FRAMED_IP:
+        if pool is None or (pool.attribute == FRAMED_IP and "/" not in text):
             continue
         hidden.add(text)
+        if pool.attribute == FRAMED_IP:  # an interface block: its first host, and its mask
+            host, mask = interface_address(text)
+            out.setdefault(FRAMED_IP, host)
+            out.setdefault(FRAMED_IP_NETMASK, mask)
+            continue
         if pool.attribute in _PREFIX_ATTRIBUTES:
             # A lease's text is already in its one spelling (``ipam.Pool.text``).
             prefix = text if "/" in text else f"{text}/{ipam.BITS[pool.version]}"
@@ -189,6 +196,20 @@ def pool_replies(
                 value = f"{given} 0.0.0.0 1" if pool.attribute == FRAMED_ROUTE else given
                 out.setdefault(pool.attribute, reply_value(pool.attribute, value))
     return sorted(out.items()), frozenset(hidden)
+
+
+def interface_address(block: str) -> tuple[str, str]:
+    """An IPv4 block given as an interface block: (its first host, its netmask); the
+    router's side of the link is the operator's to configure."""
+    network, _, length = block.partition("/")
+    bits = int(length)
+    base = int.from_bytes(bytes(int(p) for p in network.split(".")), "big")
+    mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+
+    def dotted(value: int) -> str:
+        return ".".join(str((value >> s) & 255) for s in (24, 16, 8, 0))
+
+    return dotted((base & mask) + 1), dotted(mask)
 
 
 def shapes(pools: Sequence[ipam.Pool]) -> dict[tuple[int, int], list[ipam.Pool]]:

@@ -147,3 +147,46 @@ def test_check_config_reports_billing_prefixes_inside_a_pool_and_bad_prefix_sett
     assert "error: pool[0].prefix_length: /36 is shorter than networks[0] 2001:db8:100::/40: no /36 fits in it" in out
     assert "error: pool[1].radius_attribute: Delegated-IPv6-Prefix carries an IPv6 prefix; this pool is IPv4" in out
     assert "error: pool[2].prefix_length: Input should be less than or equal to 128" in out
+
+
+INTERFACE_BLOCKS = """
+[[pool]]
+name = "business"
+group = "Tower Hosts"
+networks = ["100.64.9.0/24"]
+prefix_length = 30
+radius_attribute = "Framed-IP-Address"
+
+[radius]
+url = "{radius_url}"
+
+[[radius_group]]
+group = "Tower Hosts"
+radius_group = "tower"
+"""
+
+
+def test_an_interface_block_reaches_radius_as_address_and_netmask(
+    world: World, radius_db: str, fr: FreeRadius
+) -> None:
+    """``radius_attribute = "Framed-IP-Address"`` on a /30: the block's first host and its
+    netmask (RFC 2865 Framed-IP-Address, Framed-IP-Netmask), not a route."""
+    world.router("core-1")
+    world.account(7, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    world.write_config(lists=(("group", "Tower Hosts", "tower-hosts"),),
+                       extra=INTERFACE_BLOCKS.format(radius_url=radius_db))
+    code, out, err = world.run("apply")
+    assert code == 0, out + err
+    assert "+ lease business 100.64.9.0/30  acct 7" in out
+    assert set(world.entries("core-1", "tower-hosts")) == {"100.64.9.0/30"}
+    reply_code, attrs = fr.authenticate("ridge", "ridge-pw")
+    assert reply_code == 2
+    assert attrs["Framed-IP-Address"] == ["100.64.9.1"]
+    assert attrs["Framed-IP-Netmask"] == ["255.255.255.252"]
+    assert "Framed-Route" not in attrs
+    world.assert_converged()
+    # Leaves the group: both rows go.
+    world.account(7, "Ridge Tower", groups=[], usernames=["ridge"])
+    assert world.run("apply", "--force")[0] == 0
+    assert "Framed-IP-Netmask" not in fr.authenticate("ridge", "ridge-pw")[1]
+    world.assert_converged()

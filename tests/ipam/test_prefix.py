@@ -211,8 +211,8 @@ def test_property_no_overlap_misalignment_exclusion_and_sticky(world: tuple[Pool
      "Framed-IPv6-Prefix carries an IPv6 prefix; this pool is IPv4"),
     ({"networks": ["2001:db8::/48"], "prefix_length": 56, "radius_attribute": "Framed-Route"},
      "Framed-Route carries IPv4; this pool is IPv6"),
-    ({"networks": ["100.64.0.0/24"], "prefix_length": 30, "radius_attribute": "Framed-IP-Address"},
-     "a /30 block is routed with Framed-Route"),
+    ({"networks": ["100.64.0.0/24"], "prefix_length": 31, "radius_attribute": "Framed-IP-Address"},
+     "a /31 block has no host for Framed-IP-Address"),
     ({"networks": ["100.64.0.0/24"], "radius_attribute": "Framed-Routes"}, "Input should be"),
 ])
 def test_pool_settings_refuse_bad_prefix_settings(kw: dict[str, object], message: str) -> None:

@@ -12,7 +12,7 @@ Ownership:
   provisiond's (a second row for the same user and group is ``surplus`` and deleted);
 - a ``radreply`` row is provisiond's only when the StateStore's ledger says provisiond
   wrote that ``(username, attribute)``; any other row of an attribute provisiond writes
-  (``REPLY_ATTRIBUTES``: Framed-IP-Address and the pool attributes Framed-Route,
+  (``REPLY_ATTRIBUTES``: Framed-IP-Address (and -Netmask) and the pool attributes Framed-Route,
   Framed-IPv6-Prefix, Delegated-IPv6-Prefix) is hand-made: never touched, and reported
   as a conflict when billing or a pool wants that user's attribute.
 
