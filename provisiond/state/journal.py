@@ -107,12 +107,9 @@ class JournalMixin(StoreBase):
         if not outcome.count:
             return
         if not wait:
-            # Made here, in the target's own thread, which holds the interpreter anyway;
-            # the writer thread only inserts (SQLite lets the interpreter go meanwhile).
-            # A thread of its own making them took the interpreter from the targets'
-            # sessions, each hand-over a wait for the OS to run the other thread.
-            # Whatever goes wrong is raised by flush_journal: a journal never stops a
-            # target half-way through its writes.
+            # Rows are made here, in the target's own thread; the writer thread only
+            # inserts them. Whatever goes wrong is raised by flush_journal: a journal
+            # never stops a target half-way through its writes.
             writer = self._journal_writer()
             try:
                 assert self._engine is not None
