@@ -8,10 +8,10 @@
 #       desire and addresses modules, where the safety check and the comparison live).
 # --rev: mutate and test a committed revision (default: the working tree as it is).
 # --tests: the tests mutmut runs against each mutant (default: the fast pure-core
-#          tests; pass e2e tests here to cover the I/O paths, e.g. engine.py with
+#          tests; pass e2e tests here to cover the I/O paths, e.g. engine/reconciler.py with
 #          tests/e2e/test_cli_promises.py -- slower).
 # --only: mutate only the functions whose mutant names match GLOB, e.g.
-#         'provisiond.engine.xǁReconcilerǁread_source__mutmut_*' (the failed-read path).
+#         'provisiond.engine.reconciler.xǁReconcilerǁread_source__mutmut_*' (the failed-read path).
 # --keep: leave the throwaway copy in place (its path is printed) to look at survivors
 #         with `cd DIR && $PYTHON -m mutmut show NAME`.
 #
