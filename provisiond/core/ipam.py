@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -135,12 +135,6 @@ class Allocation:
     def changed(self) -> bool:
         """Whether ``reserve`` has anything to record."""
         return bool(self.new or self.releases or self.returns or self.expired)
-
-    def keeping(self, pools: Iterable[str]) -> Allocation:
-        """This allocation without the releases in ``pools``: their leases stay (a pool
-        held back because its mapping matches nobody)."""
-        held = set(pools)
-        return replace(self, releases=tuple(x for x in self.releases if x.pool not in held))
 
     @property
     def change_count(self) -> int:

@@ -240,11 +240,8 @@ def check_pools(
     problems = [f"pool {pool}: {n} releases would empty it, but {unmatched_pools[pool]}"
                 for pool, n in emptied_pools(allocation, leases).items() if pool in unmatched_pools]
     if problems:
-        held = ", ".join(f"pool {pool}" for pool in sorted(unmatched_pools)
-                         if pool in emptied_pools(allocation, leases))
         raise UnmatchedMapping(
-            "ipam", "; ".join(problems) + f" (held back: {held} keeps its leases; a typo in the "
-            "config? use --force to apply anyway)"
+            "ipam", "; ".join(problems) + " (a typo in the config? use --force to apply anyway)"
         )
 
 

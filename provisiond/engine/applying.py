@@ -52,9 +52,7 @@ class Applier:
         if self.held(pp, result, force=force, may_write=may_write):
             result.duration = time.monotonic() - started
             return result
-        run_id = self.begin(pp, mode, force=force)
-        if pp.ipam_refused and not force:
-            result.refused["ipam"] = pp.ipam_refused
+        run_id = self.begin(pp, mode)
         todo = [cleared for plan in pp.plans
                 if (cleared := self.cleared(pp, plan, result, force=force)) is not None]
         write = self.writer(run_id, may_write, progress)
@@ -68,15 +66,14 @@ class Applier:
 
     def start(self, pp: PassPlan, *, force: bool, mode: str, may_write: MayWrite | None,
               progress: ProgressFactory | None, pool: ThreadPoolExecutor,
-              started: float) -> Run:
-        """A Run that writes each plan as it is handed over (a pool held back: said in
-        its result, its releases wait)."""
-        run_id = self.begin(pp, mode, force=force)
-        run = Run(self, pp, run_id, force=force, started=started,
-                  write=self.writer(run_id, may_write, progress), pool=pool)
+              started: float) -> Run | None:
+        """A Run that writes each plan as it is handed over; None when the pass is held
+        (``apply`` then says why and writes nothing)."""
         if pp.ipam_refused and not force:
-            run.result.refused["ipam"] = pp.ipam_refused
-        return run
+            return None
+        run_id = self.begin(pp, mode)
+        return Run(self, pp, run_id, force=force, started=started,
+                   write=self.writer(run_id, may_write, progress), pool=pool)
 
     # -- the steps ------------------------------------------------------------------
 
@@ -87,20 +84,26 @@ class Applier:
             result.results = [ApplyResult(target=p.target, error=f"{p.target}: not applied: lost the "
                                           "leader lock") for p in pp.plans if p.changes or p.followups]
             return True
+        if pp.ipam_refused and not force:
+            # Every target's desired state was built from this allocation: pushing it
+            # without recording its leases would break "leases before any write".
+            result.refused["ipam"] = pp.ipam_refused
+            for plan in pp.plans:
+                if plan.changes or plan.followups:
+                    result.refused[plan.target] = (f"{plan.target}: not applied: the IPAM plan "
+                                                   "it builds on was refused (see ipam)")
+            return True
         return False
 
-    def begin(self, pp: PassPlan, mode: str, *, force: bool = False) -> str:
+    def begin(self, pp: PassPlan, mode: str) -> str:
         """Start a run: its id, leases and the billing read recorded, before any write.
-        Unforced, a pool held back keeps its leases (its releases wait). A run that cannot
-        record them ends at once, failed, with the reason."""
+        A run that cannot record them ends at once, failed, with the reason."""
         run_id = self.store.start_run(mode)
         try:
             if pp.allocation is not None:
-                allocation = (pp.allocation if force or not pp.ipam_held
-                              else pp.allocation.keeping(pp.ipam_held))
                 # A LeaseConflict (another process reserved first) stops the pass before
                 # any write; the next pass re-plans.
-                self.store.reserve(allocation, pp.now or datetime.now(UTC), run_id=run_id)
+                self.store.reserve(pp.allocation, pp.now or datetime.now(UTC), run_id=run_id)
             if pp.snapshot is not None and pp.snapshot.scope is None:
                 # A scoped read's few accounts are no yardstick for the next full read.
                 self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)

@@ -90,10 +90,9 @@ def allocate(
     *,
     blocked_billing: Sequence[str] = (),
     protected: Mapping[str, str] | None = None,
-) -> tuple[Allocation, dict[str, Any], str | None, dict[str, int], frozenset[str]]:
-    """The allocation, its JSON, why apply holds pools back unforced (or None), (a scoped
-    read) the pools it would release every lease of, and the pools held back: those it
-    would empty while their mapping matches nobody (from the same lease read)."""
+) -> tuple[Allocation, dict[str, Any], str | None, dict[str, int]]:
+    """The allocation, its JSON, why apply must refuse it unforced (or None), and (a
+    scoped read) the pools it would release every lease of, from the same lease read."""
     from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
@@ -105,9 +104,8 @@ def allocate(
     try:
         check_pools(allocation, leases, protected or {})
     except UnmatchedMapping as exc:
-        held = frozenset(emptied_pools(allocation, leases)) & set(protected or {})
-        return allocation, allocation.to_json(), str(exc), emptied, held
-    return allocation, allocation.to_json(), None, emptied, frozenset()
+        return allocation, allocation.to_json(), str(exc), emptied
+    return allocation, allocation.to_json(), None, emptied
 
 
 def pool_billing(settings: Settings, snapshot: Snapshot) -> dict[str, tuple[str, ...]] | None:

@@ -42,7 +42,7 @@ def decide(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
             statuses={a.status for a in snapshot.accounts.values()},
         )
     if settings.pool:
-        pp.allocation, pp.ipam_json, pp.ipam_refused, pp.emptied_pools, pp.ipam_held = allocate(
+        pp.allocation, pp.ipam_json, pp.ipam_refused, pp.emptied_pools = allocate(
             settings, snapshot, store, now,
             blocked_billing=memory.billing_outside(snapshot.scope),
             protected=unmatched_by_target(pp.unmatched).get("ipam", {}),

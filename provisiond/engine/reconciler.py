@@ -233,7 +233,8 @@ class Reconciler:
         A scoped pass, and one that will not write (the leader lock lost), plan first
         and apply after. ``while_writing(pp, refused)`` is called once every target is
         planned and the writes are under way (the CLI shows the plan meanwhile); what it
-        raises is raised once the pass has ended. Not called for a pass planned first.
+        raises is raised once the pass has ended. Not called for a pass planned first,
+        nor for one held (its IPAM plan refused).
         """
         if accounts is not None or (may_write is not None and not may_write()):
             pp = self.plan(targets=targets, accounts=accounts, checksums=False)
@@ -249,18 +250,21 @@ class Reconciler:
             try:
                 for target, outcome in reads.plans(one):
                     pp.add(target.name, target.kind, outcome)
-                    if isinstance(outcome, Plan):
+                    if run is not None and isinstance(outcome, Plan):
                         run.write(outcome)
             except BaseException as exc:
-                run.abandon(exc)  # targets may be written already: their journal is kept
+                if run is not None:  # targets may be written already: their journal is kept
+                    run.abandon(exc)
                 raise
-            if while_writing is not None:
+            if run is not None and while_writing is not None:
                 try:
                     while_writing(pp, run.result.refused)
                 except BaseException as exc:  # noqa: BLE001 - raised once the pass has ended
                     shown = exc
-            outcomes = run.outcomes()
+            outcomes = run.outcomes() if run is not None else []
         self._learn(pp)
+        if run is None:  # held: apply says why, and writes nothing
+            return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
         applier.end(run.result, run.run_id, outcomes, started)
         if shown is not None:
             raise shown

@@ -59,8 +59,7 @@ class PassPlan:
     accounts: frozenset[str] | None = None  # a scoped pass (--account, NOTIFY): its account ids
     # Mappings whose group/status matches no billing account this pass (typos, mostly).
     unmatched: list[Selector] = field(default_factory=list)
-    ipam_refused: str | None = None  # why apply holds pools back without --force
-    ipam_held: frozenset[str] = frozenset()  # those pools: their releases wait (unforced)
+    ipam_refused: str | None = None  # why apply refuses the allocation without --force
     # A scoped pass: pools whose every lease the allocation releases (pool -> releases).
     emptied_pools: dict[str, int] = field(default_factory=dict)
 

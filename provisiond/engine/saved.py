@@ -56,7 +56,7 @@ def load_saved(doc: Mapping[str, Any], *, settings: Settings, source: Source,
         pp.accounts = accounts
     elif settings.pool:
         decided = planning.decide(settings, store, read_source(), now, memory)
-        pp.ipam_refused, pp.ipam_held = decided.ipam_refused, decided.ipam_held
+        pp.ipam_refused = decided.ipam_refused
     if settings.pool and decided is not None:
         # The plan's addresses are only safe to push if the same leases get recorded
         # first: the allocation as of the plan's time must be the one saved.
