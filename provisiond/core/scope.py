@@ -109,6 +109,8 @@ class Pending:
         out = None if full else frozenset(self.accounts)
         self.full = False
         self.accounts = set()
+        if full:
+            self.targets = set()  # a full pass covers them too
         return out
 
 

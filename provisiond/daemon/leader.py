@@ -150,8 +150,13 @@ class PgAdvisoryLock:
                 return False
             self._held = bool(row and row[0])
             if self._held:  # who leads, for the standbys and `provisiond status`
-                self._conn.execute(sql.SQL("SET application_name = {}").format(
-                    sql.Literal(f"provisiond leader {identity()}"[:63])))
+                try:
+                    self._conn.execute(sql.SQL("SET application_name = {}").format(
+                        sql.Literal(f"provisiond leader {identity()}"[:63])))
+                except psycopg.Error as exc:
+                    log.warning("leader election: cannot reach the state store: %s", _first_line(exc))
+                    self._held = False
+                    self._drop()
             return self._held
 
     def still_held(self) -> bool:

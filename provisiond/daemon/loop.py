@@ -200,6 +200,10 @@ class Daemon:
         if self.listener is not None:
             self.listener.stop()
         self.runner.close()
+        with self._guard:
+            unserved = self._requests.served(full=True, of_targets=False)
+        self._requests.answer(unserved, number=self.runner.count, result="error",
+                              status="the daemon stopped before the pass; ask again")
         self._requests.close()
         self.leader.release()
         self.metrics.leader.set(0)
@@ -218,10 +222,14 @@ class Daemon:
     def _start_scheduler(self) -> None:
         self.scheduler = start_scheduler(self.settings, self._job)
 
-    def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "") -> None:
+    def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "",
+                     asked: str | None = None) -> None:
         """Run a pass now: scoped to ``accounts``, or full (None). If one is in flight,
-        the request is gathered into the pass right after it."""
+        the request is gathered into the pass right after it. ``asked``: the id of the
+        ``provisiond pass`` request it answers (recorded with it, under one lock)."""
         with self._guard:
+            if asked is not None:
+                self._requests.ask(asked, of_targets=False)
             if self.stopping:
                 return
             self._pending.add(accounts)
@@ -233,9 +241,12 @@ class Daemon:
                   "all" if accounts is None else len(accounts))
         self._run_now()
 
-    def request_targets(self, names: frozenset[str]) -> None:
-        """A pass of ``names`` only (their back-off ended), gathered like any request."""
+    def request_targets(self, names: frozenset[str], *, asked: str | None = None) -> None:
+        """A pass of ``names`` only (their back-off ended, or asked for), gathered like
+        any request."""
         with self._guard:
+            if asked is not None:
+                self._requests.ask(asked, of_targets=True)
             if self.stopping:
                 return
             self._pending.add_targets(names)
@@ -247,13 +258,11 @@ class Daemon:
 
     def _take_requests(self) -> None:
         """``provisiond pass`` requests from the state store, each a pass request here."""
-        for accounts, targets in self._requests.take():
-            if accounts is not None:
-                self.request_pass(accounts, reason="request")
-            elif targets is not None:
-                self.request_targets(targets)
+        for request_id, accounts, targets in self._requests.take():
+            if targets is not None:
+                self.request_targets(targets, asked=request_id)
             else:
-                self.request_pass(None, reason="request")
+                self.request_pass(accounts, reason="request", asked=request_id)
 
     def _run_now(self) -> None:
         if self.scheduler is None:
@@ -292,6 +301,9 @@ class Daemon:
                                            of_targets=targets is not None)
         try:
             if not self._still_leading():
+                self._requests.answer(served, number=self.runner.count, result="error",
+                                      status="this daemon lost the leader lock before the pass; "
+                                             "ask again")
                 return
             outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope,
                                            targets=targets)

@@ -17,10 +17,12 @@ def note_refusals(summary: PassSummary, health: Health, metrics: Metrics) -> Non
     """Refused lists and groups: counted, logged loud, listed by /healthz until a
     full pass finds them clear."""
     degraded = health.degraded
-    if summary.full:
+    if summary.full:  # a full pass says what is still held; a target it left out keeps its entry
         for part in [p for p in degraded if p.startswith("refused ")]:
-            target = part.split(" ", 2)[1]
-            if target in summary.targets and target not in summary.held:
+            _, target, group = part.split(" ", 2)
+            held = summary.held.get(target, ())
+            still = target in summary.refused and (group in held or (group == "(all)" and not held))
+            if (target in summary.targets or target == "ipam") and not still:
                 del degraded[part]
     for target, why in summary.refused.items():
         metrics.refusals.labels(target).inc()

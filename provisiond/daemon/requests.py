@@ -56,18 +56,22 @@ class Requests:
         self._failing = False
         return taken
 
-    def take(self) -> list[tuple[frozenset[str] | None, frozenset[str] | None]]:
-        """The pending requests as passes to ask for: (accounts, targets), None for all."""
+    def take(self) -> list[tuple[str, frozenset[str] | None, frozenset[str] | None]]:
+        """The pending requests as passes to ask for: (id, accounts, targets), None for
+        all; the caller records each with ``ask`` as it gathers it."""
         out = []
         for request in self.poll():
             targets, accounts = request["targets"], request["accounts"]
             log.info("pass requested by %s: targets=%s accounts=%s", request["requested_by"],
                      ",".join(targets) if targets else "all", ids_text(accounts))
-            with self._lock:
-                self._asked.append((request["id"], targets is not None and accounts is None))
-            out.append((None if accounts is None else frozenset(accounts),
+            out.append((str(request["id"]), None if accounts is None else frozenset(accounts),
                         None if targets is None or accounts is not None else frozenset(targets)))
         return out
+
+    def ask(self, request_id: str, *, of_targets: bool) -> None:
+        """Record a taken request as gathered for the next pass of its kind."""
+        with self._lock:
+            self._asked.append((request_id, of_targets))
 
     def served(self, *, full: bool, of_targets: bool) -> list[str]:
         """The taken requests the pass starting now serves: a full pass every one; a pass

@@ -252,16 +252,16 @@ class Reconciler:
                     pp.add(target.name, target.kind, outcome)
                     if run is not None and isinstance(outcome, Plan):
                         run.write(outcome)
+                if run is not None and while_writing is not None:
+                    try:
+                        while_writing(pp, run.result.refused)
+                    except BaseException as exc:  # noqa: BLE001 - raised once the pass has ended
+                        shown = exc
+                outcomes = run.outcomes() if run is not None else []
             except BaseException as exc:
                 if run is not None:  # targets may be written already: their journal is kept
                     run.abandon(exc)
                 raise
-            if run is not None and while_writing is not None:
-                try:
-                    while_writing(pp, run.result.refused)
-                except BaseException as exc:  # noqa: BLE001 - raised once the pass has ended
-                    shown = exc
-            outcomes = run.outcomes() if run is not None else []
         self._learn(pp)
         if run is None:  # held: apply says why, and writes nothing
             return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)

@@ -100,3 +100,35 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
     assert calls == ["plan"] and outcome.result == "error" and "leader lock" in outcome.status
     assert runner.run_once(may_write=lambda: True).result == "ok"
     assert calls == ["plan", "plan", "apply"]
+
+
+def test_a_refusal_leaves_healthz_once_a_full_pass_no_longer_refuses_it() -> None:
+    from provisiond.daemon.metrics import Health, Metrics
+    from provisiond.daemon.notes import note_refusals
+    from provisiond.daemon.summary import PassSummary, TargetSummary
+
+    health, metrics = Health(max_age=60), Metrics()
+    refused = PassSummary(["core-1"], {"core-1": TargetSummary(planned=True)}, "", 0, False,
+                          refused={"ipam": "ipam: pool p: 1 releases would empty it",
+                                   "core-1": "core-1: a: too many"},
+                          held={"core-1": ("a",)})
+    note_refusals(refused, health, metrics)
+    assert set(health.degraded) == {"refused ipam (all)", "refused core-1 a"}
+    # The next full pass holds b instead of a, and IPAM is clear: only b is listed.
+    moved = PassSummary(["core-1"], {"core-1": TargetSummary(planned=True)}, "", 0, False,
+                        refused={"core-1": "core-1: b: too many"}, held={"core-1": ("b",)})
+    note_refusals(moved, health, metrics)
+    assert set(health.degraded) == {"refused core-1 b"}
+    clear = PassSummary(["core-1"], {"core-1": TargetSummary(planned=True)}, "", 0, True)
+    note_refusals(clear, health, metrics)
+    assert health.degraded == {}
+
+
+def test_a_full_pass_taken_from_pending_covers_the_targets_waiting_too() -> None:
+    from provisiond.core.scope import Pending
+
+    pending = Pending()
+    pending.add_targets({"core-2"})
+    pending.add(None)
+    assert pending.take(500) is None  # a full pass
+    assert pending.empty and pending.take_targets() is None
