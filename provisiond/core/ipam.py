@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -135,6 +135,20 @@ class Allocation:
     def changed(self) -> bool:
         """Whether ``reserve`` has anything to record."""
         return bool(self.new or self.releases or self.returns or self.expired)
+
+    def keeping(self, pools: Iterable[str]) -> Allocation:
+        """This allocation with the leases of ``pools`` kept: their releases dropped and
+        their addresses still the accounts' (a pool held back because its mapping
+        matches nobody: nothing of it changes, on the targets either)."""
+        held = set(pools)
+        kept = [x for x in self.releases if x.pool in held]
+        if not kept:
+            return self
+        addresses = {k: list(v) for k, v in self.addresses.items()}
+        for lease in kept:
+            addresses.setdefault(lease.account_id, []).append(lease.address)
+        return replace(self, releases=tuple(x for x in self.releases if x.pool not in held),
+                       addresses={k: tuple(sorted(v)) for k, v in addresses.items()})
 
     @property
     def change_count(self) -> int:

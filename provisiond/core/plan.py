@@ -241,7 +241,8 @@ def check_pools(
                 for pool, n in emptied_pools(allocation, leases).items() if pool in unmatched_pools]
     if problems:
         raise UnmatchedMapping(
-            "ipam", "; ".join(problems) + " (a typo in the config? use --force to apply anyway)"
+            "ipam", "; ".join(problems) + " (held back: the pool keeps its leases, everything "
+            "else is applied; a typo in the config? use --force to apply anyway)"
         )
 
 

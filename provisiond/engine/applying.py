@@ -53,6 +53,8 @@ class Applier:
             result.duration = time.monotonic() - started
             return result
         run_id = self.begin(pp, mode)
+        if pp.ipam_refused and not force:  # held pools keep their leases (``decide``)
+            result.refused["ipam"] = pp.ipam_refused
         todo = [cleared for plan in pp.plans
                 if (cleared := self.cleared(pp, plan, result, force=force)) is not None]
         write = self.writer(run_id, may_write, progress)
@@ -66,14 +68,14 @@ class Applier:
 
     def start(self, pp: PassPlan, *, force: bool, mode: str, may_write: MayWrite | None,
               progress: ProgressFactory | None, pool: ThreadPoolExecutor,
-              started: float) -> Run | None:
-        """A Run that writes each plan as it is handed over; None when the pass is held
-        (``apply`` then says why and writes nothing)."""
-        if pp.ipam_refused and not force:
-            return None
+              started: float) -> Run:
+        """A Run that writes each plan as it is handed over."""
         run_id = self.begin(pp, mode)
-        return Run(self, pp, run_id, force=force, started=started,
-                   write=self.writer(run_id, may_write, progress), pool=pool)
+        run = Run(self, pp, run_id, force=force, started=started,
+                  write=self.writer(run_id, may_write, progress), pool=pool)
+        if pp.ipam_refused and not force:  # held pools keep their leases (``decide``)
+            run.result.refused["ipam"] = pp.ipam_refused
+        return run
 
     # -- the steps ------------------------------------------------------------------
 
@@ -83,15 +85,6 @@ class Applier:
         if may_write is not None and not may_write():
             result.results = [ApplyResult(target=p.target, error=f"{p.target}: not applied: lost the "
                                           "leader lock") for p in pp.plans if p.changes or p.followups]
-            return True
-        if pp.ipam_refused and not force:
-            # Every target's desired state was built from this allocation: pushing it
-            # without recording its leases would break "leases before any write".
-            result.refused["ipam"] = pp.ipam_refused
-            for plan in pp.plans:
-                if plan.changes or plan.followups:
-                    result.refused[plan.target] = (f"{plan.target}: not applied: the IPAM plan "
-                                                   "it builds on was refused (see ipam)")
             return True
         return False
 

@@ -90,9 +90,11 @@ def allocate(
     *,
     blocked_billing: Sequence[str] = (),
     protected: Mapping[str, str] | None = None,
+    force: bool = False,
 ) -> tuple[Allocation, dict[str, Any], str | None, dict[str, int]]:
-    """The allocation, its JSON, why apply must refuse it unforced (or None), and (a
-    scoped read) the pools it would release every lease of, from the same lease read."""
+    """The allocation, its JSON, why pools are held back (or None), and (a scoped read)
+    the pools it would release every lease of, from the same lease read. Unforced, a
+    pool it would empty while its mapping matches nobody keeps its leases."""
     from provisiond.core import ipam
 
     pools = [ipam.Pool.from_settings(p) for p in settings.pool]
@@ -104,6 +106,8 @@ def allocate(
     try:
         check_pools(allocation, leases, protected or {})
     except UnmatchedMapping as exc:
+        if not force:  # the pools that would be emptied keep every lease, and the targets too
+            allocation = allocation.keeping(set(emptied_pools(allocation, leases)) & set(protected or {}))
         return allocation, allocation.to_json(), str(exc), emptied
     return allocation, allocation.to_json(), None, emptied
 

@@ -29,9 +29,10 @@ Conflicts = dict[str, list[Conflict]]
 
 
 def decide(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
-           memory: ScopedMemory) -> PassPlan:
+           memory: ScopedMemory, *, force: bool = False) -> PassPlan:
     """The pass's decisions before any target: which mappings match nobody (a full read
-    only) and the allocation. A mapping that matches nobody protects what it fills."""
+    only) and the allocation. A mapping that matches nobody protects what it fills
+    (unless ``force``: ``apply --force``)."""
     pp = PassPlan(snapshot=snapshot, now=now, accounts=snapshot.scope)
     if snapshot.scope is None:
         # Only a full read can tell that a group matches nobody; a scoped pass deletes
@@ -45,15 +46,15 @@ def decide(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
         pp.allocation, pp.ipam_json, pp.ipam_refused, pp.emptied_pools = allocate(
             settings, snapshot, store, now,
             blocked_billing=memory.billing_outside(snapshot.scope),
-            protected=unmatched_by_target(pp.unmatched).get("ipam", {}),
+            protected=unmatched_by_target(pp.unmatched).get("ipam", {}), force=force,
         )
     return pp
 
 
 def prepare(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
-            memory: ScopedMemory) -> tuple[PassPlan, Desired, Conflicts]:
+            memory: ScopedMemory, *, force: bool = False) -> tuple[PassPlan, Desired, Conflicts]:
     """``decide``, then every target's desired state and the pass's notes."""
-    pp = decide(settings, store, snapshot, now, memory)
+    pp = decide(settings, store, snapshot, now, memory, force=force)
     allocated = pp.allocation.addresses if pp.allocation is not None else {}
     wanted, conflicts = desired(settings, snapshot, allocated,
                                 waiting=withheld(settings, pp.allocation))

@@ -112,6 +112,7 @@ class Reconciler:
         targets: Sequence[str] | None = None,
         accounts: Collection[str] | None = None,
         checksums: bool = True,
+        force: bool = False,
     ) -> PassPlan:
         """Read billing, allocate, observe every target and diff. Writes nothing.
 
@@ -120,14 +121,15 @@ class Reconciler:
         ``accounts``: a scoped pass for those account ids only (None: a full pass); it
         widens itself to a full pass where only a full pass may decide.
         ``checksums=False``: the plan will not be saved, so targets may skip the
-        observed checksum.
+        observed checksum. ``force``: a pool whose mapping matches nobody is emptied too
+        (``apply --force``); otherwise it keeps its leases.
         """
         if accounts is not None:
-            found = self.plan_scoped(accounts, now=now, skip=skip, targets=targets)
+            found = self.plan_scoped(accounts, now=now, skip=skip, targets=targets, force=force)
             if found is not None:
                 return found
         with FullRead(self._chosen(targets, skip), checksums=checksums) as reads:
-            pp, one = self._prepare_full(reads, now, targets)
+            pp, one = self._prepare_full(reads, now, targets, force=force)
             for target, outcome in reads.plans(one):
                 pp.add(target.name, target.kind, outcome)
         self._learn(pp)
@@ -140,12 +142,14 @@ class Reconciler:
         now: datetime | None = None,
         skip: Callable[[str], bool] | None = None,
         targets: Sequence[str] | None = None,
+        force: bool = False,
     ) -> PassPlan | None:
         """``plan(accounts=...)`` without the widening: None when only a full pass may
         decide (the daemon then runs that full pass where it runs full passes)."""
         pp = scoped.plan_scoped(self.settings, self.source, self.store, self.memory,
                                 accounts=frozenset(accounts), targets=self._chosen(targets, skip),
-                                every_target=self.targets, now=now or datetime.now(UTC))
+                                every_target=self.targets, now=now or datetime.now(UTC),
+                                force=force)
         if pp is not None:
             pp.target_patterns = tuple(targets or ())
         return pp
@@ -154,12 +158,12 @@ class Reconciler:
                 skip: Callable[[str], bool] | None) -> list[Target]:
         return [t for t in self.select_targets(patterns) if skip is None or not skip(t.name)]
 
-    def _prepare_full(self, reads: FullRead, now: datetime | None,
-                      patterns: Sequence[str] | None) -> tuple[PassPlan, Callable[[Target, Observed], Plan]]:
+    def _prepare_full(self, reads: FullRead, now: datetime | None, patterns: Sequence[str] | None,
+                      *, force: bool = False) -> tuple[PassPlan, Callable[[Target, Observed], Plan]]:
         """Billing read and checked, decisions and desire made, the readers told."""
         snapshot = self.read_source()
         pp, desired, conflicts = planning.prepare(self.settings, self.store, snapshot,
-                                                  now or datetime.now(UTC), self.memory)
+                                                  now or datetime.now(UTC), self.memory, force=force)
         reads.want(desired)
         pp.target_patterns = tuple(patterns or ())
         return pp, planning.planner(pp, desired, conflicts, targets=self.targets, store=self.store)
@@ -233,38 +237,34 @@ class Reconciler:
         A scoped pass, and one that will not write (the leader lock lost), plan first
         and apply after. ``while_writing(pp, refused)`` is called once every target is
         planned and the writes are under way (the CLI shows the plan meanwhile); what it
-        raises is raised once the pass has ended. Not called for a pass planned first,
-        nor for one held (its IPAM plan refused).
+        raises is raised once the pass has ended. Not called for a pass planned first.
         """
         if accounts is not None or (may_write is not None and not may_write()):
-            pp = self.plan(targets=targets, accounts=accounts, checksums=False)
+            pp = self.plan(targets=targets, accounts=accounts, checksums=False, force=force)
             return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
         started = time.monotonic()
         applier = self._applier()
         shown: BaseException | None = None
         with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="apply") as pool, \
                 FullRead(self._chosen(targets, None), checksums=False) as reads:
-            pp, one = self._prepare_full(reads, None, targets)
+            pp, one = self._prepare_full(reads, None, targets, force=force)
             run = applier.start(pp, force=force, mode=mode, may_write=may_write,
                                 progress=progress, pool=pool, started=started)
             try:
                 for target, outcome in reads.plans(one):
                     pp.add(target.name, target.kind, outcome)
-                    if run is not None and isinstance(outcome, Plan):
+                    if isinstance(outcome, Plan):
                         run.write(outcome)
-                if run is not None and while_writing is not None:
+                if while_writing is not None:
                     try:
                         while_writing(pp, run.result.refused)
                     except BaseException as exc:  # noqa: BLE001 - raised once the pass has ended
                         shown = exc
-                outcomes = run.outcomes() if run is not None else []
+                outcomes = run.outcomes()
             except BaseException as exc:
-                if run is not None:  # targets may be written already: their journal is kept
-                    run.abandon(exc)
+                run.abandon(exc)  # targets may be written already: their journal is kept
                 raise
         self._learn(pp)
-        if run is None:  # held: apply says why, and writes nothing
-            return self.apply(pp, force=force, mode=mode, may_write=may_write, progress=progress)
         applier.end(run.result, run.run_id, outcomes, started)
         if shown is not None:
             raise shown

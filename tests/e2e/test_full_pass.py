@@ -250,3 +250,32 @@ def test_an_account_a_full_pool_cannot_serve_gets_its_radius_group_as_the_pool_s
     assert groups == ([("a", "tower")] if on_exhausted == "withhold"
                       else [("a", "tower"), ("b", "tower"), ("c", "tower")])
     world.assert_converged()
+
+
+def test_a_pool_whose_group_matches_nobody_keeps_its_leases_and_addresses_while_the_rest_is_written(
+    world: World, radius_db: str
+) -> None:
+    """A typo in a pool's group: its leases stay, so do the addresses they put in the
+    lists and RADIUS; every other change of the pass is written; --force releases."""
+    world.router("core-1")
+    world.account(1042, "Ridge Tower", groups=["Tower Hosts"], usernames=["ridge"])
+    pool = POOL_AND_RADIUS.format(radius_url=radius_db)
+    world.write_config(extra=pool)
+    assert world.run("apply")[0] == 0
+    assert "100.64.99.2" in world.entries("core-1", "tower-hosts")
+    world.write_config(extra=pool.replace('group = "Tower Hosts"\nnetworks', 'group = "Tower Host"\nnetworks', 1))
+    world.account(1043, "Other", groups=["Credit Card Pending"], ips=["100.64.5.5"])
+    code, out, err = world.run("apply")
+    assert code == 1, out + err
+    assert ('ipam: REFUSED: pool tower-hosts: 1 releases would empty it, but pool[0].group '
+            '"Tower Host" matches no account in billing (held back: the pool keeps its leases') in out
+    assert "100.64.99.2" in world.entries("core-1", "tower-hosts")  # kept with its lease
+    assert "100.64.5.5" in world.entries("core-1", "cc-pending")  # the rest is written
+    code, out, _ = world.run("ipam", "list", "--format", "json")
+    assert [(x["account_id"], x["state"]) for x in json.loads(out)["leases"]] == [("1042", "leased")]
+    code, out, err = world.run("plan")
+    assert "- tower-hosts 100.64.99.2" not in out and "cc-pending" not in out, out
+    assert world.run("apply", "--force")[0] == 0
+    assert "100.64.99.2" not in world.entries("core-1", "tower-hosts")
+    code, out, _ = world.run("ipam", "list", "--format", "json")
+    assert [(x["account_id"], x["state"]) for x in json.loads(out)["leases"]] == [("1042", "held")]
