@@ -38,7 +38,13 @@ class PassRequests(StoreBase):
         return request_id
 
     def take_pass_requests(self) -> list[dict[str, Any]]:
-        """The pending requests, now taken (by the leading daemon), oldest first."""
+        """The pending requests, now taken (by the leading daemon), oldest first. A look
+        that finds none writes nothing (the daemon looks every second)."""
+        with self._errors("look for pass requests"), self._read("pass_requests") as look:
+            if look is None or look.execute(
+                    sa.select(pass_requests.c.id).where(pass_requests.c.state == "pending")
+                    .limit(1)).first() is None:
+                return []
         with self._write("take pass requests") as conn:
             rows = [dict(r) for r in conn.execute(
                 sa.select(pass_requests).where(pass_requests.c.state == "pending")
