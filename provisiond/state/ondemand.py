@@ -44,6 +44,11 @@ class WritableOnDemand:
                 self._ro = None
             self._rw = StateStore.open(self._url, readonly=False)
             return self._rw
+        if self._ro is not None and not self._ro.exists:
+            # Opened before the database was there (a daemon's first look, before its first
+            # pass made it): look again, or every later read would find it empty.
+            self._ro.close()
+            self._ro = None
         if self._ro is None:
             self._ro = StateStore.open(self._url, readonly=True)
         return self._ro

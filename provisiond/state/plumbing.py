@@ -39,6 +39,11 @@ class StoreBase:
         self._journal_lock = threading.Lock()
         self._writer_guard = threading.Lock()
 
+    @property
+    def exists(self) -> bool:
+        """False for a read-only store whose database is not there (it reads as empty)."""
+        return self._engine is not None
+
     # -- plumbing -----------------------------------------------------------------
 
     @contextmanager

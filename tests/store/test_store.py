@@ -426,3 +426,18 @@ def test_radius_accounts_name_the_account_a_username_was_written_for(
     assert store.radius_accounts(["user1003", odd, "moved", "ledgered", "user100", "nobody"]) == {
         "user1003": "1003", odd: "77", "moved": "2", "ledgered": "55"}
     assert store.radius_accounts([]) == {}
+
+
+def test_a_store_read_before_its_database_exists_reads_it_once_it_does(tmp_path: Path) -> None:
+    """The daemon looks at its store (pass numbers) before its first pass creates it: a
+    later read must see what that pass wrote, not the empty store of the first look."""
+    from provisiond.core.ipam import Allocation, Lease
+    from provisiond.state.ondemand import WritableOnDemand
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    kept = WritableOnDemand(url, writable=False)
+    assert kept.leases() == [] and kept.runs() == []
+    with StateStore.open(url) as other:  # another process makes it and leases
+        other.reserve(Allocation(new=(Lease("p", "10.0.0.1", "1"),)), T0)
+    assert [x.address for x in kept.leases()] == ["10.0.0.1"]
+    kept.close()
