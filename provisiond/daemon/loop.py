@@ -202,8 +202,8 @@ class Daemon:
         self.runner.close()
         with self._guard:
             unserved = self._requests.served(full=True, of_targets=False)
-        self._requests.answer(unserved, number=self.runner.count, result="error",
-                              status="the daemon stopped before the pass; ask again")
+        self._requests.answer(unserved, number=self.runner.count, result="error", status="the "
+                              "daemon stopped before the pass; ask again")
         self._requests.close()
         self.leader.release()
         self.metrics.leader.set(0)
@@ -224,9 +224,8 @@ class Daemon:
 
     def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "",
                      asked: str | None = None) -> None:
-        """Run a pass now: scoped to ``accounts``, or full (None). If one is in flight,
-        the request is gathered into the pass right after it. ``asked``: the id of the
-        ``provisiond pass`` request it answers (recorded with it, under one lock)."""
+        """Run a pass now: scoped to ``accounts``, or full (None); gathered into the next
+        one if one is in flight. ``asked``: the ``provisiond pass`` request it answers."""
         with self._guard:
             if asked is not None:
                 self._requests.ask(asked, of_targets=False)
@@ -242,8 +241,7 @@ class Daemon:
         self._run_now()
 
     def request_targets(self, names: frozenset[str], *, asked: str | None = None) -> None:
-        """A pass of ``names`` only (their back-off ended, or asked for), gathered like
-        any request."""
+        """A pass of ``names`` only (their back-off ended, or asked for)."""
         with self._guard:
             if asked is not None:
                 self._requests.ask(asked, of_targets=True)
