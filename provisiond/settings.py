@@ -493,8 +493,12 @@ class DaemonSettings(_Model):
     notify_channel: str | None = None
     debounce: Duration = 1.0  # the Sonar webhook's window for full-pass events (NOTIFYs: none)
     scope_max_accounts: int = Field(default=500, ge=0)
+    # A mirror of every router kept by ``listen``: scoped passes print nothing, drift is
+    # repaired as it is heard, and full passes become a backstop (``interval`` when set,
+    # else adaptive). false: every pass reads the routers, as before.
+    listen: bool = True
     metrics_listen: str | None = None
-    healthz_max_age: PositiveDuration | None = None  # default: three intervals
+    healthz_max_age: PositiveDuration | None = None  # default: three full-pass intervals
     log_format: Literal["text", "json"] = "text"
     retry_max: Duration = 600.0  # back-off ceiling for a failing target
     webhook_listen: str | None = None  # Sonar webhooks: HOST:PORT serving /webhooks/sonar

@@ -54,6 +54,7 @@ from provisiond.daemon import leader as leader_mod
 from provisiond.daemon import reload
 from provisiond.daemon.listen import BillingListener, start_listener
 from provisiond.daemon.metrics import Health, Metrics, serve
+from provisiond.daemon.mirrors import Mirrors
 from provisiond.daemon.passes import PassRunner
 from provisiond.daemon.summary import Display
 from provisiond.daemon.requests import Requests
@@ -102,7 +103,9 @@ class Daemon:
         self.metrics = Metrics(settings)
         self.health = Health(max_age=_max_age(settings))
         self.metrics.watch(self.health)
-        self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True)
+        self.mirrors = Mirrors(self._drift, enabled=settings.daemon.listen)
+        self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True,
+                                 mirrors=self.mirrors)
         self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
         self.leading = False
         self.scheduler: Any = None
@@ -119,7 +122,7 @@ class Daemon:
                           max_accounts=lambda: self.settings.daemon.scope_max_accounts)
         self._retries = TargetRetries(self.request_targets)
         self._requested = False  # the job's next run was moved to now for them
-        self._last_full = time.monotonic()
+        self._last_full = -float("inf")  # the first pass is a full one
         self._last_job = time.monotonic()
         self._heartbeat = time.monotonic()
         self._requests = Requests(settings.state.url.get_secret_value())
@@ -200,6 +203,7 @@ class Daemon:
         if self.listener is not None:
             self.listener.stop()
         self.runner.close()
+        self.mirrors.stop()
         with self._guard:
             unserved = self._requests.served(full=True, of_targets=False)
         self._requests.answer(unserved, number=self.runner.count, result="error", status="the "
@@ -274,14 +278,27 @@ class Daemon:
         """A Sonar event: a pass for ``accounts`` (None: a full one)."""
         self.request_pass(accounts, reason="webhook")
 
-    def _next_scope(self) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    def _drift(self, router: str, accounts: frozenset[str] | None) -> None:
+        """A router's listen heard changes provisiond did not make: a scoped repair of
+        their accounts, or one full pass of that router (None: a refill after a lost
+        listen; or more accounts than ``scope_max_accounts``)."""
+        if accounts is None or len(accounts) > self.settings.daemon.scope_max_accounts:
+            self.request_targets(frozenset({router}))
+        else:
+            self.request_pass(accounts, reason="drift")
+
+    def _next_scope(self) -> tuple[frozenset[str] | None, frozenset[str] | None] | None:
         """What this run covers (under _guard): (accounts, targets); (None, None) is a
-        full pass, (None, names) a pass of those targets only."""
+        full pass, (None, names) a pass of those targets only; None: nothing is due."""
         requested, self._requested = self._requested, False
-        due = time.monotonic() - self._last_full >= self.settings.daemon.interval
-        if not requested or due:
+        routers, down = len(self.mirrors.mirrors()), self.mirrors.not_live()
+        listening = len(down) < routers  # some listen is up: full passes are a backstop
+        if time.monotonic() - self._last_full >= self.runner.cadence.backstop(listening) or (
+                not requested and not listening):
             self._pending = Pending()  # a full pass covers every request so far
             return None, None
+        if not requested:  # the short interval: only routers whose listen is not live
+            return (None, frozenset(down)) if down else None
         targets = self._pending.take_targets()
         if targets is not None:
             return None, targets
@@ -291,8 +308,12 @@ class Daemon:
         with self._guard:
             if self.stopping:
                 return
-            self._in_pass_since = self._last_job = time.monotonic()
-            scope, targets = self._next_scope()
+            self._last_job = time.monotonic()
+            chosen = self._next_scope()
+            if chosen is None:
+                return
+            self._in_pass_since = self._last_job
+            scope, targets = chosen
             if scope is None and targets is None:
                 self._last_full = time.monotonic()
             served = self._requests.served(full=scope is None and targets is None,

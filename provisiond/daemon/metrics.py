@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 PASS_RESULTS = ("ok", "partial", "error")
+PASS_KINDS = ("full", "scoped")
+LISTEN_STATES = ("live", "filling", "down", "refused")
 ACTIONS = ("create", "update", "delete")
 BILLING_RESULTS = ("ok", "error", "suspicious")
 COA_RESULTS = ("ack", "nak", "timeout", "unknown-nas", "error")  # targets.coa.Outcome
@@ -54,8 +57,8 @@ class Metrics:
 
     def __init__(self, settings: Settings | None = None) -> None:
         r = self.registry = CollectorRegistry()
-        self.passes = Counter("provisiond_passes", "Passes by result (ok, partial, error)",
-                              ["result"], registry=r)
+        self.passes = Counter("provisiond_passes", "Passes by result (ok, partial, error) and "
+                              "kind (full, scoped)", ["result", "kind"], registry=r)
         self.pass_duration = Histogram("provisiond_pass_duration_seconds",
                                        "Wall time of one pass", buckets=DURATION_BUCKETS, registry=r)
         self.changes = Counter("provisiond_changes_applied", "Changes applied",
@@ -121,7 +124,28 @@ class Metrics:
             "provisiond_webhook_requests", "Webhook requests by result (accepted, or why refused)",
             ["result"], registry=r)
         for result in PASS_RESULTS:
-            self.passes.labels(result)
+            for kind in PASS_KINDS:
+                self.passes.labels(result, kind)
+        self.full_pass_interval = Gauge(
+            "provisiond_full_pass_interval_seconds",
+            "Seconds between full passes in effect: [daemon] interval, or with every router's "
+            "listen up, the adaptive backstop", registry=r)
+        self.router_scans = Counter("provisiond_router_scans",
+                                    "Prints sent to a router (each a scan of its whole table)",
+                                    ["target"], registry=r)
+        self.mirror_entries = Gauge("provisiond_mirror_entries",
+                                    "Entries of a router's managed lists in the daemon's mirror",
+                                    ["target"], registry=r)
+        self.mirror_age = Gauge("provisiond_mirror_age_seconds",
+                                "Seconds since a router's mirror was last filled by a full read",
+                                ["target"], registry=r)
+        self.listen_state = Gauge("provisiond_listen_state",
+                                  "1 for a router's listen state (live, filling, down, refused)",
+                                  ["target", "state"], registry=r)
+        self.drift_events = Counter("provisiond_drift_events",
+                                    "Changes to managed entries provisiond did not make, heard by "
+                                    "listen", ["target"], registry=r)
+        self._drift_seen: dict[str, int] = {}
         for result in BILLING_RESULTS:
             self.billing_reads.labels(result)
         for result in COA_RESULTS:
@@ -149,6 +173,20 @@ class Metrics:
         for pool in settings.pool:
             self.pool_utilisation.labels(pool.name)
             self.pool_unallocated.labels(pool.name)
+
+    def mirrors(self, status: dict[str, dict[str, Any]]) -> None:
+        """The routers' mirrors (``daemon.mirrors.Mirrors.status``)."""
+        now = time.time()
+        for name, st in status.items():
+            self.mirror_entries.labels(name).set(st["entries"])
+            confirmed = st["confirmed"]
+            self.mirror_age.labels(name).set(now - confirmed if confirmed else 0)
+            for state in LISTEN_STATES:
+                self.listen_state.labels(name, state).set(1 if st["state"] == state else 0)
+            seen = st["drift_events"]
+            if seen > self._drift_seen.get(name, 0):
+                self.drift_events.labels(name).inc(seen - self._drift_seen.get(name, 0))
+            self._drift_seen[name] = seen
 
     def watch(self, health: Health) -> None:
         """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""

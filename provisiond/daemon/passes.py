@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from provisiond.daemon import worker
 from provisiond.daemon.metrics import Health, Metrics
+from provisiond.daemon.mirrors import Cadence, Mirrors
 from provisiond.daemon.notes import ConflictNames, note_pools, note_refusals
 from provisiond.daemon.summary import Display, PassSummary, summarise
 from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
@@ -128,8 +129,12 @@ class PassRunner:
         health: Health,
         factory: ReconcilerFactory = _default_factory,
         isolate: bool = False,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self.settings = settings
+        # Each router's mirror, kept by a listen: scoped passes read it, not the router.
+        self.mirrors = mirrors
+        self.cadence = Cadence(settings)
         self.metrics = metrics
         self.health = health
         self._factory = factory
@@ -163,6 +168,7 @@ class PassRunner:
         self._rec = None
         self.memory = _new_memory()
         self.settings = new
+        self.cadence.settings = new
         self.backoff = Backoff(new.daemon.retry_max)
         if old is not None:
             old.close()
@@ -173,6 +179,8 @@ class PassRunner:
         self._swap()
         if self._rec is None:
             self._rec = self._factory(self.settings, self.settings.daemon.dry_run, self.memory)
+            if self.mirrors is not None:
+                self.mirrors.attach(self._rec.targets)
         return self._rec
 
     def close(self) -> None:
@@ -227,8 +235,12 @@ class PassRunner:
             self.memory.forget_counts()
         accounts = self._scope  # a scoped pass may have widened
         outcome.duration = time.monotonic() - started
-        self.metrics.passes.labels(outcome.result).inc()
+        full = accounts is None
+        self.metrics.passes.labels(outcome.result, "full" if full else "scoped").inc()
         self.metrics.pass_duration.observe(outcome.duration)
+        if full and self._targets is None and outcome.result != "error":
+            self.cadence.last_duration = outcome.duration
+        self._mirror_metrics()
         stamp = datetime.now().astimezone().strftime("%H:%M:%S")
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
                          + outcome.status
@@ -248,6 +260,17 @@ class PassRunner:
                  if conflicts else "",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
+
+    def _mirror_metrics(self) -> None:
+        if self.mirrors is None:
+            return
+        status = self.mirrors.status()
+        listening = any(s["state"] == "live" for s in status.values())
+        backstop = self.cadence.backstop(listening)
+        self.metrics.full_pass_interval.set(backstop)
+        if self.settings.daemon.healthz_max_age is None:  # three full passes missed
+            self.health.max_age = 3 * backstop
+        self.metrics.mirrors(status)
 
     def continue_numbering(self) -> None:
         """Pass numbers go on from the state store's last daemon pass (a restart, or this
@@ -294,8 +317,16 @@ class PassRunner:
             skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
-        summary = worker.full_pass(self.settings, skip=skip, may_write=may_write, display=display,
-                                   number=self.count)
+        written: dict[str, bytes] = {}
+        if self.mirrors is not None:
+            self.mirrors.hold()  # its writes' reports are not drift
+        try:
+            summary = worker.full_pass(self.settings, skip=skip, may_write=may_write,
+                                       display=display, number=self.count)
+            written = {name: t.written_keys for name, t in summary.targets.items()}
+        finally:
+            if self.mirrors is not None:
+                self.mirrors.release(written)
         if summary.memory is not None:
             self.memory, summary.memory = summary.memory, None
             if self._rec is not None:
@@ -322,6 +353,8 @@ class PassRunner:
             log.error("pass result=error: lost the leader lock while planning; nothing written")
             return Outcome("error", summary.line)
         for name, t in summary.targets.items():
+            if t.scans:
+                m.router_scans.labels(name).inc(t.scans)
             for action, n in t.applied.items():
                 m.changes.labels(name, action).inc(n)
             for result, n in t.coa.items():

@@ -9,6 +9,7 @@ the ``ScopedMemory`` its Reconciler learnt. Picklable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from provisiond.core import render
 from provisiond.errors import ProvisiondError
 from provisiond.settings import Settings
+from provisiond.targets.routeros import RouterTarget
+from provisiond.targets.routeros.mirror import written_digest
 
 if TYPE_CHECKING:
     from provisiond.engine import PassPlan, ProgressFactory, Reconciler, ScopedMemory
@@ -49,6 +52,10 @@ class TargetSummary:
     written: bool = False  # its apply ran (an ApplyResult exists)
     failed: bool = False  # some of its changes failed
     conflict_lines: list[str] = field(default_factory=list)  # the first LOG_EACH, named
+    scans: int = 0  # prints sent to it (a router: each a scan of its whole table)
+    # A router's keys this pass wrote (``mirror.written_digest``): the daemon's mirror
+    # takes their ``listen`` reports for provisiond's own, not drift.
+    written_keys: bytes = b""
 
 
 @dataclass(slots=True)
@@ -83,6 +90,9 @@ def summarise(
     names = [t.name for t in rec.targets]
     targets = {name: TargetSummary(error=pp.errors.get(name), unavailable=name in pp.unavailable)
                for name in pp.kinds}
+    for target in rec.targets:
+        if isinstance(target, RouterTarget) and (n := target.take_scans()):
+            targets.setdefault(target.name, TargetSummary()).scans = n
     for plan in pp.plans:
         t = targets.setdefault(plan.target, TargetSummary())
         t.planned, t.conflicts = True, len(plan.conflicts)
@@ -109,6 +119,10 @@ def summarise(
     for r in pr.results:
         t = targets.setdefault(r.target, TargetSummary())
         t.written, t.failed = True, bool(r.failed)
+        if pp.kinds.get(r.target) == "routeros":
+            t.written_keys = written_digest(
+                (c.resource.group, c.resource.get("address"))
+                for c in itertools.chain(r.applied, (c for c, _ in r.failed)))
         if t.error is None and r.error is not None:
             t.error, t.unavailable = r.error, r.unavailable
         t.conflicts += len(r.conflicts)

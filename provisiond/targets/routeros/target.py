@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 from provisiond.core.addresses import family, routeros_form, span
-from provisiond.core.changes import Key, Observed, Resource
+from provisiond.core.changes import Change, Key, Observed, Resource
 from provisiond.core.plan import Plan, observed_digest
 from provisiond.core.scope import Scope
 from provisiond.errors import TargetError, TargetUnavailable
@@ -30,6 +30,7 @@ from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import pipeline
 from provisiond.targets.routeros.commands import MENUS, list_prints, scoped_prints
+from provisiond.targets.routeros.mirror import Mirror
 from provisiond.targets.routeros.pipeline import Answer
 from provisiond.targets.routeros.reader import ListReader, Recorded
 from provisiond.targets.routeros.wire import ApiWire, closed, login, quietly_close, session_errors
@@ -74,6 +75,10 @@ class RouterTarget:
         # Command tags never restart (not per pass, not per connection): an answer left
         # over from an earlier command can never be taken for a new one's.
         self._tags = itertools.count()
+        # The daemon's copy of this router's lists, kept by a ``listen`` (``follow``):
+        # while it is trusted, a scoped read prints nothing.
+        self.mirror: Mirror | None = None
+        self._scans = 0  # prints sent (each a scan of the router's whole table)
 
     # -- connection -----------------------------------------------------------------
 
@@ -141,6 +146,7 @@ class RouterTarget:
                          checksum: bool = True) -> Observed:
         wire = self._wire()
         prints = list_prints(self.lists)
+        self._scans += len(prints)
         tags = Recorded(self._tags)
         reader = ListReader(wire, desired, [token for token, _ in prints], tags.given, router=self.name,
                             lists=self.lists, head=f"{self.marker.prefix}:", classify=self._classify,
@@ -206,10 +212,19 @@ class RouterTarget:
         for r in scope.wanted.values():
             if r.kind == "address-list":
                 wanted[family(r.get("address"))].add(r.get("address"))
-        prints = scoped_prints(f"{self.marker.prefix}:", sorted(scope.accounts),
-                               {fam: sorted(addresses) for fam, addresses in wanted.items()})
-        for (fam, _), rows in zip((token for token, _ in prints), self._print_all(prints)):
+        mirrored = None
+        if self.mirror is not None:
+            mirrored = self.mirror.rows_for(scope.accounts, wanted[4] | wanted[6])
+        if mirrored is not None:
+            read = [((0, 0), mirrored)]  # one "print": each row's family is its address's
+        else:
+            prints = scoped_prints(f"{self.marker.prefix}:", sorted(scope.accounts),
+                                   {fam: sorted(addresses) for fam, addresses in wanted.items()})
+            read = list(zip((token for token, _ in prints), self._print_all(prints)))
+        for (fam, _), rows in read:
             for row in rows:
+                if mirrored is not None:
+                    fam = family(row["address"])
                 ref = row.get(".id", "")
                 list_name = row.get("list", "")
                 if list_name not in managed or (ref and (fam, ref) in seen):
@@ -228,9 +243,15 @@ class RouterTarget:
                     else:
                         digest.append(item)
                         foreign.setdefault(key, why)
-        existing = scope.existing if scope.existing is not None else self._count_lists()
-        log.debug("%s: scoped observe accounts=%d owned=%d foreign=%d others=%d", self.name,
-                  len(scope.accounts), len(owned), len(foreign), len(others))
+        if scope.existing is not None:
+            existing = dict(scope.existing)
+        elif mirrored is not None and self.mirror is not None:
+            existing = self.mirror.counts()
+        else:
+            existing = self._count_lists()
+        log.debug("%s: scoped observe accounts=%d owned=%d foreign=%d others=%d mirror=%s",
+                  self.name, len(scope.accounts), len(owned), len(foreign), len(others),
+                  mirrored is not None)
         return Observed(owned=owned, foreign=foreign, surplus=tuple(surplus),
                         checksum=observed_digest(digest), others=frozenset(others),
                         existing=existing)
@@ -249,6 +270,7 @@ class RouterTarget:
         def row(token: tuple[int, int], words: Sequence[str]) -> None:
             rows[token].append(dict(word[1:].partition("=")[::2] for word in words if word.startswith("=")))
 
+        self._scans += len(prints)
         if prints:
             with session_errors(self.name, self.close, lost="scoped read failed", command="scoped print",
                                 nothing_planned=True):
@@ -264,6 +286,7 @@ class RouterTarget:
         for fam in (4, 6):
             path = api.path(*MENUS[fam])
             for list_name in self.lists:
+                self._scans += 1
                 with session_errors(self.name, self.close, lost=f"counting {list_name} failed",
                                     command=f"count {list_name}", refused=f"count {list_name} refused"):
                     for row in api.rawCmd(str(path.join("print")), "=count-only=",
@@ -274,6 +297,11 @@ class RouterTarget:
     def plan_followups(self, plan: Plan) -> Plan:
         return plan
 
+    def take_scans(self) -> int:
+        """Prints sent since the last call: each cost the router a scan of its table."""
+        n, self._scans = self._scans, 0
+        return n
+
     # -- apply ----------------------------------------------------------------------
 
     def apply(self, plan: Plan, *, progress: Callable[[int], None] | None = None,
@@ -282,6 +310,8 @@ class RouterTarget:
         change; a lost connection fails every change not yet answered. Answered changes
         go to ``report`` in parts (``writer.REPORT_EVERY``)."""
         result = ApplyResult(target=self.name)
+        if self.mirror is not None:  # its reports are provisiond's own, not drift
+            self.mirror.expect(_keys(plan.changes))
         done = Finished(self.name, progress, report)
         writer = Writer(self.name, self.settings, tags=self._tags, connect=self._connect, done=done)
         try:
@@ -291,7 +321,19 @@ class RouterTarget:
             done.failed_rest(result, plan.changes, str(exc))
             result.unavailable = isinstance(exc, TargetUnavailable)  # back off, or retry at the interval
         done.flush()
+        if self.mirror is not None:
+            self.mirror.unexpect(_keys([c for c, _ in result.failed]
+                                       + [c.resource for c in result.conflicts]))
         return result
+
+
+def _keys(items: Iterable[Change | Resource]) -> list[tuple[str, str]]:
+    """The (list, address) keys of changes or resources."""
+    out = []
+    for item in items:
+        r = item.resource if isinstance(item, Change) else item
+        out.append((r.group, r.get("address")))
+    return out
 
 
 def _readable(address: str) -> bool:

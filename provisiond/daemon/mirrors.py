@@ -1,0 +1,131 @@
+"""The daemon's per-router mirrors (``targets.routeros.mirror``), each kept by a
+``listen`` (``targets.routeros.follow``), and the cadence of full passes they allow.
+
+``PassRunner`` hands every Reconciler it builds to ``Mirrors.attach``: each
+RouterTarget gets its router's Mirror (a follower is started once per router and
+kept across Reconcilers while the router's settings and lists stay the same), so
+its scoped reads print nothing while the mirror is live. Around a full pass run in
+its own process, ``hold`` keeps the drift reports and ``release`` takes out those
+about the keys that pass wrote.
+
+Cadence (``Cadence``): with every router's ``listen`` up, a full pass is a backstop,
+due every ``[daemon] interval`` when the operator set one, else every
+``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the last full pass's duration)``; a router whose
+``listen`` is down or refused gets a full pass of its own at the short interval
+(``DaemonSettings.interval``'s default) until it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from provisiond.settings import Settings
+from provisiond.targets.routeros import RouterTarget
+from provisiond.targets.routeros.follow import Follower
+from provisiond.targets.routeros.mirror import Mirror
+
+log = logging.getLogger(__name__)
+
+BACKSTOP_MIN = 900.0  # seconds: a full pass at most this often while every listen is up
+BACKSTOP_FACTOR = 50.0  # ... or this many times the last full pass's duration, if longer
+
+OnDrift = Callable[[str, "frozenset[str] | None"], None]
+
+
+class Mirrors:
+    """Every router's follower and mirror, by router name."""
+
+    def __init__(self, on_drift: OnDrift, *, enabled: bool = True) -> None:
+        self._on_drift = on_drift
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._followers: dict[str, tuple[Any, Follower]] = {}  # name -> (identity, follower)
+
+    def attach(self, targets: Iterable[Any]) -> None:
+        """Give each RouterTarget its router's mirror, starting followers as needed and
+        stopping those of routers no longer configured (or configured otherwise)."""
+        if not self.enabled:
+            return
+        routers = [t for t in targets if isinstance(t, RouterTarget)]
+        stale: list[Follower] = []
+        with self._lock:
+            keep: dict[str, tuple[Any, Follower]] = {}
+            for t in routers:
+                identity = (t.settings.model_dump_json(), tuple(t.lists), t.marker.prefix)
+                found = self._followers.pop(t.name, None)
+                if found is not None and found[0] == identity:
+                    keep[t.name] = found
+                else:
+                    if found is not None:
+                        stale.append(found[1])
+                    mirror = Mirror(t.name, t.lists, f"{t.marker.prefix}:")
+                    keep[t.name] = (identity, Follower(t.settings, mirror, on_drift=self._on_drift).start())
+                t.mirror = keep[t.name][1].mirror
+            stale += [f for _, f in self._followers.values()]
+            self._followers = keep
+        for f in stale:
+            f.stop()
+
+    def mirrors(self) -> dict[str, Mirror]:
+        with self._lock:
+            return {name: f.mirror for name, (_, f) in self._followers.items()}
+
+    def followers(self) -> dict[str, Follower]:
+        with self._lock:
+            return {name: f for name, (_, f) in self._followers.items()}
+
+    def not_live(self) -> list[str]:
+        """Routers whose mirror cannot be trusted now (listen down, refused, filling)."""
+        return sorted(name for name, m in self.mirrors().items() if not m.trusted)
+
+    def hold(self) -> None:
+        for m in self.mirrors().values():
+            m.hold()
+
+    def release(self, written: Mapping[str, bytes]) -> None:
+        """After a full pass in its own process: drift heard meanwhile, minus its writes."""
+        for name, m in self.mirrors().items():
+            accounts = m.release(written.get(name, b""))
+            if accounts:
+                self._on_drift(name, accounts)
+
+    def stop(self) -> None:
+        with self._lock:
+            followers, self._followers = [f for _, f in self._followers.values()], {}
+        for f in followers:
+            f.stop()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per router: listen state, entries mirrored, last fill, drift heard, why not live."""
+        out = {}
+        for name, f in self.followers().items():
+            m = f.mirror
+            out[name] = {"state": m.state, "entries": len(m), "confirmed": m.confirmed,
+                         "drift_events": m.drift_events, "reason": f.reason}
+        return out
+
+
+class Cadence:
+    """When a full pass is due, and which routers need one of their own."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.last_duration = 0.0  # seconds the last full pass took
+
+    @property
+    def explicit(self) -> bool:
+        """The operator set ``[daemon] interval``: it is the backstop."""
+        return "interval" in self.settings.daemon.model_fields_set
+
+    def backstop(self, listening: bool) -> float:
+        """Seconds between full passes: the configured interval, or with every listen
+        up and none configured, ``max(BACKSTOP_MIN, BACKSTOP_FACTOR × last duration)``."""
+        interval = self.settings.daemon.interval
+        if self.explicit or not listening:
+            return interval
+        return max(BACKSTOP_MIN, BACKSTOP_FACTOR * self.last_duration, interval)
