@@ -267,3 +267,21 @@ def test_a_refused_listen_leaves_the_mirror_untrusted_and_scoped_reads_print(
     ("1s200ms", 1.2)])
 def test_uptime_as_routeros_prints_it(text: str, seconds: float) -> None:
     assert parse_uptime(text) == pytest.approx(seconds)
+
+
+def test_an_add_that_finds_an_entry_the_mirror_missed_reads_the_router_again(
+        sim: RouterSim, target: RouterTarget, followed: tuple[Follower, Drift]) -> None:
+    follower, drift = followed
+    entry = _entry("l", "10.0.5.1", 1)
+    assert target.apply(Plan("core-1", "routeros", (Create(entry),))).ok
+    wait_for(lambda: len(follower.mirror) == 1)
+    ref = sim.entries("ip", "l")[0][".id"]
+    follower.mirror.forget([(4, ref)])  # as if its report had been lost
+    fills = follower.mirror.fills
+    seen = target.observe(_scope([1], [entry]))
+    assert not seen.owned  # the mirror's (wrong) view: the entry is missing
+    result = target.apply(Plan("core-1", "routeros", (Create(entry),)))
+    assert not result.failed and len(result.conflicts) == 1  # no failed pass
+    wait_for(lambda: follower.mirror.fills == fills + 1 and follower.mirror.trusted, timeout=10)
+    assert drift.refills() == 1  # the daemon gives this router a full pass
+    assert set(target.observe(_scope([1], [entry])).owned) == {("address-list", entry.ident)}

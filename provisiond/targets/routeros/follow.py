@@ -45,6 +45,7 @@ HEARTBEAT = 15.0  # seconds between uptime questions on the listen session
 DEBOUNCE = 0.2  # seconds drift reports gather before the daemon hears of them
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # reconnect pauses after a lost session
 REFUSED_RETRY = 900.0  # seconds before a refused listen is tried again
+WAKE = 1.0  # seconds the thread waits for reports at most before looking at the mirror
 FILL_PROPLIST = "=.proplist=.id,list,address,comment,dynamic,disabled"
 
 OnDrift = Callable[[str, "frozenset[str] | None"], None]
@@ -199,8 +200,11 @@ class Follower:
             if asked and now - asked > HEARTBEAT + s.timeout:
                 raise TimeoutError("no answer to the heartbeat")
             self._flush(now)
+            if self.mirror.stale:
+                raise ConnectionError("the mirror is out of step with the router (a write found "
+                                      "an entry it did not know)")
             if not wire.buffered() and not _pending(sock):
-                wait = max(0.0, min(next_beat - now, self._flush_in(now)))
+                wait = max(0.0, min(next_beat - now, self._flush_in(now), WAKE))
                 if not select.select([sock], [], [], wait)[0]:
                     continue
             words = wire.read_sentence()

@@ -81,6 +81,7 @@ class Mirror:
         self._own: dict[int, tuple[int, float]] = {}  # key digest -> (writes, until)
         self._held: list[tuple[tuple[int, ...], frozenset[str]]] | None = None
         self.state = "off"
+        self.stale = False  # a write showed it out of step: the follower reads again
         self.confirmed = 0.0  # wall-clock time the last fill completed
         self.fills = 0
         self.drift_events = 0
@@ -94,6 +95,7 @@ class Mirror:
             self._at.clear()
             self._of.clear()
             self._touched = set()
+            self.stale = False  # this read answers any doubt raised before it
             self.state = "filling"
 
     def fill(self, words: Sequence[str], fam: int) -> None:
@@ -112,7 +114,7 @@ class Mirror:
     def end_fill(self) -> None:
         with self._lock:
             self._touched = None
-            self.state = "live"
+            self.state = "down" if self.stale else "live"
             self.confirmed = time.time()
             self.fills += 1
             self._lock.notify_all()
@@ -150,6 +152,25 @@ class Mirror:
                 return frozenset()
             self.drift_events += 1
             return accounts
+
+    def suspect(self) -> None:
+        """An add answered ``already have such entry``: the router holds an entry the
+        mirror does not know. Untrusted until the follower has read the router again."""
+        with self._lock:
+            self.stale = True
+            if self.state == "live":
+                self.state = "down"
+            self._lock.notify_all()
+
+    def forget(self, refs: Iterable[tuple[int, str]]) -> None:
+        """Entries (family, ``.id``) a remove took out, or found gone (``no such item``:
+        no report will come for those)."""
+        with self._lock:
+            for fam, text in refs:
+                number = parse_id(text)
+                if number is not None:
+                    self._drop(number << 1 | (fam == 6))
+            self._lock.notify_all()
 
     # -- provisiond's own writes ---------------------------------------------------
 

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 from provisiond.core.addresses import family, routeros_form, span
-from provisiond.core.changes import Change, Key, Observed, Resource
+from provisiond.core.changes import Change, Delete, Key, Observed, Resource
 from provisiond.core.plan import Plan, observed_digest
 from provisiond.core.scope import Scope
 from provisiond.errors import TargetError, TargetUnavailable
@@ -35,7 +35,7 @@ from provisiond.targets.routeros.pipeline import Answer
 from provisiond.targets.routeros.reader import ListReader, Recorded
 from provisiond.targets.routeros.wire import ApiWire, closed, login, quietly_close, session_errors
 from provisiond.targets.routeros.wire import connect as connect_librouteros
-from provisiond.targets.routeros.writer import Finished, Writer
+from provisiond.targets.routeros.writer import DUPLICATE, Finished, Writer
 
 log = logging.getLogger(__package__)  # one logger for the room: provisiond.targets.routeros
 
@@ -322,9 +322,21 @@ class RouterTarget:
             result.unavailable = isinstance(exc, TargetUnavailable)  # back off, or retry at the interval
         done.flush()
         if self.mirror is not None:
-            self.mirror.unexpect(_keys([c for c, _ in result.failed]
-                                       + [c.resource for c in result.conflicts]))
+            self._mirror_after(result)
         return result
+
+    def _mirror_after(self, result: ApplyResult) -> None:
+        """What an apply taught the mirror: writes that did not happen may drift
+        again; removed entries are gone (no report comes for one already gone); an
+        entry the router already had means the mirror missed it."""
+        assert self.mirror is not None
+        self.mirror.unexpect(_keys([c for c, _ in result.failed] + [c.resource for c in result.conflicts]))
+        self.mirror.forget((family(c.old.get("address")), c.old.ref)
+                           for c in result.applied if isinstance(c, Delete))
+        if any(DUPLICATE in c.reason for c in result.conflicts):
+            log.warning("router=%s an add found an entry the mirror did not know: reading the "
+                        "router again", self.name)
+            self.mirror.suspect()
 
 
 def _keys(items: Iterable[Change | Resource]) -> list[tuple[str, str]]:
