@@ -83,7 +83,7 @@ def cmd_status(settings: settings_mod.Settings, *, fmt: str) -> int:
     doc: dict[str, Any] = {"leader": leader_of(url), "passes": [_pass(r) for r in runs]}
     listen = settings.daemon.metrics_listen
     if listen:
-        doc.update(_from_daemon(listen))
+        doc.update(from_daemon(listen))
     if fmt == "json":
         print(json.dumps(doc, indent=2, default=str))
         return EXIT_OK
@@ -123,7 +123,7 @@ def _pass(run: dict[str, Any]) -> dict[str, Any]:
             "errors": sorted((summary.get("errors") or {}).keys())}
 
 
-def _from_daemon(listen: str) -> dict[str, Any]:
+def from_daemon(listen: str) -> dict[str, Any]:
     host, port = parse_listen(listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -148,7 +148,9 @@ def _parse_metrics(text: str) -> dict[str, dict[str, float]]:
     """name -> labels text -> value, for the series status shows."""
     wanted = ("provisiond_target_backoff_seconds", "provisiond_target_consecutive_failures",
               "provisiond_pool_utilisation_ratio", "provisiond_pool_unallocated_accounts",
-              "provisiond_config_reload_failed", "provisiond_leader", "provisiond_conflicts")
+              "provisiond_config_reload_failed", "provisiond_leader", "provisiond_conflicts",
+              "provisiond_listen_state", "provisiond_mirror_entries", "provisiond_mirror_age_seconds",
+              "provisiond_full_pass_interval_seconds")
     out: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.startswith(wanted):
@@ -156,6 +158,27 @@ def _parse_metrics(text: str) -> dict[str, dict[str, float]]:
         series, _, value = line.rpartition(" ")
         name, _, labels = series.partition("{")
         out.setdefault(name, {})[labels.rstrip("}")] = float(value)
+    return out
+
+
+def mirrors(metrics: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Per router, the daemon's mirror in words: listen state, entries, last full read."""
+    out: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for labels, value in metrics.get("provisiond_listen_state", {}).items():
+        pairs = dict(p.split("=", 1) for p in labels.split(","))
+        if value:
+            states[pairs["target"].strip('"')] = pairs["state"].strip('"')
+    for target, state in states.items():
+        key = f'target="{target}"'
+        entries = metrics.get("provisiond_mirror_entries", {}).get(key, 0)
+        age = metrics.get("provisiond_mirror_age_seconds", {}).get(key, 0)
+        text = f"listen {state}"
+        if state == "live":
+            text += f", {entries:.0f} entries mirrored, confirmed by a full read {age:.0f}s ago"
+        elif state in ("down", "refused"):
+            text += " (scoped passes print; full-passed at the short interval)"
+        out[target] = text
     return out
 
 
@@ -169,6 +192,11 @@ def _lines(doc: dict[str, Any]) -> list[str]:
         fails = metrics.get("provisiond_target_consecutive_failures", {}).get(labels, 0)
         state = f"backing off {seconds:.0f}s ({fails:.0f} failure(s) in a row)" if seconds else "ok"
         out.append(f"target {target}: {state}")
+    for target, mirror in sorted(mirrors(metrics).items()):
+        out.append(f"router {target}: {mirror}")
+    interval = metrics.get("provisiond_full_pass_interval_seconds", {}).get("")
+    if interval:
+        out.append(f"full passes: every {interval:.0f}s")
     for labels, share in sorted(metrics.get("provisiond_pool_utilisation_ratio", {}).items()):
         pool = labels.partition('"')[2].rstrip('"')
         short = metrics.get("provisiond_pool_unallocated_accounts", {}).get(labels, 0)

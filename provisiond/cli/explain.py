@@ -59,6 +59,14 @@ def cmd_explain(settings: settings_mod.Settings, account_id: str, *, fmt: str, c
         doc = explain(rec, account_id, journal=journal)
     finally:
         rec.close()
+    if settings.daemon.metrics_listen:  # the running daemon's mirrors, where it answers
+        from provisiond.cli.daemonctl import from_daemon, mirrors
+
+        known = mirrors(from_daemon(settings.daemon.metrics_listen).get("metrics") or {})
+        for t in doc["targets"]:
+            if t["kind"] == "routeros":
+                t["mirror"] = known.get(t["target"], "unknown (the daemon does not answer, or "
+                                                     "keeps no mirror)")
     if fmt == "json":
         print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     else:
@@ -278,6 +286,8 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         counts = {s: sum(1 for e in entries if e["state"] == s) for s in STATES}
         detail = ", ".join(f"{n} {_WORD[s]}" for s, n in counts.items() if n)
         out.append(f"{t['target']} ({t['kind']}): {t['status']}" + (f": {detail}" if detail else ""))
+        if "mirror" in t:
+            out.append(f"    the daemon's mirror: {t['mirror']}")
         if not entries:
             out.append("    nothing wanted, nothing there")
         for e in entries:

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from provisiond.daemon import leader as leader_mod
 from provisiond.daemon import reload
 from provisiond.daemon.listen import BillingListener, start_listener
 from provisiond.daemon.metrics import Health, Metrics, serve
-from provisiond.daemon.mirrors import Mirrors
+from provisiond.daemon.mirrors import Mirrors, choose, repair
 from provisiond.daemon.passes import PassRunner
 from provisiond.daemon.summary import Display
 from provisiond.daemon.requests import Requests
@@ -103,9 +104,13 @@ class Daemon:
         self.metrics = Metrics(settings)
         self.health = Health(max_age=_max_age(settings))
         self.metrics.watch(self.health)
-        self.mirrors = Mirrors(self._drift, enabled=settings.daemon.listen)
+        self.mirrors = Mirrors(repair(self.request_pass, self.request_targets,
+                                      lambda: self.settings.daemon.scope_max_accounts),
+                               enabled=settings.daemon.listen)
         self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True,
                                  mirrors=self.mirrors)
+        self.metrics.before_scrape = lambda: self.mirrors.publish(self.metrics, self.health,
+                                                                  self.runner.cadence)
         self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
         self.leading = False
         self.scheduler: Any = None
@@ -148,7 +153,7 @@ class Daemon:
         if d.webhook_listen:
             try:
                 self.webhook = WebhookReceiver(d.webhook_listen, d.webhook_token(),
-                                               on_pass=self._webhook_pass, debounce=d.debounce,
+                                               on_pass=partial(self.request_pass, reason="webhook"), debounce=d.debounce,
                                                metrics=self.metrics).start()
             except (OSError, ValueError, ConfigError) as exc:
                 log.error("daemon.webhook_listen: cannot serve webhooks on %s: %s",
@@ -159,7 +164,7 @@ class Daemon:
                 self.leader.release()
                 return EXIT_ERROR
         self._set_leading(self.leading, first=True)
-        self._start_listener()
+        self.listener = start_listener(self.settings, self.request_pass)
         self._start_scheduler()
         watchdog = start_watchdog(self.notifier, self.unhealthy)
         try:
@@ -274,35 +279,14 @@ class Daemon:
         except (JobLookupError, SchedulerNotRunningError):
             pass  # shutting down: no new pass, as asked
 
-    def _webhook_pass(self, accounts: frozenset[str] | None) -> None:
-        """A Sonar event: a pass for ``accounts`` (None: a full one)."""
-        self.request_pass(accounts, reason="webhook")
-
-    def _drift(self, router: str, accounts: frozenset[str] | None) -> None:
-        """A router's listen heard changes provisiond did not make: a scoped repair of
-        their accounts, or one full pass of that router (None: a refill after a lost
-        listen; or more accounts than ``scope_max_accounts``)."""
-        if accounts is None or len(accounts) > self.settings.daemon.scope_max_accounts:
-            self.request_targets(frozenset({router}))
-        else:
-            self.request_pass(accounts, reason="drift")
-
     def _next_scope(self) -> tuple[frozenset[str] | None, frozenset[str] | None] | None:
-        """What this run covers (under _guard): (accounts, targets); (None, None) is a
-        full pass, (None, names) a pass of those targets only; None: nothing is due."""
+        """What this run covers (under _guard): ``mirrors.choose``."""
         requested, self._requested = self._requested, False
-        routers, down = len(self.mirrors.mirrors()), self.mirrors.not_live()
-        listening = len(down) < routers  # some listen is up: full passes are a backstop
-        if time.monotonic() - self._last_full >= self.runner.cadence.backstop(listening) or (
-                not requested and not listening):
+        chosen = choose(requested, self._pending, time.monotonic() - self._last_full,
+                        self.runner.cadence, self.mirrors, self.settings.daemon.scope_max_accounts)
+        if chosen == (None, None):
             self._pending = Pending()  # a full pass covers every request so far
-            return None, None
-        if not requested:  # the short interval: only routers whose listen is not live
-            return (None, frozenset(down)) if down else None
-        targets = self._pending.take_targets()
-        if targets is not None:
-            return None, targets
-        return self._pending.take(self.settings.daemon.scope_max_accounts), None
+        return chosen
 
     def _job(self) -> None:
         with self._guard:
@@ -373,11 +357,6 @@ class Daemon:
             else:
                 self.notifier.status(status)
 
-    # -- LISTEN ---------------------------------------------------------------------
-
-    def _start_listener(self) -> None:
-        self.listener = start_listener(self.settings, self.request_pass)
-
     # -- SIGHUP ---------------------------------------------------------------------
 
     def _reload(self) -> None:
@@ -393,13 +372,14 @@ class Daemon:
         self.metrics.prime(new)
         self.health.max_age = _max_age(new)
         self.runner.swap_at_next_pass(new)
+        self.mirrors.enabled = new.daemon.listen  # followers start or stop at that pass
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):
             self.scheduler.reschedule_job(JOB_ID, trigger=_trigger(new))
         if (new.daemon.notify_channel, new.source) != (old.daemon.notify_channel, old.source):
             if self.listener is not None:
                 self.listener.stop()
                 self.listener = None
-            self._start_listener()
+            self.listener = start_listener(self.settings, self.request_pass)
         log.info("reload: configuration valid; swapped in at the next pass (starting now)")
         reload.check_billing(new)
         self.notifier.ready("reloaded; " + self.health.last_result)

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -146,6 +147,8 @@ class Metrics:
                                     "Changes to managed entries provisiond did not make, heard by "
                                     "listen", ["target"], registry=r)
         self._drift_seen: dict[str, int] = {}
+        # Called before every scrape: gauges that change between passes (the mirrors).
+        self.before_scrape: Callable[[], None] | None = None
         for result in BILLING_RESULTS:
             self.billing_reads.labels(result)
         for result in COA_RESULTS:
@@ -194,6 +197,11 @@ class Metrics:
         self.degraded.set_function(lambda: float(len(health.degraded)))
 
     def exposition(self) -> bytes:
+        if self.before_scrape is not None:
+            try:
+                self.before_scrape()
+            except Exception:  # noqa: BLE001 - a scrape never fails for a gauge
+                log.exception("metrics: refreshing before a scrape failed")
         return bytes(generate_latest(self.registry))
 
 

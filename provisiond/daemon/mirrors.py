@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+from provisiond.core.scope import Pending
+from provisiond.daemon.metrics import Health, Metrics
 from provisiond.settings import Settings
 from provisiond.targets.routeros import RouterTarget
 from provisiond.targets.routeros.follow import Follower
@@ -48,9 +51,7 @@ class Mirrors:
     def attach(self, targets: Iterable[Any]) -> None:
         """Give each RouterTarget its router's mirror, starting followers as needed and
         stopping those of routers no longer configured (or configured otherwise)."""
-        if not self.enabled:
-            return
-        routers = [t for t in targets if isinstance(t, RouterTarget)]
+        routers = [t for t in targets if isinstance(t, RouterTarget)] if self.enabled else []
         stale: list[Follower] = []
         with self._lock:
             keep: dict[str, tuple[Any, Follower]] = {}
@@ -93,6 +94,27 @@ class Mirrors:
             if accounts:
                 self._on_drift(name, accounts)
 
+    @contextmanager
+    def holding(self) -> Iterator[dict[str, bytes]]:
+        """Around a full pass in its own process: drift reports wait; the caller fills
+        the dict it gets with the keys that pass wrote, by router (``release``)."""
+        written: dict[str, bytes] = {}
+        self.hold()
+        try:
+            yield written
+        finally:
+            self.release(written)
+
+    def publish(self, metrics: Metrics, health: Health, cadence: Cadence) -> None:
+        """The mirrors' gauges, the full-pass interval in effect, and /healthz's age
+        limit (three of those intervals, unless ``healthz_max_age`` says otherwise)."""
+        status = self.status()
+        backstop = cadence.backstop(any(s["state"] == "live" for s in status.values()))
+        metrics.full_pass_interval.set(backstop)
+        if cadence.settings.daemon.healthz_max_age is None:
+            health.max_age = 3 * backstop
+        metrics.mirrors(status)
+
     def stop(self) -> None:
         with self._lock:
             followers, self._followers = [f for _, f in self._followers.values()], {}
@@ -129,3 +151,39 @@ class Cadence:
         if self.explicit or not listening:
             return interval
         return max(BACKSTOP_MIN, BACKSTOP_FACTOR * self.last_duration, interval)
+
+
+def repair(request_pass: Callable[..., None], request_targets: Callable[..., None],
+           max_accounts: Callable[[], int]) -> OnDrift:
+    """The daemon's answer to drift: a scoped pass over the accounts whose entries
+    someone else changed, or one full pass of that router (None: a refill after a lost
+    listen, whose missed reports are unknown; or more than ``max_accounts``: a storm)."""
+
+    def on_drift(router: str, accounts: frozenset[str] | None) -> None:
+        if accounts is None or len(accounts) > max_accounts():
+            request_targets(frozenset({router}))
+        else:
+            request_pass(accounts, reason="drift")
+
+    return on_drift
+
+
+def choose(requested: bool, pending: Pending, since_full: float, cadence: Cadence,
+           mirrors: Mirrors, max_accounts: int) -> tuple[frozenset[str] | None, frozenset[str] | None] | None:
+    """What the next run covers: (accounts, targets); (None, None) is a full pass, (None,
+    names) a pass of those targets only; None: nothing is due.
+
+    A full pass when the backstop is due, or at every interval when no router's listen
+    is up (as before mirrors). Otherwise an interval run passes only the routers whose
+    listen is not live (nothing, when every one is), and a requested run takes what
+    was requested (``Pending``)."""
+    routers, down = len(mirrors.mirrors()), mirrors.not_live()
+    listening = len(down) < routers  # some listen is up: full passes are a backstop
+    if since_full >= cadence.backstop(listening) or (not requested and not listening):
+        return None, None
+    if not requested:
+        return (None, frozenset(down)) if down else None
+    targets = pending.take_targets()
+    if targets is not None:
+        return None, targets
+    return pending.take(max_accounts), None

@@ -6,6 +6,7 @@ and conflicts named once when they appear and when they go. Called by ``daemon.p
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.summary import PassSummary
@@ -33,8 +34,23 @@ def note_refusals(summary: PassSummary, health: Health, metrics: Metrics) -> Non
             degraded[f"refused {target} {group}"] = why
 
 
+def note_failure(health: Health, name: str, error: str, *, unavailable: bool) -> None:
+    """A target failed: /healthz lists it (since when, and why) until it recovers."""
+    part = f"unreachable {name}" if unavailable else f"error {name}"
+    since = health.degraded.get(part, "").partition(": ")[0] or \
+        f"since {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
+    health.degraded[part] = f"{since}: {error}"
+    health.degraded.pop(f"error {name}" if unavailable else f"unreachable {name}", None)
+
+
 def note_pools(summary: PassSummary, health: Health, metrics: Metrics) -> None:
-    """Accounts a pool had no address for: named, counted, listed by /healthz."""
+    """Pool usage (gauges); accounts a pool had no address for: named, counted, listed
+    by /healthz."""
+    for pool, usage in (summary.pool_utilisation or {}).items():
+        metrics.pool_utilisation.labels(pool).set(float(usage["utilisation"]))
+        metrics.pool_prefixes_total.labels(pool).set(usage["size"])
+        metrics.pool_prefixes_used.labels(pool).set(usage["leased"])
+        metrics.pool_prefixes_held.labels(pool).set(usage["held"])
     for pool, ids in (summary.unallocated or {}).items():
         metrics.pool_unallocated.labels(pool).set(len(ids))
         if not ids:

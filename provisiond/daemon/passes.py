@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from provisiond.daemon import worker
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.mirrors import Cadence, Mirrors
-from provisiond.daemon.notes import ConflictNames, note_pools, note_refusals
+from provisiond.daemon.notes import ConflictNames, note_failure, note_pools, note_refusals
 from provisiond.daemon.summary import Display, PassSummary, summarise
 from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.settings import Settings
@@ -132,14 +132,12 @@ class PassRunner:
         mirrors: Mirrors | None = None,
     ) -> None:
         self.settings = settings
-        # Each router's mirror, kept by a listen: scoped passes read it, not the router.
-        self.mirrors = mirrors
+        self.mirrors = mirrors if mirrors is not None else Mirrors(lambda *_: None, enabled=False)
         self.cadence = Cadence(settings)
         self.metrics = metrics
         self.health = health
         self._factory = factory
-        # Full passes in a process of their own (``daemon.worker``): the daemon's choice.
-        self.isolate = isolate
+        self.isolate = isolate  # full passes in a process of their own (``daemon.worker``)
         self._rec: Reconciler | None = None
         self._pending: Settings | None = None
         self.memory = _new_memory()  # what full passes learnt, for scoped ones
@@ -179,8 +177,7 @@ class PassRunner:
         self._swap()
         if self._rec is None:
             self._rec = self._factory(self.settings, self.settings.daemon.dry_run, self.memory)
-            if self.mirrors is not None:
-                self.mirrors.attach(self._rec.targets)
+            self.mirrors.attach(self._rec.targets)
         return self._rec
 
     def close(self) -> None:
@@ -240,7 +237,7 @@ class PassRunner:
         self.metrics.pass_duration.observe(outcome.duration)
         if full and self._targets is None and outcome.result != "error":
             self.cadence.last_duration = outcome.duration
-        self._mirror_metrics()
+        self.mirrors.publish(self.metrics, self.health, self.cadence)
         stamp = datetime.now().astimezone().strftime("%H:%M:%S")
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
                          + outcome.status
@@ -260,17 +257,6 @@ class PassRunner:
                  if conflicts else "",
                  f" failed={','.join(outcome.failed)}" if outcome.failed else "")
         return outcome
-
-    def _mirror_metrics(self) -> None:
-        if self.mirrors is None:
-            return
-        status = self.mirrors.status()
-        listening = any(s["state"] == "live" for s in status.values())
-        backstop = self.cadence.backstop(listening)
-        self.metrics.full_pass_interval.set(backstop)
-        if self.settings.daemon.healthz_max_age is None:  # three full passes missed
-            self.health.max_age = 3 * backstop
-        self.metrics.mirrors(status)
 
     def continue_numbering(self) -> None:
         """Pass numbers go on from the state store's last daemon pass (a restart, or this
@@ -317,16 +303,10 @@ class PassRunner:
             skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
-        written: dict[str, bytes] = {}
-        if self.mirrors is not None:
-            self.mirrors.hold()  # its writes' reports are not drift
-        try:
+        with self.mirrors.holding() as written:
             summary = worker.full_pass(self.settings, skip=skip, may_write=may_write,
                                        display=display, number=self.count)
-            written = {name: t.written_keys for name, t in summary.targets.items()}
-        finally:
-            if self.mirrors is not None:
-                self.mirrors.release(written)
+            written.update({name: t.written_keys for name, t in summary.targets.items()})
         if summary.memory is not None:
             self.memory, summary.memory = summary.memory, None
             if self._rec is not None:
@@ -376,11 +356,6 @@ class PassRunner:
             # Only a full pass would reach them otherwise: the event must not be lost.
             delay = min(self.backoff.remaining(n) for n in owed)
             retry = (self._scope, max(RETRY_MIN, delay))
-        for pool, usage in (summary.pool_utilisation or {}).items():
-            m.pool_utilisation.labels(pool).set(float(usage["utilisation"]))
-            m.pool_prefixes_total.labels(pool).set(usage["size"])
-            m.pool_prefixes_used.labels(pool).set(usage["leased"])
-            m.pool_prefixes_held.labels(pool).set(usage["held"])
         note_pools(summary, self.health, self.metrics)
         conflicts = {name: t.conflicts for name, t in summary.targets.items() if t.planned}
         self._conflicts.name(summary)
@@ -420,11 +395,7 @@ class PassRunner:
             if t.error:
                 m.errors.labels(name).inc()
                 failed.append(name)
-                part = f"unreachable {name}" if t.unavailable else f"error {name}"
-                since = self.health.degraded.get(part, "").partition(": ")[0] or \
-                    f"since {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
-                self.health.degraded[part] = f"{since}: {t.error}"
-                self.health.degraded.pop(f"error {name}" if t.unavailable else f"unreachable {name}", None)
+                note_failure(self.health, name, t.error, unavailable=t.unavailable)
                 if t.unavailable:
                     delay = self.backoff.failed(name)
                     m.backoff.labels(name).set(delay)

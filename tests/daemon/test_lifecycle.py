@@ -155,7 +155,10 @@ def test_metrics_and_healthz(
     assert _get(base + "/healthz") == (200, "ok\n")
     assert listed(router) == addresses(1000, 1001) | {"10.99.0.1"}
     _, text = _get(base + "/metrics")
-    for line in ('provisiond_passes_total{result="ok"}',
+    for line in ('provisiond_passes_total{kind="full",result="ok"}',
+                 'provisiond_listen_state{state="live",target="core-1"} 1.0',
+                 'provisiond_mirror_entries{target="core-1"} 3.0',
+                 "provisiond_full_pass_interval_seconds 0.5",
                  'provisiond_changes_applied_total{action="create",target="core-1"} 3.0',
                  "provisiond_leader 1.0", "provisiond_pass_duration_seconds_count",
                  'provisiond_last_success_timestamp_seconds{target="core-1"}',
