@@ -92,7 +92,9 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
         def close(self) -> None:
             pass
 
-    settings: Any = SimpleNamespace(daemon=SimpleNamespace(retry_max=60.0, dry_run=False), pool=[],
+    settings: Any = SimpleNamespace(daemon=SimpleNamespace(retry_max=60.0, dry_run=False, interval=60.0,
+                                                           healthz_max_age=None,
+                                                           model_fields_set={"interval"}), pool=[],
                                     router=[], address_list=[], radius=None)
     runner = PassRunner(settings, metrics=Metrics(), health=Health(max_age=60),
                         factory=lambda s, ro, memory: Rec())

@@ -18,15 +18,12 @@ The mirror is *trusted* only while its ``listen`` is up and the fill is complete
 (``state == "live"``); otherwise a scoped pass prints as before. It is thread-safe:
 the follower's thread writes, the daemon's pass thread reads.
 
-Memory: every row is one tuple of interned strings (the address, the comment and the
-account id are shared with the other routers' mirrors, which usually hold the same
-entries) and three dict slots.
+Memory: about 90 bytes an entry (``table.RowTable``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 import threading
 import time
 from array import array
@@ -34,13 +31,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from provisiond.core.addresses import is_canonical_v4, routeros_form
+from provisiond.targets.routeros.table import Row, RowTable
 
 _TRUE = ("true", "yes")
 OWN_TTL = 15.0  # seconds a key written by provisiond waits for its report
 AWAIT = 2.0  # seconds a scoped read waits for the reports of provisiond's own last writes
 
-# (list, address, comment, disabled, dynamic)
-Row = tuple[str, str, str, bool, bool]
 # A row's key in the mirror: its id's number << 1 | 1 for IPv6.
 STATES = ("off", "filling", "live", "down", "refused")
 
@@ -74,9 +70,7 @@ class Mirror:
         self.lists = frozenset(lists)
         self._head = head  # "<marker>:"
         self._lock = threading.Condition()
-        self._rows: dict[int, Row] = {}
-        self._at: dict[str, int | list[int]] = {}  # address -> id(s), every list
-        self._of: dict[str, int | list[int]] = {}  # account -> id(s) of provisiond's entries
+        self._rows = RowTable(head)
         self._touched: set[int] | None = None  # while filling: ids reported meanwhile
         self._own: dict[int, tuple[int, float]] = {}  # key digest -> (writes, until)
         self._held: list[tuple[tuple[int, ...], frozenset[str]]] | None = None
@@ -91,9 +85,7 @@ class Mirror:
     def begin_fill(self) -> None:
         """A fresh read starts (the ``listen`` already open): forget everything."""
         with self._lock:
-            self._rows.clear()
-            self._at.clear()
-            self._of.clear()
+            self._rows.begin()
             self._touched = set()
             self.stale = False  # this read answers any doubt raised before it
             self.state = "filling"
@@ -109,11 +101,12 @@ class Mirror:
             if self._touched is not None and ref in self._touched:
                 return
             if values is not None:
-                self._put(ref, values)
+                self._rows.put(ref, values)
 
     def end_fill(self) -> None:
         with self._lock:
             self._touched = None
+            self._rows.end()
             self.state = "down" if self.stale else "live"
             self.confirmed = time.time()
             self.fills += 1
@@ -123,7 +116,9 @@ class Mirror:
         """The ``listen`` is gone (``down``) or was refused: nothing here is trusted."""
         with self._lock:
             self.state = state
-            self._touched = None
+            if self._touched is not None:  # a fill cut short
+                self._touched = None
+                self._rows.end()
             self._lock.notify_all()
 
     def event(self, words: Sequence[str], fam: int) -> frozenset[str]:
@@ -138,12 +133,12 @@ class Mirror:
             before = self._rows.get(ref)
             if self._touched is not None:
                 self._touched.add(ref)
-            self._drop(ref)
+            self._rows.drop(ref)
             if after is not None and after[0] in self.lists:
-                self._put(ref, after)
+                self._rows.put(ref, after)
             keys = tuple({key_digest(r[0], r[1]): None for r in (before, after) if r is not None})
             accounts = frozenset(a for r in (before, after) if r is not None
-                                 and (a := self._account(r)) is not None)
+                                 and (a := self._rows.account(r)) is not None)
             self._lock.notify_all()
             if not accounts or self._mine(keys):
                 return frozenset()
@@ -169,7 +164,7 @@ class Mirror:
             for fam, text in refs:
                 number = parse_id(text)
                 if number is not None:
-                    self._drop(number << 1 | (fam == 6))
+                    self._rows.drop(number << 1 | (fam == 6))
             self._lock.notify_all()
 
     # -- provisiond's own writes ---------------------------------------------------
@@ -260,7 +255,7 @@ class Mirror:
                 if left <= 0:
                     return None
                 self._lock.wait(left)
-            return [_printed(ref, self._rows[ref]) for ref in sorted(ids)]
+            return [_printed(ref, row) for ref in sorted(ids) if (row := self._rows.get(ref))]
 
     def entries(self) -> dict[tuple[int, str], Row]:
         """Every row, by (family, ``.id``): the whole mirror, to compare with the router."""
@@ -270,20 +265,14 @@ class Mirror:
     def counts(self) -> dict[str, int]:
         """Entries per managed list (hand-made ones too, as ``count-only`` counts)."""
         with self._lock:
-            out: dict[str, int] = {}
-            for row in self._rows.values():
-                out[row[0]] = out.get(row[0], 0) + 1
-            return out
+            return self._rows.counts()
 
     def _ids(self, accounts: list[str], addresses: list[str]) -> set[int]:
         ids: set[int] = set()
-        for index, keys in ((self._of, accounts), (self._at, addresses)):
-            for k in keys:
-                found = index.get(k)
-                if isinstance(found, int):
-                    ids.add(found)
-                elif found:
-                    ids.update(found)
+        for account in accounts:
+            ids.update(self._rows.of(account))
+        for address in addresses:
+            ids.update(self._rows.at(address))
         return ids
 
     def _awaiting(self, ids: set[int], addresses: list[str]) -> bool:
@@ -292,61 +281,9 @@ class Mirror:
         if not own:
             return False
         now = time.monotonic()
-        keys = {key_digest(self._rows[i][0], self._rows[i][1]) for i in ids}
+        keys = {key_digest(r[0], r[1]) for i in ids if (r := self._rows.get(i)) is not None}
         keys |= {key_digest(n, a) for a in addresses for n in self.lists}
         return any(own[d][1] >= now for d in keys if d in own)
-
-    # -- indexes -------------------------------------------------------------------
-
-    def _account(self, row: Row) -> str | None:
-        comment = row[2]
-        if row[4] or not comment.startswith(self._head):
-            return None
-        return comment[len(self._head):].split(" ", 1)[0]
-
-    def _put(self, ref: int, row: Row) -> None:
-        self._drop(ref)
-        self._rows[ref] = row
-        _add(self._at, row[1], ref)
-        account = self._account(row)
-        if account is not None:
-            _add(self._of, sys.intern(account), ref)
-
-    def _drop(self, ref: int) -> None:
-        row = self._rows.pop(ref, None)
-        if row is None:
-            return
-        _remove(self._at, row[1], ref)
-        account = self._account(row)
-        if account is not None:
-            _remove(self._of, account, ref)
-
-
-def _add(index: dict[str, int | list[int]], key: str, ref: int) -> None:
-    found = index.get(key)
-    if found is None:
-        index[key] = ref
-    elif isinstance(found, int):
-        if found != ref:
-            index[key] = [found, ref]
-    elif ref not in found:
-        found.append(ref)
-
-
-def _remove(index: dict[str, int | list[int]], key: str, ref: int) -> None:
-    found = index.get(key)
-    if found is None:
-        return
-    if isinstance(found, int):
-        if found == ref:
-            del index[key]
-        return
-    if ref in found:
-        found.remove(ref)
-    if len(found) == 1:
-        index[key] = found[0]
-    elif not found:
-        del index[key]
 
 
 def _parse(words: Sequence[str], fam: int) -> tuple[int, Row | None] | None:
@@ -368,7 +305,7 @@ def _parse(words: Sequence[str], fam: int) -> tuple[int, Row | None] | None:
         return ref, None
     raw = values.get("address", "")
     address = raw if is_canonical_v4(raw) else routeros_form(raw)
-    return ref, (sys.intern(values["list"]), sys.intern(address), sys.intern(values.get("comment", "")),
+    return ref, (values["list"], address, values.get("comment", ""),
                  values.get("disabled") in _TRUE, values.get("dynamic") in _TRUE)
 
 
