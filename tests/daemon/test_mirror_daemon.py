@@ -122,3 +122,59 @@ def test_a_thousand_hand_deletions_are_one_full_pass_of_that_router(
                        d.text()[mark:])
     assert sum(int(c) for c, _, _ in lines) == 1000
     assert not [1 for _, scope, _ in lines if scope]  # no scoped pass for them
+
+
+def _second_router(router: RouterSim, password: tuple[str, Path]) -> str:
+    return "\n".join(["[[router]]", 'name = "core-2"', 'host = "127.0.0.1"', f"port = {router.port}",
+                      'username = "admin"', f'password_file = "{password[1]}"', 'timeout = "5s"',
+                      'connect_timeout = "2s"', ""])
+
+
+def scans(router: RouterSim) -> int:
+    return sum(router.load.scans.values())
+
+
+def test_a_lost_listen_and_a_reboot_read_that_router_again_and_full_pass_only_it(
+        billing: Billing, router: RouterSim, make_router: Callable[..., RouterSim],
+        config: Callable[..., Path], start: Callable[..., DaemonProc],
+        password: tuple[str, Path]) -> None:
+    other = make_router()
+    billing.join("Tower Hosts", *range(1000, 1010))
+    d = start(config(daemon={"interval": None, "notify_channel": "provisiond"},
+                     extra=_second_router(other, password)))
+    d.wait_log(r"pass=1 result=ok")
+    d.wait_log(r"router=core-1 listen up")
+    d.wait_log(r"router=core-2 listen up")
+    before_other = scans(other)
+    mark = d.mark()
+    assert router.drop_listening() == 1
+    d.wait_log(r"router=core-1 listen lost", after=mark)
+    d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=0 targets=core-1\b", after=mark, timeout=20)
+    mark = d.mark()
+    router.reboot()  # ids renumbered
+    d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=0 targets=core-1\b", after=mark, timeout=20)
+    assert scans(other) == before_other  # the other router was not read again
+    assert not re.search(r"pass=\d+ result=\w+ duration=\S+ changes=\d+\n", d.text()[mark:])
+    # The new ids are known: a billing event after the reboot is written without a print.
+    router.reset_history()
+    mark = d.mark()
+    billing.leave("Tower Hosts", 1004)
+    d.wait_log(r"changes=2 scope=1\b", after=mark)  # one delete on each router
+    assert Billing.address(1004) not in listed(router)
+    assert prints(router) == 0
+
+
+def test_a_router_without_listen_is_read_as_before_and_full_passed_at_the_interval(
+        billing: Billing, make_router: Callable[..., RouterSim], config: Callable[..., Path],
+        start: Callable[..., DaemonProc]) -> None:
+    old = make_router(listen=False)  # listen traps "no such command"
+    billing.join("Tower Hosts", 1000, 1001)
+    d = start(config(router_port=old.port, daemon={"interval": "1s", "notify_channel": "provisiond"}))
+    d.wait_log(r"pass=1 result=ok")
+    d.wait_log(r"router=core-1 listen refused")
+    d.wait_log(r"pass=3 result=ok")  # the interval goes on
+    assert d.text().count("listen refused") == 1  # said once
+    old.reset_history()
+    billing.join("Tower Hosts", 1002)
+    wait_until(lambda: Billing.address(1002) in listed(old), what="the change on the router")
+    assert prints(old) > 0  # no mirror: every pass printed, as before
