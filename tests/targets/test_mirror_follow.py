@@ -285,3 +285,21 @@ def test_an_add_that_finds_an_entry_the_mirror_missed_reads_the_router_again(
     wait_for(lambda: follower.mirror.fills == fills + 1 and follower.mirror.trusted, timeout=10)
     assert drift.refills() == 1  # the daemon gives this router a full pass
     assert set(target.observe(_scope([1], [entry])).owned) == {("address-list", entry.ident)}
+
+
+def test_a_router_that_stops_answering_is_found_by_the_heartbeat_and_read_again_after(
+        sim: RouterSim, target: RouterTarget) -> None:
+    drift = Drift()
+    mirror = Mirror(target.name, target.lists, "provisiond:")
+    settings = target.settings.model_copy(update={"timeout": 1.0})
+    follower = Follower(settings, mirror, on_drift=drift, heartbeat=0.5).start()
+    try:
+        wait_for(lambda: mirror.trusted)
+        sim.set_stalled(True)  # the session stays open; nothing is answered any more
+        wait_for(lambda: mirror.state == "down", timeout=5)
+        assert "no answer to the heartbeat" in follower.reason or "timed out" in follower.reason
+        sim.set_stalled(False)
+        wait_for(lambda: mirror.trusted, timeout=15)
+        assert drift.refills() == 1
+    finally:
+        follower.stop()

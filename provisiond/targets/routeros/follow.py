@@ -86,8 +86,9 @@ class Follower:
     """The thread keeping ``mirror`` true for one router."""
 
     def __init__(self, settings: RouterSettings, mirror: Mirror, *, on_drift: OnDrift,
-                 connect: Callable[[], Any] | None = None) -> None:
+                 connect: Callable[[], Any] | None = None, heartbeat: float = HEARTBEAT) -> None:
         self.settings = settings
+        self.heartbeat = heartbeat
         self.mirror = mirror
         self._on_drift = on_drift
         self._connect = connect or partial(connect_librouteros, settings)
@@ -196,8 +197,8 @@ class Follower:
             now = time.monotonic()
             if now >= next_beat and not asked:
                 wire.send(wire.encode(("/system/resource/print", "=.proplist=uptime", ".tag=up")))
-                asked, next_beat = now, now + HEARTBEAT
-            if asked and now - asked > HEARTBEAT + s.timeout:
+                asked, next_beat = now, now + self.heartbeat
+            if asked and now - asked > self.heartbeat + s.timeout:
                 raise TimeoutError("no answer to the heartbeat")
             self._flush(now)
             if self.mirror.stale:
@@ -256,7 +257,7 @@ class Follower:
             self._pending |= accounts
 
     def _flush_in(self, now: float) -> float:
-        return self._pending_since + DEBOUNCE - now if self._pending else HEARTBEAT
+        return self._pending_since + DEBOUNCE - now if self._pending else self.heartbeat
 
     def _flush(self, now: float) -> None:
         if self._pending and now >= self._pending_since + DEBOUNCE:
