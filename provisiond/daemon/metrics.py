@@ -146,7 +146,7 @@ class Metrics:
         self.drift_events = Counter("provisiond_drift_events",
                                     "Changes to managed entries provisiond did not make, heard by "
                                     "listen", ["target"], registry=r)
-        self._drift_seen: dict[str, int] = {}
+        self._seen: dict[tuple[str, str], int] = {}  # counts of the mirrors' already counted
         # Called before every scrape: gauges that change between passes (the mirrors).
         self.before_scrape: Callable[[], None] | None = None
         for result in BILLING_RESULTS:
@@ -186,10 +186,12 @@ class Metrics:
             self.mirror_age.labels(name).set(now - confirmed if confirmed else 0)
             for state in LISTEN_STATES:
                 self.listen_state.labels(name, state).set(1 if st["state"] == state else 0)
-            seen = st["drift_events"]
-            if seen > self._drift_seen.get(name, 0):
-                self.drift_events.labels(name).inc(seen - self._drift_seen.get(name, 0))
-            self._drift_seen[name] = seen
+            for counter, key, per in ((self.drift_events, "drift_events", 1),
+                                      (self.router_scans, "fills", 2)):  # a fill: both families
+                seen, before = st[key], self._seen.get((key, name), 0)
+                if seen > before:
+                    counter.labels(name).inc(per * (seen - before))
+                self._seen[key, name] = seen
 
     def watch(self, health: Health) -> None:
         """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""
