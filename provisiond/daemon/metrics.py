@@ -140,6 +140,9 @@ class Metrics:
         self.mirror_age = Gauge("provisiond_mirror_age_seconds",
                                 "Seconds since a router's mirror was last filled by a full read",
                                 ["target"], registry=r)
+        self.read_seconds = Gauge("provisiond_mirror_read_seconds",
+                                  "How long a router took to answer the last full read of its "
+                                  "mirror (both families)", ["target"], registry=r)
         self.listen_state = Gauge("provisiond_listen_state",
                                   "1 for a router's listen state (live, filling, down, refused)",
                                   ["target", "state"], registry=r)
@@ -182,6 +185,7 @@ class Metrics:
         now = time.time()
         for name, st in status.items():
             self.mirror_entries.labels(name).set(st["entries"])
+            self.read_seconds.labels(name).set(st["fill_seconds"])
             confirmed = st["confirmed"]
             self.mirror_age.labels(name).set(now - confirmed if confirmed else 0)
             for state in LISTEN_STATES:

@@ -127,7 +127,8 @@ class Mirrors:
         for name, f in self.followers().items():
             m = f.mirror
             out[name] = {"state": m.state, "entries": len(m), "confirmed": m.confirmed,
-                         "drift_events": m.drift_events, "fills": m.fills, "reason": f.reason}
+                         "drift_events": m.drift_events, "fills": m.fills, "reason": f.reason,
+                         "fill_seconds": f.fill_seconds}
         return out
 
 

@@ -100,6 +100,7 @@ class Follower:
         self._pending: set[str] = set()
         self._pending_since = 0.0
         self.reason = ""  # why the listen is not live, for status and logs
+        self.fill_seconds = 0.0  # how long the last fill's read took (the router's side)
         self.refusals = 0
 
     def start(self) -> Follower:
@@ -228,9 +229,10 @@ class Follower:
                     if not filling:
                         self.mirror.end_fill()
                         self.reason = ""
+                        self.fill_seconds = time.monotonic() - started
                         log.info("router=%s listen up: %d entries on %d managed list(s) read in "
                                  "%.2fs", s.name, len(self.mirror), len(self.mirror.lists),
-                                 time.monotonic() - started)
+                                 self.fill_seconds)
                         if refill:
                             self._on_drift(s.name, None)  # what was missed meanwhile is unknown
             elif tag == "up":
