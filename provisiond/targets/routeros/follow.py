@@ -217,7 +217,7 @@ class Follower:
                     self._drifted(self.mirror.event(words, int(tag[1])))
                 elif kind == "!trap":
                     raise Refused(_message(words))
-                else:
+                elif kind != "!empty":  # RouterOS 7 may say "nothing yet"; a !done ends it
                     raise ConnectionError(f"listen ended ({kind})")
             elif tag in filling or tag in ("p4", "p6"):
                 if kind == "!re":
