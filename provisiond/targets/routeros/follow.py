@@ -215,6 +215,8 @@ class Follower:
             if tag in ("l4", "l6"):
                 if kind == "!re":
                     self._drifted(self.mirror.event(words, int(tag[1])))
+                elif kind == "!trap" and "=category=2" in words:  # interrupted: not a refusal
+                    raise ConnectionError(f"listen interrupted: {_message(words)}")
                 elif kind == "!trap":
                     raise Refused(_message(words))
                 elif kind != "!empty":  # RouterOS 7 may say "nothing yet"; a !done ends it
