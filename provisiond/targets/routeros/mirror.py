@@ -83,9 +83,11 @@ class Mirror:
     # -- what the follower tells it ------------------------------------------------
 
     def begin_fill(self) -> None:
-        """A fresh read starts (the ``listen`` already open): forget everything."""
+        """A fresh read starts (the ``listen`` already open): forget everything, the
+        writes awaited too (made before this listen, they are never reported on it)."""
         with self._lock:
             self._rows.begin()
+            self._own.clear()
             self._touched = set()
             self.stale = False  # this read answers any doubt raised before it
             self.state = "filling"
@@ -159,12 +161,15 @@ class Mirror:
 
     def forget(self, refs: Iterable[tuple[int, str]]) -> None:
         """Entries (family, ``.id``) a remove took out, or found gone (``no such item``:
-        no report will come for those)."""
+        no report will come for those). Each counts as its remove's report: a report
+        that comes later finds no row, so it could not take the expected write back."""
         with self._lock:
             for fam, text in refs:
                 number = parse_id(text)
-                if number is not None:
-                    self._rows.drop(number << 1 | (fam == 6))
+                ref = -1 if number is None else number << 1 | (fam == 6)
+                if (row := self._rows.get(ref)) is not None:
+                    self._rows.drop(ref)
+                    self._mine((key_digest(row[0], row[1]),))
             self._lock.notify_all()
 
     # -- provisiond's own writes ---------------------------------------------------
