@@ -303,3 +303,21 @@ def test_a_router_that_stops_answering_is_found_by_the_heartbeat_and_read_again_
         assert drift.refills() == 1
     finally:
         follower.stop()
+
+
+def test_an_own_entry_moved_to_another_list_by_hand_leaves_the_mirror_and_is_drift(
+        sim: RouterSim, target: RouterTarget, followed: tuple[Follower, Drift]) -> None:
+    follower, drift = followed
+    assert target.apply(Plan("core-1", "routeros", (Create(_entry("l", "10.0.6.1", 61)),))).ok
+    wait_for(lambda: len(follower.mirror) == 1)
+    api = _hand(sim)
+    try:
+        ref = sim.entries("ip", "l")[0][".id"]
+        api.path("ip", "firewall", "address-list").update(**{".id": ref, "list": "x"})
+    finally:
+        api.close()
+    wait_for(lambda: len(follower.mirror) == 0)
+    wait_for(lambda: drift.accounts() == {"61"})
+    # A scoped read no longer finds it: a repair adds the entry again, and never removes
+    # the one now on a list provisiond does not manage.
+    assert not target.observe(_scope([61], [_entry("l", "10.0.6.1", 61)])).owned

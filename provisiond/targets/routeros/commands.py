@@ -26,6 +26,12 @@ SCOPE_CHUNK = 50  # accounts (and as many addresses) per scoped print: bounded q
 Print = tuple[str, ...]
 
 
+def lists_query(lists: Sequence[str]) -> list[str]:
+    """Query words selecting the rows of any of ``lists``: ``?list=a ?list=b ?#| …``."""
+    words = [f"?list={name}" for name in lists]
+    return words + ["?#|"] * (len(lists) - 1)
+
+
 def list_prints(lists: Sequence[str]) -> list[tuple[tuple[int, str], Print]]:
     """A full read's prints, one per family and list, each with its (family, list)."""
     return [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))

@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from provisiond.settings import RouterSettings
-from provisiond.targets.routeros.commands import MENUS
+from provisiond.targets.routeros.commands import MENUS, lists_query
 from provisiond.targets.routeros.mirror import Mirror
 from provisiond.targets.routeros.wire import WIRE_ERRORS, ApiWire, login, quietly_close
 from provisiond.targets.routeros.wire import connect as connect_librouteros
@@ -59,10 +59,17 @@ class Rebooted(Exception):
     """The router's uptime went backwards."""
 
 
-def list_query(lists: Sequence[str]) -> list[str]:
-    """Query words selecting entries of any of ``lists``: ``?list=a ?list=b ?#| …``."""
-    words = [f"?list={name}" for name in lists]
-    return words + ["?#|"] * (len(lists) - 1)
+def listen_query(lists: Sequence[str], head: str) -> list[str]:
+    """A listen's query words: entries of any of ``lists``, or with provisiond's marker
+    (``head``) on any list. Whether a ``set`` that moves an entry out of a listen's query
+    is reported is not documented; with the marker in the query, one of provisiond's
+    entries moved to another list by hand is still heard of (and leaves the mirror), so
+    no remove is ever sent for an entry that now sits on a list provisiond does not
+    manage. ``head`` < comment < ``head`` with its last character's successor: the
+    marker's range, as the scoped prints query it."""
+    words = lists_query(lists)
+    after = head[:-1] + chr(ord(head[-1]) + 1)
+    return words + [f"?>comment={head}", f"?<comment={after}", "?#&", "?#|"]
 
 
 def parse_uptime(text: str) -> float | None:
@@ -180,12 +187,14 @@ class Follower:
             return
         wire = ApiWire(api)
         sock: socket.socket = api.protocol.transport.sock
-        query = list_query(sorted(self.mirror.lists))
+        lists = sorted(self.mirror.lists)
+        listen = listen_query(lists, self.mirror.head)
+        query = lists_query(lists)
         self.mirror.begin_fill()
         out = []
         for fam in (4, 6):
             menu = "/" + "/".join(MENUS[fam])
-            out.append((f"{menu}/listen", FILL_PROPLIST, *query, f".tag=l{fam}"))
+            out.append((f"{menu}/listen", FILL_PROPLIST, *listen, f".tag=l{fam}"))
         for fam in (4, 6):
             menu = "/" + "/".join(MENUS[fam])
             out.append((f"{menu}/print", FILL_PROPLIST, *query, f".tag=p{fam}"))

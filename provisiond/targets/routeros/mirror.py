@@ -68,12 +68,13 @@ class Mirror:
     def __init__(self, router: str, lists: Sequence[str], head: str) -> None:
         self.router = router
         self.lists = frozenset(lists)
-        self._head = head  # "<marker>:"
+        self.head = head  # "<marker>:"
         self._lock = threading.Condition()
         self._rows = RowTable(head)
         self._touched: set[int] | None = None  # while filling: ids reported meanwhile
         self._own: dict[int, tuple[int, float]] = {}  # key digest -> (writes, until)
         self._held: list[tuple[tuple[int, ...], frozenset[str]]] | None = None
+        self._held_since = 0  # fills when the hold began
         self.state = "off"
         self.stale = False  # a write showed it out of step: the follower reads again
         self.confirmed = 0.0  # wall-clock time the last fill completed
@@ -136,7 +137,9 @@ class Mirror:
             if self._touched is not None:
                 self._touched.add(ref)
             self._rows.drop(ref)
-            if after is not None and after[0] in self.lists:
+            if after is not None and after[0] not in self.lists:
+                after = None  # on a list provisiond does not manage: gone, as far as it cares
+            if after is not None:
                 self._rows.put(ref, after)
             keys = tuple({key_digest(r[0], r[1]): None for r in (before, after) if r is not None})
             accounts = frozenset(a for r in (before, after) if r is not None
@@ -189,6 +192,7 @@ class Mirror:
         with self._lock:
             if self._held is None:
                 self._held = []
+                self._held_since = self.fills
 
     def release(self, written: bytes) -> frozenset[str]:
         """That pass wrote the keys ``written`` (``written_digest``): the accounts of the
@@ -200,6 +204,11 @@ class Mirror:
             held, self._held = self._held or [], None
             drifted = [accounts for keys, accounts in held if not self._mine(keys)]
             self.drift_events += len(drifted)
+            if self.fills != self._held_since or self._touched is not None:
+                # The listen was lost meanwhile: the reports of writes made before the new
+                # one are never coming (the router is read again, then full-passed).
+                for d in digests:
+                    self._own.pop(d, None)
             return frozenset(a for accounts in drifted for a in accounts)
 
     def _expect(self, digests: Iterable[int]) -> None:
