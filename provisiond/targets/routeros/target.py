@@ -1,14 +1,14 @@
 """RouterOS address lists as a provisiond target: one ``RouterTarget`` per ``[[router]]``.
 
 The reconciler calls ``observe`` / ``observe_against`` and ``apply`` (``base.Target``).
-A full read sends one filtered print per managed list and family and compares the
-rows with the desired state as they arrive (``reader``); a scoped read sends one print
-per family and chunk of the scope's accounts over all lists. Either sorts what it
-finds into provisiond's own entries (comment ``<marker>:<account id> …``) and
-everything else (hand-made and dynamic entries: never touched; a desired entry that
-collides with one is a conflict). ``apply`` hands the plan to a ``writer.Writer``.
-Everything goes over one kept session (``wire``), its failures classified by
-``wire.session_errors``.
+A full read sends one print per family over every managed list (a router scans its
+whole table for each print, whatever the query) and compares the rows with the desired
+state as they arrive (``reader``); a scoped read sends one print per family and chunk
+of the scope's accounts over all lists. Either sorts what it finds into provisiond's
+own entries (comment ``<marker>:<account id> …``) and everything else (hand-made and
+dynamic entries: never touched; a desired entry that collides with one is a conflict).
+``apply`` hands the plan to a ``writer.Writer``. Everything goes over one kept session
+(``wire``), its failures classified by ``wire.session_errors``.
 """
 
 from __future__ import annotations
@@ -130,10 +130,11 @@ class RouterTarget:
         """Read every managed list, comparing each row with this router's part of
         ``desired`` (every target's desired state, by name, once billing is read).
 
-        The prints go out at once, tagged, and their answers are received unparsed
-        while billing is read (the router works meanwhile); then every row is compared
-        as it comes (``reader.ListReader``). ``checksum=False`` (nothing will save the
-        plan) leaves ``Observed.checksum`` empty.
+        The prints (one per family, over every managed list) go out at once, tagged,
+        and their answers are received unparsed while billing is read (the router works
+        meanwhile); then every row is compared as it comes (``reader.ListReader``).
+        ``checksum=False`` (nothing will save the plan) leaves ``Observed.checksum``
+        empty.
         """
         return self._reconnecting(lambda: self._observe_against(desired, checksum=checksum))
 
@@ -147,7 +148,7 @@ class RouterTarget:
                             checksum=checksum)
         # Billing failing while the prints are out (``desired`` raises) leaves their
         # answers on the connection: ``session_errors`` closes it for any exception.
-        with session_errors(self.name, self.close, lost=lambda: f"reading list {reader.reading()} failed",
+        with session_errors(self.name, self.close, lost=lambda: f"reading {reader.reading()} failed",
                             command="print", nothing_planned=True):
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
                          on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
