@@ -23,6 +23,8 @@ from provisiond.core.desire import address_list_entry
 from provisiond.core.diff import diff
 from provisiond.core.model import Account
 from provisiond.core.plan import DigestSum
+from provisiond.core.scope import Scope
+from provisiond.errors import TargetError
 from provisiond.settings import RouterSettings
 from provisiond.sim import RouterSim, SimSettings
 from provisiond.targets.routeros import RouterTarget
@@ -188,4 +190,37 @@ def test_a_full_read_scans_each_table_once_and_observes_every_row(
     for seen in (fast, one_by_one):
         assert _summary(seen, wanted) == _summary(slow, wanted)
         assert diff(seen, wanted) == diff(slow, wanted)
+    t.close()
+
+
+def test_a_scoped_read_counts_the_lists_with_one_scan_per_family(sim: RouterSim) -> None:
+    """With no counts remembered, a scoped read counts every managed list's entries
+    (hand-made and dynamic ones too; a list with none is 0) in one print per family."""
+    lists = ["list-a", "list-b", "list-c", "list-empty"]
+    _fill(sim, lists[:3])
+    t = _target(sim, lists)
+    sim.reset_load()
+    sim.reset_history()
+    observed = t.observe(Scope(frozenset({"42"})))
+    rows = _rows(sim, lists)
+    assert dict(observed.existing or {}) == {name: sum(1 for r in rows if r["list"] == name) for name in lists}
+    counting = [c for c in sim.history if dict(c.attributes).get(".proplist") == "list"]
+    assert len(counting) == 2
+    # The scoped prints (one per family: one chunk of accounts) and the counts.
+    assert dict(sim.load.scans) == {"ip": 2, "ipv6": 2}
+    t.close()
+
+
+def test_a_refused_count_fails_the_scoped_read_and_the_next_one_counts(sim: RouterSim) -> None:
+    lists = ["list-a", "list-b"]
+    _fill(sim, lists)
+    t = _target(sim, lists)
+    # The scoped read's two prints go through; the first count is refused.
+    sim.fail_next("/ip/firewall/address-list/print", "failure: busy", after=1)
+    with pytest.raises(TargetError) as refused:
+        t.observe(Scope(frozenset({"42"})))
+    assert str(refused.value) == "core-1: count /ip/firewall/address-list refused: failure: busy"
+    rows = _rows(sim, lists)
+    assert dict(t.observe(Scope(frozenset({"42"}))).existing or {}) == {
+        name: sum(1 for r in rows if r["list"] == name) for name in lists}
     t.close()

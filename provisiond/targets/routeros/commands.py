@@ -1,5 +1,5 @@
 """The commands provisiond sends to RouterOS address lists, as words: the menus, the
-prints of a full and of a scoped read (their properties and query
+prints of a full read, of a count and of a scoped read (their properties and query
 words), and the words of remove, add and set.
 
 Values in, words out; ``target`` and ``writer`` hand them to ``pipeline``. An add may
@@ -21,6 +21,7 @@ SCOPED_PROPLIST_WORD = "=.proplist=" + ",".join(PROPLIST)  # a scoped print span
 # A full read's print spans the managed lists, so a row names its list; nothing reads
 # ``timeout``. Fewer words per row for the router to write and us to read.
 PRINT_PROPLIST_WORD = "=.proplist=.id,list,address,comment,dynamic,disabled"
+COUNT_PROPLIST_WORD = "=.proplist=list"
 SCOPE_CHUNK = 50  # accounts (and as many addresses) per scoped print: bounded query words
 
 Print = tuple[str, ...]
@@ -50,6 +51,15 @@ def list_prints(lists: Sequence[str]) -> list[tuple[int, Print]]:
         return []
     query = lists_query(lists)
     return [(fam, (f"{menu_path(fam)}/print", PRINT_PROPLIST_WORD, *query)) for fam in (4, 6)]
+
+
+def count_prints(lists: Sequence[str]) -> list[tuple[int, Print]]:
+    """Prints that count the entries of ``lists``: one per family, each row only its
+    list (``count-only`` would cost a table scan per list)."""
+    if not lists:
+        return []
+    query = lists_query(lists)
+    return [(fam, (f"{menu_path(fam)}/print", COUNT_PROPLIST_WORD, *query)) for fam in (4, 6)]
 
 
 def scoped_prints(head: str, accounts: list[str],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import pipeline
-from provisiond.targets.routeros.commands import MENUS, list_prints, scoped_prints
+from provisiond.targets.routeros.commands import count_prints, list_prints, menu_path, scoped_prints
 from provisiond.targets.routeros.pipeline import Answer
 from provisiond.targets.routeros.reader import ListReader, Recorded
 from provisiond.targets.routeros.wire import ApiWire, closed, login, quietly_close, session_errors
@@ -258,18 +259,30 @@ class RouterTarget:
         return [rows[token] for token, _ in prints]
 
     def _count_lists(self) -> dict[str, int]:
-        """Entries per managed list (``count-only``; hand-made ones included): the safety
-        check's base when no full observation has counted provisiond's own."""
-        api = self._api_or_connect()
-        counts: dict[str, int] = {}
-        for fam in (4, 6):
-            path = api.path(*MENUS[fam])
-            for list_name in self.lists:
-                with session_errors(self.name, self.close, lost=f"counting {list_name} failed",
-                                    command=f"count {list_name}", refused=f"count {list_name} refused"):
-                    for row in api.rawCmd(str(path.join("print")), "=count-only=",
-                                          f"?=list={list_name}"):
-                        counts[list_name] = counts.get(list_name, 0) + int(row.get("ret", 0))
+        """Entries per managed list (hand-made ones included): the safety check's base
+        when no full observation has counted provisiond's own. One print per family over
+        every list, each row only its list: a table scan per family, where a
+        ``count-only`` per list would cost one per list."""
+        counts = dict.fromkeys(self.lists, 0)
+        rows: Counter[str] = Counter()  # list words (``=list=NAME``) as read
+
+        def answered(token: int, answer: Answer) -> None:
+            if answer.traps:
+                raise TargetError(self.name, f"count {menu_path(token)} refused: {answer.traps[0]}")
+
+        def row(token: int, words: Sequence[str]) -> None:
+            rows.update(words)
+
+        prints = count_prints(self.lists)
+        if prints:
+            with session_errors(self.name, self.close, lost="counting the lists failed", command="count",
+                                nothing_planned=True):
+                pipeline.run(self._wire(), prints, window=max(self.settings.pipeline, len(prints)),
+                             on_answer=answered, on_row=row, tags=self._tags)
+        for text, n in rows.items():
+            name = text[len("=list="):]
+            if text.startswith("=list=") and name in counts:
+                counts[name] += n
         return counts
 
     def plan_followups(self, plan: Plan) -> Plan:
