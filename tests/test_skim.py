@@ -16,6 +16,7 @@ from librouteros.protocol import encode_sentence, encode_word
 
 from provisiond.targets.routeros import BufferedTransport
 from provisiond.targets.routeros.reader import _WINDOW_MIN, ListReader, _key, _row_patterns
+from provisiond.targets.routeros.reader import _place as place_of
 
 
 class _Bytes:
@@ -89,12 +90,22 @@ row = st.builds(
     st.sampled_from([0, 0, 9, 9, 1]), st.sampled_from([0, 0, 1, 2]))
 
 
+def _listed(i: int) -> tuple[str, str]:
+    """The (list, address) of the i-th wanted rest: two lists, one address in both."""
+    return ("l" if i % 2 else "m", f"a{i // 2}")
+
+
+def _placed(i: int) -> str:
+    return place_of(*_listed(i))
+
+
 def _reader(wanted: set[bytes], *, window: int, one_by_one: bool, each: int = 0) -> ListReader:
     reader = object.__new__(ListReader)
     reader._wire = _Wire()  # type: ignore[assignment]
-    reader._reading = {b"7": "l", b"12": "l", b"77777777777777777777777777777777777777777777777": "l"}
-    reader._tails = {"l": {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}}
-    reader._left = {"l": {f"a{i}": ("c", None) for i in range(len(wanted))}}  # type: ignore[dict-item]
+    # Two prints being read (one per family): any of their rows may be any list's.
+    reader._reading = {b"7": 4, b"12": 6, b"77777777777777777777777777777777777777777777777": 4}
+    reader._tails = {rest: _placed(i) for i, rest in enumerate(sorted(wanted))}
+    reader._left = {_placed(i): ("c", None) for i in range(len(wanted))}  # type: ignore[misc]
     # Something owned already (another list's entry): rows are taken one by one.
     reader.owned = {_key("other", "a0"): None} if one_by_one else {}  # type: ignore[dict-item]
     reader.digest = None
@@ -136,8 +147,8 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
         assert [w for w in s if w.startswith(".tag=")] in ([".tag=7"], [".tag=12"], [".tag=" + "7" * 47])
         assert len([w for w in s if w.startswith("=.id=")]) == 1
     # What is left is as it was: every desired rest not taken is still waiting.
-    names = {rest: f"a{i}" for i, rest in enumerate(sorted(wanted))}
-    assert set(reader._left["l"]) == {names[r] for r in wanted - seen}
+    names = {rest: _placed(i) for i, rest in enumerate(sorted(wanted))}
+    assert set(reader._left) == {names[r] for r in wanted - seen}
 
 
 @settings(max_examples=300, deadline=None)
@@ -147,24 +158,28 @@ def test_rows_taken_in_a_run_are_desired_rows_read_word_by_word(sentences: list[
 def test_a_batch_of_one_print_takes_what_rows_one_by_one_take(
         rows: list[tuple[int, str]], wanted: set[int], tag_last: bool, window: int, each: int,
         cut: int | None) -> None:
-    """Rows of a print as a router sends them, some desired, some not, some twice, the
-    last maybe not all received: a batch stops at the first row one by one would not
-    take (or the first not whole) and leaves every entry after it waiting, whatever
-    the window."""
+    """Rows of a print as a router sends them, the lists interleaved (one address in
+    two lists is two entries), some desired, some not, some twice, the last maybe not
+    all received: a batch stops at the first row one by one would not take (or the
+    first not whole) and leaves every entry after it waiting, whatever the window."""
+    def words(i: int) -> tuple[str, ...]:
+        name, address = _listed(i)
+        return (f"=list={name}", f"=address={address}", "=comment=c", "=disabled=false", "=dynamic=false")
+
     def rest(i: int) -> bytes:
-        return b"".join(encode_word(w, encoding="utf-8")
-                        for w in (f"=address=a{i}", "=comment=c", "=disabled=false", "=dynamic=false"))
+        return b"".join(encode_word(w, encoding="utf-8") for w in words(i))
 
     def sentence(n: int, i: int, tag: str) -> bytes:
-        words = ["!re", f"=.id=*{n:X}", f"=address=a{i}", "=comment=c", "=disabled=false",
-                 "=dynamic=false"]
-        words.insert(len(words) if tag_last else 1, f".tag={tag}")
-        return encode_sentence(*words, encoding="utf-8")
+        sent = ["!re", f"=.id=*{n:X}", *words(i)]
+        sent.insert(len(sent) if tag_last else 1, f".tag={tag}")
+        return encode_sentence(*sent, encoding="utf-8")
 
     wire = b"".join(sentence(n, i, tag) for n, (i, tag) in enumerate(rows))[:cut]
     wanted_rests = {rest(i) for i in wanted}
     batch = _reader(wanted_rests, window=window, one_by_one=False, each=each)
     one = _reader(wanted_rests, window=window, one_by_one=True)
+    batch._first = one._first = "list"
+    batch._runs = one._runs = _row_patterns("list", "utf-8")
     end = batch.take_run(wire, 0)
     assert one.take_run(wire, 0) == end
     assert batch._left == one._left

@@ -94,17 +94,19 @@ def test_hand_made_dynamic_and_unmanaged_entries_are_never_touched(world: World)
     world.assert_converged()
 
 
-def test_reads_only_managed_lists_with_filtered_prints(world: World) -> None:
+def test_reads_only_managed_lists_with_one_filtered_print_per_family(world: World) -> None:
     sim = world.router("core-1")
     _seed(world)
     sim.reset_history()
+    sim.reset_load()
     assert world.run("plan")[0] == 2
     prints = [c for c in sim.history if c.path.endswith("/print")]
-    # One print per managed list and family, each filtered by list and with a proplist.
-    assert len(prints) == 3 * 2
+    # One print per family over the managed lists, with a proplist: one scan each.
+    assert [c.path for c in prints] == ["/ip/firewall/address-list/print", "/ipv6/firewall/address-list/print"]
     for c in prints:
         assert ".proplist" in dict(c.attributes), c
-        assert any(q.startswith("?=list=") or q.startswith("?list=") for q in c.queries), c
+        assert c.queries == ("?list=cc-pending", "?list=delinquent", "?#|", "?list=tower-hosts", "?#|"), c
+    assert dict(sim.load.scans) == {"ip": 1, "ipv6": 1}
     assert world.run("apply")[0] == 0
     world.assert_converged()
 

@@ -79,7 +79,7 @@ def test_stalled_routers_are_given_up_and_the_others_converge(
             log = d.text()
             assert "target=mute result=unavailable" in log and "target=half result=unavailable" in log
             assert "mute: cannot connect to 127.0.0.1" in log and "timed out" in log
-            assert "half: reading list tower-hosts failed: timed out" in log
+            assert "half: reading /ip/firewall/address-list failed: timed out" in log
             d.wait_log(r"pass=3 result=")  # the loop goes on
             drain(notify)  # from here on, with both stalls holding,
             fed: list[str] = []  # systemd's watchdog keeps being fed

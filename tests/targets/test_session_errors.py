@@ -1,7 +1,7 @@
 """``wire.session_errors``: what a failure inside becomes, word for word, and when the
-connection is closed. The messages are those the RouterOS target has always given
-(``reading list l failed: timed out``, ``print: malformed reply from the router (...);
-nothing planned``), so logs, alerts and tests that match them keep matching."""
+connection is closed. The messages are those the RouterOS target gives (``reading
+/ip/firewall/address-list failed: timed out``, ``print: malformed reply from the router
+(...); nothing planned``), so logs, alerts and tests that match them keep matching."""
 
 from __future__ import annotations
 
@@ -26,19 +26,20 @@ def _raised(exc: BaseException, **kw: object) -> tuple[BaseException, int]:
     return caught.value, len(closes)
 
 
-READ = {"lost": "reading list l failed", "command": "print", "nothing_planned": True}
+READ = {"lost": "reading /ip/firewall/address-list failed", "command": "print", "nothing_planned": True}
 COUNT = {"lost": "counting l failed", "command": "count l", "refused": "count l refused"}
 APPLY = {"lost": "connection lost"}
 
 
 @pytest.mark.parametrize(("exc", "kw", "kind", "message", "closes"), [
-    (TimeoutError(), READ, TargetUnavailable, "core-1: reading list l failed: timed out", 1),
+    (TimeoutError(), READ, TargetUnavailable, "core-1: reading /ip/firewall/address-list failed: timed out", 1),
     (socket.timeout("x"), APPLY, TargetUnavailable, "core-1: connection lost: timed out", 1),
     (ConnectionClosed("Connection unexpectedly closed."), APPLY, TargetUnavailable,
      "core-1: connection lost: Connection unexpectedly closed.", 1),
-    (ConnectionResetError(), READ, TargetUnavailable, "core-1: reading list l failed: ConnectionResetError", 1),
+    (ConnectionResetError(), READ, TargetUnavailable,
+     "core-1: reading /ip/firewall/address-list failed: ConnectionResetError", 1),
     (FatalError("session terminated"), READ, TargetUnavailable,
-     "core-1: reading list l failed: session terminated", 1),
+     "core-1: reading /ip/firewall/address-list failed: session terminated", 1),
     (TrapError("no such command"), COUNT, TargetError, "core-1: count l refused: no such command", 0),
     (TrapError("no such command"), APPLY, TargetUnavailable, "core-1: connection lost: no such command", 1),
     (UnexpectedReply("!done for tag 7, which is not in flight"), READ, TargetError,
@@ -68,13 +69,13 @@ def test_the_lost_message_is_made_only_when_the_connection_is_lost() -> None:
 
     def lost() -> str:
         asked.append(None)
-        return "reading list l6 failed"
+        return "reading /ipv6/firewall/address-list failed"
 
     with session_errors("core-1", lambda: None, lost=lost):
         pass
     assert not asked
     raised, _ = _raised(TimeoutError(), lost=lost)
-    assert str(raised) == "core-1: reading list l6 failed: timed out" and len(asked) == 1
+    assert str(raised) == "core-1: reading /ipv6/firewall/address-list failed: timed out" and len(asked) == 1
 
 
 def test_nothing_failed_nothing_closed() -> None:

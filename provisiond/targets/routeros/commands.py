@@ -1,6 +1,6 @@
 """The commands provisiond sends to RouterOS address lists, as words: the menus, the
-prints of a full and of a scoped read (their properties and query words), and the
-words of remove, add and set.
+prints of a full read, of a count and of a scoped read (their properties and query
+words), and the words of remove, add and set.
 
 Values in, words out; ``target`` and ``writer`` hand them to ``pipeline``. An add may
 also come encoded already (``AddWords``), as an apply that sends thousands alike
@@ -18,24 +18,48 @@ from provisiond.targets.routeros.wire import word
 MENUS = {4: ("ip", "firewall", "address-list"), 6: ("ipv6", "firewall", "address-list")}
 PROPLIST = (".id", "list", "address", "comment", "dynamic", "disabled", "timeout")
 SCOPED_PROPLIST_WORD = "=.proplist=" + ",".join(PROPLIST)  # a scoped print spans every list
-# A full read's prints are filtered by list: the list is known from the print, and
-# nothing reads ``timeout``. Fewer words per row for the router to write and us to read.
-PRINT_PROPLIST_WORD = "=.proplist=.id,address,comment,dynamic,disabled"
+# A full read's print spans the managed lists, so a row names its list; nothing reads
+# ``timeout``. Fewer words per row for the router to write and us to read.
+PRINT_PROPLIST_WORD = "=.proplist=.id,list,address,comment,dynamic,disabled"
+COUNT_PROPLIST_WORD = "=.proplist=list"
 SCOPE_CHUNK = 50  # accounts (and as many addresses) per scoped print: bounded query words
 
 Print = tuple[str, ...]
 
 
+def menu_path(fam: int) -> str:
+    """The menu of one family's address lists: ``/ip/firewall/address-list``."""
+    return f"/{'/'.join(MENUS[fam])}"
+
+
 def lists_query(lists: Sequence[str]) -> list[str]:
-    """Query words selecting the rows of any of ``lists``: ``?list=a ?list=b ?#| …``."""
-    words = [f"?list={name}" for name in lists]
-    return words + ["?#|"] * (len(lists) - 1)
+    """Query words selecting the rows of any of ``lists``: ``?list=a ?list=b ?#| ?list=c
+    ?#| …`` (a router scans its whole table for a print whatever the query, so one
+    print over every list costs what one over a single list does)."""
+    words: list[str] = []
+    for n, name in enumerate(lists):
+        words.append(f"?list={name}")
+        if n:
+            words.append("?#|")
+    return words
 
 
-def list_prints(lists: Sequence[str]) -> list[tuple[tuple[int, str], Print]]:
-    """A full read's prints, one per family and list, each with its (family, list)."""
-    return [((fam, name), (f"/{'/'.join(MENUS[fam])}/print", PRINT_PROPLIST_WORD, f"?list={name}"))
-            for fam in (4, 6) for name in lists]
+def list_prints(lists: Sequence[str]) -> list[tuple[int, Print]]:
+    """A full read's prints: one per family over every list of ``lists`` (none without
+    lists), each with its family."""
+    if not lists:
+        return []
+    query = lists_query(lists)
+    return [(fam, (f"{menu_path(fam)}/print", PRINT_PROPLIST_WORD, *query)) for fam in (4, 6)]
+
+
+def count_prints(lists: Sequence[str]) -> list[tuple[int, Print]]:
+    """Prints that count the entries of ``lists``: one per family, each row only its
+    list (``count-only`` would cost a table scan per list)."""
+    if not lists:
+        return []
+    query = lists_query(lists)
+    return [(fam, (f"{menu_path(fam)}/print", COUNT_PROPLIST_WORD, *query)) for fam in (4, 6)]
 
 
 def scoped_prints(head: str, accounts: list[str],

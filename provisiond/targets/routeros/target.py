@@ -1,20 +1,21 @@
 """RouterOS address lists as a provisiond target: one ``RouterTarget`` per ``[[router]]``.
 
 The reconciler calls ``observe`` / ``observe_against`` and ``apply`` (``base.Target``).
-A full read sends one filtered print per managed list and family and compares the
-rows with the desired state as they arrive (``reader``); a scoped read sends one print
-per family and chunk of the scope's accounts over all lists. Either sorts what it
-finds into provisiond's own entries (comment ``<marker>:<account id> …``) and
-everything else (hand-made and dynamic entries: never touched; a desired entry that
-collides with one is a conflict). ``apply`` hands the plan to a ``writer.Writer``.
-Everything goes over one kept session (``wire``), its failures classified by
-``wire.session_errors``.
+A full read sends one print per family over every managed list (a router scans its
+whole table for each print, whatever the query) and compares the rows with the desired
+state as they arrive (``reader``); a scoped read sends one print per family and chunk
+of the scope's accounts over all lists. Either sorts what it finds into provisiond's
+own entries (comment ``<marker>:<account id> …``) and everything else (hand-made and
+dynamic entries: never touched; a desired entry that collides with one is a conflict).
+``apply`` hands the plan to a ``writer.Writer``. Everything goes over one kept session
+(``wire``), its failures classified by ``wire.session_errors``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from provisiond.errors import TargetError, TargetUnavailable
 from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import pipeline
-from provisiond.targets.routeros.commands import MENUS, list_prints, scoped_prints
+from provisiond.targets.routeros.commands import count_prints, list_prints, menu_path, scoped_prints
 from provisiond.targets.routeros.mirror import Mirror
 from provisiond.targets.routeros.pipeline import Answer
 from provisiond.targets.routeros.reader import ListReader, Recorded
@@ -135,10 +136,11 @@ class RouterTarget:
         """Read every managed list, comparing each row with this router's part of
         ``desired`` (every target's desired state, by name, once billing is read).
 
-        The prints go out at once, tagged, and their answers are received unparsed
-        while billing is read (the router works meanwhile); then every row is compared
-        as it comes (``reader.ListReader``). ``checksum=False`` (nothing will save the
-        plan) leaves ``Observed.checksum`` empty.
+        The prints (one per family, over every managed list) go out at once, tagged,
+        and their answers are received unparsed while billing is read (the router works
+        meanwhile); then every row is compared as it comes (``reader.ListReader``).
+        ``checksum=False`` (nothing will save the plan) leaves ``Observed.checksum``
+        empty.
         """
         return self._reconnecting(lambda: self._observe_against(desired, checksum=checksum))
 
@@ -153,7 +155,7 @@ class RouterTarget:
                             checksum=checksum)
         # Billing failing while the prints are out (``desired`` raises) leaves their
         # answers on the connection: ``session_errors`` closes it for any exception.
-        with session_errors(self.name, self.close, lost=lambda: f"reading list {reader.reading()} failed",
+        with session_errors(self.name, self.close, lost=lambda: f"reading {reader.reading()} failed",
                             command="print", nothing_planned=True):
             pipeline.run(wire, prints, window=max(self.settings.pipeline, len(prints)),
                          on_answer=reader.answered, on_row=reader.row, before_reading=reader.start,
@@ -279,19 +281,31 @@ class RouterTarget:
         return [rows[token] for token, _ in prints]
 
     def _count_lists(self) -> dict[str, int]:
-        """Entries per managed list (``count-only``; hand-made ones included): the safety
-        check's base when no full observation has counted provisiond's own."""
-        api = self._api_or_connect()
-        counts: dict[str, int] = {}
-        for fam in (4, 6):
-            path = api.path(*MENUS[fam])
-            for list_name in self.lists:
-                self._scans += 1
-                with session_errors(self.name, self.close, lost=f"counting {list_name} failed",
-                                    command=f"count {list_name}", refused=f"count {list_name} refused"):
-                    for row in api.rawCmd(str(path.join("print")), "=count-only=",
-                                          f"?=list={list_name}"):
-                        counts[list_name] = counts.get(list_name, 0) + int(row.get("ret", 0))
+        """Entries per managed list (hand-made ones included): the safety check's base
+        when no full observation has counted provisiond's own. One print per family over
+        every list, each row only its list: a table scan per family, where a
+        ``count-only`` per list would cost one per list."""
+        counts = dict.fromkeys(self.lists, 0)
+        rows: Counter[str] = Counter()  # list words (``=list=NAME``) as read
+
+        def answered(token: int, answer: Answer) -> None:
+            if answer.traps:
+                raise TargetError(self.name, f"count {menu_path(token)} refused: {answer.traps[0]}")
+
+        def row(token: int, words: Sequence[str]) -> None:
+            rows.update(words)
+
+        prints = count_prints(self.lists)
+        self._scans += len(prints)
+        if prints:
+            with session_errors(self.name, self.close, lost="counting the lists failed", command="count",
+                                nothing_planned=True):
+                pipeline.run(self._wire(), prints, window=max(self.settings.pipeline, len(prints)),
+                             on_answer=answered, on_row=row, tags=self._tags)
+        for text, n in rows.items():
+            name = text[len("=list="):]
+            if text.startswith("=list=") and name in counts:
+                counts[name] += n
         return counts
 
     def plan_followups(self, plan: Plan) -> Plan:
