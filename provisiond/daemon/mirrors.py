@@ -10,7 +10,7 @@ about the keys that pass wrote.
 
 Cadence (``Cadence``): with every router's ``listen`` up, a full pass is a backstop,
 due every ``[daemon] interval`` when the operator set one, else every
-``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the last full pass's duration)``; a router whose
+``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the slowest router's last full read)``; a router whose
 ``listen`` is down or refused gets a full pass of its own at the short interval
 (``DaemonSettings.interval``'s default) until it is back.
 """
@@ -34,7 +34,7 @@ from provisiond.targets.routeros.mirror import Mirror
 log = logging.getLogger(__name__)
 
 BACKSTOP_MIN = 900.0  # seconds: a full pass at most this often while every listen is up
-BACKSTOP_FACTOR = 50.0  # ... or this many times the last full pass's duration, if longer
+BACKSTOP_FACTOR = 50.0  # ... or this many times the slowest router's last full read, if longer
 
 OnDrift = Callable[[str, "frozenset[str] | None"], None]
 
@@ -109,6 +109,7 @@ class Mirrors:
         """The mirrors' gauges, the full-pass interval in effect, and /healthz's age
         limit (three of those intervals, unless ``healthz_max_age`` says otherwise)."""
         status = self.status()
+        cadence.last_read = max((s["fill_seconds"] for s in status.values()), default=0.0)
         backstop = cadence.backstop(any(s["state"] == "live" for s in status.values()))
         metrics.full_pass_interval.set(backstop)
         if cadence.settings.daemon.healthz_max_age is None:
@@ -138,7 +139,9 @@ class Cadence:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
-        self.last_duration = 0.0  # seconds the last full pass took
+        # Seconds the slowest router took to answer its last full read (its mirror's fill:
+        # the same prints as a full pass's read, without the billing read beside them).
+        self.last_read = 0.0
 
     @property
     def explicit(self) -> bool:
@@ -146,12 +149,12 @@ class Cadence:
         return "interval" in self.settings.daemon.model_fields_set
 
     def backstop(self, listening: bool) -> float:
-        """Seconds between full passes: the configured interval, or with every listen
-        up and none configured, ``max(BACKSTOP_MIN, BACKSTOP_FACTOR × last duration)``."""
+        """Seconds between full passes: the configured interval, or with a listen up and
+        none configured, ``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the last full read)``."""
         interval = self.settings.daemon.interval
         if self.explicit or not listening:
             return interval
-        return max(BACKSTOP_MIN, BACKSTOP_FACTOR * self.last_duration, interval)
+        return max(BACKSTOP_MIN, BACKSTOP_FACTOR * self.last_read, interval)
 
 
 def repair(request_pass: Callable[..., None], request_targets: Callable[..., None],
@@ -179,6 +182,7 @@ def choose(requested: bool, pending: Pending, since_full: float, cadence: Cadenc
     listen is not live (nothing, when every one is), and a requested run takes what
     was requested (``Pending``)."""
     routers, down = len(mirrors.mirrors()), mirrors.not_live()
+    cadence.last_read = max((f.fill_seconds for f in mirrors.followers().values()), default=0.0)
     listening = len(down) < routers  # some listen is up: full passes are a backstop
     if since_full >= cadence.backstop(listening) or (not requested and not listening):
         return None, None

@@ -235,8 +235,6 @@ class PassRunner:
         full = accounts is None
         self.metrics.passes.labels(outcome.result, "full" if full else "scoped").inc()
         self.metrics.pass_duration.observe(outcome.duration)
-        if full and self._targets is None and outcome.result != "error":
-            self.cadence.last_duration = outcome.duration
         self.mirrors.publish(self.metrics, self.health, self.cadence)
         stamp = datetime.now().astimezone().strftime("%H:%M:%S")
         outcome.status = f"pass {self.count} {outcome.result} at {stamp} in {outcome.duration:.1f}s: " \
