@@ -38,7 +38,7 @@ list = "l"
 def _mirrors(states: dict[str, str], fill_seconds: float = 1.0) -> Mirrors:
     mirrors = Mirrors(lambda *_: None)
     for name, state in states.items():
-        router = RouterSettings(name=name, host="127.0.0.1", username="u", password="p")  # type: ignore[arg-type]
+        router = RouterSettings(name=name, host="127.0.0.1", username="u", password="p")
         mirror = Mirror(name, ["l"], "provisiond:")
         mirror.state = state
         follower = Follower(router, mirror, on_drift=lambda *_: None)  # never started
