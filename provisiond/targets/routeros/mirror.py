@@ -27,11 +27,11 @@ import hashlib
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from provisiond.core.addresses import is_canonical_v4, routeros_form
-from provisiond.targets.routeros.table import Row, RowTable
+from provisiond.targets.routeros.table import Row, RowTable, pack, unpack
 
 _TRUE = ("true", "yes")
 OWN_TTL = 15.0  # seconds a key written by provisiond waits for its report
@@ -73,7 +73,11 @@ class Mirror:
         self._rows = RowTable(head)
         self._touched: set[int] | None = None  # while filling: ids reported meanwhile
         self._own: dict[int, tuple[int, float]] = {}  # key digest -> (writes, until)
-        self._held: list[tuple[tuple[int, ...], frozenset[str]]] | None = None
+        # Reports heard while a full pass in another process writes, until ``release``:
+        # two key digests each (0: none) and the rows before and after, packed (the
+        # accounts are only worked out for the few that turn out not to be its writes;
+        # a cold pass's 100,000 reports cost some 3 MB here, not 30).
+        self._held: Held | None = None
         self._held_since = 0  # fills when the hold began
         self.state = "off"
         self.stale = False  # a write showed it out of step: the follower reads again
@@ -148,7 +152,7 @@ class Mirror:
             if not accounts or self._mine(keys):
                 return frozenset()
             if self._held is not None:
-                self._held.append((keys, accounts))
+                self._held.add(keys, before, after)
                 return frozenset()
             self.drift_events += 1
             return accounts
@@ -191,7 +195,7 @@ class Mirror:
         """A full pass in another process writes now: keep the reports until ``release``."""
         with self._lock:
             if self._held is None:
-                self._held = []
+                self._held = Held()
                 self._held_since = self.fills
 
     def release(self, written: bytes) -> frozenset[str]:
@@ -201,14 +205,17 @@ class Mirror:
         digests.frombytes(written)
         self._expect(digests)
         with self._lock:
-            held, self._held = self._held or [], None
-            drifted = [accounts for keys, accounts in held if not self._mine(keys)]
+            held, self._held = self._held or Held(), None
+            drifted = [frozenset(a for r in rows if r is not None
+                                 and (a := self._rows.account(r)) is not None)
+                       for keys, rows in held if not self._mine(keys)]
             self.drift_events += len(drifted)
             if self.fills != self._held_since or self._touched is not None:
                 # The listen was lost meanwhile: the reports of writes made before the new
                 # one are never coming (the router is read again, then full-passed).
                 for d in digests:
                     self._own.pop(d, None)
+            self._own = dict(self._own)  # a dict keeps its size after its keys are popped
             return frozenset(a for accounts in drifted for a in accounts)
 
     def _expect(self, digests: Iterable[int]) -> None:
@@ -298,6 +305,24 @@ class Mirror:
         keys = {key_digest(r[0], r[1]) for i in ids if (r := self._rows.get(i)) is not None}
         keys |= {key_digest(n, a) for a in addresses for n in self.lists}
         return any(own[d][1] >= now for d in keys if d in own)
+
+
+class Held:
+    """Reports kept during a hold, compactly: (key digests, (row before, row after))."""
+
+    def __init__(self) -> None:
+        self._keys = array("Q")
+        self._rows: list[str | None] = []
+
+    def add(self, keys: tuple[int, ...], before: Row | None, after: Row | None) -> None:
+        self._keys.extend((keys + (0, 0))[:2])
+        self._rows += [None if before is None else pack(before), None if after is None else pack(after)]
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, ...], tuple[Row | None, Row | None]]]:
+        for i in range(0, len(self._keys), 2):
+            keys = tuple(k for k in self._keys[i:i + 2] if k)
+            rows = tuple(None if p is None else unpack(p) for p in self._rows[i:i + 2])
+            yield keys, (rows[0], rows[1])
 
 
 def _parse(words: Sequence[str], fam: int) -> tuple[int, Row | None] | None:
