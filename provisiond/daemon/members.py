@@ -93,8 +93,8 @@ class Membership:
                  host: str | None = None, ttl: float = 10.0, margin: float = 2.0,
                  on_change: OnChange | None = None, busy: Callable[[str], bool] | None = None,
                  channel: str = CHANNEL, forget_after: float | None = None) -> None:
-        if not 0 < margin < ttl:
-            raise ValueError(f"members: margin {margin} must be above 0 and below ttl {ttl}")
+        if not 0 < margin <= ttl / 2:  # renewals every ttl/3: at least one may be late
+            raise ValueError(f"members: margin {margin} must be above 0 and at most half the ttl {ttl}")
         self._url = url
         self.member_id = member_id
         self.host = host or socket.gethostname()

@@ -154,7 +154,11 @@ def test_three_members_share_twelve_routers_and_a_fourth_takes_its_share(
     assert max(len(set(o) - {GLOBAL}) for o in after.values()) <= math.ceil(12 / 4) + 1
     assert len(samples) > 10
     assert_no_two_writers(a, b, c, d)
-    assert a.status().members and {m.member_id for m in a.status().members} == {"pop-a", "pop-b", "pop-c", "pop-d"}
+    wait_until(lambda: {m.member_id: dict(m.owned) for m in a.status().members} == after, timeout=TTL,
+               what="a's status showing every member's routers and tokens")
+    status = d.status()
+    assert status.owned == after["pop-d"] and set(status.claim_ages) == set(after["pop-d"])
+    assert not status.fenced and status.self_fences == 0
 
 
 def test_a_member_cut_off_fences_itself_before_its_routers_are_claimed_and_takes_them_back(
@@ -177,7 +181,7 @@ def test_a_member_cut_off_fences_itself_before_its_routers_are_claimed_and_takes
             took = time.monotonic() - cut
         finally:
             root.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        assert taken and b.fenced and b.owned() == {} and b.self_fences == 1
+        assert taken and b.fenced and b.owned() == {} and b.self_fences >= 1
         fence = b.deadline
         grants = [t for m in (a, c) for t in m.tenures() if t.resource in lost and t.token > tokens[t.resource]]
         assert sorted(t.resource for t in grants) == lost
@@ -186,7 +190,7 @@ def test_a_member_cut_off_fences_itself_before_its_routers_are_claimed_and_takes
         rows = claims(admin)
         fence_on_db = datetime.fromtimestamp(fence + high, tz=rows[lost[0]][2].tzinfo)  # type: ignore[union-attr]
         assert all(rows[r][2] > fence_on_db + timedelta(seconds=MARGIN) for r in lost)
-        assert took < 2 * TTL + 0.5
+        assert took < 2 * TTL + 1.0
         assert not still_owner(admin, lost[0], "pop-b", tokens[lost[0]])
         # back: it takes its own routers back, nobody else's move
         wait_until(lambda: owners_by_resource(converged(admin, a, b, c) or {}) == before, timeout=3 * TTL,
@@ -302,7 +306,7 @@ def test_a_crashed_member_is_taken_over_within_two_ttl(
     b.stop(graceful=False)  # its row and claims stay until they run out
     settle(admin, a, c, timeout=3 * TTL)
     took = time.monotonic() - crashed
-    assert TTL < took < 2 * TTL + 0.3, took
+    assert TTL < took < 2 * TTL + 1.0, took  # the issue's goal: 2 x ttl + 1 s
     assert a.status().members and {m.member_id: m.state for m in a.status().members}["pop-b"] == "dead"
     assert all(r in {**a.owned(), **c.owned()} for r in lost)
 
@@ -333,3 +337,41 @@ def test_a_second_process_with_the_same_id_waits_for_the_first_ones_lease(
     wait_until(lambda: converged(admin, twin, other), timeout=3 * TTL, what="the twin taking over")
     assert all(twin.owned()[r] > t for r, t in before["pop-a"].items())
     assert_no_two_writers(first, twin, other)
+
+
+def test_a_router_being_written_is_handed_over_once_its_batch_is_done(
+        make: Callable[..., Membership], admin: psycopg.Connection[Any]) -> None:
+    writing: set[str] = set(ALL)
+    changes: list[dict[str, int]] = []
+    a = make("pop-a", busy=lambda r: r in writing, on_change=changes.append)
+    settle(admin, a)
+    assert changes[-1] == a.owned() and sorted(a.owned()) == ALL
+    b = make("pop-b")
+    asked = wait_until(lambda: [r for r, (owner, _, _) in claims(admin).items() if owner == "pop-a"
+                                and admin.execute("SELECT wanted_by FROM provisiond_claims WHERE resource = %s",
+                                                  (r,)).fetchone() == ("pop-b",)],
+                       timeout=TTL, what="b asking for its share")
+    wait_until(lambda: all(a.may_write(r) is None for r in asked), timeout=TTL, what="a no longer writing them")
+    time.sleep(TTL)  # renewals go on; the batches do not end
+    assert all(claims(admin)[r][0] == "pop-a" for r in asked) and not set(asked) & set(b.owned())
+    assert changes[-1] == a.owned() and not set(asked) & set(changes[-1])
+    writing.clear()
+    a.wake()
+    settle(admin, a, b, timeout=TTL)
+    assert set(asked) <= set(b.owned())
+    assert_no_two_writers(a, b)
+
+
+def test_a_member_that_leaves_or_is_forgotten_leaves_the_roster(
+        make: Callable[..., Membership], admin: psycopg.Connection[Any]) -> None:
+    a, b, c = (make(m, forget_after=2 * TTL) for m in ("pop-a", "pop-b", "pop-c"))
+    settle(admin, a, b, c)
+    c.stop(leave=True)
+    owned = settle(admin, a, b, timeout=1.0)
+    assert max(len(set(o) - {GLOBAL}) for o in owned.values()) <= math.ceil(12 / 2) + 1
+    assert [r[0] for r in admin.execute("SELECT member_id FROM provisiond_members ORDER BY 1")] == \
+        ["pop-a", "pop-b"]
+    b.stop(graceful=False)  # dead after 2 ttl, forgotten 2 ttl later
+    wait_until(lambda: [r[0] for r in admin.execute("SELECT member_id FROM provisiond_members")] == ["pop-a"],
+               timeout=6 * TTL, what="b forgotten")
+    assert sorted(a.owned()) == ALL
