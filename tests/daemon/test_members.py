@@ -173,8 +173,9 @@ def test_a_member_cut_off_fences_itself_before_its_routers_are_claimed_and_takes
         root.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         try:
             cut = time.monotonic()
-            killed = root.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = 'provisiond member pop-b'").fetchall()
+            killed = root.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                  "datname = %s AND application_name = 'provisiond member pop-b'",
+                                  (database,)).fetchall()
             assert killed == [(True,)]
             taken = wait_until(lambda: sorted(r for r in lost if r in {**a.owned(), **c.owned()}) == lost,
                                timeout=4 * TTL, what="pop-b's routers taken over")
