@@ -87,7 +87,10 @@ class Status:
 
 class Membership:
     """One daemon's membership; ``may_write``, ``owned``, ``fence`` and ``status`` may be
-    called from any thread and never touch the database."""
+    called from any thread and never touch the database. ``on_change(owned)`` is called
+    from the membership thread (and from ``stop``) whenever ``owned()`` changed: keep it
+    short. It may come late (a renewal hanging until its timeout); ``may_write`` never
+    does, so ask it before every batch."""
 
     def __init__(self, url: str, *, member_id: str, resources: Callable[[], Sequence[str]],
                  host: str | None = None, ttl: float = 10.0, margin: float = 2.0,
@@ -115,6 +118,8 @@ class Membership:
         self._wake = threading.Event()
         self._first = threading.Event()
         self._thread: threading.Thread | None = None
+        self._told: dict[str, int] = {}  # what on_change was last given
+        self._telling = threading.RLock()
 
     # -- the daemon's side (any thread) ------------------------------------------------
 
@@ -132,8 +137,8 @@ class Membership:
         back when this member id returns), or is deleted with ``leave``. Not graceful:
         the claims run out on their own (a crash, as the others see it)."""
         self._graceful, self._leave = graceful, leave
-        if self._holdings.shut(time.monotonic()):
-            self._changed()
+        self._holdings.shut(time.monotonic())
+        self._tell()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.ttl if timeout is None else timeout)
@@ -212,6 +217,7 @@ class Membership:
                 conn = None
                 self._first.set()
                 self._notice_lapse()
+                self._tell()  # a claim granted before the failure, say
                 self._stop.wait(RECONNECT_PAUSE)
         if self._graceful:
             conn = self._farewell(conn)
@@ -240,37 +246,37 @@ class Membership:
                 log.warning("member=%s is held by another process (%s); waiting for its lease "
                             "to run out", me, membersql.holder(conn, me))
                 self._waiting_told = True
-        changed = held is not None and self._holdings.renewed(sent, held, time.monotonic())
+        if held is not None:
+            self._holdings.renewed(sent, held, time.monotonic())
         view = self._view = membersql.read_view(conn, ttl=self.ttl)
         events = ["join"] if joined else []
         if held is not None:
-            changed = self._act(conn, view, held, events) or changed
+            self._act(conn, view, held, events)
             if any(self._forgettable(view, m) for m in view.members):
                 membersql.forget(conn, me=me, after=self.forget_after)
         if events:
             membersql.notify(conn, self.channel, f"{events[0]} {me}")
-        if changed:
-            self._changed()
+        self._tell()
         return self._due(sent, view)
 
-    def _act(self, conn: membersql.Conn, view: View, held: Mapping[str, int], events: list[str]) -> bool:
+    def _act(self, conn: membersql.Conn, view: View, held: Mapping[str, int], events: list[str]) -> None:
         me, inc = self.member_id, self._incarnation
         moves = decide(view, me=me, resources=self._resource_list(), held=held.keys())
-        changed = False
         if moves.claim:
             asked = time.monotonic()
             granted = membersql.claim(conn, moves.claim, me=me, inc=inc)
             if granted:
                 log.info("member=%s claimed resources=%s tokens=%s", me, membersql.ids(granted),
                          ",".join(str(t) for t in granted.values()))
-                changed = self._holdings.granted(asked, granted, time.monotonic())
-        changed = self._holdings.drain(moves.release, time.monotonic()) or changed
+                self._holdings.granted(asked, granted, time.monotonic())
+        self._holdings.drain(moves.release, time.monotonic())
+        self._tell()  # before the release: the worker hears it stopped writing first
         draining = self._holdings.draining()
         ready = sorted(r for r in draining if self._busy is None or not self._busy(r))
         if ready:
             membersql.release(conn, ready, me=me)
             log.info("member=%s released resources=%s", me, membersql.ids(ready))
-            changed = self._holdings.released(ready, time.monotonic()) or changed
+            self._holdings.released(ready, time.monotonic())
             events.append("release")
         asked_for = {r for r, row in view.claims.items() if row.wanted_by == me}
         if set(moves.want) != asked_for:
@@ -278,7 +284,6 @@ class Membership:
             if set(moves.want) - asked_for:
                 log.info("member=%s asks for resources=%s", me, membersql.ids(moves.want))
                 events.append("want")
-        return changed
 
     def _idle(self, conn: membersql.Conn, due: float) -> None:
         """Wait for ``due``, a NOTIFY from another member, ``wake`` or ``stop``."""
@@ -328,12 +333,19 @@ class Membership:
         if self._holdings.lapse(time.monotonic()):
             log.error("member=%s fenced: no renewal came back within ttl-margin=%.1fs; writing "
                       "stopped until one does", self.member_id, self.ttl - self.margin)
-            self._changed()
+            self._tell()
 
-    def _changed(self) -> None:
-        if self._on_change is not None:
+    def _tell(self) -> None:
+        """``on_change(owned)`` when it differs from what it was last given."""
+        if self._on_change is None:
+            return
+        with self._telling:
+            owned = self.owned()
+            if owned == self._told:
+                return
+            self._told = owned
             try:
-                self._on_change(self.owned())
+                self._on_change(owned)
             except Exception:  # noqa: BLE001 - a callback must not stop the renewals
                 log.exception("member=%s on_change failed", self.member_id)
 
