@@ -232,10 +232,12 @@ def identity() -> str:
 
 
 def pg_holder(conn: psycopg.Connection[Any], key: int = LEADER_KEY) -> str | None:
-    """The leader lock's holder on a PostgreSQL state store, from its application_name."""
+    """The leader lock's holder on a PostgreSQL state store, from its application_name.
+    Advisory locks are per database: another store on the same server has its own."""
     row = conn.execute(
         "SELECT a.application_name, host(a.client_addr) FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND l.classid = %s AND l.objid = %s AND l.granted", (key >> 32, key & 0xFFFFFFFF)).fetchone()
     if row is None:
         return None

@@ -19,7 +19,7 @@ MIGRATE_LOCK = 0x70726F76_0001  # pg_advisory_xact_lock key: arbitrary, fixed, p
 VERSION_TABLE = "provisiond_schema_version"
 # The newest migration's revision (provisiond/state/migrations/versions): a store that
 # is there already opens without alembic. A test holds it to alembic's own head.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 def _sqlite_path(url: sa.URL) -> Path | None:

@@ -105,3 +105,25 @@ pass_requests = sa.Table(  # provisiond pass -> the leading daemon (state.reques
     sa.Column("status", sa.Text),
 )
 sa.Index("ix_pass_requests_state", pass_requests.c.state)
+
+# Shared membership (daemon.members, state.claims): PostgreSQL state stores only.
+members_t = sa.Table(
+    "provisiond_members", metadata,
+    sa.Column("member_id", sa.String(255), primary_key=True),
+    sa.Column("incarnation", sa.String(32), nullable=False),  # one process's tenure of the id
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("renewed_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime),  # NULL: stopped gracefully, still in the roster
+)
+claims_t = sa.Table(
+    "provisiond_claims", metadata,
+    sa.Column("resource", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(255)),
+    sa.Column("token", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("wanted_by", sa.String(255)),  # the member asking the owner to hand it over
+)
+sa.Index("ix_provisiond_claims_owner", claims_t.c.owner)

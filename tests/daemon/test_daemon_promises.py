@@ -78,6 +78,7 @@ def test_a_leader_whose_lock_connection_is_lost_stops_writing(
     with billing.connect() as admin:
         killed = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid = %s AND objid = %s AND granted", (high, low)).fetchall()
     assert killed == [(True,)]
     rival = psycopg.connect(**pg_kwargs(billing.url))

@@ -11,8 +11,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
-from harness import Billing, DaemonProc, free_port, wait_until, write_config
+from dbservers import Server, fresh_database
+from harness import Billing, DaemonProc, free_port, pg_kwargs, wait_until, write_config
+
+from provisiond.daemon.leader import LEADER_KEY, pg_holder
 
 from provisiond.daemon.sdnotify import Notifier
 from provisiond.sim import RouterSim
@@ -198,6 +202,17 @@ def test_leader_election_on_postgresql(
     last = max(int(n) for n in re.findall(r"pass=(\d+) ", first.text()))
     taken = int(second.wait_log(r"pass=(\d+) result=").group(1))
     assert last < taken <= last + 2
+
+
+def test_the_leader_named_is_the_one_of_this_database(pg_url: str, pg_server: Server) -> None:
+    """Advisory locks are per database: a provisiond of another store on the same server
+    holding the same key is not this store's leader."""
+    with fresh_database(pg_server) as other, \
+            psycopg.connect(**pg_kwargs(other), application_name="provisiond leader pid=1 host=elsewhere") as them, \
+            psycopg.connect(**pg_kwargs(pg_url)) as us:
+        assert them.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_KEY,)).fetchone() == (True,)
+        assert pg_holder(us) is None
+        assert pg_holder(them) == "pid=1 host=elsewhere"
 
 
 def test_second_daemon_on_one_sqlite_store_refuses(

@@ -24,8 +24,8 @@ def test_open_migrates_to_head_and_reopens(store_url: str) -> None:
         version = c.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
     engine.dispose()
     assert {"reads", "runs", "journal", "journal_parts", "radreply_ledger", "leases",
-            "pass_requests"} <= tables
-    assert version == SCHEMA_HEAD == "0003"
+            "pass_requests", "provisiond_members", "provisiond_claims"} <= tables
+    assert version == SCHEMA_HEAD == "0004"
 
 
 def test_the_head_a_store_opens_without_alembic_at_is_alembics_head() -> None:
@@ -54,11 +54,13 @@ def test_a_store_behind_head_is_migrated_and_one_at_head_is_not(
     with engine.begin() as c:
         c.execute(sa.text("DROP TABLE journal_parts"))
         c.execute(sa.text("DROP TABLE pass_requests"))
+        c.execute(sa.text("DROP TABLE provisiond_claims"))
+        c.execute(sa.text("DROP TABLE provisiond_members"))
         c.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0001'"))
-    StateStore.open(store_url).close()  # behind: alembic runs 0002 and 0003 again
+    StateStore.open(store_url).close()  # behind: alembic runs 0002 to 0004 again
     assert upgrades == ["head", "head"]
     with engine.connect() as c:
-        assert "journal_parts" in sa.inspect(c).get_table_names()
+        assert {"journal_parts", "provisiond_members", "provisiond_claims"} <= set(sa.inspect(c).get_table_names())
         assert c.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == SCHEMA_HEAD
     engine.dispose()
 

@@ -1,0 +1,77 @@
+"""Fencing for state-store writes made on behalf of a router (or ``global``) when
+several daemons share a PostgreSQL state store (``daemon.members`` keeps the claims).
+
+A member hands a ``Fence`` (resource, owner, token: what ``Membership.fence`` gives)
+to the write; the write goes through only while that claim still stands, so a member
+that lost its claim (paused past its ttl, cut off, taken over) has its stale writes
+refused instead of landing after the new owner's:
+
+- a transaction (the journal's inserts, a checkpoint): ``lock_claim`` first, inside
+  it, in READ COMMITTED. It takes the resource's advisory lock shared, then checks
+  owner, token and expiry; a claim (``daemon.membersql.claim``) needs that lock
+  exclusively and skips the resource while a writer holds it, so it is granted
+  before this transaction or after it commits, never in the middle. A writer that
+  stops inside the transaction (SIGSTOP, a hang) is ended by the server after
+  ``idle_timeout`` and its lock goes with it. ``ClaimLost`` when the claim is gone.
+- one statement: ``AND`` its WHERE clause with ``claim_held(fence)``; a check at the
+  statement's start, without the ordering the lock gives.
+
+PostgreSQL only (the members tables exist everywhere; membership itself does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from provisiond.errors import StoreError
+from provisiond.state.tables import claims_t
+
+CLAIM_LOCKS = 0x70726F76  # "prov": the first key of every claim's two-key advisory lock
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    resource: str
+    owner: str
+    token: int
+
+
+class ClaimLost(StoreError):
+    """A write on behalf of a resource whose claim this member no longer holds (another
+    member owns it now, or the claim expired): refused, nothing written."""
+
+    def __init__(self, fence: Fence) -> None:
+        self.fence = fence
+        super().__init__(f"{fence.resource}: write refused: {fence.owner} no longer holds "
+                         f"its claim (token {fence.token})")
+
+
+def lock_key(resource: str) -> int:
+    """The second key of ``resource``'s advisory lock (a signed 32-bit hash: a collision
+    only makes two resources wait for each other)."""
+    return int.from_bytes(hashlib.blake2b(resource.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+def claim_held(fence: Fence) -> sa.ColumnElement[bool]:
+    """``EXISTS`` (the claim row has this owner and token and has not expired)."""
+    return sa.exists().where(
+        claims_t.c.resource == fence.resource,
+        claims_t.c.owner == fence.owner,
+        claims_t.c.token == fence.token,
+        claims_t.c.expires_at >= sa.func.now(),
+    )
+
+
+def lock_claim(conn: Connection, fence: Fence, *, idle_timeout: float = 10.0) -> None:
+    """Inside the caller's transaction: raise ``ClaimLost`` unless the claim stands, and
+    keep any other member from claiming it until the transaction ends."""
+    conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout",
+                                              str(max(1, int(idle_timeout * 1000))), True)))
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(CLAIM_LOCKS, lock_key(fence.resource))))
+    # A statement of its own: its snapshot is taken after the lock is granted.
+    if conn.execute(sa.select(claim_held(fence))).scalar_one() is not True:
+        raise ClaimLost(fence)
