@@ -24,7 +24,6 @@ again only every ``REFUSED_RETRY`` seconds (logged once per router).
 from __future__ import annotations
 
 import logging
-import re
 import select
 import socket
 import threading
@@ -35,7 +34,7 @@ from typing import Any
 
 from provisiond.settings import RouterSettings
 from provisiond.targets.routeros.commands import MENUS, lists_query
-from provisiond.targets.routeros.mirror import Mirror
+from provisiond.targets.routeros.mirror import Mirror, parse_uptime
 from provisiond.targets.routeros.wire import WIRE_ERRORS, ApiWire, login, quietly_close
 from provisiond.targets.routeros.wire import connect as connect_librouteros
 
@@ -70,23 +69,6 @@ def listen_query(lists: Sequence[str], head: str) -> list[str]:
     words = lists_query(lists)
     after = head[:-1] + chr(ord(head[-1]) + 1)
     return words + [f"?>comment={head}", f"?<comment={after}", "?#&", "?#|"]
-
-
-def parse_uptime(text: str) -> float | None:
-    """RouterOS's uptime (``1w2d03:04:05``, ``3h4m5s``, ``5d10h``) in seconds."""
-    total = 0.0
-    units = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-    rest = text.strip()
-    clock = re.search(r"(\d+):(\d\d):(\d\d)$", rest)
-    if clock:
-        total += int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
-        rest = rest[:clock.start()]
-    parts = re.findall(r"(\d+)(ms|[wdhms])", rest)
-    if not parts and not clock:
-        return None
-    for value, unit in parts:
-        total += int(value) / 1000 if unit == "ms" else int(value) * units[unit]
-    return total
 
 
 class Follower:
@@ -134,11 +116,11 @@ class Follower:
     def _run(self) -> None:
         name = self.settings.name
         pause = RETRY_FIRST
-        first = True
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self._session(refill=not first)
+                # After any earlier fill, what happened while not listening is unknown.
+                self._session(refill=self.mirror.fills > 0)
             except Refused as exc:
                 self.mirror.lost("refused")
                 self.refusals += 1
@@ -152,7 +134,6 @@ class Follower:
                 self.mirror.lost()
                 self.reason = "router rebooted"
                 log.warning("router=%s uptime went backwards (a reboot): reading it again", name)
-                first = False
                 continue
             except Exception as exc:  # noqa: BLE001 - whatever ends a session, reconnect
                 if self._stop.is_set():
@@ -165,8 +146,6 @@ class Follower:
                 self.reason = why
             finally:
                 self._close()
-            if self.mirror.fills:
-                first = False
             if time.monotonic() - started > RETRY_MAX:
                 pause = RETRY_FIRST
             self._stop.wait(pause)
@@ -186,6 +165,7 @@ class Follower:
         if self._stop.is_set():
             return
         wire = ApiWire(api)
+        self._uptime = None  # a new session reads the router afresh: no reboot to find
         sock: socket.socket = api.protocol.transport.sock
         lists = sorted(self.mirror.lists)
         listen = listen_query(lists, self.mirror.head)
@@ -201,7 +181,8 @@ class Follower:
         wire.send(b"".join(wire.encode(w) for w in out))
         filling = {"p4", "p6"}
         asked = 0.0  # when the unanswered uptime question went out (0: none)
-        next_beat = time.monotonic()
+        next_beat = float("inf")  # the first uptime question goes out once the fill is in
+        heard = time.monotonic()  # the last sentence received: a fill proves the link alive
         started = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -210,15 +191,21 @@ class Follower:
                 asked, next_beat = now, now + self.heartbeat
             if asked and now - asked > self.heartbeat + s.timeout:
                 raise TimeoutError("no answer to the heartbeat")
+            if filling and now - heard > s.timeout:
+                raise TimeoutError("the read stopped")
             self._flush(now)
             if self.mirror.stale:
                 raise ConnectionError("the mirror is out of step with the router (a write found "
                                       "an entry it did not know)")
             if not wire.buffered() and not _pending(sock):
-                wait = max(0.0, min(next_beat - now, self._flush_in(now), WAKE))
+                # While the uptime question is out, the next thing due is its deadline (the
+                # next beat may be past already: no busy loop while an answer is late).
+                beat = asked + self.heartbeat + s.timeout if asked else next_beat
+                wait = max(0.0, min(beat - now, self._flush_in(now), WAKE))
                 if not select.select([sock], [], [], wait)[0]:
                     continue
             words = wire.read_sentence()
+            heard = time.monotonic()
             tag = next((w[5:] for w in words if w.startswith(".tag=")), "")
             kind = words[0]
             if tag in ("l4", "l6"):
@@ -241,6 +228,7 @@ class Follower:
                         self.mirror.end_fill()
                         self.reason = ""
                         self.fill_seconds = time.monotonic() - started
+                        next_beat = time.monotonic()  # the boot time, at once
                         log.info("router=%s listen up: %d entries on %d managed list(s) read in "
                                  "%.2fs", s.name, len(self.mirror), len(self.mirror.lists),
                                  self.fill_seconds)
@@ -258,6 +246,7 @@ class Follower:
         if uptime is None:
             return
         last, self._uptime = self._uptime, uptime
+        self.mirror.booted = time.monotonic() - uptime
         if last is not None and uptime + 1 < last:
             raise Rebooted()
 

@@ -24,6 +24,7 @@ Memory: about 90 bytes an entry (``table.RowTable``).
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from array import array
@@ -36,6 +37,7 @@ from provisiond.targets.routeros.table import Row, RowTable, pack, unpack
 _TRUE = ("true", "yes")
 OWN_TTL = 15.0  # seconds a key written by provisiond waits for its report
 AWAIT = 2.0  # seconds a scoped read waits for the reports of provisiond's own last writes
+BOOT_SLACK = 3.0  # seconds of uptime rounding and latency when comparing boot times
 
 # A row's key in the mirror: its id's number << 1 | 1 for IPv6.
 STATES = ("off", "filling", "live", "down", "refused")
@@ -62,6 +64,23 @@ def parse_id(text: str) -> int | None:
         return None
 
 
+def parse_uptime(text: str) -> float | None:
+    """RouterOS's uptime (``1w2d03:04:05``, ``3h4m5s``, ``5d10h``) in seconds."""
+    total = 0.0
+    units = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+    rest = text.strip()
+    clock = re.search(r"(\d+):(\d\d):(\d\d)$", rest)
+    if clock:
+        total += int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
+        rest = rest[:clock.start()]
+    parts = re.findall(r"(\d+)(ms|[wdhms])", rest)
+    if not parts and not clock:
+        return None
+    for value, unit in parts:
+        total += int(value) / 1000 if unit == "ms" else int(value) * units[unit]
+    return total
+
+
 class Mirror:
     """One router's entries on its managed lists: id -> (list, address, comment, flags)."""
 
@@ -84,6 +103,14 @@ class Mirror:
         self.confirmed = 0.0  # wall-clock time the last fill completed
         self.fills = 0
         self.drift_events = 0
+        # When the router booted (monotonic clock), as the follower's heartbeat last saw
+        # it: a reboot renumbers ids, and a power cut leaves the listen's session half-open
+        # for a while, so a session that finds a later boot must not use these ids
+        # (``rebooted_since``). None: not known yet; the mirror is not used.
+        self.booted: float | None = None
+        # account -> digests of its own writes in flight: a scoped read of the account
+        # waits for their reports (a new entry's key is not in the mirror yet).
+        self._own_of: dict[str, set[int]] = {}
 
     # -- what the follower tells it ------------------------------------------------
 
@@ -93,6 +120,8 @@ class Mirror:
         with self._lock:
             self._rows.begin()
             self._own.clear()
+            self._own_of.clear()
+            self.booted = None  # known again at this session's first heartbeat
             self._touched = set()
             self.stale = False  # this read answers any doubt raised before it
             self.state = "filling"
@@ -181,9 +210,23 @@ class Mirror:
 
     # -- provisiond's own writes ---------------------------------------------------
 
-    def expect(self, keys: Iterable[tuple[str, str]]) -> None:
-        """This process is about to write ``keys``: their reports are not drift."""
-        self._expect(key_digest(n, a) for n, a in keys)
+    def expect(self, keys: Iterable[tuple[str, str]], accounts: Iterable[str] = ()) -> None:
+        """This process is about to write ``keys`` (of ``accounts``, one each): their
+        reports are not drift, and a scoped read of those accounts waits for them."""
+        digests = [key_digest(n, a) for n, a in keys]
+        self._expect(digests)
+        with self._lock:
+            if len(self._own_of) > 10_000:
+                self._own_of = {a: d for a, d in self._own_of.items() if d & self._own.keys()}
+            for d, account in zip(digests, accounts):
+                if account:
+                    self._own_of.setdefault(account, set()).add(d)
+
+    def rebooted_since(self, uptime: float) -> bool:
+        """A session that found the router up for ``uptime`` seconds: did it boot after
+        the follower last looked (so the mirror's ids may be another entry's now)?"""
+        booted = self.booted
+        return booted is not None and time.monotonic() - uptime > booted + BOOT_SLACK
 
     def unexpect(self, keys: Iterable[tuple[str, str]]) -> None:
         """Writes that did not happen (refused, collided): their keys may drift again."""
@@ -267,10 +310,10 @@ class Mirror:
         deadline = time.monotonic() + AWAIT
         with self._lock:
             while True:
-                if not self.trusted:
+                if not self.trusted or self.booted is None:
                     return None
                 ids = self._ids(accounts, addresses)
-                if not self._awaiting(ids, addresses):
+                if not self._awaiting(ids, addresses, accounts):
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -296,14 +339,17 @@ class Mirror:
             ids.update(self._rows.at(address))
         return ids
 
-    def _awaiting(self, ids: set[int], addresses: list[str]) -> bool:
-        """Under the lock: an own write to one of these keys not reported back yet."""
+    def _awaiting(self, ids: set[int], addresses: list[str], accounts: list[str]) -> bool:
+        """Under the lock: an own write to one of these keys, or of one of these
+        accounts, not reported back yet."""
         own = self._own
         if not own:
             return False
         now = time.monotonic()
         keys = {key_digest(r[0], r[1]) for i in ids if (r := self._rows.get(i)) is not None}
         keys |= {key_digest(n, a) for a in addresses for n in self.lists}
+        for account in accounts:
+            keys |= self._own_of.get(account, set())
         return any(own[d][1] >= now for d in keys if d in own)
 
 

@@ -31,7 +31,7 @@ from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import pipeline
 from provisiond.targets.routeros.commands import count_prints, list_prints, menu_path, scoped_prints
-from provisiond.targets.routeros.mirror import Mirror
+from provisiond.targets.routeros.mirror import Mirror, parse_uptime
 from provisiond.targets.routeros.pipeline import Answer
 from provisiond.targets.routeros.reader import ListReader, Recorded
 from provisiond.targets.routeros.wire import ApiWire, closed, login, quietly_close, session_errors
@@ -86,7 +86,22 @@ class RouterTarget:
     def _api_or_connect(self) -> Any:
         if self._api is None:
             self._api = login(self.name, f"{self.settings.host}:{self.settings.api_port}", self._connect)
+            if self.mirror is not None and self.mirror.trusted:
+                self._check_boot()
         return self._api
+
+    def _check_boot(self) -> None:
+        """A new session, and a mirror with ids: did the router boot since its listen last
+        looked (a power cut leaves that session half-open for a while)? Then its ids are
+        not used until it is read again."""
+        with session_errors(self.name, self.close, lost="asking the uptime failed", command="uptime",
+                            nothing_planned=True):
+            rows = list(self._api.rawCmd("/system/resource/print", "=.proplist=uptime"))
+        uptime = parse_uptime(str(rows[0].get("uptime", ""))) if rows else None
+        if self.mirror is not None and uptime is not None and self.mirror.rebooted_since(uptime):
+            log.warning("router=%s rebooted since its listen last looked: its mirror is not used "
+                        "until it is read again", self.name)
+            self.mirror.suspect()
 
     def _wire(self) -> ApiWire:
         return ApiWire(self._api_or_connect())
@@ -215,7 +230,8 @@ class RouterTarget:
             if r.kind == "address-list":
                 wanted[family(r.get("address"))].add(r.get("address"))
         mirrored = None
-        if self.mirror is not None:
+        if self.mirror is not None and self.mirror.trusted:
+            self._api_or_connect()  # a new session checks the router's boot first
             mirrored = self.mirror.rows_for(scope.accounts, wanted[4] | wanted[6])
         if mirrored is not None:
             read = [((0, 0), mirrored)]  # one "print": each row's family is its address's
@@ -325,7 +341,7 @@ class RouterTarget:
         go to ``report`` in parts (``writer.REPORT_EVERY``)."""
         result = ApplyResult(target=self.name)
         if self.mirror is not None:  # its reports are provisiond's own, not drift
-            self.mirror.expect(_keys(plan.changes))
+            self.mirror.expect(_keys(plan.changes), [c.resource.account_id for c in plan.changes])
         done = Finished(self.name, progress, report)
         writer = Writer(self.name, self.settings, tags=self._tags, connect=self._connect, done=done)
         try:
