@@ -370,7 +370,7 @@ class Daemon:
         reload.succeeded(self.metrics, self.health)
         self.settings = new
         self.metrics.prime(new)
-        self.health.max_age = _max_age(new)
+        self.health.max_age = max(self.health.max_age, _max_age(new))  # the next pass publishes
         self.runner.swap_at_next_pass(new)
         self.mirrors.enabled = new.daemon.listen  # followers start or stop at that pass
         if (new.daemon.interval, new.daemon.jitter) != (old.daemon.interval, old.daemon.jitter):

@@ -149,7 +149,8 @@ class Metrics:
         self.drift_events = Counter("provisiond_drift_events",
                                     "Changes to managed entries provisiond did not make, heard by "
                                     "listen", ["target"], registry=r)
-        self._seen: dict[tuple[str, str], int] = {}  # counts of the mirrors' already counted
+        self._seen: dict[tuple[str, str], int] = {}
+        self._mirrors_lock = threading.Lock()  # counts of the mirrors' already counted
         # Called before every scrape: gauges that change between passes (the mirrors).
         self.before_scrape: Callable[[], None] | None = None
         for result in BILLING_RESULTS:
@@ -181,7 +182,12 @@ class Metrics:
             self.pool_unallocated.labels(pool.name)
 
     def mirrors(self, status: dict[str, dict[str, Any]]) -> None:
-        """The routers' mirrors (``daemon.mirrors.Mirrors.status``)."""
+        """The routers' mirrors (``daemon.mirrors.Mirrors.status``), from the pass thread
+        and before a scrape: one at a time (the counters add what is new since the last)."""
+        with self._mirrors_lock:
+            self._mirrors(status)
+
+    def _mirrors(self, status: dict[str, dict[str, Any]]) -> None:
         now = time.time()
         for name, st in status.items():
             self.mirror_entries.labels(name).set(st["entries"])

@@ -47,6 +47,7 @@ class Mirrors:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._followers: dict[str, tuple[Any, Follower]] = {}  # name -> (identity, follower)
+        self._warned = False  # about a healthz_max_age shorter than the backstop
 
     def attach(self, targets: Iterable[Any]) -> None:
         """Give each RouterTarget its router's mirror, starting followers as needed and
@@ -83,27 +84,22 @@ class Mirrors:
         """Routers whose mirror cannot be trusted now (listen down, refused, filling)."""
         return sorted(name for name, m in self.mirrors().items() if not m.trusted)
 
-    def hold(self) -> None:
-        for m in self.mirrors().values():
-            m.hold()
-
-    def release(self, written: Mapping[str, bytes]) -> None:
-        """After a full pass in its own process: drift heard meanwhile, minus its writes."""
-        for name, m in self.mirrors().items():
-            accounts = m.release(written.get(name, b""))
-            if accounts:
-                self._on_drift(name, accounts)
-
     @contextmanager
-    def holding(self) -> Iterator[dict[str, bytes]]:
-        """Around a full pass in its own process: drift reports wait; the caller fills
-        the dict it gets with the keys that pass wrote, by router (``release``)."""
+    def holding(self, skip: frozenset[str] = frozenset()) -> Iterator[dict[str, bytes]]:
+        """Around a full pass in its own process: the drift reports of its routers (not
+        those in ``skip``) wait; the caller fills the dict it gets with the keys that
+        pass wrote, by router (``release``)."""
         written: dict[str, bytes] = {}
-        self.hold()
+        held = {name: m for name, m in self.mirrors().items() if name not in skip}
+        for m in held.values():
+            m.hold()
         try:
             yield written
         finally:
-            self.release(written)
+            for name, m in held.items():
+                accounts = m.release(written.get(name, b""))
+                if accounts:
+                    self._on_drift(name, accounts)
 
     def publish(self, metrics: Metrics, health: Health, cadence: Cadence) -> None:
         """The mirrors' gauges, the full-pass interval in effect, and /healthz's age
@@ -112,15 +108,26 @@ class Mirrors:
         cadence.last_read = max((s["fill_seconds"] for s in status.values()), default=0.0)
         backstop = cadence.backstop(any(s["state"] == "live" for s in status.values()))
         metrics.full_pass_interval.set(backstop)
-        if cadence.settings.daemon.healthz_max_age is None:
+        limit = cadence.settings.daemon.healthz_max_age
+        if limit is None:
             health.max_age = 3 * backstop
+        elif limit < backstop and not self._warned:
+            self._warned = True
+            log.warning("daemon.healthz_max_age (%.0fs) is shorter than the full-pass interval in "
+                        "effect (%.0fs): /healthz will fail between full passes; unset it (three "
+                        "intervals) or set daemon.interval", limit, backstop)
         metrics.mirrors(status)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Every follower told at once, then waited for together (a follower stuck in a
+        login to an unreachable router cannot hold up the others' stop)."""
         with self._lock:
             followers, self._followers = [f for _, f in self._followers.values()], {}
         for f in followers:
-            f.stop()
+            f.stop(0)
+        deadline = time.monotonic() + timeout
+        for f in followers:
+            f.stop(max(0.0, deadline - time.monotonic()))
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per router: listen state, entries mirrored, last fill, drift heard, why not live."""
@@ -142,19 +149,37 @@ class Cadence:
         # Seconds the slowest router took to answer its last full read (its mirror's fill:
         # the same prints as a full pass's read, without the billing read beside them).
         self.last_read = 0.0
+        self.down_passed = -float("inf")  # when routers whose listen was down last had a pass
 
     @property
     def explicit(self) -> bool:
         """The operator set ``[daemon] interval``: it is the backstop."""
         return "interval" in self.settings.daemon.model_fields_set
 
+    @property
+    def fed(self) -> bool:
+        """Billing changes arrive as events (a NOTIFY channel, Sonar webhooks). Without
+        them, only a full pass reads billing: it stays at the interval."""
+        d = self.settings.daemon
+        return d.notify_channel is not None or d.webhook_listen is not None
+
     def backstop(self, listening: bool) -> float:
-        """Seconds between full passes: the configured interval, or with a listen up and
-        none configured, ``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the last full read)``."""
+        """Seconds between full passes: the configured interval, or with a listen up, a
+        billing change feed and no interval configured,
+        ``max(BACKSTOP_MIN, BACKSTOP_FACTOR × the last full read)``."""
         interval = self.settings.daemon.interval
-        if self.explicit or not listening:
+        if self.explicit or not listening or not self.fed:
             return interval
         return max(BACKSTOP_MIN, BACKSTOP_FACTOR * self.last_read, interval)
+
+    def down_due(self) -> bool:
+        """A pass of the routers whose listen is down is due (every interval, even while
+        requests keep every run busy); marks it taken."""
+        now = self._clock()
+        if now - self.down_passed < self.settings.daemon.interval:
+            return False
+        self.down_passed = now
+        return True
 
 
 def repair(request_pass: Callable[..., None], request_targets: Callable[..., None],
@@ -178,16 +203,18 @@ def choose(requested: bool, pending: Pending, since_full: float, cadence: Cadenc
     names) a pass of those targets only; None: nothing is due.
 
     A full pass when the backstop is due, or at every interval when no router's listen
-    is up (as before mirrors). Otherwise an interval run passes only the routers whose
-    listen is not live (nothing, when every one is), and a requested run takes what
-    was requested (``Pending``)."""
+    is up (as before mirrors). Otherwise the routers whose listen is not live get a pass
+    of their own every interval (requested runs or not), an interval run does nothing
+    more, and a requested run takes what was requested (``Pending``)."""
     routers, down = len(mirrors.mirrors()), mirrors.not_live()
     cadence.last_read = max((f.fill_seconds for f in mirrors.followers().values()), default=0.0)
     listening = len(down) < routers  # some listen is up: full passes are a backstop
     if since_full >= cadence.backstop(listening) or (not requested and not listening):
         return None, None
+    if down and listening and cadence.down_due():
+        return None, frozenset(down)  # requests wait for the next run, right after
     if not requested:
-        return (None, frozenset(down)) if down else None
+        return None
     targets = pending.take_targets()
     if targets is not None:
         return None, targets

@@ -301,7 +301,7 @@ class PassRunner:
             skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
-        with self.mirrors.holding() as written:
+        with self.mirrors.holding(skip) as written:
             summary = worker.full_pass(self.settings, skip=skip, may_write=may_write,
                                        display=display, number=self.count)
             written.update({name: t.written_keys for name, t in summary.targets.items()})

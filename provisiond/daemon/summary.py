@@ -9,7 +9,6 @@ the ``ScopedMemory`` its Reconciler learnt. Picklable.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,9 +119,10 @@ def summarise(
         t = targets.setdefault(r.target, TargetSummary())
         t.written, t.failed = True, bool(r.failed)
         if pp.kinds.get(r.target) == "routeros":
-            t.written_keys = written_digest(
-                (c.resource.group, c.resource.get("address"))
-                for c in itertools.chain(r.applied, (c for c, _ in r.failed)))
+            # Applied only: a refused write made no report, and one sent on a session that
+            # was lost is heard as drift (a scoped pass then finds nothing to do).
+            t.written_keys = written_digest((c.resource.group, c.resource.get("address"))
+                                            for c in r.applied)
         if t.error is None and r.error is not None:
             t.error, t.unavailable = r.error, r.unavailable
         t.conflicts += len(r.conflicts)

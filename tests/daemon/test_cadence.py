@@ -47,9 +47,12 @@ def _mirrors(states: dict[str, str], fill_seconds: float = 1.0) -> Mirrors:
     return mirrors
 
 
+FED = 'notify_channel = "provisiond"'  # billing changes arrive as events
+
+
 def test_with_listens_up_the_full_pass_is_a_backstop_and_an_interval_run_does_nothing(
         tmp_path: Path) -> None:
-    cadence = Cadence(_settings(tmp_path))
+    cadence = Cadence(_settings(tmp_path, FED))
     live = _mirrors({"core-1": "live", "core-2": "live"})
     assert choose(False, Pending(), 120.0, cadence, live, 500) is None
     assert cadence.backstop(True) == BACKSTOP_MIN
@@ -60,9 +63,31 @@ def test_with_listens_up_the_full_pass_is_a_backstop_and_an_interval_run_does_no
 
 
 def test_a_router_whose_listen_is_down_gets_its_own_full_pass_at_the_interval(tmp_path: Path) -> None:
-    cadence = Cadence(_settings(tmp_path))
+    clock = [1000.0]
+    cadence = Cadence(_settings(tmp_path, FED), clock=lambda: clock[0])
     some = _mirrors({"core-1": "live", "core-2": "down", "core-3": "refused"})
     assert choose(False, Pending(), 120.0, cadence, some, 500) == (None, frozenset({"core-2", "core-3"}))
+    # Requests every few seconds do not starve it: it is served once an interval.
+    served = []
+    for second in range(1, 130):
+        clock[0] = 1000.0 + second
+        pending = Pending()
+        pending.add(frozenset({"1042"}))
+        chosen = choose(True, pending, 120.0 + second, cadence, some, 500)
+        if chosen == (None, frozenset({"core-2", "core-3"})):
+            served.append(second)
+        else:
+            assert chosen == (frozenset({"1042"}), None)
+    assert served == [60, 120]
+
+
+def test_without_a_billing_change_feed_full_passes_stay_at_the_interval(tmp_path: Path) -> None:
+    # No NOTIFY channel, no webhook: only a full pass reads billing.
+    cadence = Cadence(_settings(tmp_path))
+    live = _mirrors({"core-1": "live"})
+    assert cadence.backstop(True) == 60.0
+    assert choose(False, Pending(), 61.0, cadence, live, 500) == (None, None)
+    assert choose(False, Pending(), 30.0, cadence, live, 500) is None
 
 
 def test_with_no_listen_up_every_interval_run_is_full_as_before(tmp_path: Path) -> None:
@@ -79,7 +104,7 @@ def test_an_interval_the_operator_set_is_the_backstop(tmp_path: Path, listening:
 
 
 def test_requests_run_between_backstops(tmp_path: Path) -> None:
-    cadence = Cadence(_settings(tmp_path))
+    cadence = Cadence(_settings(tmp_path, FED))
     live = _mirrors({"core-1": "live"})
     pending = Pending()
     pending.add(frozenset({"1042"}))

@@ -352,21 +352,21 @@ class RouterTarget:
             result.unavailable = isinstance(exc, TargetUnavailable)  # back off, or retry at the interval
         done.flush()
         if self.mirror is not None:
-            self._mirror_after(result)
+            _taught(self.mirror, self.name, result)
         return result
 
-    def _mirror_after(self, result: ApplyResult) -> None:
-        """What an apply taught the mirror: writes that did not happen may drift
-        again; removed entries are gone (no report comes for one already gone); an
-        entry the router already had means the mirror missed it."""
-        assert self.mirror is not None
-        self.mirror.unexpect(_keys([c for c, _ in result.failed] + [c.resource for c in result.conflicts]))
-        self.mirror.forget((family(c.old.get("address")), c.old.ref)
-                           for c in result.applied if isinstance(c, Delete))
-        if any(DUPLICATE in c.reason for c in result.conflicts):
-            log.warning("router=%s an add found an entry the mirror did not know: reading the "
-                        "router again", self.name)
-            self.mirror.suspect()
+
+def _taught(mirror: Mirror, router: str, result: ApplyResult) -> None:
+    """What an apply taught the mirror: writes that did not happen may drift again;
+    removed entries are gone (no report comes for one already gone); an entry the router
+    already had means the mirror missed it."""
+    mirror.unexpect(_keys([c for c, _ in result.failed] + [c.resource for c in result.conflicts]))
+    mirror.forget((family(c.old.get("address")), c.old.ref)
+                  for c in result.applied if isinstance(c, Delete))
+    if any(DUPLICATE in c.reason for c in result.conflicts):
+        log.warning("router=%s an add found an entry the mirror did not know: reading the "
+                    "router again", router)
+        mirror.suspect()
 
 
 def _keys(items: Iterable[Change | Resource]) -> list[tuple[str, str]]:
