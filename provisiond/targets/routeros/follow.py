@@ -23,6 +23,7 @@ again only every ``REFUSED_RETRY`` seconds (logged once per router).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import select
 import socket
@@ -228,6 +229,7 @@ class Follower:
                         self.mirror.end_fill()
                         self.reason = ""
                         self.fill_seconds = time.monotonic() - started
+                        _trim()  # what the read's words and the sort left behind
                         next_beat = time.monotonic()  # the boot time, at once
                         log.info("router=%s listen up: %d entries on %d managed list(s) read in "
                                  "%.2fs", s.name, len(self.mirror), len(self.mirror.lists),
@@ -267,6 +269,22 @@ class Follower:
             log.info("router=%s drift: entries of %d account(s) changed by someone else", 
                      self.settings.name, len(accounts))
             self._on_drift(self.settings.name, accounts)
+
+
+def _trim() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``): a fill of
+    100,000 rows leaves some 10-20 MiB of freed memory behind in a long-lived daemon."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _pending(sock: socket.socket) -> bool:
