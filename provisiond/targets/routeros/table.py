@@ -38,10 +38,11 @@ class _Pairs:
         self.keys = array("q")
         self.values = array("q")
 
-    def build(self, pairs: list[tuple[int, int]]) -> None:
-        pairs.sort()
-        self.keys = array("q", [k for k, _ in pairs])
-        self.values = array("q", [v for _, v in pairs])
+    def build_arrays(self, keys: array[int], values: array[int]) -> None:
+        """From unsorted parallel arrays (a fill's), sorted by (key, value)."""
+        order = sorted(range(len(keys)), key=lambda i: (keys[i], values[i]))
+        self.keys = array("q", (keys[i] for i in order))
+        self.values = array("q", (values[i] for i in order))
 
     def add(self, key: int, value: int) -> None:
         keys, values = self.keys, self.values
@@ -101,21 +102,24 @@ class RowTable:
 
     def end(self) -> None:
         staging, self._staging = self._staging or {}, None
-        ordered = sorted(staging.items())
-        self._keys = array("q", [k for k, _ in ordered])
-        self._rows = [packed for _, packed in ordered]
-        at: list[tuple[int, int]] = []
-        of: list[tuple[int, int]] = []
+        keys = sorted(staging)
+        self._keys = array("q", keys)
+        self._rows = [staging[k] for k in keys]
+        staging.clear()
+        del keys
+        at_hash, at_key, of_hash, of_key = array("q"), array("q"), array("q"), array("q")
         counts: dict[str, int] = {}
-        for key, packed in ordered:
+        for key, packed in zip(self._keys, self._rows):
             row = unpack(packed)
-            at.append((hash(row[1]), key))
+            at_hash.append(hash(row[1]))
+            at_key.append(key)
             account = self.account(row)
             if account is not None:
-                of.append((hash(account), key))
+                of_hash.append(hash(account))
+                of_key.append(key)
             counts[row[0]] = counts.get(row[0], 0) + 1
-        self._at.build(at)
-        self._of.build(of)
+        self._at.build_arrays(at_hash, at_key)
+        self._of.build_arrays(of_hash, of_key)
         self._counts = counts
 
     # -- single changes -------------------------------------------------------------
