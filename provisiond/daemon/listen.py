@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from provisiond.core.scope import ids_text, parse_payload
-from provisiond.daemon.pg import connect_kwargs, display, is_postgresql
+from provisiond.daemon.pg import close_quietly, connect_kwargs, display, first_line, is_postgresql
 from provisiond.errors import ConfigError
 from provisiond.settings import Settings
 
@@ -84,14 +84,14 @@ class BillingListener:
                 log.warning(
                     "billing LISTEN connection %s: %s; passes run on the interval only, "
                     "reconnecting in %.0fs", "lost" if self.connected else "failed",
-                    _first_line(exc), delay,
+                    first_line(exc), delay,
                 )
             except Exception:  # the thread must outlive any surprise (logged with traceback)
                 log.exception("billing LISTEN failed unexpectedly; retrying in %.0fs", delay)
             finally:
                 self.connected = False
                 if conn is not None:
-                    _close(conn)
+                    close_quietly(conn)
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self._retry_max)
@@ -110,17 +110,6 @@ class BillingListener:
                 conn.execute("SELECT 1")
                 last_ping = now
 
-
-def _close(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    try:
-        conn.close()
-    except psycopg.Error:
-        pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def start_listener(settings: Settings,

@@ -42,6 +42,7 @@ import psycopg
 from provisiond.daemon import membersql
 from provisiond.daemon.holdings import Holdings, Tenure
 from provisiond.daemon.membersql import still_owner
+from provisiond.daemon.pg import close_quietly, first_line
 from provisiond.daemon.shares import (DEAD, GLOBAL, STOPPED, UNCERTAIN, MemberRow, View, decide, owners,
                                       rendezvous)
 from provisiond.state.claims import Fence
@@ -209,11 +210,11 @@ class Membership:
             except Exception as exc:  # the thread outlives anything; psycopg's errors are expected
                 if isinstance(exc, psycopg.Error):
                     log.warning("member=%s connection failed error=%s; retrying in %.1fs",
-                                self.member_id, _first_line(exc), RECONNECT_PAUSE)
+                                self.member_id, first_line(exc), RECONNECT_PAUSE)
                 else:
                     log.exception("member=%s failed unexpectedly; retrying in %.1fs",
                                   self.member_id, RECONNECT_PAUSE)
-                _close(conn)
+                close_quietly(conn)
                 conn = None
                 self._first.set()
                 self._notice_lapse()
@@ -221,7 +222,7 @@ class Membership:
                 self._stop.wait(RECONNECT_PAUSE)
         if self._graceful:
             conn = self._farewell(conn)
-        _close(conn)
+        close_quietly(conn)
 
     def _cycle(self, conn: membersql.Conn) -> float:
         """Renew, read, act; when to come back (``time.monotonic()``)."""
@@ -326,7 +327,7 @@ class Membership:
                      str(self._leave).lower())
         except psycopg.Error as exc:
             log.warning("member=%s could not release its claims on stop error=%s; they run out "
-                        "within %ss", self.member_id, _first_line(exc), self.ttl)
+                        "within %ss", self.member_id, first_line(exc), self.ttl)
         return conn
 
     def _notice_lapse(self) -> None:
@@ -363,16 +364,3 @@ class Membership:
             return False
         since = m.expires_at or m.renewed_at
         return view.now - since > timedelta(seconds=self.forget_after)
-
-
-def _close(conn: membersql.Conn | None) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except psycopg.Error:
-            pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

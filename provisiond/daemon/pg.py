@@ -46,3 +46,21 @@ def connect_kwargs(url: str, *, connect_timeout: float = 10.0) -> dict[str, Any]
 
 def display(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def close_quietly(conn: Any) -> None:
+    """Close a psycopg connection that may be broken already (None: nothing to close)."""
+    if conn is None:
+        return
+    import psycopg
+
+    try:
+        conn.close()
+    except psycopg.Error:
+        pass
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line for a log line (psycopg's carry a multi-line context)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
