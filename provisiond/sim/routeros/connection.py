@@ -78,8 +78,9 @@ class Connections:
     def drop_listening(self) -> int:
         """Close abruptly every connection with a listen/follow open; returns how many."""
         with self._guard:
-            chosen = [conn for conn, session in self._sessions.items() if session.listening]
-        for conn in chosen:
+            chosen = [(conn, session) for conn, session in self._sessions.items() if session.listening]
+        for conn, session in chosen:
+            session.close()  # its listens end with the connection, not when its thread notices
             shut(conn)
         return len(chosen)
 
