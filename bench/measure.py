@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import floors
 from bench.scenario import USER, Scenario, Sim, address, list_name, start_sim, stop_sim
@@ -36,6 +37,13 @@ class Row:
 
 def provisiond(config: Path, *args: str) -> tuple[int, float, float]:
     """``provisiond --config CONFIG ARGS`` as a process: exit code, wall seconds, peak RSS MiB."""
+    code, wall, usage = run_provisiond(config, *args)
+    return code, wall, usage.ru_maxrss / 1024
+
+
+def run_provisiond(config: Path, *args: str) -> tuple[int, float, Any]:
+    """``provisiond --config CONFIG ARGS`` as a process: exit code, wall seconds, its
+    ``rusage`` (its stderr shown when it fails)."""
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "provisiond.cli", "--config", str(config), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -45,7 +53,7 @@ def provisiond(config: Path, *args: str) -> tuple[int, float, float]:
     code = os.waitstatus_to_exitcode(status)
     if code == 1:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return code, time.monotonic() - started, usage.ru_maxrss / 1024
+    return code, time.monotonic() - started, usage
 
 
 def adds(scenario: Scenario, start: int = 0, count: int | None = None,

@@ -15,16 +15,14 @@ system: steadier than wall time on a busy machine), the medians and their ratios
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bench.measure import run_provisiond
 from provisiond.cli import demo
 
 POOLS = {
@@ -35,16 +33,8 @@ POOLS = {
 
 def provisiond(config: Path, *args: str) -> tuple[int, float, float]:
     """``provisiond --config CONFIG ARGS`` as a process: exit code, wall and CPU seconds."""
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "provisiond.cli", "--config", str(config), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == 1:
-        sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return code, time.monotonic() - started, usage.ru_utime + usage.ru_stime
+    code, wall, usage = run_provisiond(config, *args)
+    return code, wall, usage.ru_utime + usage.ru_stime
 
 
 def world(directory: Path, accounts: int, kind: str, port: int, password_file: Path) -> Path:

@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from provisiond.settings import RouterSettings
-from provisiond.targets.routeros.commands import MENUS, lists_query
+from provisiond.targets.routeros.commands import PRINT_PROPLIST_WORD, list_prints, lists_query, menu_path
 from provisiond.targets.routeros.mirror import Mirror, parse_uptime
 from provisiond.targets.routeros.wire import WIRE_ERRORS, ApiWire, login, quietly_close
 from provisiond.targets.routeros.wire import connect as connect_librouteros
@@ -46,7 +46,6 @@ DEBOUNCE = 0.2  # seconds drift reports gather before the daemon hears of them
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # reconnect pauses after a lost session
 REFUSED_RETRY = 900.0  # seconds before a refused listen is tried again
 WAKE = 1.0  # seconds the thread waits for reports at most before looking at the mirror
-FILL_PROPLIST = "=.proplist=.id,list,address,comment,dynamic,disabled"
 
 OnDrift = Callable[[str, "frozenset[str] | None"], None]
 
@@ -170,17 +169,15 @@ class Follower:
         sock: socket.socket = api.protocol.transport.sock
         lists = sorted(self.mirror.lists)
         listen = listen_query(lists, self.mirror.head)
-        query = lists_query(lists)
         self.mirror.begin_fill()
-        out = []
-        for fam in (4, 6):
-            menu = "/" + "/".join(MENUS[fam])
-            out.append((f"{menu}/listen", FILL_PROPLIST, *listen, f".tag=l{fam}"))
-        for fam in (4, 6):
-            menu = "/" + "/".join(MENUS[fam])
-            out.append((f"{menu}/print", FILL_PROPLIST, *query, f".tag=p{fam}"))
+        # The listens first, then the fill: a full read's own prints (``list_prints``).
+        out = [(f"{menu_path(fam)}/listen", PRINT_PROPLIST_WORD, *listen, f".tag=l{fam}") for fam in (4, 6)]
+        prints = list_prints(lists)
+        out += [(*words, f".tag=p{fam}") for fam, words in prints]
         wire.send(b"".join(wire.encode(w) for w in out))
-        filling = {"p4", "p6"}
+        filling = {f"p{fam}" for fam, _ in prints}
+        if not filling:  # no managed list: nothing to read
+            self.mirror.end_fill()
         asked = 0.0  # when the unanswered uptime question went out (0: none)
         next_beat = float("inf")  # the first uptime question goes out once the fill is in
         heard = time.monotonic()  # the last sentence received: a fill proves the link alive

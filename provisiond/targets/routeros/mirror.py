@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from provisiond.core.addresses import is_canonical_v4, routeros_form
@@ -399,9 +399,3 @@ def _printed(ref: int, row: Row) -> dict[str, Any]:
     name, address, comment, disabled, dynamic = row
     return {".id": f"*{ref >> 1:X}", "list": name, "address": address, "comment": comment,
             "disabled": "true" if disabled else "false", "dynamic": "true" if dynamic else "false"}
-
-
-def summarise_mirrors(mirrors: Mapping[str, Mirror]) -> dict[str, dict[str, Any]]:
-    """Each mirror's state, size and last confirmation, for logs, metrics and ``status``."""
-    return {name: {"state": m.state, "entries": len(m), "confirmed": m.confirmed, "fills": m.fills,
-                   "drift_events": m.drift_events} for name, m in mirrors.items()}
