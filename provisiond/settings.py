@@ -503,6 +503,17 @@ class DaemonSettings(_Model):
     retry_max: Duration = 600.0  # back-off ceiling for a failing target
     webhook_listen: str | None = None  # Sonar webhooks: HOST:PORT serving /webhooks/sonar
     webhook_token_file: Path | None = None  # the secret in the webhook URL's ?token=
+    # Several daemons on one PostgreSQL state store: "standby" (one leads through an
+    # advisory lock, the others wait) or "shared" (every daemon active; each router, and
+    # the global work, written by the member holding its claim: ``daemon.members``).
+    members: Literal["standby", "shared"] = "standby"
+    member_id: str | None = Field(default=None, min_length=1, max_length=200)  # default: the host name
+    member_ttl: PositiveDuration = Field(default=10.0, ge=1.0, le=600.0)
+
+    @property
+    def member_margin(self) -> float:
+        """How long before its lease runs out on the database a member stops writing."""
+        return self.member_ttl / 5
 
     @model_validator(mode="after")
     def _webhook(self) -> DaemonSettings:
@@ -654,6 +665,14 @@ def _cross_problems(s: Settings) -> Iterator[str]:
         yield ("daemon.notify_channel: LISTEN/NOTIFY needs billing on PostgreSQL (source.type "
                "= \"sql\"); Sonar tells provisiond of changes by webhook: remove notify_channel "
                "and set daemon.webhook_listen and daemon.webhook_token_file")
+    if s.daemon.members == "shared":
+        if not s.state.url.get_secret_value().startswith("postgresql"):
+            yield ("daemon.members: \"shared\" needs a PostgreSQL state store (state.url = "
+                   "\"postgresql://...\"); every member claims its routers there")
+        for i, r in enumerate(s.router):
+            if r.name == "global":
+                yield (f"router[{i}].name: {r.name!r} is the claim name of the global work with "
+                       "daemon.members = \"shared\"; rename the router")
     names: dict[str, int] = {}
     for i, p in enumerate(s.pool):
         if p.name in names:
