@@ -117,7 +117,7 @@ class Writer:
                 session = wire if i == 0 else ApiWire(api := self._connect())
                 self._pipeline(session, zip(shares[i], map(words, shares[i])), parts[i],
                                self._add_done, stop=lost)
-            except WIRE_ERRORS as exc:
+            except (*WIRE_ERRORS, ClaimLostWrites) as exc:
                 lost.set()
                 errors.append(exc)
             finally:
