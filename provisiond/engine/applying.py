@@ -145,8 +145,12 @@ class Applier:
             tick = progress(plan.target, len(plan.changes)) if progress is not None else None
             # The target hands over what it did in parts; the store writes them in the
             # background while the target applies the rest.
-            outcome = target.apply(
-                plan, progress=tick, report=lambda part: self.journal(run_id, part, wait=False))
+            try:
+                outcome = target.apply(
+                    plan, progress=tick, report=lambda part: self.journal(run_id, part, wait=False))
+            finally:
+                if (done := getattr(gate, "done", None)) is not None:
+                    done()  # its writes are answered: a claim being handed over may go
             # A finished target's journal is on disk before its result counts: a crash
             # while slower targets still apply loses none of it.
             self.store.sync_journal()
