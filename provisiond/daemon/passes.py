@@ -358,7 +358,7 @@ class PassRunner:
         # Unreachable or left out (back-off): owed a retry of this scoped pass. A target
         # that answered wrongly is tried again by the next interval's full pass.
         owed = [n for n in failed if summary.targets[n].unavailable] + [
-            n for n in summary.names if n not in summary.targets]
+            n for n in summary.names if n not in summary.targets and self._asked_for(n)]
         retry = None
         if self._scope is not None and owed:
             # Only a full pass would reach them otherwise: the event must not be lost.
@@ -382,7 +382,10 @@ class PassRunner:
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
         # Unreachable: passed again when the back-off the log gave ends.
         again = {n: self.backoff.remaining(n) for n in failed if summary.targets[n].unavailable}
-        return Outcome("ok" if summary.ok and not waiting else "partial", line,
+        # Shared members: a target whose claim went elsewhere during the pass is not a failure.
+        ok = summary.ok or (self.sharing is not None and not summary.refused and all(
+            not (t.error or t.failed) or not self._asked_for(n) for n, t in summary.targets.items()))
+        return Outcome("ok" if ok and not waiting else "partial", line,
                        changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
                        retry_targets=again)
 
