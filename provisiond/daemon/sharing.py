@@ -198,7 +198,9 @@ class Sharing:
             return resource in self._writing
 
     def prepare(self, rec: Reconciler, mirrors: Mirrors) -> None:
-        """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns."""
+        """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns.
+        A reload's routers are claimed from here on (``resources``)."""
+        self.settings = rec.settings
         self.fit(rec)
         owned = self.owned()
         if owned != self._attached:
