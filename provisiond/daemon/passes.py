@@ -213,7 +213,11 @@ class PassRunner:
         self._scope = accounts
         self._targets = targets if accounts is None else None
         try:
-            summary = self._summary(may_write)
+            try:
+                summary = self._summary(may_write)
+            finally:
+                if self.sharing is not None:
+                    self.sharing.writes_ended()
             outcome = self._book(summary)
             outcome.leased = summary.leased
         except SourceError as exc:
@@ -338,6 +342,10 @@ class PassRunner:
         m = self.metrics
         m.billing_reads.labels("ok").inc()
         if summary.lost_leader:
+            if self.sharing is not None:  # its may_write is "not fenced"
+                line = "fenced itself (no lease renewal) while planning, nothing written"
+                log.error("pass result=error: %s", line)
+                return Outcome("error", line)
             log.error("pass result=error: lost the leader lock while planning; nothing written")
             return Outcome("error", summary.line)
         for name, t in summary.targets.items():

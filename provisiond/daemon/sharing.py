@@ -193,6 +193,13 @@ class Sharing:
             self._writing.discard(resource)
         self.membership.wake()
 
+    def writes_ended(self) -> None:
+        """A pass ended: nothing of it writes any more (a full pass's process that died
+        mid-apply never said ``done``)."""
+        with self._lock:
+            self._writing.clear()
+        self.membership.wake()
+
     def busy(self, resource: str) -> bool:
         with self._lock:
             return resource in self._writing
