@@ -48,11 +48,18 @@ class Mirrors:
         self._lock = threading.Lock()
         self._followers: dict[str, tuple[Any, Follower]] = {}  # name -> (identity, follower)
         self._warned = False  # about a healthz_max_age shorter than the backstop
+        self.only: Callable[[str], bool] | None = None  # routers to follow (None: every one)
 
     def attach(self, targets: Iterable[Any]) -> None:
         """Give each RouterTarget its router's mirror, starting followers as needed and
         stopping those of routers no longer configured (or configured otherwise)."""
-        routers = [t for t in targets if isinstance(t, RouterTarget)] if self.enabled else []
+        routers = [t for t in targets if isinstance(t, RouterTarget)]
+        for t in routers:
+            t.mirror = None  # unless followed below
+        if not self.enabled:
+            routers = []
+        elif self.only is not None:  # shared members: the routers this one writes
+            routers = [t for t in routers if self.only(t.name)]
         stale: list[Follower] = []
         with self._lock:
             keep: dict[str, tuple[Any, Follower]] = {}
@@ -71,6 +78,14 @@ class Mirrors:
             self._followers = keep
         for f in stale:
             f.stop()
+
+    def drop(self, names: Iterable[str]) -> None:
+        """Stop following these routers (shared members: their claims went elsewhere);
+        their targets keep an untrusted mirror until the next ``attach``."""
+        with self._lock:
+            gone = [found[1] for n in names if (found := self._followers.pop(n, None)) is not None]
+        for f in gone:
+            f.stop(0)
 
     def mirrors(self) -> dict[str, Mirror]:
         with self._lock:

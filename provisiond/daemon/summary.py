@@ -10,6 +10,7 @@ the ``ScopedMemory`` its Reconciler learnt. Picklable.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +72,9 @@ class PassSummary:
     unallocated: dict[str, tuple[str, ...]] | None = None  # pool -> accounts it had no address for
     full: bool = True  # a full pass (not scoped)
     memory: ScopedMemory | None = None  # what a full pass in its own process learnt
+    # Accounts this pass leased (or gave back) addresses to: other shared members, who
+    # only read leases, plan them again (``daemon.sharing``).
+    leased: frozenset[str] = frozenset()
 
 
 def summarise(
@@ -111,8 +115,11 @@ def summarise(
         return PassSummary(names, targets, "lost the leader lock while planning, nothing written",
                            0, False, lost_leader=True)
     kind = "full" if full else "scoped"
+    note: dict[str, Any] = {"pass": number, "kind": kind, "accounts": len(pp.accounts or ())}
+    if settings.daemon.members == "shared":  # history tells the members' runs apart
+        note["member"] = settings.daemon.member_id or socket.gethostname()
     pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress,
-                   note={"pass": number, "kind": kind, "accounts": len(pp.accounts or ())})
+                   note=note)
     applied = 0
     each = sum(len(r.applied) for r in pr.results) <= LOG_EACH
     for r in pr.results:
@@ -144,9 +151,12 @@ def summarise(
     if pr.refused:
         line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
     allocated = allocation is not None and (full or allocation.changed)
+    leased = frozenset(x.account_id for x in (*allocation.new, *allocation.returns)
+                       ) if allocation is not None and "ipam" not in pr.refused else frozenset()
     return PassSummary(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
                        held=dict(pr.held), full=full, unallocated=unallocated,
-                       pool_utilisation=pool_utilisation(rec, settings) if allocated else None)
+                       pool_utilisation=pool_utilisation(rec, settings) if allocated else None,
+                       leased=leased)
 
 
 def _log_per_group(r: ApplyResult) -> None:

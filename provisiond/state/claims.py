@@ -32,9 +32,8 @@ from sqlalchemy.engine import Connection
 from provisiond.errors import StoreError
 from provisiond.state.tables import claims_t
 
+GLOBAL = "global"  # the claim of the billing read, IP allocation, RADIUS rows and CoA
 CLAIM_LOCKS = 0x70726F76  # "prov": the first key of every claim's two-key advisory lock
-GLOBAL = "global"  # the billing read, IP allocation, RADIUS rows, CoA: one member does them
-_GLOBAL_TARGETS = frozenset({"radius", "ipam"})  # the RADIUS target, and leases' journal rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +59,8 @@ class ClaimLost(StoreError):
 
 
 def resource_of(target: str) -> str:
-    """The claim a target's writes need: ``global`` for the RADIUS target and the leases
-    (``ipam``), the router's own for a router."""
-    return GLOBAL if target in _GLOBAL_TARGETS else target
+    """The claim a target's writes need: its router's, or (RADIUS, IPAM) the global one."""
+    return GLOBAL if target in ("radius", "ipam") else target
 
 
 def lock_key(resource: str) -> int:
