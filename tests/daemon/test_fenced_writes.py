@@ -27,6 +27,7 @@ from provisiond.core.ipam import Allocation, Lease
 from provisiond.daemon import membersql
 from provisiond.daemon.shares import GLOBAL as SHARES_GLOBAL
 from provisiond.state.claims import GLOBAL, ClaimLost, Fence, resource_of
+from provisiond.state.ondemand import WritableOnDemand
 from provisiond.state.store import PART_ROWS, StateStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -291,3 +292,24 @@ def test_a_claim_waits_for_the_fenced_journal_transaction_under_way(
     assert b.claim("core-1") == {"core-1": 2}
     store.journal_changes(run, "core-1", applied=changes(3))  # a's token 1: refused now
     assert journalled(store) == {"core-1": 3} and store.refused_writes == 1
+
+
+def test_the_daemons_store_opened_on_demand_takes_its_fences(
+        url: str, members: Callable[[str], Member]) -> None:
+    """``Sharing.fit`` sets ``fences`` on the Reconciler's store, a ``WritableOnDemand``:
+    the store it opens read-write later carries them."""
+    a = members("pop-a")
+    a.claim(GLOBAL)
+    store = WritableOnDemand(url)
+    try:
+        assert store.last_good_read() is None  # the read-only store, open now
+        none: dict[str, Fence] = {}
+        store.fences = none.get  # this member holds nothing
+        with pytest.raises(ClaimLost, match="global: write refused: this member holds no claim"):
+            store.record_read(10, 12, NOW)  # opens the read-write store
+        assert store.refused_writes == 1
+        store.fences = a.fences.get
+        store.record_read(10, 12, NOW)
+        assert store.last_good_read() == 10 and store.refused_writes == 1
+    finally:
+        store.close()
