@@ -136,11 +136,6 @@ def test_a_fenced_member_fails_healthz_and_is_healthy_again_once_it_renews() -> 
 # -- real members on PostgreSQL ---------------------------------------------------------
 
 
-@pytest.fixture
-def url(pg_url: str) -> str:
-    StateStore.open(pg_url).close()
-    return pg_url
-
 
 @pytest.fixture
 def make(url: str) -> Iterator[Callable[..., Membership]]:
