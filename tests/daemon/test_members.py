@@ -24,7 +24,6 @@ from harness import pg_kwargs, wait_until
 
 from provisiond.daemon.members import GLOBAL, Membership, still_owner
 from provisiond.state.claims import ClaimLost, Fence, lock_claim
-from provisiond.state.store import StateStore
 
 TTL, MARGIN = 1.5, 0.3
 ROUTERS = [f"core-{i:02d}" for i in range(12)]
