@@ -93,7 +93,7 @@ def test_a_leader_lock_lost_while_planning_writes_nothing() -> None:
             pass
 
     settings: Any = SimpleNamespace(daemon=SimpleNamespace(retry_max=60.0, dry_run=False, interval=60.0,
-                                                           healthz_max_age=None,
+                                                           healthz_max_age=None, members="standby",
                                                            model_fields_set={"interval"}), pool=[],
                                     router=[], address_list=[], radius=None)
     runner = PassRunner(settings, metrics=Metrics(), health=Health(max_age=60),
