@@ -34,6 +34,11 @@ class StoreError(ProvisiondError):
     """provisiond's own state store failed."""
 
 
+class ClaimRefused(StoreError):
+    """Shared members: a state-store write on behalf of a router (or the global work)
+    whose claim this member no longer holds; nothing written (``state.claims.ClaimLost``)."""
+
+
 class LeaseConflict(StoreError):
     """``reserve`` found the leases changed under it: re-read, re-allocate, try again."""
 

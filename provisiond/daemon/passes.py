@@ -37,7 +37,7 @@ from provisiond.daemon.mirrors import Cadence, Mirrors
 from provisiond.daemon.sharing import Sharing
 from provisiond.daemon.notes import ConflictNames, note_failure, note_pools, note_refusals, note_targets
 from provisiond.daemon.summary import Display, PassSummary, summarise
-from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
+from provisiond.errors import ClaimRefused, ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.settings import Settings
 
 if TYPE_CHECKING:
@@ -232,6 +232,8 @@ class PassRunner:
             log.error("pass result=error configuration: %s", exc)
         except ProvisiondError as exc:  # the state store, or a target failing outside plan/apply
             outcome = Outcome("error", str(exc))
+            if self.sharing is not None and isinstance(exc, ClaimRefused):
+                self.sharing.claim_lost()
             log.error("pass result=error %s; nothing more written this pass", exc)
             if self._rec is not None and not self._in_child:  # rebuild everything next pass
                 self._rec.close()

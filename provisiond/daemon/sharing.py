@@ -107,6 +107,7 @@ class ChildShare:
     member_id: str
     tokens: dict[str, int]  # resource -> token, as owned when the pass began
     global_work: bool
+    idle_timeout: float  # the fences' (``state.claims.Fence``)
 
 
 class Sharing:
@@ -119,7 +120,8 @@ class Sharing:
         self._attached: frozenset[str] | None = None  # what the mirrors were last given
         self._mirrors: Mirrors | None = None
         self._lock = threading.Lock()
-        self._writing: set[str] = set()  # resources with an apply under way that a gate let in
+        # Resources with an apply under way that a gate let in -> the token it began under.
+        self._writing: dict[str, int] = {}
         self._owned: frozenset[str] = frozenset()
         self._sender: psycopg.Connection[tuple[Any, ...]] | None = None  # the relay thread's
         # Relayed events go out from a thread of their own: a store that hangs (a cut
@@ -189,22 +191,32 @@ class Sharing:
         return self.membership.may_write(resource_of(name)) is None
 
     def fences(self, resource: str) -> Fence | None:
-        return self.membership.fence(resource)
+        """The claim a state-store write on behalf of ``resource`` carries: the token its
+        apply under way began with (rows applied under a claim since lost are refused,
+        even if the claim came back since), else the token held now."""
+        with self._lock:
+            token = self._writing.get(resource)
+        if token is None:
+            token = self.membership.may_write(resource)
+        idle = self.settings.daemon.member_ttl - self.settings.daemon.member_margin
+        return None if token is None else Fence(resource, self.member_id, token, idle)
 
     def ask(self, name: str) -> bool:
-        """A target's gate: may its writes go on? Counts the apply as under way."""
+        """A target's gate: may its writes go on? Counts the apply as under way, under the
+        token it began with: a claim lost and won back meanwhile (another member wrote in
+        between) ends the apply, whose plan is no longer this tenure's."""
         resource = resource_of(name)
         with self._lock:
-            if self.membership.may_write(resource) is None:
+            token = self.membership.may_write(resource)
+            if token is None or self._writing.setdefault(resource, token) != token:
                 return False
-            self._writing.add(resource)
             return True
 
     def done(self, name: str) -> None:
         """A target's apply ended: its writes are answered; a handover may go."""
         resource = resource_of(name)
         with self._lock:
-            self._writing.discard(resource)
+            self._writing.pop(resource, None)
         self.membership.wake()
 
     def writes_ended(self) -> None:
@@ -238,7 +250,14 @@ class Sharing:
 
     def child(self) -> ChildShare:
         owned = self.membership.owned()
-        return ChildShare(self.member_id, owned, GLOBAL in owned)
+        d = self.settings.daemon
+        return ChildShare(self.member_id, owned, GLOBAL in owned, d.member_ttl - d.member_margin)
+
+    def claim_lost(self) -> None:
+        """A pass stopped on a state-store write refused (the global claim moved while it
+        ran): the routers this member still owns get a new pass at once."""
+        log.warning("member=%s a pass stopped on a claim that moved; passing again", self.member_id)
+        self._daemon.request_pass(None, reason="claim moved")
 
     # -- ownership changes (from the membership thread) ------------------------------
 
@@ -356,7 +375,7 @@ def fit_child(rec: Reconciler, share: ChildShare, ask: Callable[[str], bool],
 
     def fences(resource: str) -> Fence | None:
         token = share.tokens.get(resource)
-        return None if token is None else Fence(resource, share.member_id, token)
+        return None if token is None else Fence(resource, share.member_id, token, share.idle_timeout)
 
     setattr(rec.store, "fences", fences)
     for t in rec.targets:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from provisiond.errors import StoreError
+from provisiond.errors import ClaimRefused
 from provisiond.state.tables import claims_t
 
 GLOBAL = "global"  # the claim of the billing read, IP allocation, RADIUS rows and CoA
@@ -41,9 +41,12 @@ class Fence:
     resource: str
     owner: str
     token: int
+    # How long a transaction carrying it may sit idle before the server ends it (and its
+    # lock, which holds up any new claim): the member's ttl - margin.
+    idle_timeout: float = field(default=10.0, compare=False)
 
 
-class ClaimLost(StoreError):
+class ClaimLost(ClaimRefused):
     """A write on behalf of a resource whose claim this member no longer holds (another
     member owns it now, or the claim expired), or never held (``fence`` None): refused,
     nothing written."""
@@ -79,21 +82,24 @@ def claim_held(fence: Fence) -> sa.ColumnElement[bool]:
     )
 
 
-def lock_claim(conn: Connection, fence: Fence, *, idle_timeout: float = 10.0) -> None:
+def lock_claim(conn: Connection, fence: Fence, *, idle_timeout: float | None = None) -> None:
     """Inside the caller's transaction: raise ``ClaimLost`` unless the claim stands, and
     keep any other member from claiming it until the transaction ends."""
     if lock_claims(conn, [fence], idle_timeout=idle_timeout):
         raise ClaimLost(fence)
 
 
-def lock_claims(conn: Connection, fences: Iterable[Fence], *, idle_timeout: float = 10.0) -> list[Fence]:
+def lock_claims(conn: Connection, fences: Iterable[Fence], *,
+                idle_timeout: float | None = None) -> list[Fence]:
     """``lock_claim`` for several claims at once (a journal batch of several routers),
     in two statements whatever their number: the claims lost, in order; the others
-    stand, and stay standing until the transaction ends."""
+    stand, and stay standing until the transaction ends. ``idle_timeout``: by default
+    the shortest of the fences'."""
     fences = list(fences)
     if not fences:
         return []
-    timeout = str(max(1, int(idle_timeout * 1000)))
+    idle = idle_timeout if idle_timeout is not None else min(f.idle_timeout for f in fences)
+    timeout = str(max(1, int(idle * 1000)))
     conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout", timeout, True),
                            *(sa.func.pg_advisory_xact_lock_shared(CLAIM_LOCKS, lock_key(f.resource))
                              for f in fences)))
