@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cluster import (GLOBAL, POOL, ROUTERS, Background, Churn, Cluster, OwnerSampler, Write, gaps,
                      interleaved, max_share, outside_tenures)
 from dbservers import Server, fresh_database
-from harness import Billing, wait_until
+from harness import Billing, pg_kwargs, wait_until
 from netproxy import Proxy
 from sqlalchemy.engine import make_url
 
+from provisiond.daemon.members import Membership
 from provisiond.sim import RouterSim, SimSettings
 from provisiond.state.store import StateStore
 
@@ -137,6 +140,64 @@ def lease_map(cl: Cluster, pool: str = "pending") -> dict[str, str]:
     twice = [a for a, n in Counter(acct for acct, _ in rows).items() if n > 1]
     assert not twice, f"accounts with two leases in {pool}: {twice}"
     return dict(rows)
+
+
+# -- the harness itself ------------------------------------------------------------------
+
+
+def test_the_proxy_holds_bytes_while_blackholed_and_refuses_when_told(state_url: str) -> None:
+    u = make_url(state_url)
+    with Proxy((u.host or "127.0.0.1", u.port or 5432)) as proxy:
+        kwargs = {**pg_kwargs(state_url), "port": proxy.port}
+        with psycopg.connect(**kwargs) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            proxy.blackhole(True)
+            answer: list[Any] = []
+            asking = threading.Thread(target=lambda: answer.append(conn.execute("SELECT 2").fetchone()))
+            asking.start()
+            asking.join(1.0)
+            assert asking.is_alive() and answer == []  # no answer, no error: half-open
+            [port] = proxy.upstream_ports()
+            with psycopg.connect(**pg_kwargs(state_url)) as admin:
+                state = admin.execute("SELECT state FROM pg_stat_activity WHERE client_port = %s",
+                                      (port,)).fetchone()
+            assert state == ("idle",)  # the query never reached the server
+            proxy.blackhole(False)
+            asking.join(5)
+            assert answer == [(2,)]
+        proxy.refuse(True)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**kwargs, connect_timeout=2)
+        proxy.refuse(False)
+        with psycopg.connect(**kwargs) as conn:
+            assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_the_claim_log_holds_each_members_own_tenures(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """In-process members (``Membership``): every stretch in which a member's own
+    ``may_write`` gave a token lies inside the tenure the claim log shows for it."""
+    cl = make_cluster()
+    made = [Membership(cl.state_url, member_id=m, resources=lambda: ROUTERS, ttl=1.5, margin=0.3).start()
+            for m in "abc"]
+    try:
+        wait_until(lambda: cl.spread("abc"), timeout=10, what="claims spread")
+        made[2].stop(graceful=False)  # a crash, as the others see it
+        wait_until(lambda: cl.spread("ab"), timeout=10, what="c's claims taken over")
+        made[0].stop()  # a graceful stop: released at once
+        wait_until(lambda: cl.spread("b"), timeout=10, what="a's claims taken over")
+    finally:
+        for m in made:
+            m.stop(graceful=False)
+    logged = cl.tenures()
+    own = [(m.member_id, t) for m in made for t in m.tenures()]
+    assert own and logged
+    outside = [(m, t) for m, t in own if t.end is not None and not any(
+        x.owner == m and x.resource == t.resource and x.token == t.token and x.start <= t.start
+        and (x.end is None or t.end <= x.end) for x in logged)]
+    assert not outside, outside[:5]
+    assert {x.owner for x in logged if x.resource == ROUTERS[0]} <= {"a", "b", "c"}
 
 
 # -- the tests ---------------------------------------------------------------------------
