@@ -215,7 +215,7 @@ class Cluster:
         owners = self.owners()
         wanted = self._wanted()
         chosen = set(members)
-        if wanted or set(owners) < {*ROUTERS, GLOBAL} or not set(owners.values()) <= chosen:
+        if wanted or not {*ROUTERS, GLOBAL} <= set(owners) or not set(owners.values()) <= chosen:
             return None
         out: dict[str, list[str]] = {m: [] for m in chosen}
         for r in ROUTERS:

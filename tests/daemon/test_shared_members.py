@@ -214,6 +214,10 @@ def test_standby_members_leave_every_router_to_the_one_leader(make_cluster: Call
     assert interleaved(cl.writes()) == {}
     leader = writers.pop()
     cl.assert_idempotent(leader)
+    # Every entry journalled once (what the other tests count doubles with).
+    creates = address_list_creates(cl)
+    entries = sum(len(sim.entries("ip")) for sim in cl.sims.values())
+    assert sum(creates.values()) == entries and max(creates.values()) == 1
 
 
 def test_ownership_spreads_and_a_new_member_takes_its_share(make_cluster: Callable[..., Cluster]) -> None:
@@ -319,7 +323,7 @@ def test_a_member_cut_off_from_the_store_stops_writing_before_its_routers_are_gr
         margins = []
         tenures = cl.tenures()
         for router in lost:
-            grants = [t for t in tenures if t.resource == router and t.owner != "c" and t.start >= cut_at - TTL]
+            grants = [t for t in tenures if t.resource == router and t.owner != "c" and t.start >= cut_at]
             assert grants, f"{router}: never granted to another member after the cut"
             granted = min(t.start for t in grants)
             last = max((w.at for w in cl.writes() if w.router == router and w.member == "c" and w.at < healed),
@@ -375,7 +379,7 @@ def test_a_paused_member_has_its_stale_writes_refused_and_writes_no_further_batc
     # The state store: its fenced writes after resuming were refused, and no journal row
     # of a change it made landed after its claim on that router ended.
     text = proc.text()[mark:]
-    assert re.search(r"refused|no longer holds|fenced", text), f"no refusal logged:\n{text[-4000:]}"
+    assert re.search(r"write refused|ClaimLost\b", text), f"no refused state-store write logged:\n{text[-4000:]}"
     ended = {t.resource: t.end for t in tenures if t.owner == victim and t.resource in lost
              and t.end is not None and t.end <= resumed}
     adds = {(w.router, w.member) for w in cl.writes()}
