@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import librouteros
 import psycopg
 import pytest
 from cluster import (GLOBAL, POOL, ROUTERS, Background, Churn, Cluster, OwnerSampler, Write, gaps,
@@ -198,6 +199,26 @@ def test_the_claim_log_holds_each_members_own_tenures(
         and (x.end is None or t.end <= x.end) for x in logged)]
     assert not outside, outside[:5]
     assert {x.owner for x in logged if x.resource == ROUTERS[0]} <= {"a", "b", "c"}
+
+
+def test_the_safety_check_tells_a_write_under_a_claim_from_one_without(
+    make_cluster: Callable[..., Cluster], password: tuple[str, Path],
+) -> None:
+    """The negative control: a writer that holds no claim is caught, one that does is not."""
+    cl = make_cluster()
+    a = Membership(cl.state_url, member_id="a", resources=lambda: ROUTERS, ttl=1.5, margin=0.3).start()
+    try:
+        wait_until(lambda: cl.spread("a"), timeout=10, what="a holds every claim")
+        for user, address in (("member-a", "192.0.2.1"), ("member-b", "192.0.2.2")):
+            api = librouteros.connect("127.0.0.1", user, password[0], port=cl.sims["r03"].port)
+            assert a.may_write("r03") is not None
+            api.path("ip", "firewall", "address-list").add(list="probe", address=address)
+            api.close()
+    finally:
+        a.stop()
+    bad = outside_tenures(cl.writes(), cl.tenures())
+    assert [(v.write.router, v.write.member) for v in bad] == [("r03", "b")]
+    assert "never held it" in str(bad[0])
 
 
 # -- the tests ---------------------------------------------------------------------------
