@@ -156,7 +156,8 @@ class Cluster:
 
     def start(self, member: str, *, state_url: str | None = None) -> DaemonProc:
         n = sum(1 for p in self.every if p.log.name.startswith(f"member-{member}-"))
-        proc = DaemonProc(self.config(member, state_url=state_url), log=self.tmp / f"member-{member}-{n}.log")
+        proc = DaemonProc(self.config(member, state_url=state_url), log=self.tmp / f"member-{member}-{n}.log",
+                          verbosity="-v")
         self.procs[member] = proc
         self.every.append(proc)
         return proc
@@ -177,7 +178,7 @@ class Cluster:
 
     def logs(self) -> str:
         """Every member's log, for a failure message."""
-        return "\n".join(f"==== {p.log.name}\n{p.text()[-6000:]}" for p in self.every)
+        return "\n".join(f"==== {p.log.name}\n" + "\n".join(p.text().splitlines()[-40:]) for p in self.every)
 
     def terminate_backends(self, member: str) -> int:
         """``pg_terminate_backend`` every connection of ``member`` (billing, state store,
