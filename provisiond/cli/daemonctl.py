@@ -1,9 +1,10 @@
 """``provisiond status`` and ``provisiond pass``: see and steer the running daemon.
 
-``status`` reads the state store (who leads, the last passes) and, when the config
-names ``daemon.metrics_listen``, the daemon's own ``/healthz`` and ``/metrics`` (per
-target back-off, degraded parts, pools, a failed reload). It writes nothing and works
-for anyone who can read the config and the store.
+``status`` reads the state store (who leads, or in shared mode the members and their
+claims: ``cli.members``; the last passes) and, when the config names
+``daemon.metrics_listen``, the daemon's own ``/healthz`` and ``/metrics`` (per target
+back-off, degraded parts, pools, a failed reload). It writes nothing and works for
+anyone who can read the config and the store.
 
 ``pass`` writes a request into the state store, which the leading daemon takes within
 a second (``daemon.requests``), and waits for the pass that served it: exit 0 when that
@@ -71,7 +72,8 @@ def cmd_pass(settings: settings_mod.Settings, *, targets: list[str] | None,
         store.close()
 
 
-def cmd_status(settings: settings_mod.Settings, *, fmt: str) -> int:
+def cmd_status(settings: settings_mod.Settings, *, fmt: str, claims: bool = False) -> int:
+    from provisiond.cli import members
     from provisiond.state.store import StateStore
 
     url = settings.state.url.get_secret_value()
@@ -81,13 +83,20 @@ def cmd_status(settings: settings_mod.Settings, *, fmt: str) -> int:
     finally:
         store.close()
     doc: dict[str, Any] = {"leader": leader_of(url), "passes": [_pass(r) for r in runs]}
+    view, why = members.read(settings)
+    if members.shown(settings, view):
+        if view is not None:
+            doc["members"] = members.describe(view, resources=members.resources(settings, view),
+                                              ttl=settings.daemon.member_ttl)
+        elif why:
+            doc["members_error"] = f"cannot read the members from the state store: {why}"
     listen = settings.daemon.metrics_listen
     if listen:
         doc.update(from_daemon(listen))
     if fmt == "json":
         print(json.dumps(doc, indent=2, default=str))
         return EXIT_OK
-    for line in _lines(doc):
+    for line in _lines(doc, shared=settings.daemon.members == "shared", claims=claims):
         print(line)
     return EXIT_OK
 
@@ -182,8 +191,16 @@ def mirrors(metrics: dict[str, dict[str, float]]) -> dict[str, str]:
     return out
 
 
-def _lines(doc: dict[str, Any]) -> list[str]:
-    out = [f"leader: {doc['leader'] or 'none (no daemon holds the leader lock)'}"]
+def _lines(doc: dict[str, Any], *, shared: bool = False, claims: bool = False) -> list[str]:
+    from provisiond.cli import members
+
+    nobody = ('none (daemon.members = "shared": every member is active)' if shared
+              else "none (no daemon holds the leader lock)")
+    out = [f"leader: {doc['leader'] or nobody}"]
+    if "members" in doc:
+        out += members.lines(doc["members"], claims=claims, standby=not shared)
+    if "members_error" in doc:
+        out.append(f"members: {doc['members_error']}")
     if "daemon_error" in doc:
         out.append(f"daemon: {doc['daemon_error']}")
     metrics = doc.get("metrics") or {}

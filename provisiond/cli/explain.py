@@ -4,7 +4,8 @@ The question a support call starts with. Called by ``cli.main``. Reads billing t
 the Reconciler (the same suspicious-read check as a pass), computes the pass's IPAM
 decisions and desired state, reads only this account's part of every target
 (``Reconciler.observe_account``, a scoped observe, in parallel) and diffs just its
-entries with ``core.diff``; nothing is written anywhere. Out: text
+entries with ``core.diff``; nothing is written anywhere. In shared mode each target
+also names the member whose claim lets it write there (``cli.members``). Out: text
 (coloured like ``plan`` on a terminal) or JSON, and an exit code: 0 converged
 everywhere, 2 a change is pending or an entry is in conflict, 1 unknown to billing (or
 a target could not be read).
@@ -21,7 +22,9 @@ from typing import Any
 
 from provisiond import settings as settings_mod
 from provisiond.cli.commands import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, _reconciler
+from provisiond.cli import members
 from provisiond.cli.console import painter
+from provisiond.cli.members import owner_line
 from provisiond.core import render
 from provisiond.core.changes import Conflict, Create, Delete, Key, Observed, Resource, Update
 from provisiond.core.diff import diff
@@ -67,11 +70,21 @@ def cmd_explain(settings: settings_mod.Settings, account_id: str, *, fmt: str, c
             if t["kind"] == "routeros":
                 t["mirror"] = known.get(t["target"], "unknown (the daemon does not answer, or "
                                                      "keeps no mirror)")
+    if settings.daemon.members == "shared":
+        _owners(settings, doc["targets"])
     if fmt == "json":
         print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     else:
         sys.stdout.write(painter(color).text("".join(line + "\n" for line in text_lines(doc))))
     return int(doc["exit"])
+
+
+def _owners(settings: settings_mod.Settings, targets: list[dict[str, Any]]) -> None:
+    """Shared mode: the member writing each target, as the state store's claims say."""
+    view, why = members.read(settings)
+    for t in targets:
+        t["owner"] = (members.owner(view, t["target"], t["kind"]) if view is not None else
+                      {"error": why or "the state store has no membership tables yet"})
 
 
 def explain(rec: Any, account_id: str, *, journal: int = 10) -> dict[str, Any]:
@@ -282,10 +295,14 @@ def text_lines(doc: Mapping[str, Any]) -> list[str]:
         entries = t["entries"]
         if t.get("error"):
             out.append(f"{t['target']} ({t['kind']}): FAILED: {t['error']}")
+            if "owner" in t:
+                out.append(f"    {owner_line(t['owner'])}")
             continue
         counts = {s: sum(1 for e in entries if e["state"] == s) for s in STATES}
         detail = ", ".join(f"{n} {_WORD[s]}" for s, n in counts.items() if n)
         out.append(f"{t['target']} ({t['kind']}): {t['status']}" + (f": {detail}" if detail else ""))
+        if "owner" in t:
+            out.append(f"    {owner_line(t['owner'])}")
         if "mirror" in t:
             out.append(f"    the daemon's mirror: {t['mirror']}")
         if not entries:

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the running daemon: leader, last passes, targets, "
                             "pools, health (writes nothing)")
     status.add_argument("--format", choices=["text", "json"], default="text")
+    status.add_argument("--claims", action="store_true",
+                        help="shared mode: every claim (router or global), its member and fencing "
+                             "token")
 
     pass_ = sub.add_parser("pass", help="ask the running daemon for a pass now and wait for it")
     pass_.add_argument("--target", "-t", dest="targets", action="append", metavar="NAME",
@@ -190,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from provisiond.cli import daemonctl
 
             if args.command == "status":
-                return daemonctl.cmd_status(settings, fmt=args.format)
+                return daemonctl.cmd_status(settings, fmt=args.format, claims=args.claims)
             return daemonctl.cmd_pass(settings, targets=args.targets,
                                       accounts=_accounts(args.accounts), timeout=args.timeout)
         if args.command == "run":

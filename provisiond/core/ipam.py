@@ -150,6 +150,19 @@ class Allocation:
         return replace(self, releases=tuple(x for x in self.releases if x.pool not in held),
                        addresses={k: tuple(sorted(v)) for k, v in addresses.items()})
 
+    def standing(self) -> Allocation:
+        """This allocation as the leases stand, deciding nothing: what a member without
+        the global claim plans its routers with (``daemon.members``). New leases and
+        returns are another member's to make, so their addresses are left out until
+        they are recorded; releases still take their addresses off (the global member
+        releases them too); nothing is left for ``reserve`` to record."""
+        fresh: dict[str, set[str]] = {}
+        for lease in (*self.new, *self.returns):
+            fresh.setdefault(lease.account_id, set()).add(lease.address)
+        addresses = {k: kept for k, v in self.addresses.items()
+                     if (kept := tuple(a for a in v if a not in fresh.get(k, ())))}
+        return replace(self, new=(), releases=(), returns=(), expired=(), addresses=addresses)
+
     @property
     def change_count(self) -> int:
         """Decisions a human reviews (expired holds are housekeeping, not counted)."""

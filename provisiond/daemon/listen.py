@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between checks of the stop flag
 PING_EVERY = 30.0  # a cheap query now and then notices a half-dead connection
 FIRST_RETRY = 1.0
+IGNORE = object()  # what a ``parse`` returns for a notification to pass over
 
 
 class BillingListener:
@@ -40,12 +42,19 @@ class BillingListener:
         url: str,
         channel: str,
         *,
-        on_change: Callable[[frozenset[str] | None], None],
+        on_change: Callable[[Any], None],
         retry_max: float = 60.0,
+        what: str = "billing",
+        parse: Callable[[str], Any] = parse_payload,
     ) -> None:
+        """``parse(payload)`` -> what ``on_change`` is given (``IGNORE``: nothing);
+        after a reconnect ``on_change(None)``. ``what`` names the listener in logs."""
         self._url = url
         self.channel = channel
         self._on_change = on_change
+        self._what = what
+        self._heard = "billing changes" if what == "billing" else f"{what} events"
+        self._parse = parse
         self._retry_max = max(FIRST_RETRY, retry_max)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -53,7 +62,7 @@ class BillingListener:
         self.notifications = 0
 
     def start(self) -> BillingListener:
-        self._thread = threading.Thread(target=self._run, name="billing-listen", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self._what}-listen", daemon=True)
         self._thread.start()
         return self
 
@@ -71,7 +80,7 @@ class BillingListener:
                 conn = psycopg.connect(**connect_kwargs(self._url, connect_timeout=10))
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 self.connected = True
-                log.info("listening for billing changes channel=%s db=%s", self.channel,
+                log.info("listening for %s channel=%s db=%s", self._heard, self.channel,
                          display(self._url))
                 delay = FIRST_RETRY
                 if not first:
@@ -82,12 +91,12 @@ class BillingListener:
                 if self._stop.is_set():
                     break
                 log.warning(
-                    "billing LISTEN connection %s: %s; passes run on the interval only, "
-                    "reconnecting in %.0fs", "lost" if self.connected else "failed",
+                    "%s LISTEN connection %s: %s; passes run on the interval only, "
+                    "reconnecting in %.0fs", self._what, "lost" if self.connected else "failed",
                     first_line(exc), delay,
                 )
             except Exception:  # the thread must outlive any surprise (logged with traceback)
-                log.exception("billing LISTEN failed unexpectedly; retrying in %.0fs", delay)
+                log.exception("%s LISTEN failed unexpectedly; retrying in %.0fs", self._what, delay)
             finally:
                 self.connected = False
                 if conn is not None:
@@ -100,11 +109,14 @@ class BillingListener:
         last_ping = time.monotonic()
         while not self._stop.is_set():
             for note in conn.notifies(timeout=POLL):
+                event = self._parse(note.payload)
+                if event is IGNORE:
+                    continue
                 self.notifications += 1
-                accounts = parse_payload(note.payload)
-                log.debug("billing notify channel=%s payload=%.200s", note.channel, note.payload)
-                log.info("billing notify channel=%s accounts=%s", note.channel, ids_text(accounts))
-                self._on_change(accounts)
+                log.debug("%s notify channel=%s payload=%.200s", self._what, note.channel, note.payload)
+                if self._parse is parse_payload:
+                    log.info("billing notify channel=%s accounts=%s", note.channel, ids_text(event))
+                self._on_change(event)
             now = time.monotonic()
             if now - last_ping >= PING_EVERY:
                 conn.execute("SELECT 1")

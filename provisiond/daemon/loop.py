@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from provisiond.daemon.summary import Display
 from provisiond.daemon.requests import Requests
 from provisiond.daemon.retries import Owed, TargetRetries
 from provisiond.daemon.sdnotify import Notifier
+from provisiond.daemon.sharing import Sharing
 from provisiond.daemon.watchdog import start_watchdog, why_stuck
 from provisiond.daemon.webhook import WebhookReceiver
 from provisiond.settings import Settings
@@ -96,7 +96,44 @@ def run_daemon(path: Path, settings: Settings, *, first_pass_progress: Display |
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
-class Daemon:
+class Leading:
+    """Standby mode's side of the Daemon: whether it leads, as the leader lock says
+    (``daemon.leader``; shared members never stand by: ``NoElection``)."""
+
+    leading: bool
+    leader: leader_mod.Leadership
+    metrics: Metrics
+    health: Health
+    settings: Settings
+    notifier: Notifier
+    ready_sent: bool
+
+    def _still_leading(self) -> bool:
+        if not self.leading:
+            return False
+        if self.leader.still_held():
+            return True
+        self._set_leading(False)
+        return False
+
+    def _set_leading(self, leading: bool, *, first: bool = False) -> None:
+        self.leading = leading
+        self.metrics.leader.set(1 if leading else 0)
+        self.health.standby = not leading
+        if not leading:
+            holder = self.leader.holder()
+            self.health.leader = holder or ""
+            log.info("standby: %s is held by another provisiond (%s); retrying every %.0fs",
+                     self.leader.description, holder or "holder unknown",
+                     _standby_poll(self.settings))
+            status = "standby: another provisiond is the leader"
+            if first or not self.ready_sent:
+                self.ready_sent = self.notifier.ready(status) or True
+            else:
+                self.notifier.status(status)
+
+
+class Daemon(Leading):
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
@@ -107,11 +144,16 @@ class Daemon:
         self.mirrors = Mirrors(repair(self.request_pass, self.request_targets,
                                       lambda: self.settings.daemon.scope_max_accounts),
                                enabled=settings.daemon.listen)
+        # Shared members: no leader; each router written by the member holding its claim.
+        self.sharing = Sharing(settings, self) if settings.daemon.members == "shared" else None
+        if self.sharing is not None:
+            self.mirrors.only = lambda name: self.sharing is not None and not self.sharing.skip(name)
         self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True,
-                                 mirrors=self.mirrors)
+                                 mirrors=self.mirrors, sharing=self.sharing)
         self.metrics.before_scrape = lambda: self.mirrors.publish(self.metrics, self.health,
                                                                   self.runner.cadence)
-        self.leader = leader_mod.for_store(settings.state.url.get_secret_value())
+        self.leader = (leader_mod.for_store(settings.state.url.get_secret_value()) if self.sharing is None
+                       else leader_mod.NoElection(f"shared members, this one {self.sharing.member_id}"))
         self.leading = False
         self.scheduler: Any = None
         self.listener: BillingListener | None = None
@@ -153,7 +195,7 @@ class Daemon:
         if d.webhook_listen:
             try:
                 self.webhook = WebhookReceiver(d.webhook_listen, d.webhook_token(),
-                                               on_pass=partial(self.request_pass, reason="webhook"), debounce=d.debounce,
+                                               on_pass=self._webhook_pass, debounce=d.debounce,
                                                metrics=self.metrics).start()
             except (OSError, ValueError, ConfigError) as exc:
                 log.error("daemon.webhook_listen: cannot serve webhooks on %s: %s",
@@ -164,6 +206,8 @@ class Daemon:
                 self.leader.release()
                 return EXIT_ERROR
         self._set_leading(self.leading, first=True)
+        if self.sharing is not None:
+            self.sharing.start()
         self.listener = start_listener(self.settings, self.request_pass)
         self._start_scheduler()
         watchdog = start_watchdog(self.notifier, self.unhealthy)
@@ -205,6 +249,8 @@ class Daemon:
         self._retries.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # waits for the pass in flight
+        if self.sharing is not None:
+            self.sharing.stop()  # its claims released: the others take over at once
         if self.listener is not None:
             self.listener.stop()
         self.runner.close()
@@ -264,12 +310,22 @@ class Daemon:
         self._run_now()
 
     def _take_requests(self) -> None:
-        """``provisiond pass`` requests from the state store, each a pass request here."""
+        """``provisiond pass`` requests from the state store, each a pass request here
+        (shared members: taken by the global member, and relayed to the others)."""
+        if self.sharing is not None and not self.sharing.global_work:
+            return
         for request_id, accounts, targets in self._requests.take():
             if targets is not None:
                 self.request_targets(targets, asked=request_id)
             else:
                 self.request_pass(accounts, reason="request", asked=request_id)
+            if self.sharing is not None:
+                self.sharing.relay(accounts, targets)
+
+    def _webhook_pass(self, accounts: frozenset[str] | None) -> None:
+        self.request_pass(accounts, reason="webhook")
+        if self.sharing is not None:
+            self.sharing.relay(accounts)
 
     def _run_now(self) -> None:
         if self.scheduler is None:
@@ -293,6 +349,9 @@ class Daemon:
             if self.stopping:
                 return
             self._last_job = time.monotonic()
+            if self.sharing is not None and not self.sharing.owned():
+                self._pending, self._requested = Pending(), False  # owning something: asked again
+                return
             chosen = self._next_scope()
             if chosen is None:
                 return
@@ -308,8 +367,11 @@ class Daemon:
                                       status="this daemon lost the leader lock before the pass; "
                                              "ask again")
                 return
-            outcome = self.runner.run_once(may_write=self._still_leading, accounts=scope,
-                                           targets=targets)
+            outcome = self.runner.run_once(may_write=self._still_leading if self.sharing is None
+                                           else self.sharing.may_write, accounts=scope, targets=targets)
+            if self.sharing is not None and outcome.leased:
+                big = len(outcome.leased) > self.settings.daemon.scope_max_accounts
+                self.sharing.relay(None if big else outcome.leased)
             self._requests.answer(served, number=self.runner.count, result=outcome.result,
                                   status=outcome.status)
             served = []
@@ -332,30 +394,6 @@ class Daemon:
                     self._requested = True
             if again:
                 self._run_now()
-
-    def _still_leading(self) -> bool:
-        if not self.leading:
-            return False
-        if self.leader.still_held():
-            return True
-        self._set_leading(False)
-        return False
-
-    def _set_leading(self, leading: bool, *, first: bool = False) -> None:
-        self.leading = leading
-        self.metrics.leader.set(1 if leading else 0)
-        self.health.standby = not leading
-        if not leading:
-            holder = self.leader.holder()
-            self.health.leader = holder or ""
-            log.info("standby: %s is held by another provisiond (%s); retrying every %.0fs",
-                     self.leader.description, holder or "holder unknown",
-                     _standby_poll(self.settings))
-            status = "standby: another provisiond is the leader"
-            if first or not self.ready_sent:
-                self.ready_sent = self.notifier.ready(status) or True
-            else:
-                self.notifier.status(status)
 
     # -- SIGHUP ---------------------------------------------------------------------
 

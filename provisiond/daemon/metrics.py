@@ -9,6 +9,11 @@ that first appears at 1 is an event ``increase()`` cannot see. ``serve`` answers
 lasting conflicts and degraded parts (refused lists, exhausted pools, unreachable
 targets, a failed reload) are listed in the body either way, without failing health;
 ``/healthz?strict=1`` fails while any part is degraded) from a small threading HTTP server.
+
+With ``[daemon] members = "shared"`` the daemon also hands ``Metrics.members`` its
+membership's status (``daemon.members.Status``) before every scrape and after every
+pass, and sets ``Health.member`` to its ``Membership``: a member that fenced itself
+fails /healthz until a renewal comes back. Standby daemons export none of this.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -41,6 +46,42 @@ SOURCE = "source"  # the billing source's label in provisiond_errors_total
 # Webhook requests by result: accepted, or why refused (daemon.webhook).
 WEBHOOK_RESULTS = ("accepted", "unauthorised", "not_found", "method_not_allowed",
                    "bad_request", "length_required", "too_large", "busy")
+# daemon.shares' names, repeated: metrics sits below the membership modules.
+GLOBAL_CLAIM = "global"
+MEMBER_STATES = ("live", "uncertain", "dead", "stopped")
+
+
+class _Stated(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class MemberStatus(Protocol):
+    """What ``Metrics.members`` reads: ``daemon.members.Status`` fits."""
+
+    @property
+    def fenced(self) -> bool: ...
+    @property
+    def owned(self) -> Mapping[str, int]: ...  # resource -> fencing token
+    @property
+    def claim_ages(self) -> Mapping[str, float]: ...
+    @property
+    def handovers(self) -> int: ...
+    @property
+    def self_fences(self) -> int: ...
+    @property
+    def members(self) -> Sequence[_Stated]: ...
+
+
+class Fenceable(Protocol):
+    """What ``Health`` asks at every check: ``daemon.members.Membership`` fits."""
+
+    @property
+    def member_id(self) -> str: ...
+    @property
+    def fenced(self) -> bool: ...
+    @property
+    def deadline(self) -> float: ...  # time.monotonic() when it stopped (or stops) writing
 
 
 def target_names(settings: Settings) -> list[str]:
@@ -160,8 +201,12 @@ class Metrics:
         for result in WEBHOOK_RESULTS:
             self.webhook_requests.labels(result)
         self.errors.labels(SOURCE)
+        self.member: MemberSeries | None = None  # shared mode's series, once ``share`` made them
+        self._share_lock = threading.Lock()
         if settings is not None:
             self.prime(settings)
+            if settings.daemon.members == "shared":
+                self.share()
 
     def prime(self, settings: Settings) -> None:
         """Every series of the configured targets and pools, at 0 where not there yet.
@@ -203,6 +248,18 @@ class Metrics:
                     counter.labels(name).inc(per * (seen - before))
                 self._seen[key, name] = seen
 
+    def share(self) -> MemberSeries:
+        """The shared mode's series (at 0 until ``members`` fills them); made once."""
+        with self._share_lock:
+            if self.member is None:
+                self.member = MemberSeries(self.registry)
+            return self.member
+
+    def members(self, status: MemberStatus) -> None:
+        """This member's claims and its view of the others (``Membership.status()``),
+        from the pass thread and before a scrape."""
+        self.share().publish(status)
+
     def watch(self, health: Health) -> None:
         """``provisiond_healthy`` asks ``health`` at every scrape (a stuck loop shows up too)."""
         self.healthy.set_function(lambda: 1.0 if health.check()[0] else 0.0)
@@ -215,6 +272,57 @@ class Metrics:
             except Exception:  # noqa: BLE001 - a scrape never fails for a gauge
                 log.exception("metrics: refreshing before a scrape failed")
         return bytes(generate_latest(self.registry))
+
+
+class MemberSeries:
+    """The ``provisiond_member*`` series of one shared-mode daemon: what it holds, as
+    its membership last told (resources it no longer holds lose their claim age)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.routers_owned = Gauge("provisiond_member_routers_owned",
+                                   "Routers whose claim this member holds", registry=r)
+        self.global_claim = Gauge("provisiond_member_global",
+                                  "1 while this member holds the global claim (billing read, "
+                                  "IP allocation, RADIUS rows, CoA)", registry=r)
+        self.claim_age = Gauge("provisiond_member_claim_age_seconds",
+                               "Seconds since this member began writing a resource (a router, "
+                               "or global) it still holds", ["resource"], registry=r)
+        self.handovers = Counter("provisiond_member_handovers",
+                                 "Claims this member took over from an earlier owner", registry=r)
+        self.self_fences = Counter("provisiond_member_self_fences",
+                                   "Times this member stopped writing because no lease renewal "
+                                   "came back within ttl - margin", registry=r)
+        self.fenced = Gauge("provisiond_member_fenced",
+                            "1 while this member has fenced itself (writes nothing), else 0",
+                            registry=r)
+        self.members = Gauge("provisiond_members", "Members of the state store by state (live, "
+                             "uncertain, dead, stopped), as this member last read them",
+                             ["state"], registry=r)
+        for state in MEMBER_STATES:
+            self.members.labels(state)
+        self._lock = threading.Lock()
+        self._aged: set[str] = set()
+        self._seen = {"handovers": 0, "self_fences": 0}
+
+    def publish(self, status: MemberStatus) -> None:
+        with self._lock:
+            owned = set(status.owned)
+            self.routers_owned.set(len(owned - {GLOBAL_CLAIM}))
+            self.global_claim.set(1 if GLOBAL_CLAIM in owned else 0)
+            self.fenced.set(1 if status.fenced else 0)
+            for resource in self._aged - owned:
+                self.claim_age.remove(resource)
+            for resource in owned:
+                self.claim_age.labels(resource).set(status.claim_ages.get(resource, 0.0))
+            self._aged = owned
+            for counter, key, seen in ((self.handovers, "handovers", status.handovers),
+                                       (self.self_fences, "self_fences", status.self_fences)):
+                if seen > self._seen[key]:
+                    counter.inc(seen - self._seen[key])
+                self._seen[key] = seen
+            states = [m.state for m in status.members]
+            for state in {*MEMBER_STATES, *states}:
+                self.members.labels(state).set(states.count(state))
 
 
 @dataclass(slots=True)
@@ -230,6 +338,8 @@ class Health:
     # What works but not as asked, by part ("refused core-1 tower-hosts", "pool towers",
     # "unreachable core-2", "reload") -> why. Listed by /healthz; ?strict=1 fails on any.
     degraded: dict[str, str] = field(default_factory=dict)
+    # Shared mode: this daemon's membership, asked at every check (a fenced member fails).
+    member: Fenceable | None = None
 
     def _detail(self) -> str:
         """Conflicts and degraded parts do not fail health (the daemon works), but they are shown."""
@@ -247,6 +357,11 @@ class Health:
         if self.standby:
             leads = f": {self.leader} leads" if self.leader else ""
             return True, f"ok: standby (another provisiond is the leader{leads})"
+        member = self.member
+        if member is not None and member.fenced:
+            return False, (f"member {member.member_id} fenced itself: no lease renewal within "
+                           f"ttl-margin; writing stopped {max(0.0, now - member.deadline):.0f}s ago "
+                           f"until one comes back{self._detail()}")
         if self.last_success is None:
             return False, f"no successful pass yet; last: {self.last_result}{self._detail()}"
         age = now - self.last_success

@@ -48,11 +48,18 @@ class Mirrors:
         self._lock = threading.Lock()
         self._followers: dict[str, tuple[Any, Follower]] = {}  # name -> (identity, follower)
         self._warned = False  # about a healthz_max_age shorter than the backstop
+        self.only: Callable[[str], bool] | None = None  # routers to follow (None: every one)
 
     def attach(self, targets: Iterable[Any]) -> None:
         """Give each RouterTarget its router's mirror, starting followers as needed and
         stopping those of routers no longer configured (or configured otherwise)."""
-        routers = [t for t in targets if isinstance(t, RouterTarget)] if self.enabled else []
+        routers = [t for t in targets if isinstance(t, RouterTarget)]
+        for t in routers:
+            t.mirror = None  # unless followed below
+        if not self.enabled:
+            routers = []
+        elif self.only is not None:  # shared members: the routers this one writes
+            routers = [t for t in routers if self.only(t.name)]
         stale: list[Follower] = []
         with self._lock:
             keep: dict[str, tuple[Any, Follower]] = {}

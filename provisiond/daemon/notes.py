@@ -6,7 +6,10 @@ and conflicts named once when they appear and when they go. Called by ``daemon.p
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol
 
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.summary import PassSummary
@@ -85,3 +88,57 @@ class ConflictNames:
                     self.named[name] = now
                 else:
                     self.named[name] = before | now
+
+class Backoffs(Protocol):
+    """``daemon.passes.Backoff``, as the bookkeeping uses it."""
+
+    def remaining(self, name: str) -> float: ...
+    def failures(self, name: str) -> int: ...
+    def errored(self, name: str) -> None: ...
+    def failed(self, name: str) -> float: ...
+    def succeeded(self, name: str) -> bool: ...
+
+
+def note_targets(summary: PassSummary, backoff: Backoffs, metrics: Metrics, health: Health,
+                 asked_for: Callable[[str], bool]) -> list[str]:
+    """Update back-off, error counters and last-success gauges; return the failed names."""
+    m = metrics
+    failed: list[str] = []
+    now = time.time()
+    for name in summary.names:
+        if not asked_for(name):
+            continue  # a pass of other targets: this one was not asked for
+        t = summary.targets.get(name)
+        if t is None:  # left out: still backing off
+            remaining = backoff.remaining(name)
+            m.backoff.labels(name).set(remaining)
+            log.info("target=%s result=backoff retry_in=%.1fs", name, remaining)
+            continue
+        if t.error:
+            m.errors.labels(name).inc()
+            failed.append(name)
+            note_failure(health, name, t.error, unavailable=t.unavailable)
+            if t.unavailable:
+                delay = backoff.failed(name)
+                m.backoff.labels(name).set(delay)
+                log.warning("target=%s result=unavailable retry_in=%.1fs error=%r",
+                            name, delay, t.error)
+            else:
+                backoff.errored(name)
+                m.target_errors.labels(name).inc()
+                log.warning("target=%s result=error retry=next-interval error=%r", name, t.error)
+            m.consecutive_failures.labels(name).set(backoff.failures(name))
+            continue
+        if backoff.succeeded(name):
+            log.info("target=%s recovered", name)
+        health.degraded.pop(f"unreachable {name}", None)
+        health.degraded.pop(f"error {name}", None)
+        m.backoff.labels(name).set(0)
+        m.consecutive_failures.labels(name).set(0)
+        if t.failed:
+            m.errors.labels(name).inc()
+        elif name not in summary.refused:
+            m.last_success.labels(name).set(now)
+            if not t.written:
+                log.info("target=%s result=ok changes=0", name)
+    return failed

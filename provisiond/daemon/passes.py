@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 from provisiond.daemon import worker
 from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.mirrors import Cadence, Mirrors
-from provisiond.daemon.notes import ConflictNames, note_failure, note_pools, note_refusals
+from provisiond.daemon.sharing import Sharing
+from provisiond.daemon.notes import ConflictNames, note_failure, note_pools, note_refusals, note_targets
 from provisiond.daemon.summary import Display, PassSummary, summarise
 from provisiond.errors import ConfigError, ProvisiondError, SourceError, SuspiciousSnapshot
 from provisiond.settings import Settings
@@ -102,6 +103,7 @@ class Outcome:
     retry: tuple[frozenset[str], float] | None = None
     # Targets that could not be reached: passed again when their back-off ends (name -> s).
     retry_targets: dict[str, float] = field(default_factory=dict)
+    leased: frozenset[str] = frozenset()  # accounts given addresses (``PassSummary.leased``)
 
 
 # (settings, readonly, memory) -> the Reconciler of one configuration generation
@@ -130,8 +132,10 @@ class PassRunner:
         factory: ReconcilerFactory = _default_factory,
         isolate: bool = False,
         mirrors: Mirrors | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.settings = settings
+        self.sharing = sharing  # shared members: passes write only what this one owns
         self.mirrors = mirrors if mirrors is not None else Mirrors(lambda *_: None, enabled=False)
         self.cadence = Cadence(settings)
         self.metrics = metrics
@@ -211,6 +215,7 @@ class PassRunner:
         try:
             summary = self._summary(may_write)
             outcome = self._book(summary)
+            outcome.leased = summary.leased
         except SourceError as exc:
             outcome = Outcome("error", f"billing read failed, nothing written: {exc}")
             self.metrics.errors.labels("source").inc()
@@ -275,7 +280,10 @@ class PassRunner:
         return self.backoff.skip(name) or not self._asked_for(name)
 
     def _asked_for(self, name: str) -> bool:
-        """In this pass's targets (names or globs; None: every target)."""
+        """In this pass's targets (names or globs; None: every target), and (shared
+        members) owned by this member."""
+        if self.sharing is not None and self.sharing.skip(name):
+            return False
         return self._targets is None or any(fnmatch.fnmatchcase(name, p) for p in self._targets)
 
     def _summary(self, may_write: Callable[[], bool] | None) -> PassSummary:
@@ -283,6 +291,8 @@ class PassRunner:
         self._in_child = False
         self._swap()  # a reload takes effect before anything of this pass is decided
         dry_run = self.settings.daemon.dry_run
+        if self.sharing is not None:
+            self.sharing.prepare(self._reconciler(), self.mirrors)
         if not self.isolate:
             rec = self._reconciler()
             if self._scope is None:
@@ -297,13 +307,13 @@ class PassRunner:
                 return self._here(rec, scoped, dry_run, may_write)
             self._scope = None  # widened: only a full pass may decide
         skip = frozenset(n for n in self.backoff.names() if self._skip(n))
-        if self._targets is not None:
+        if self._targets is not None or self.sharing is not None:
             skip |= {t.name for t in self._reconciler().targets if not self._asked_for(t.name)}
         display, self.first_progress = self.first_progress, None
         self._in_child = True
         with self.mirrors.holding(skip) as written:
             summary = worker.full_pass(self.settings, skip=skip, may_write=may_write,
-                                       display=display, number=self.count)
+                                       display=display, number=self.count, sharing=self.sharing)
             written.update({name: t.written_keys for name, t in summary.targets.items()})
         if summary.memory is not None:
             self.memory, summary.memory = summary.memory, None
@@ -377,44 +387,4 @@ class PassRunner:
                        retry_targets=again)
 
     def _target_failures(self, summary: PassSummary) -> list[str]:
-        """Update back-off, error counters and last-success gauges; return the failed names."""
-        m = self.metrics
-        failed: list[str] = []
-        now = time.time()
-        for name in summary.names:
-            if not self._asked_for(name):
-                continue  # a pass of other targets: this one was not asked for
-            t = summary.targets.get(name)
-            if t is None:  # left out: still backing off
-                remaining = self.backoff.remaining(name)
-                m.backoff.labels(name).set(remaining)
-                log.info("target=%s result=backoff retry_in=%.1fs", name, remaining)
-                continue
-            if t.error:
-                m.errors.labels(name).inc()
-                failed.append(name)
-                note_failure(self.health, name, t.error, unavailable=t.unavailable)
-                if t.unavailable:
-                    delay = self.backoff.failed(name)
-                    m.backoff.labels(name).set(delay)
-                    log.warning("target=%s result=unavailable retry_in=%.1fs error=%r",
-                                name, delay, t.error)
-                else:
-                    self.backoff.errored(name)
-                    m.target_errors.labels(name).inc()
-                    log.warning("target=%s result=error retry=next-interval error=%r", name, t.error)
-                m.consecutive_failures.labels(name).set(self.backoff.failures(name))
-                continue
-            if self.backoff.succeeded(name):
-                log.info("target=%s recovered", name)
-            self.health.degraded.pop(f"unreachable {name}", None)
-            self.health.degraded.pop(f"error {name}", None)
-            m.backoff.labels(name).set(0)
-            m.consecutive_failures.labels(name).set(0)
-            if t.failed:
-                m.errors.labels(name).inc()
-            elif name not in summary.refused:
-                m.last_success.labels(name).set(now)
-                if not t.written:
-                    log.info("target=%s result=ok changes=0", name)
-        return failed
+        return note_targets(summary, self.backoff, self.metrics, self.health, self._asked_for)

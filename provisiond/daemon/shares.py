@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-GLOBAL = "global"  # the billing read, IP allocation, RADIUS rows, CoA: one member does them
+from provisiond.state.claims import GLOBAL as GLOBAL  # the billing read, IPAM, RADIUS, CoA: one member
 
 LIVE, UNCERTAIN, DEAD, STOPPED = "live", "uncertain", "dead", "stopped"
 

@@ -71,6 +71,9 @@ class PassSummary:
     unallocated: dict[str, tuple[str, ...]] | None = None  # pool -> accounts it had no address for
     full: bool = True  # a full pass (not scoped)
     memory: ScopedMemory | None = None  # what a full pass in its own process learnt
+    # Accounts this pass leased (or gave back) addresses to: other shared members, who
+    # only read leases, plan them again (``daemon.sharing``).
+    leased: frozenset[str] = frozenset()
 
 
 def summarise(
@@ -144,9 +147,12 @@ def summarise(
     if pr.refused:
         line += f"; refused by safety: {', '.join(sorted(pr.refused))}"
     allocated = allocation is not None and (full or allocation.changed)
+    leased = frozenset(x.account_id for x in (*allocation.new, *allocation.returns)
+                       ) if allocation is not None and "ipam" not in pr.refused else frozenset()
     return PassSummary(names, targets, line, applied, pr.ok, refused=dict(pr.refused),
                        held=dict(pr.held), full=full, unallocated=unallocated,
-                       pool_utilisation=pool_utilisation(rec, settings) if allocated else None)
+                       pool_utilisation=pool_utilisation(rec, settings) if allocated else None,
+                       leased=leased)
 
 
 def _log_per_group(r: ApplyResult) -> None:

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from provisiond import errors
+from provisiond.daemon.sharing import ChildShare, Sharing, fit_child
 from provisiond.daemon.summary import Display, PassSummary, summarise
 from provisiond.errors import ConfigError, ProvisiondError, WorkerCrashed, WorkerDied
 from provisiond.settings import Settings
@@ -52,8 +53,11 @@ def full_pass(
     may_write: Callable[[], bool] | None,
     display: Display | None = None,
     number: int = 0,
+    sharing: Sharing | None = None,
 ) -> PassSummary:
     """Run one full pass in a new process and return its PassSummary (with ``memory``).
+    ``sharing`` (shared members): the pass writes what this member owns as it begins,
+    and its targets' gates ask ``sharing`` before each window of writes.
 
     Raises what the pass raised (SourceError, ConfigError, …), ``WorkerDied`` when the
     process ended without an answer, ``WorkerCrashed`` for an unexpected exception."""
@@ -71,11 +75,12 @@ def full_pass(
     log.debug("full pass: process pid=%d", proc.pid)
     ticks: dict[str, Callable[[int], None]] = {}
     try:
-        conn.send((settings, skip, _levels(), display is not None, number))
+        conn.send((settings, skip, _levels(), display is not None, number,
+                   None if sharing is None else sharing.child()))
         if display is not None:
             with display:
-                return _serve(conn, proc, may_write, display, ticks)
-        return _serve(conn, proc, may_write, None, ticks)
+                return _serve(conn, proc, may_write, display, ticks, sharing)
+        return _serve(conn, proc, may_write, None, ticks, sharing)
     except OSError:  # it died before it took its work
         raise _died(proc) from None
     finally:
@@ -93,6 +98,7 @@ def _serve(
     may_write: Callable[[], bool] | None,
     display: Display | None,
     ticks: dict[str, Callable[[int], None]],
+    sharing: Sharing | None = None,
 ) -> PassSummary:
     while True:
         try:
@@ -107,6 +113,10 @@ def _serve(
                 logger.handle(record)
         elif kind == "may_write":
             conn.send(True if may_write is None else bool(may_write()))
+        elif kind == "gate":
+            conn.send(sharing is not None and sharing.ask(message[1]))
+        elif kind == "gate_done" and sharing is not None:
+            sharing.done(message[1])
         elif kind == "progress" and display is not None:
             ticks[message[1]] = display.factory(message[1], message[2])
         elif kind == "tick" and message[1] in ticks:
@@ -177,11 +187,21 @@ class _Channel:
 
     def may_write(self) -> bool:
         """The daemon's leader check; no answer (the daemon is gone) means no."""
+        return self._ask(("may_write",))
+
+    def gate(self, target: str) -> bool:
+        """Shared members: may ``target``'s writes go on (``Sharing.ask``)?"""
+        return self._ask(("gate", target))
+
+    def gate_done(self, target: str) -> None:
+        self.send("gate_done", target)
+
+    def _ask(self, message: tuple[str, ...]) -> bool:
         with self.lock:
             if self.broken:
                 return False
             try:
-                self.conn.send(("may_write",))
+                self.conn.send(message)
                 return bool(self.conn.recv())
             except (OSError, EOFError, ValueError):
                 self.broken = True
@@ -249,10 +269,10 @@ def main(fd: int, parent: int) -> int:
                      daemon=True).start()
     conn = Connection(fd)
     try:
-        settings, skip, levels, progress, number = conn.recv()
+        settings, skip, levels, progress, number, share = conn.recv()
     except (EOFError, OSError):
         return 1
-    _child(conn, settings, skip, levels, progress, number)
+    _child(conn, settings, skip, levels, progress, number, share)
     return 0
 
 
@@ -265,7 +285,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _child(conn: Connection, settings: Settings, skip: frozenset[str],
-           levels: dict[str, int], progress: bool, number: int) -> None:
+           levels: dict[str, int], progress: bool, number: int, share: ChildShare | None) -> None:
     channel = _Channel(conn)
     logging.raiseExceptions = False  # a record that cannot be sent is dropped, never printed raw
     root = logging.getLogger()
@@ -282,6 +302,8 @@ def _child(conn: Connection, settings: Settings, skip: frozenset[str],
 
         ticks = _Ticks(channel) if progress else None
         rec = Reconciler(settings, readonly=settings.daemon.dry_run)
+        if share is not None:
+            fit_child(rec, share, channel.gate, channel.gate_done)
         try:
             pp = rec.plan(skip=lambda name: name in skip, checksums=False)
             summary = summarise(rec, pp, settings, dry_run=settings.daemon.dry_run,

@@ -31,8 +31,9 @@ MayWrite = Callable[[], bool]
 
 class Applier:
     def __init__(self, *, store: Store, targets: Sequence[Target], safety: Safety,
-                 memory: ScopedMemory) -> None:
+                 memory: ScopedMemory, record_reads: bool = True) -> None:
         self.store = store
+        self.record_reads = record_reads  # False: the member with the global claim does
         self.by_name = {t.name: t for t in targets}
         self.safety = safety
         self.memory = memory
@@ -97,7 +98,7 @@ class Applier:
                 # A LeaseConflict (another process reserved first) stops the pass before
                 # any write; the next pass re-plans.
                 self.store.reserve(pp.allocation, pp.now or datetime.now(UTC), run_id=run_id)
-            if pp.snapshot is not None and pp.snapshot.scope is None:
+            if pp.snapshot is not None and pp.snapshot.scope is None and self.record_reads:
                 # A scoped read's few accounts are no yardstick for the next full read.
                 self.store.record_read(len(pp.snapshot), pp.snapshot.rows, pp.snapshot.read_at)
         except BaseException as exc:
@@ -136,11 +137,20 @@ class Applier:
             if may_write is not None and not may_write():
                 return ApplyResult(target=plan.target,
                                    error=f"{plan.target}: not applied: lost the leader lock")
+            target = self.by_name[plan.target]
+            gate = getattr(target, "gate", None)  # shared members: this target's claim
+            if gate is not None and not gate():
+                return ApplyResult(target=plan.target, error=f"{plan.target}: not applied: "
+                                   "this member no longer holds its claim")
             tick = progress(plan.target, len(plan.changes)) if progress is not None else None
             # The target hands over what it did in parts; the store writes them in the
             # background while the target applies the rest.
-            outcome = self.by_name[plan.target].apply(
-                plan, progress=tick, report=lambda part: self.journal(run_id, part, wait=False))
+            try:
+                outcome = target.apply(
+                    plan, progress=tick, report=lambda part: self.journal(run_id, part, wait=False))
+            finally:
+                if (done := getattr(gate, "done", None)) is not None:
+                    done()  # its writes are answered: a claim being handed over may go
             # A finished target's journal is on disk before its result counts: a crash
             # while slower targets still apply loses none of it.
             self.store.sync_journal()

@@ -29,10 +29,11 @@ Conflicts = dict[str, list[Conflict]]
 
 
 def decide(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
-           memory: ScopedMemory, *, force: bool = False) -> PassPlan:
+           memory: ScopedMemory, *, force: bool = False, global_work: bool = True) -> PassPlan:
     """The pass's decisions before any target: which mappings match nobody (a full read
     only) and the allocation. A mapping that matches nobody protects what it fills
-    (unless ``force``: ``apply --force``)."""
+    (unless ``force``: ``apply --force``). Without ``global_work`` (another member holds
+    the global claim) the allocation only reads the leases (``Allocation.standing``)."""
     pp = PassPlan(snapshot=snapshot, now=now, accounts=snapshot.scope)
     if snapshot.scope is None:
         # Only a full read can tell that a group matches nobody; a scoped pass deletes
@@ -48,13 +49,17 @@ def decide(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
             blocked_billing=memory.billing_outside(snapshot.scope),
             protected=unmatched_by_target(pp.unmatched).get("ipam", {}), force=force,
         )
+        if not global_work:
+            pp.allocation = pp.allocation.standing()
+            pp.ipam_json, pp.ipam_refused = pp.allocation.to_json(), None
     return pp
 
 
 def prepare(settings: Settings, store: Store, snapshot: Snapshot, now: datetime,
-            memory: ScopedMemory, *, force: bool = False) -> tuple[PassPlan, Desired, Conflicts]:
+            memory: ScopedMemory, *, force: bool = False,
+            global_work: bool = True) -> tuple[PassPlan, Desired, Conflicts]:
     """``decide``, then every target's desired state and the pass's notes."""
-    pp = decide(settings, store, snapshot, now, memory, force=force)
+    pp = decide(settings, store, snapshot, now, memory, force=force, global_work=global_work)
     allocated = pp.allocation.addresses if pp.allocation is not None else {}
     wanted, conflicts = desired(settings, snapshot, allocated,
                                 waiting=withheld(settings, pp.allocation))

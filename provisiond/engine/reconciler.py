@@ -64,6 +64,9 @@ class Reconciler:
         self.targets: list[Target] = (list(targets) if targets is not None
                                       else build_targets(settings, self.store))
         self.memory = memory if memory is not None else ScopedMemory()
+        # False: another daemon holds the global claim (``[daemon] members = "shared"``):
+        # leases are read, never decided or written, and billing reads are not recorded.
+        self.global_work = True
 
     @property
     def source(self) -> Source:
@@ -149,7 +152,7 @@ class Reconciler:
         pp = scoped.plan_scoped(self.settings, self.source, self.store, self.memory,
                                 accounts=frozenset(accounts), targets=self._chosen(targets, skip),
                                 every_target=self.targets, now=now or datetime.now(UTC),
-                                force=force)
+                                force=force, global_work=self.global_work)
         if pp is not None:
             pp.target_patterns = tuple(targets or ())
         return pp
@@ -163,7 +166,8 @@ class Reconciler:
         """Billing read and checked, decisions and desire made, the readers told."""
         snapshot = self.read_source()
         pp, desired, conflicts = planning.prepare(self.settings, self.store, snapshot,
-                                                  now or datetime.now(UTC), self.memory, force=force)
+                                                  now or datetime.now(UTC), self.memory, force=force,
+                                                  global_work=self.global_work)
         reads.want(desired)
         pp.target_patterns = tuple(patterns or ())
         return pp, planning.planner(pp, desired, conflicts, targets=self.targets, store=self.store)
@@ -212,7 +216,7 @@ class Reconciler:
 
     def _applier(self) -> Applier:
         return Applier(store=self.store, targets=self.targets, safety=self.safety,
-                       memory=self.memory)
+                       memory=self.memory, record_reads=self.global_work)
 
     def apply(self, pp: PassPlan, *, force: bool = False, mode: str = "apply",
               may_write: MayWrite | None = None, progress: ProgressFactory | None = None,

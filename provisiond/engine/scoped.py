@@ -56,10 +56,11 @@ def scopes(accounts: frozenset[str], snapshot: Snapshot,
 def plan_scoped(settings: Settings, source: Source, store: Store, memory: ScopedMemory, *,
                 accounts: frozenset[str], targets: Sequence[Target],
                 every_target: Sequence[Target], now: datetime,
-                force: bool = False) -> PassPlan | None:
+                force: bool = False, global_work: bool = True) -> PassPlan | None:
     """A pass over ``accounts`` on ``targets``; None when it must widen to a full pass."""
     snapshot = read_scoped(source, accounts)
-    pp, desired, conflicts = planning.prepare(settings, store, snapshot, now, memory, force=force)
+    pp, desired, conflicts = planning.prepare(settings, store, snapshot, now, memory, force=force,
+                                              global_work=global_work)
     matches = pool_matches(settings)
     pools = memory.pools_left_unmatched(accounts, snapshot, matches, pp.emptied_pools) if matches else []
     if pools:

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from provisiond.errors import StoreError
 from provisiond.state.tables import claims_t
 
+GLOBAL = "global"  # the claim of the billing read, IP allocation, RADIUS rows and CoA
 CLAIM_LOCKS = 0x70726F76  # "prov": the first key of every claim's two-key advisory lock
 
 
@@ -48,6 +49,11 @@ class ClaimLost(StoreError):
         self.fence = fence
         super().__init__(f"{fence.resource}: write refused: {fence.owner} no longer holds "
                          f"its claim (token {fence.token})")
+
+
+def resource_of(target: str) -> str:
+    """The claim a target's writes need: its router's, or (RADIUS, IPAM) the global one."""
+    return GLOBAL if target in ("radius", "ipam") else target
 
 
 def lock_key(resource: str) -> int:

@@ -68,3 +68,33 @@ def test_routeros_reports_every_change_once(sim: RouterSim, connections: int) ->
     # Without a callback nothing changes.
     assert t.apply(Plan("core-1", "routeros", _creates(3, start=3000))).ok
     t.close()
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_a_gate_that_closes_stops_the_writes_within_one_window(sim: RouterSim, connections: int) -> None:
+    """Shared members: the target's gate (its claim) is asked before the first write and
+    once per window sent; from the moment it says no, at most one more window goes out
+    per session, and every change not sent fails, reported once."""
+    t = _target(sim, connections)
+    window = t.settings.pipeline
+    asked = 0
+    lock = threading.Lock()
+
+    def gate() -> bool:
+        nonlocal asked
+        with lock:
+            asked += 1
+            return asked <= 3  # open for three windows, then the claim is gone
+
+    t.gate = gate
+    seen = Counter()
+    total = 60_000 if connections > 1 else 3000
+    result = t.apply(Plan("core-1", "routeros", _creates(total)), progress=seen)
+    added = sim.state.counts["/ip/firewall/address-list/add"]
+    assert 0 < added <= (3 + connections) * window
+    assert len(result.applied) == added == seen.total  # the rest is no progress: the bar stops
+    assert len(result.failed) == total - added
+    assert "no longer holds its claim" in result.failed[-1][1] and result.error
+    assert not result.unavailable
+    t.gate = None  # the claim back: the rest goes out as usual
+    t.close()

@@ -286,3 +286,16 @@ def test_fifty_thousand_in_a_slash_16() -> None:
     assert a.new[0].address == "10.20.1.0" and a.addresses["1"] == ("10.20.1.0",)
     b = allocate(accounts, [pool], list(a.new), NOW)
     assert not b.changed
+
+
+def test_standing_allocation_keeps_the_leases_as_they_stand_and_decides_nothing() -> None:
+    """A shared member without the global claim plans with ``standing()``: an account
+    already leased keeps its address, a new one waits for the global member, a release
+    still takes its address off, and nothing is left for ``reserve`` to record."""
+    pool = towers()
+    leases = [Lease("towers", "100.64.0.1", "1"), Lease("towers", "100.64.0.2", "2")]
+    decided = allocate([acct("1", "towers"), acct("3", "towers")], [pool], leases, NOW)
+    assert decided.new and decided.releases  # account 3 is new, account 2 left
+    standing = decided.standing()
+    assert not standing.changed
+    assert dict(standing.addresses) == {"1": ("100.64.0.1",)}

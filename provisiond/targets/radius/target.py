@@ -88,6 +88,7 @@ class RadiusTarget:
     ) -> None:
         self.name = name
         self.groups = tuple(sorted(set(groups)))
+        self.gate: Callable[[], bool] | None = None  # shared members: the global claim
         self.ledger = ledger
         self.coa = coa
         self.coa_mode: CoaMode = coa_mode

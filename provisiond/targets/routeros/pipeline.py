@@ -74,8 +74,10 @@ def run(
     stop: threading.Event | None = None,
     before_reading: Callable[[], None] | None = None,
     tags: Iterator[int] | None = None,
-) -> None:
+    gate: Callable[[], bool] | None = None,
+) -> bool:
     """Send ``commands`` (token, words) with at most ``window`` unanswered at once.
+    True when ``gate`` stopped it (False: every command was sent).
 
     A command's words may come encoded already (``bytes``: every word, no end of
     sentence), as a caller that sends thousands alike makes them; its tag is added here.
@@ -88,6 +90,9 @@ def run(
     ``tags``: where the ``.tag`` numbers come from; a caller that keeps a session
     across runs passes one counter for it, so no tag is ever used twice on it and a
     reply left over from an earlier run is an ``UnexpectedReply``, never an answer.
+    ``gate()`` is asked before the first command and again once a window's worth has
+    gone out since it was last asked: false sends nothing more (those in flight are
+    still answered), so at most one window follows the moment it turned false.
     """
     pending = iter(commands)
     inflight: dict[bytes, T] = {}  # tag (as sent: ASCII digits) -> token
@@ -95,10 +100,17 @@ def run(
     outgoing: list[bytes] = []
     serial = tags if tags is not None else itertools.count()
     encode, read_sentence, read_dones, buffered = wire.encode, wire.read_sentence, wire.read_dones, wire.buffered
-    exhausted = False
+    exhausted = gated = False
+    unasked = window  # commands sent since ``gate`` was last asked (ask before the first)
     while True:
         room = 0 if exhausted else window - len(inflight)
+        if room > 0 and gate is not None and unasked >= window:
+            unasked = 0
+            if not gate():
+                exhausted = gated = True
+                room = 0
         if room > 0:
+            unasked += room
             if stop is not None and stop.is_set():
                 exhausted = True
             else:
@@ -120,7 +132,7 @@ def run(
             wire.send(b"".join(outgoing))
             outgoing.clear()
         if not inflight:
-            return
+            return gated
         if before_reading is not None:
             before_reading()
             before_reading = None

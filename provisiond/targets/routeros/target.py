@@ -79,6 +79,7 @@ class RouterTarget:
         # The daemon's copy of this router's lists, kept by a ``listen`` (``follow``):
         # while it is trusted, a scoped read prints nothing.
         self.mirror: Mirror | None = None
+        self.gate: Callable[[], bool] | None = None  # shared members: the claim, per batch
         self._scans = 0  # prints sent (each a scan of the router's whole table)
 
     # -- connection -----------------------------------------------------------------
@@ -150,13 +151,10 @@ class RouterTarget:
                         checksum: bool = True) -> Observed:
         """Read every managed list, comparing each row with this router's part of
         ``desired`` (every target's desired state, by name, once billing is read).
-
         The prints (one per family, over every managed list) go out at once, tagged,
         and their answers are received unparsed while billing is read (the router works
         meanwhile); then every row is compared as it comes (``reader.ListReader``).
-        ``checksum=False`` (nothing will save the plan) leaves ``Observed.checksum``
-        empty.
-        """
+        ``checksum=False`` (nothing will save the plan) leaves the checksum empty."""
         return self._reconnecting(lambda: self._observe_against(desired, checksum=checksum))
 
     def _observe_against(self, desired: Future[Mapping[str, Mapping[Key, Resource]]], *,
@@ -343,7 +341,8 @@ class RouterTarget:
         if self.mirror is not None:  # its reports are provisiond's own, not drift
             self.mirror.expect(_keys(plan.changes), [c.resource.account_id for c in plan.changes])
         done = Finished(self.name, progress, report)
-        writer = Writer(self.name, self.settings, tags=self._tags, connect=self._connect, done=done)
+        writer = Writer(self.name, self.settings, tags=self._tags, connect=self._connect, done=done,
+                        gate=self.gate)
         try:
             with session_errors(self.name, self.close, lost="connection lost"):
                 writer.write(self._wire(), plan.changes, result)

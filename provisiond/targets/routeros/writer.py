@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from provisiond.core.addresses import family
 from provisiond.core.changes import Change, Conflict, Create, Delete, Resource, Update
+from provisiond.errors import TargetError
 from provisiond.settings import RouterSettings
 from provisiond.targets.base import ApplyResult
 from provisiond.targets.routeros import pipeline
@@ -35,13 +36,19 @@ NO_SUCH_ITEM = "no such item"
 _T = TypeVar("_T")
 
 
+class ClaimLostWrites(TargetError):
+    """Shared members: the gate said no before a batch; the rest of the apply is not sent."""
+
+
 class Writer:
     """The commands of one apply and what their answers mean, over ``wire`` (and, for
     a very large batch of adds, more sessions from ``connect``)."""
 
     def __init__(self, router: str, settings: RouterSettings, *, tags: Iterator[int],
-                 connect: Callable[[], Any], done: Finished) -> None:
+                 connect: Callable[[], Any], done: Finished,
+                 gate: Callable[[], bool] | None = None) -> None:
         self._router = router
+        self._gate = gate
         self._settings = settings
         self._tags = tags
         self._connect = connect
@@ -58,8 +65,11 @@ class Writer:
 
     def _pipeline(self, wire: ApiWire, commands: Iterable[tuple[_T, Sequence[str] | bytes]], result: ApplyResult,
                   done: Callable[[ApplyResult, _T, Answer], None], stop: threading.Event | None = None) -> None:
-        pipeline.run(wire, commands, window=self._settings.pipeline, on_answer=partial(done, result),
-                     stop=stop, tags=self._tags)
+        gated = pipeline.run(wire, commands, window=self._settings.pipeline, on_answer=partial(done, result),
+                             stop=stop, tags=self._tags, gate=self._gate)
+        if gated:
+            raise ClaimLostWrites(self._router, "writes stopped: this member no longer holds its "
+                                  "claim on the router (another member takes it over)")
 
     def _remove(self, wire: ApiWire, deletes: list[Delete], result: ApplyResult) -> None:
         """Comma-joined ids in batches; a batch that traps is retried one id at a time."""
@@ -107,7 +117,7 @@ class Writer:
                 session = wire if i == 0 else ApiWire(api := self._connect())
                 self._pipeline(session, zip(shares[i], map(words, shares[i])), parts[i],
                                self._add_done, stop=lost)
-            except WIRE_ERRORS as exc:
+            except (*WIRE_ERRORS, ClaimLostWrites) as exc:
                 lost.set()
                 errors.append(exc)
             finally:

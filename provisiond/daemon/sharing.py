@@ -1,0 +1,297 @@
+"""A daemon's side of ``[daemon] members = "shared"``: every daemon on one PostgreSQL
+state store is active, and each writes only what it holds the claim of
+(``daemon.members``): its routers, and with the ``global`` claim the global work
+(billing-read bookkeeping, IP allocation, RADIUS rows, CoA).
+
+``Sharing`` wraps the ``Membership`` thread for the loop and the passes:
+
+- ``fit(rec)`` before every pass: the Reconciler decides leases only with the global
+  claim (``Reconciler.global_work``; without it, leases are read as they stand), the
+  state store fences its writes with this member's tokens (``StateStore.fences``), and
+  every target gets a ``gate``: its claim, asked before any write and before each
+  pipelined window of writes; a claim lost mid-apply sends no more.
+- ``skip(name)``: a pass plans only the targets this member may write now.
+- ``busy(resource)``: the Membership hands a resource over only once the write under
+  way on it has ended (the gate's ``done``), so two members' writes to one router never
+  interleave; a member that is cut off stops on its own clock instead.
+- the relay: a billing event heard by one member only (a Sonar webhook, a ``provisiond
+  pass`` request), and the accounts the global member just leased addresses to, are
+  NOTIFYed on the state store (``EVENTS``) so every member runs the same pass for its
+  own routers. Billing NOTIFYs need no relay: every member listens itself. Without
+  NOTIFY (PgBouncer in transaction mode) the full passes still converge.
+- ``ChildShare`` and ``fit_child``: the same for a full pass in its own process, whose
+  gates ask the daemon (``daemon.worker``).
+
+Every member reads billing itself and plans only its own routers: a router's plan
+needs the whole billing read either way (its lists come from every account's groups),
+and one read per member costs the billing database far less than shipping 100,000
+accounts' desired entries through the state store on every pass; only the leases,
+which one member decides, travel through the store (they are read as they stand).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+
+from provisiond.core.scope import parse_payload
+from provisiond.daemon.listen import IGNORE, BillingListener
+from provisiond.daemon.members import GLOBAL, Membership
+from provisiond.daemon.mirrors import Mirrors
+from provisiond.daemon.pg import close_quietly, connect_kwargs, first_line
+from provisiond.settings import Settings
+from provisiond.state.claims import Fence, resource_of
+
+if TYPE_CHECKING:
+    from provisiond.engine import Reconciler
+
+log = logging.getLogger(__name__)
+
+EVENTS = "provisiond_events"  # the state store's NOTIFY channel between members
+PAYLOAD_MAX = 7000  # bytes of ids per NOTIFY (PostgreSQL's limit is 8000)
+
+# (accounts or None for a full pass, target names or None)
+Event = tuple[frozenset[str] | None, frozenset[str] | None]
+
+
+class Requests(Protocol):
+    """The daemon's pass requests (``daemon.loop.Daemon``)."""
+
+    def request_pass(self, accounts: frozenset[str] | None = None, *, reason: str = "",
+                     asked: str | None = None) -> None: ...
+
+    def request_targets(self, names: frozenset[str], *, asked: str | None = None) -> None: ...
+
+
+def member_id(settings: Settings) -> str:
+    return settings.daemon.member_id or socket.gethostname()
+
+
+def resources(settings: Settings) -> list[str]:
+    """What the members share: every router some list mapping covers (the targets
+    ``engine.assembly.build_targets`` makes), and ``global``."""
+    covered = {r.name for m in settings.address_list for r in settings.routers_for(m)}
+    return sorted({*covered, GLOBAL})
+
+
+class Gate:
+    """One target's claim, asked by its writes: ``__call__`` before each window, ``done``
+    when its apply ended (the Applier calls it)."""
+
+    def __init__(self, ask: Callable[[str], bool], done: Callable[[str], None], name: str) -> None:
+        self._ask, self._done, self.name = ask, done, name
+
+    def __call__(self) -> bool:
+        return self._ask(self.name)
+
+    def done(self) -> None:
+        self._done(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildShare:
+    """What a full pass in its own process needs of the membership (picklable)."""
+
+    member_id: str
+    tokens: dict[str, int]  # resource -> token, as owned when the pass began
+    global_work: bool
+
+
+class Sharing:
+    def __init__(self, settings: Settings, daemon: Requests) -> None:
+        d = settings.daemon
+        self.settings = settings
+        self.member_id = member_id(settings)
+        self._url = settings.state.url.get_secret_value()
+        self._daemon = daemon
+        self._attached: frozenset[str] | None = None  # what the mirrors were last given
+        self._lock = threading.Lock()
+        self._writing: set[str] = set()  # resources with an apply under way that a gate let in
+        self._owned: frozenset[str] = frozenset()
+        self._sender: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._send_lock = threading.Lock()
+        self.membership = Membership(self._url, member_id=self.member_id,
+                                     resources=lambda: resources(self.settings), ttl=d.member_ttl,
+                                     margin=d.member_margin, on_change=self._changed, busy=self.busy)
+        self._relay = BillingListener(self._url, EVENTS, on_change=self._heard, what="members",
+                                      parse=self._parse, retry_max=min(d.retry_max, 30.0))
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Sharing:
+        self._relay.start()
+        self.membership.start(wait=min(2.0, self.settings.daemon.member_ttl))
+        return self
+
+    def stop(self) -> None:
+        """Release every claim (the others take over within a second) and stop."""
+        self.membership.stop(graceful=True)
+        self._relay.stop()
+        with self._send_lock:
+            close_quietly(self._sender)
+            self._sender = None
+
+    # -- what this member may write -----------------------------------------------------
+
+    def owned(self) -> frozenset[str]:
+        return frozenset(self.membership.owned())
+
+    @property
+    def global_work(self) -> bool:
+        return self.membership.may_write(GLOBAL) is not None
+
+    @property
+    def fenced(self) -> bool:
+        return self.membership.fenced
+
+    def may_write(self) -> bool:
+        """Anything at all (the engine's ``may_write``): not fenced."""
+        return not self.membership.fenced
+
+    def skip(self, name: str) -> bool:
+        """A target this member does not write now: left out of its passes."""
+        return self.membership.may_write(resource_of(name)) is None
+
+    def fences(self, resource: str) -> Fence | None:
+        return self.membership.fence(resource)
+
+    def ask(self, name: str) -> bool:
+        """A target's gate: may its writes go on? Counts the apply as under way."""
+        resource = resource_of(name)
+        with self._lock:
+            if self.membership.may_write(resource) is None:
+                return False
+            self._writing.add(resource)
+            return True
+
+    def done(self, name: str) -> None:
+        """A target's apply ended: its writes are answered; a handover may go."""
+        resource = resource_of(name)
+        with self._lock:
+            self._writing.discard(resource)
+        self.membership.wake()
+
+    def busy(self, resource: str) -> bool:
+        with self._lock:
+            return resource in self._writing
+
+    def prepare(self, rec: Reconciler, mirrors: Mirrors) -> None:
+        """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns."""
+        self.fit(rec)
+        owned = self.owned()
+        if owned != self._attached:
+            self._attached = owned
+            mirrors.attach(rec.targets)
+
+    def fit(self, rec: Reconciler) -> None:
+        """What the pass may decide and write."""
+        rec.global_work = self.global_work
+        setattr(rec.store, "fences", self.fences)
+        for t in rec.targets:
+            if hasattr(t, "gate"):
+                t.gate = Gate(self.ask, self.done, t.name)
+
+    def child(self) -> ChildShare:
+        owned = self.membership.owned()
+        return ChildShare(self.member_id, owned, GLOBAL in owned)
+
+    # -- ownership changes (from the membership thread) ------------------------------
+
+    def _changed(self, owned: dict[str, int]) -> None:
+        now = frozenset(owned)
+        with self._lock:
+            before, self._owned = self._owned, now
+        gained, lost = now - before, before - now
+        if not gained and not lost:
+            return
+        log.info("member=%s owns routers=%d global=%s gained=%s lost=%s", self.member_id,
+                 len(now - {GLOBAL}), str(GLOBAL in now).lower(), ",".join(sorted(gained)) or "-",
+                 ",".join(sorted(lost)) or "-")
+        # A new owner inherits no plan: it reads what it gained afresh. The global work
+        # gained: a full pass (leases, RADIUS rows, CoA). Lost: the next pass leaves them
+        # out and stops their listens.
+        if GLOBAL in gained:
+            self._daemon.request_pass(None, reason="claimed")
+        elif gained:
+            self._daemon.request_targets(gained)
+        elif lost:
+            self._daemon.request_targets(lost)
+
+    # -- the relay ------------------------------------------------------------------
+
+    def relay(self, accounts: frozenset[str] | None, targets: frozenset[str] | None = None) -> None:
+        """Tell the other members of an event only this one heard (accounts None: a full
+        pass); a long list goes as several NOTIFYs."""
+        if targets is not None:
+            payloads = [f"{self.member_id}|t|{','.join(sorted(targets))}"]
+        elif accounts is None:
+            payloads = [f"{self.member_id}|f|"]
+        else:
+            payloads = [f"{self.member_id}|a|{chunk}" for chunk in _chunks(sorted(accounts))]
+        with self._send_lock:
+            try:
+                if self._sender is None:
+                    self._sender = psycopg.connect(**connect_kwargs(self._url, connect_timeout=5))
+                for p in payloads:
+                    self._sender.execute("SELECT pg_notify(%s, %s)", (EVENTS, p))
+            except psycopg.Error as exc:
+                log.warning("member=%s could not relay an event to the other members error=%s; "
+                            "their next full pass converges", self.member_id, first_line(exc))
+                close_quietly(self._sender)
+                self._sender = None
+
+    def _parse(self, payload: str) -> Event | object:
+        sender, _, rest = payload.partition("|")
+        kind, _, items = rest.partition("|")
+        if sender == self.member_id:
+            return IGNORE  # its own
+        if kind == "t":
+            return None, frozenset(i for i in items.split(",") if i)
+        if kind == "a":
+            accounts = parse_payload(items)
+            return (accounts, None) if accounts else (None, None)
+        return None, None
+
+    def _heard(self, event: Event | None) -> None:
+        """Another member's event: the same pass here, for this member's routers. None:
+        the relay reconnected (events may have been missed): a full pass."""
+        accounts, targets = event if event is not None else (None, None)
+        if targets is not None:
+            self._daemon.request_targets(targets)
+        else:
+            self._daemon.request_pass(accounts, reason="member")
+
+
+def _chunks(ids: Iterable[str]) -> Iterable[str]:
+    chunk: list[str] = []
+    size = 0
+    for i in ids:
+        if chunk and size + len(i) + 1 > PAYLOAD_MAX:
+            yield ",".join(chunk)
+            chunk, size = [], 0
+        chunk.append(i)
+        size += len(i) + 1
+    if chunk:
+        yield ",".join(chunk)
+
+
+def fit_child(rec: Reconciler, share: ChildShare, ask: Callable[[str], bool],
+              done: Callable[[str], None]) -> None:
+    """``Sharing.fit`` in a full pass's own process: the tokens it was given, the gates
+    asked of the daemon."""
+    rec.global_work = share.global_work
+
+    def fences(resource: str) -> Fence | None:
+        token = share.tokens.get(resource)
+        return None if token is None else Fence(resource, share.member_id, token)
+
+    setattr(rec.store, "fences", fences)
+    for t in rec.targets:
+        if hasattr(t, "gate"):
+            t.gate = Gate(ask, done, t.name)
