@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,10 @@ class Daemon(Leading):
         # Shared members: no leader; each router written by the member holding its claim.
         self.sharing = Sharing(settings, self) if settings.daemon.members == "shared" else None
         if self.sharing is not None:
-            self.mirrors.only = lambda name: self.sharing is not None and not self.sharing.skip(name)
+            self.sharing.watch(self.mirrors, self.health)
         self.runner = PassRunner(settings, metrics=self.metrics, health=self.health, isolate=True,
                                  mirrors=self.mirrors, sharing=self.sharing)
-        self.metrics.before_scrape = lambda: self.mirrors.publish(self.metrics, self.health,
-                                                                  self.runner.cadence)
+        self.metrics.before_scrape = self._publish
         self.leader = (leader_mod.for_store(settings.state.url.get_secret_value()) if self.sharing is None
                        else leader_mod.NoElection(f"shared members, this one {self.sharing.member_id}"))
         self.leading = False
@@ -195,7 +195,9 @@ class Daemon(Leading):
         if d.webhook_listen:
             try:
                 self.webhook = WebhookReceiver(d.webhook_listen, d.webhook_token(),
-                                               on_pass=self._webhook_pass, debounce=d.debounce,
+                                               on_pass=partial(self.request_pass, reason="webhook")
+                                               if self.sharing is None else self.sharing.webhook,
+                                               debounce=d.debounce,
                                                metrics=self.metrics).start()
             except (OSError, ValueError, ConfigError) as exc:
                 log.error("daemon.webhook_listen: cannot serve webhooks on %s: %s",
@@ -310,8 +312,7 @@ class Daemon(Leading):
         self._run_now()
 
     def _take_requests(self) -> None:
-        """``provisiond pass`` requests from the state store, each a pass request here
-        (shared members: taken by the global member, and relayed to the others)."""
+        """``provisiond pass`` requests, each a pass here (shared: the global member's, relayed)."""
         if self.sharing is not None and not self.sharing.global_work:
             return
         for request_id, accounts, targets in self._requests.take():
@@ -322,10 +323,7 @@ class Daemon(Leading):
             if self.sharing is not None:
                 self.sharing.relay(accounts, targets)
 
-    def _webhook_pass(self, accounts: frozenset[str] | None) -> None:
-        self.request_pass(accounts, reason="webhook")
-        if self.sharing is not None:
-            self.sharing.relay(accounts)
+
 
     def _run_now(self) -> None:
         if self.scheduler is None:
@@ -369,9 +367,8 @@ class Daemon(Leading):
                 return
             outcome = self.runner.run_once(may_write=self._still_leading if self.sharing is None
                                            else self.sharing.may_write, accounts=scope, targets=targets)
-            if self.sharing is not None and outcome.leased:
-                big = len(outcome.leased) > self.settings.daemon.scope_max_accounts
-                self.sharing.relay(None if big else outcome.leased)
+            if self.sharing is not None:
+                self.sharing.passed(outcome.leased, self.metrics)
             self._requests.answer(served, number=self.runner.count, result=outcome.result,
                                   status=outcome.status)
             served = []
@@ -423,16 +420,20 @@ class Daemon(Leading):
         self.notifier.ready("reloaded; " + self.health.last_result)
         self.request_pass(None, reason="reload")
 
+    def _publish(self) -> None:
+        self.mirrors.publish(self.metrics, self.health, self.runner.cadence)
+        if self.sharing is not None:
+            self.metrics.members(self.sharing.membership.status())
+
     # -- watchdog -------------------------------------------------------------------
 
     def unhealthy(self, period: float) -> str | None:
         """Why the loop looks stuck, or None (``watchdog.why_stuck``)."""
         with self._guard:
             since, last = self._in_pass_since, self._last_job
-        running = self.scheduler is not None and self.scheduler.running
-        late = self.settings.daemon.interval + _jitter(self.settings) + period
         return why_stuck(period, heartbeat=self._heartbeat, in_pass_since=since, last_job=last,
-                         scheduler_running=running, late=late)
+                         scheduler_running=self.scheduler is not None and self.scheduler.running,
+                         late=self.settings.daemon.interval + _jitter(self.settings) + period)
 
 
 def start_scheduler(settings: Settings, job: Callable[[], None]) -> BackgroundScheduler:

@@ -43,6 +43,7 @@ import psycopg
 from provisiond.core.scope import parse_payload
 from provisiond.daemon.listen import IGNORE, BillingListener
 from provisiond.daemon.members import GLOBAL, Membership
+from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.mirrors import Mirrors
 from provisiond.daemon.pg import close_quietly, connect_kwargs, first_line
 from provisiond.settings import Settings
@@ -123,6 +124,11 @@ class Sharing:
                                       parse=self._parse, retry_max=min(d.retry_max, 30.0))
 
     # -- lifecycle ------------------------------------------------------------------
+
+    def watch(self, mirrors: Mirrors, health: Health) -> None:
+        """Mirrors follow the routers this member owns; /healthz fails while it is fenced."""
+        mirrors.only = lambda name: not self.skip(name)
+        health.member = self.membership
 
     def start(self) -> Sharing:
         self._relay.start()
@@ -245,6 +251,19 @@ class Sharing:
                             "their next full pass converges", self.member_id, first_line(exc))
                 close_quietly(self._sender)
                 self._sender = None
+
+    def webhook(self, accounts: frozenset[str] | None) -> None:
+        """A Sonar webhook reached this member: its pass here, and the others'."""
+        self._daemon.request_pass(accounts, reason="webhook")
+        self.relay(accounts)
+
+    def passed(self, leased: frozenset[str], metrics: Metrics) -> None:
+        """After a pass: the accounts it leased addresses to go to the others (too many:
+        a full pass), and the member metrics."""
+        if leased:
+            many = len(leased) > self.settings.daemon.scope_max_accounts
+            self.relay(None if many else leased)
+        metrics.members(self.membership.status())
 
     def _parse(self, payload: str) -> Event | object:
         sender, _, rest = payload.partition("|")
