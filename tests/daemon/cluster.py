@@ -67,6 +67,9 @@ BEGIN
 END $$;
 CREATE TRIGGER test_log_claim AFTER INSERT OR UPDATE OR DELETE ON provisiond_claims
     FOR EACH ROW EXECUTE FUNCTION test_log_claim();
+-- When each journal row was written (its own ``at`` is when it was queued).
+ALTER TABLE journal ADD COLUMN test_written_at timestamptz DEFAULT clock_timestamp();
+ALTER TABLE journal_parts ADD COLUMN test_written_at timestamptz DEFAULT clock_timestamp();
 """
 
 
@@ -265,13 +268,25 @@ class Cluster:
 
         with self.admin() as c:
             rows = [{"target": r[0], "action": r[1], "kind": r[2], "account_id": r[3],
-                     "detail": json.loads(r[4]), "result": r[5], "run_id": r[6], "at": r[7]}
-                    for r in c.execute("SELECT target, action, kind, account_id, detail, result, run_id, at "
-                                       "FROM journal ORDER BY id")]
-            for target, encoded, run_id, at in c.execute("SELECT target, rows, run_id, at FROM journal_parts "
-                                                         "ORDER BY id"):
-                rows += [{"target": target, "run_id": run_id, "at": at, **e} for e in part_entries(encoded)]
+                     "detail": json.loads(r[4]), "result": r[5], "run_id": r[6], "at": r[7],
+                     "written_at": r[8]}
+                    for r in c.execute("SELECT target, action, kind, account_id, detail, result, run_id, at, "
+                                       "test_written_at FROM journal ORDER BY id")]
+            for target, encoded, run_id, at, written in c.execute(
+                    "SELECT target, rows, run_id, at, test_written_at FROM journal_parts ORDER BY id"):
+                rows += [{"target": target, "run_id": run_id, "at": at, "written_at": written, **e}
+                         for e in part_entries(encoded)]
         return rows
+
+    def adds(self) -> dict[tuple[str, str, str], tuple[str, float]]:
+        """(router, list, address) -> (member, arrival) of the first add of it."""
+        out: dict[tuple[str, str, str], tuple[str, float]] = {}
+        for name, sim in self.sims.items():
+            for c in sim.history:
+                if c.path.endswith("/add"):
+                    a = dict(c.attributes)
+                    out.setdefault((name, a.get("list", ""), a.get("address", "")), (member_of(c.user), c.at))
+        return out
 
     def leases(self) -> list[tuple[str, str, str, str]]:
         with self.admin() as c:
@@ -365,6 +380,64 @@ def outside_tenures(writes: Iterable[Write], tenures: Iterable[Tenure]) -> list[
                              for t in mine) or "never held it"
             out.append(Violation(w, f"outside its tenures ({near})"))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRow:
+    """A journal row written while the member whose change it records held no claim on
+    the router; ``late``: seconds past that member's last tenure on it before the write
+    (None: never held it)."""
+
+    router: str
+    address: str
+    member: str
+    queued: float
+    written: float
+    late: float | None
+
+    def __str__(self) -> str:
+        late = "never held it" if self.late is None else f"{self.late:.3f}s after its claim ended"
+        return (f"{self.router} {self.address} by {self.member}: queued {self.queued:.3f}, "
+                f"written {self.written:.3f}, {late}")
+
+
+def stale_journal(cluster: Cluster, tenures: Iterable[Tenure]) -> list[StaleRow]:
+    """Journal rows of address-list creates that a stale token would have had refused:
+    written (``test_written_at``) outside the tenure in which the member that made the
+    entry (by the router's log: who sent the add, when) sent its add, or for an add sent
+    outside any tenure of its sender, written at all."""
+    held: dict[tuple[str, str], list[Tenure]] = defaultdict(list)
+    for t in tenures:
+        held[(t.resource, t.owner)].append(t)
+    adds = cluster.adds()
+    out = []
+    for r in cluster.journal():
+        d = r.get("detail") or {}
+        if r.get("action") != "create" or "list" not in d or r.get("written_at") is None:
+            continue
+        add = adds.get((r["target"], d["list"], d["address"]))
+        if add is None:
+            continue
+        member, sent = add
+        at = monotonic_of(r["written_at"])
+        mine = held.get((r["target"], member), [])
+        if not any(t.covers(sent) and t.covers(at) for t in mine):
+            ends = [t.end for t in mine if t.end is not None and t.end < at]
+            out.append(StaleRow(r["target"], d["address"], member, monotonic_of(r["at"]), at,
+                                at - max(ends) if ends else None))
+    return out
+
+
+def summarise(rows: list[StaleRow]) -> str:
+    by: dict[str, list[StaleRow]] = defaultdict(list)
+    for row in rows:
+        by[row.member].append(row)
+    parts = []
+    for member, mine in sorted(by.items()):
+        lates = [r.late for r in mine if r.late is not None]
+        parts.append(f"{member}: {len(mine)} rows on {sorted({r.router for r in mine})}, "
+                     f"late by {min(lates, default=0):.3f}..{max(lates, default=0):.3f}s")
+    return "; ".join(parts) + "; e.g. " + "; ".join(str(r) for r in rows[:3])
 
 
 def interleaved(writes: Iterable[Write]) -> dict[str, list[str]]:
