@@ -242,6 +242,8 @@ def test_standby_members_leave_every_router_to_the_one_leader(make_cluster: Call
 
 
 def test_ownership_spreads_and_a_new_member_takes_its_share(make_cluster: Callable[..., Cluster]) -> None:
+    """Every router claimed, none by more than ceil(12/3)+1; a fourth member holds its
+    share within 2 x ttl of joining; no router written outside its writer's claim."""
     cl = make_cluster()
     spread = start_all(cl)
     assert sorted(r for rs in spread.values() for r in rs) == sorted(ROUTERS)
@@ -268,6 +270,9 @@ def test_ownership_spreads_and_a_new_member_takes_its_share(make_cluster: Callab
 def test_kill_9_mid_batch_others_take_over_nothing_lost_or_doubled(
     make_cluster: Callable[..., Cluster],
 ) -> None:
+    """The member holding ``global`` killed while it writes a large change (slow routers,
+    2 ms an add): its claims held by the others within 2 x ttl, every router equal to
+    billing within 2 x ttl + one pass; no entry, lease or journal row lost or doubled."""
     cl = make_cluster(add_cost_ms=2.0, pool=True, pooled=20)
     spread = start_all(cl)
     leases_before = lease_map(cl)
@@ -308,6 +313,11 @@ def test_kill_9_mid_batch_others_take_over_nothing_lost_or_doubled(
 def test_a_member_cut_off_from_the_store_stops_writing_before_its_routers_are_granted(
     make_cluster: Callable[..., Cluster], cut: str,
 ) -> None:
+    """c reaches the state store through a proxy. ``terminate``: every backend of c
+    ended (pg_stat_activity by application_name) and the proxy refuses it for a while;
+    ``blackhole``: the proxy forwards nothing (half-open), routers still reachable. The
+    others take c's routers over; c's last write to each precedes the grant to its new
+    owner (routers' logs against the claim log), then c comes back for its share."""
     cl = make_cluster()
     u = make_url(cl.state_url)
     with Proxy((u.host or "127.0.0.1", u.port or 5432)) as proxy:
@@ -361,6 +371,9 @@ def test_a_member_cut_off_from_the_store_stops_writing_before_its_routers_are_gr
 def test_a_paused_member_has_its_stale_writes_refused_and_writes_no_further_batch(
     make_cluster: Callable[..., Cluster],
 ) -> None:
+    """SIGSTOP of a member mid-batch, past 2 x ttl, then SIGCONT: at most the one window
+    it was sending reaches a router it lost, and its state-store writes for those routers
+    are refused (no journal row of its lands outside the tenure its change was made in)."""
     cl = make_cluster(add_cost_ms=2.0, router_options={"pipeline": WINDOW})
     spread = start_all(cl)
     victim = max((m for m in spread if m != cl.owners()[GLOBAL]), key=lambda m: len(spread[m]))
@@ -413,6 +426,8 @@ def test_a_paused_member_has_its_stale_writes_refused_and_writes_no_further_batc
 def test_rolling_restart_leaves_no_router_unowned_and_hands_over_at_most_twice(
     make_cluster: Callable[..., Cluster],
 ) -> None:
+    """SIGTERM and restart, one member at a time, claims sampled every 50 ms: no router
+    without a live owner for more than 2 x ttl, each token raised at most twice a restart."""
     cl = make_cluster()
     start_all(cl)
     sampler = OwnerSampler(cl)
@@ -440,6 +455,9 @@ def test_rolling_restart_leaves_no_router_unowned_and_hands_over_at_most_twice(
 
 
 def test_no_address_is_leased_twice_while_members_come_and_go(make_cluster: Callable[..., Cluster]) -> None:
+    """A pool, accounts added while members start, die (kill -9 of the allocator), stop
+    and return; leases sampled every 50 ms: no address ever held by two accounts, no
+    account ever given a second address, every pooled account leased once."""
     cl = make_cluster(pool=True, pooled=20)
     for m in "ab":
         cl.start(m)
