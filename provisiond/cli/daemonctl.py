@@ -129,7 +129,7 @@ def _pass(run: dict[str, Any]) -> dict[str, Any]:
     return {"pass": summary.get("pass"), "at": started, "kind": summary.get("kind", "?"),
             "result": run.get("result") or "running", "changes": changes, "duration": duration,
             "refused": sorted((summary.get("refused") or {}).keys()),
-            "errors": sorted((summary.get("errors") or {}).keys())}
+            "errors": sorted((summary.get("errors") or {}).keys()), "member": summary.get("member")}
 
 
 def from_daemon(listen: str) -> dict[str, Any]:
@@ -229,8 +229,9 @@ def _lines(doc: dict[str, Any], *, shared: bool = False, claims: bool = False) -
         took = f"{p['duration']:.1f}s" if p["duration"] is not None else "-"
         extra = (f"  refused: {', '.join(p['refused'])}" if p["refused"] else "") + \
                 (f"  failed: {', '.join(p['errors'])}" if p["errors"] else "")
+        by = f"  member {p['member']}" if p.get("member") else ""
         out.append(f"  pass {p['pass'] or '?'}  {at}  {p['kind']}  {p['result']}  "
-                   f"changes={p['changes']}  {took}{extra}")
+                   f"changes={p['changes']}  {took}{by}{extra}")
     if not doc["passes"]:
         out.append("  none recorded")
     return out

@@ -79,6 +79,14 @@ class Mirrors:
         for f in stale:
             f.stop()
 
+    def drop(self, names: Iterable[str]) -> None:
+        """Stop following these routers (shared members: their claims went elsewhere);
+        their targets keep an untrusted mirror until the next ``attach``."""
+        with self._lock:
+            gone = [found[1] for n in names if (found := self._followers.pop(n, None)) is not None]
+        for f in gone:
+            f.stop(0)
+
     def mirrors(self) -> dict[str, Mirror]:
         with self._lock:
             return {name: f.mirror for name, (_, f) in self._followers.items()}

@@ -213,7 +213,11 @@ class PassRunner:
         self._scope = accounts
         self._targets = targets if accounts is None else None
         try:
-            summary = self._summary(may_write)
+            try:
+                summary = self._summary(may_write)
+            finally:
+                if self.sharing is not None:
+                    self.sharing.writes_ended()
             outcome = self._book(summary)
             outcome.leased = summary.leased
         except SourceError as exc:
@@ -338,6 +342,10 @@ class PassRunner:
         m = self.metrics
         m.billing_reads.labels("ok").inc()
         if summary.lost_leader:
+            if self.sharing is not None:  # its may_write is "not fenced"
+                line = "fenced itself (no lease renewal) while planning, nothing written"
+                log.error("pass result=error: %s", line)
+                return Outcome("error", line)
             log.error("pass result=error: lost the leader lock while planning; nothing written")
             return Outcome("error", summary.line)
         for name, t in summary.targets.items():
@@ -358,7 +366,7 @@ class PassRunner:
         # Unreachable or left out (back-off): owed a retry of this scoped pass. A target
         # that answered wrongly is tried again by the next interval's full pass.
         owed = [n for n in failed if summary.targets[n].unavailable] + [
-            n for n in summary.names if n not in summary.targets]
+            n for n in summary.names if n not in summary.targets and self._asked_for(n)]
         retry = None
         if self._scope is not None and owed:
             # Only a full pass would reach them otherwise: the event must not be lost.
@@ -382,7 +390,10 @@ class PassRunner:
             line += "; conflicts: " + ", ".join(f"{t} {n}" for t, n in sorted(conflicts.items()) if n)
         # Unreachable: passed again when the back-off the log gave ends.
         again = {n: self.backoff.remaining(n) for n in failed if summary.targets[n].unavailable}
-        return Outcome("ok" if summary.ok and not waiting else "partial", line,
+        # Shared members: a target whose claim went elsewhere during the pass is not a failure.
+        ok = summary.ok or (self.sharing is not None and not summary.refused and all(
+            not (t.error or t.failed) or not self._asked_for(n) for n, t in summary.targets.items()))
+        return Outcome("ok" if ok and not waiting else "partial", line,
                        changes=summary.changes, failed=failed, conflicts=conflicts, retry=retry,
                        retry_targets=again)
 

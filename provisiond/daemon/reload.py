@@ -21,7 +21,8 @@ from provisiond.settings import Settings
 
 log = logging.getLogger("provisiond.daemon.loop")  # the reload's lines, where they always were
 
-RESTART_ONLY = ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file")
+RESTART_ONLY = ("metrics_listen", "log_format", "webhook_listen", "webhook_token_file", "members",
+                "member_id", "member_ttl")
 
 
 def reread(path: Path, old: Settings) -> Settings | str:

@@ -47,7 +47,9 @@ from provisiond.daemon.metrics import Health, Metrics
 from provisiond.daemon.mirrors import Mirrors
 from provisiond.daemon.pg import close_quietly, connect_kwargs, first_line
 from provisiond.settings import Settings
+from provisiond.errors import ProvisiondError
 from provisiond.state.claims import Fence, resource_of
+from provisiond.state.store import StateStore
 
 if TYPE_CHECKING:
     from provisiond.engine import Reconciler
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENTS = "provisiond_events"  # the state store's NOTIFY channel between members
+SETTLE = 0.3  # seconds between gaining a claim and the pass that reads it
 PAYLOAD_MAX = 7000  # bytes of ids per NOTIFY (PostgreSQL's limit is 8000)
 
 # (accounts or None for a full pass, target names or None)
@@ -112,6 +115,7 @@ class Sharing:
         self._url = settings.state.url.get_secret_value()
         self._daemon = daemon
         self._attached: frozenset[str] | None = None  # what the mirrors were last given
+        self._mirrors: Mirrors | None = None
         self._lock = threading.Lock()
         self._writing: set[str] = set()  # resources with an apply under way that a gate let in
         self._owned: frozenset[str] = frozenset()
@@ -128,9 +132,15 @@ class Sharing:
     def watch(self, mirrors: Mirrors, health: Health) -> None:
         """Mirrors follow the routers this member owns; /healthz fails while it is fenced."""
         mirrors.only = lambda name: not self.skip(name)
+        self._mirrors = mirrors
         health.member = self.membership
 
     def start(self) -> Sharing:
+        """The state store's schema first (its tables hold the claims), then the threads."""
+        try:
+            StateStore.open(self._url).close()
+        except ProvisiondError as exc:  # the membership thread keeps trying meanwhile
+            log.error("member=%s state store: %s", self.member_id, exc)
         self._relay.start()
         self.membership.start(wait=min(2.0, self.settings.daemon.member_ttl))
         return self
@@ -183,12 +193,21 @@ class Sharing:
             self._writing.discard(resource)
         self.membership.wake()
 
+    def writes_ended(self) -> None:
+        """A pass ended: nothing of it writes any more (a full pass's process that died
+        mid-apply never said ``done``)."""
+        with self._lock:
+            self._writing.clear()
+        self.membership.wake()
+
     def busy(self, resource: str) -> bool:
         with self._lock:
             return resource in self._writing
 
     def prepare(self, rec: Reconciler, mirrors: Mirrors) -> None:
-        """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns."""
+        """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns.
+        A reload's routers are claimed from here on (``resources``)."""
+        self.settings = rec.settings
         self.fit(rec)
         owned = self.owned()
         if owned != self._attached:
@@ -219,15 +238,23 @@ class Sharing:
         log.info("member=%s owns routers=%d global=%s gained=%s lost=%s", self.member_id,
                  len(now - {GLOBAL}), str(GLOBAL in now).lower(), ",".join(sorted(gained)) or "-",
                  ",".join(sorted(lost)) or "-")
-        # A new owner inherits no plan: it reads what it gained afresh. The global work
-        # gained: a full pass (leases, RADIUS rows, CoA). Lost: the next pass leaves them
-        # out and stops their listens.
+        if lost and self._mirrors is not None:
+            self._mirrors.drop(lost)  # their new owner listens now
+        if gained:
+            # Claims settle in a few tens of milliseconds when several members start
+            # together: the pass waits that long, and covers what is still owned then.
+            timer = threading.Timer(SETTLE, self._claimed, args=(gained,))
+            timer.daemon = True
+            timer.start()
+
+    def _claimed(self, gained: frozenset[str]) -> None:
+        """A new owner inherits no plan: it reads what it gained afresh; the global work
+        gained, a full pass (leases, RADIUS rows, CoA)."""
+        gained &= self.owned()
         if GLOBAL in gained:
             self._daemon.request_pass(None, reason="claimed")
         elif gained:
             self._daemon.request_targets(gained)
-        elif lost:
-            self._daemon.request_targets(lost)
 
     # -- the relay ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ the ``ScopedMemory`` its Reconciler learnt. Picklable.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,8 +115,11 @@ def summarise(
         return PassSummary(names, targets, "lost the leader lock while planning, nothing written",
                            0, False, lost_leader=True)
     kind = "full" if full else "scoped"
+    note: dict[str, Any] = {"pass": number, "kind": kind, "accounts": len(pp.accounts or ())}
+    if settings.daemon.members == "shared":  # history tells the members' runs apart
+        note["member"] = settings.daemon.member_id or socket.gethostname()
     pr = rec.apply(pp, force=False, mode="daemon", may_write=may_write, progress=progress,
-                   note={"pass": number, "kind": kind, "accounts": len(pp.accounts or ())})
+                   note=note)
     applied = 0
     each = sum(len(r.applied) for r in pr.results) <= LOG_EACH
     for r in pr.results:
