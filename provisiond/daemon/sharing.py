@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -142,7 +143,18 @@ class Sharing:
         except ProvisiondError as exc:  # the membership thread keeps trying meanwhile
             log.error("member=%s state store: %s", self.member_id, exc)
         self._relay.start()
-        self.membership.start(wait=min(2.0, self.settings.daemon.member_ttl))
+        ttl = self.settings.daemon.member_ttl
+        self.membership.start(wait=min(2.0, ttl))
+        # Members starting together claim, then hand back, within tens of milliseconds:
+        # the first pass waits until what this one owns has held still for SETTLE.
+        deadline = time.monotonic() + ttl / 3
+        before = self.owned()
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE)
+            now = self.owned()
+            if now == before:
+                break
+            before = now
         return self
 
     def stop(self) -> None:

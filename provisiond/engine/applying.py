@@ -139,9 +139,10 @@ class Applier:
                                    error=f"{plan.target}: not applied: lost the leader lock")
             target = self.by_name[plan.target]
             gate = getattr(target, "gate", None)  # shared members: this target's claim
-            if gate is not None and not gate():
-                return ApplyResult(target=plan.target, error=f"{plan.target}: not applied: "
-                                   "this member no longer holds its claim")
+            if gate is not None and not gate():  # handed over since it was planned: not a failure
+                log.info("target=%s not applied: its claim went to another member, which reads "
+                         "it afresh", plan.target)
+                return ApplyResult(target=plan.target)
             tick = progress(plan.target, len(plan.changes)) if progress is not None else None
             # The target hands over what it did in parts; the store writes them in the
             # background while the target applies the rest.

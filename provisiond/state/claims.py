@@ -17,11 +17,13 @@ refused instead of landing after the new owner's:
   statement's start, without the ordering the lock gives.
 
 PostgreSQL only (the members tables exist everywhere; membership itself does not).
+``resource_of`` names the claim a target's writes need: its router's, or ``global``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -43,12 +45,17 @@ class Fence:
 
 class ClaimLost(StoreError):
     """A write on behalf of a resource whose claim this member no longer holds (another
-    member owns it now, or the claim expired): refused, nothing written."""
+    member owns it now, or the claim expired), or never held (``fence`` None): refused,
+    nothing written."""
 
-    def __init__(self, fence: Fence) -> None:
+    def __init__(self, fence: Fence | None, *, resource: str = "") -> None:
         self.fence = fence
-        super().__init__(f"{fence.resource}: write refused: {fence.owner} no longer holds "
-                         f"its claim (token {fence.token})")
+        self.resource = fence.resource if fence is not None else resource
+        if fence is None:
+            super().__init__(f"{resource}: write refused: this member holds no claim on it")
+        else:
+            super().__init__(f"{fence.resource}: write refused: {fence.owner} no longer holds "
+                             f"its claim (token {fence.token})")
 
 
 def resource_of(target: str) -> str:
@@ -75,9 +82,21 @@ def claim_held(fence: Fence) -> sa.ColumnElement[bool]:
 def lock_claim(conn: Connection, fence: Fence, *, idle_timeout: float = 10.0) -> None:
     """Inside the caller's transaction: raise ``ClaimLost`` unless the claim stands, and
     keep any other member from claiming it until the transaction ends."""
-    conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout",
-                                              str(max(1, int(idle_timeout * 1000))), True)))
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(CLAIM_LOCKS, lock_key(fence.resource))))
-    # A statement of its own: its snapshot is taken after the lock is granted.
-    if conn.execute(sa.select(claim_held(fence))).scalar_one() is not True:
+    if lock_claims(conn, [fence], idle_timeout=idle_timeout):
         raise ClaimLost(fence)
+
+
+def lock_claims(conn: Connection, fences: Iterable[Fence], *, idle_timeout: float = 10.0) -> list[Fence]:
+    """``lock_claim`` for several claims at once (a journal batch of several routers),
+    in two statements whatever their number: the claims lost, in order; the others
+    stand, and stay standing until the transaction ends."""
+    fences = list(fences)
+    if not fences:
+        return []
+    timeout = str(max(1, int(idle_timeout * 1000)))
+    conn.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout", timeout, True),
+                           *(sa.func.pg_advisory_xact_lock_shared(CLAIM_LOCKS, lock_key(f.resource))
+                             for f in fences)))
+    # A statement of its own: its snapshot is taken after the locks are granted.
+    held = conn.execute(sa.select(*(claim_held(f).label(f"held_{i}") for i, f in enumerate(fences)))).one()
+    return [f for f, ok in zip(fences, held, strict=True) if ok is not True]

@@ -4,6 +4,8 @@ and account, and the reads of it (``history``, the RADIUS usernames an account h
 A target hands its changes over in parts as it applies; ``journal_changes(wait=False)``
 queues them for a writer thread that inserts them in chunks while the target goes on.
 Address-list changes of one part (``PART_ROWS`` or more) are one ``journal_parts`` row.
+With ``fences`` set, a target's rows carry the claim on it they were handed over under
+and are left out (logged, counted) once it is lost; the other targets' rows are written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy.engine import Connection, Dialect
 
 from provisiond.core.changes import Change, Conflict, Create, Update
 from provisiond.errors import StoreError
+from provisiond.state.claims import ClaimLost, Fence, lock_claims
 from provisiond.state.parts import encode_part, part_entry, part_rows
 from provisiond.state.plumbing import StoreBase, _utc
 from provisiond.state.tables import journal_parts, journal_t, radreply_ledger, runs
@@ -76,8 +79,16 @@ class JournalMixin(StoreBase):
                  str(entry.get("account_id", "")), {k: v for k, v in entry.items() if k not in skip},
                  str(entry.get("result", "ok")), str(entry.get("message", "")))
                 for entry in entries)
-        while chunk := list(itertools.islice(rows, JOURNAL_CHUNK)):
-            self._journal_rows([_Outcome(head, rows=chunk)])
+        chunk = list(itertools.islice(rows, JOURNAL_CHUNK))
+        if not chunk:
+            return
+        try:
+            fence = self._fence_of(target, "journal")
+        except ClaimLost:
+            return  # logged and counted: the journal is history, the target goes on
+        while chunk:
+            self._journal_rows([_Outcome(head, rows=chunk)], fence)
+            chunk = list(itertools.islice(rows, JOURNAL_CHUNK))
 
     def journal_changes(
         self,
@@ -106,6 +117,10 @@ class JournalMixin(StoreBase):
         outcome = _Outcome(head, list(applied), list(failed), list(conflicts))
         if not outcome.count:
             return
+        try:
+            fence = self._fence_of(target, "journal")  # the claim the changes were applied under
+        except ClaimLost:
+            return  # logged and counted: the journal is history, the target goes on
         if not wait:
             # Rows are made here, in the target's own thread; the writer thread only
             # inserts them. Whatever goes wrong is raised by flush_journal: a journal
@@ -113,14 +128,14 @@ class JournalMixin(StoreBase):
             writer = self._journal_writer()
             try:
                 assert self._engine is not None
-                rows = _journal_rows_of(self._engine.dialect, [outcome])
+                rows = _journal_rows_of(self._engine.dialect, [outcome], fence)
             except Exception as exc:  # noqa: BLE001 - raised by flush_journal
                 writer.fail(exc)
                 return
             writer.put(rows)
             return
         for part in outcome.split(JOURNAL_CHUNK):
-            self._journal_rows([part])
+            self._journal_rows([part], fence)
 
     def sync_journal(self) -> None:
         """Wait until the rows queued so far are written; later ones may still be queued.
@@ -149,11 +164,11 @@ class JournalMixin(StoreBase):
                 self._writer = _JournalWriter(self)
             return self._writer
 
-    def _journal_rows(self, parts: Sequence[_Outcome]) -> None:
+    def _journal_rows(self, parts: Sequence[_Outcome], fence: Fence | None = None) -> None:
         """One transaction of journal rows (``_journal_rows_of``)."""
         if self.readonly or self._engine is None:
             raise StoreError(f"state store {self.display}: journal: opened read-only")
-        rows = _journal_rows_of(self._engine.dialect, parts)
+        rows = _journal_rows_of(self._engine.dialect, parts, fence)
         self._insert_rows([rows], ", ".join(sorted({part.head[2] for part in parts})))
 
     def _insert_rows(self, rows: Sequence[_Rows], targets: str, conn: Connection | None = None) -> None:
@@ -166,10 +181,27 @@ class JournalMixin(StoreBase):
         with self._journal_lock:
             if conn is None:
                 with self._write(what) as fresh:
-                    _insert_journal(fresh, rows)
+                    _insert_journal(fresh, self._claimed(fresh, rows))
             else:
                 with self._errors(what), conn.begin():
-                    _insert_journal(conn, rows)
+                    _insert_journal(conn, self._claimed(conn, rows))
+
+    def _claimed(self, conn: Connection, rows: Sequence[_Rows]) -> Sequence[_Rows]:
+        """``rows`` less those whose claim is lost. Every claim is locked (``lock_claims``:
+        two statements for the batch) in ``conn``'s transaction before any row is
+        inserted; a lost one writes nothing, so the transaction goes on with the others'."""
+        fences = sorted({r.fence for r in rows if r.fence is not None},
+                        key=lambda f: (f.resource, f.owner, f.token))
+        lost = set(lock_claims(conn, fences))
+        if not lost:
+            return rows
+        refused: dict[tuple[str, Fence], int] = {}
+        for r in rows:
+            if r.fence in lost:
+                refused[(r.target, r.fence)] = refused.get((r.target, r.fence), 0) + r.count
+        for (target, fence), count in sorted(refused.items(), key=lambda x: (x[0][0], x[0][1].token)):
+            self._refused(ClaimLost(fence), target, f"journal rows={count}")
+        return [r for r in rows if r.fence not in lost]
 
     def usernames_written(self, accounts: Collection[str]) -> set[str]:
         """RADIUS usernames provisiond ever wrote rows for, for these accounts (the journal).
@@ -363,21 +395,24 @@ class _Outcome:
 
 @dataclass(slots=True)
 class _Rows:
-    """Journal rows ready for the database: journal_parts rows and journal rows."""
+    """Journal rows ready for the database: journal_parts rows and journal rows, of
+    ``target``, written only while ``fence`` (if any) still holds."""
 
     parts: list[dict[str, Any]]
     single: list[tuple[Any, ...]]
+    target: str = ""
+    fence: Fence | None = None
 
     @property
     def count(self) -> int:
         return sum(int(p["changes"]) for p in self.parts) + len(self.single)
 
 
-def _journal_rows_of(dialect: Dialect, parts: Sequence[_Outcome]) -> _Rows:
+def _journal_rows_of(dialect: Dialect, parts: Sequence[_Outcome], fence: Fence | None = None) -> _Rows:
     """Each part of ``PART_ROWS`` or more address-list changes as one journal_parts row
     (its rows one JSON document), the others as a journal row per change."""
     bind = journal_t.c.at.type.dialect_impl(dialect).bind_processor(dialect)
-    out = _Rows([], [])
+    out = _Rows([], [], ", ".join(sorted({part.head[2] for part in parts})), fence)
     encode = _DETAIL_ENCODER.encode
     for part in parts:
         run_id, at, target = part.head

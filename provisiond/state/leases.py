@@ -3,7 +3,8 @@
 ``reserve`` records a pass's Allocation in one transaction before any target write, or
 raises ``LeaseConflict`` and records nothing; every lease change is journalled (target
 ``ipam``). PostgreSQL serialises reservations with a transaction-scoped advisory lock;
-the unique constraints on ``leases`` are the last line: never one address twice.
+the unique constraints on ``leases`` are the last line: never one address twice. In
+shared membership a reservation needs the ``global`` claim (``ClaimLost`` without it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Connection
 from provisiond.core.changes import Change, Create, Delete, Resource, Update
 from provisiond.core.ipam import Allocation, Lease
 from provisiond.errors import LeaseConflict
+from provisiond.state.claims import GLOBAL
 from provisiond.state.journal import (
     JOURNAL_CHUNK,
     LEASE_TARGET,
@@ -54,12 +56,13 @@ class LeasesMixin(JournalMixin):
         against the rows as they are under the lock, so two processes can never lease
         one address twice (and the table's constraints back that up). Every change is
         journalled in the same transaction (target ``ipam``), under ``run_id`` (the
-        pass's run; without one, a run of its own).
+        pass's run; without one, a run of its own). ``ClaimLost`` (nothing recorded)
+        when ``fences`` is set and this member lost the ``global`` claim.
         """
         if not allocation.changed:
             return
         now = _utc(now)
-        with self._write("reserve leases", lock=LEASE_LOCK) as conn:
+        with self._write("reserve leases", lock=LEASE_LOCK, target=GLOBAL) as conn:
             rows = _leases(conn, None)
             freed: list[Lease] = []
             if any(_expired(x, now) for x in rows):

@@ -1,5 +1,6 @@
 """The radreply ownership ledger: which ``radreply`` rows provisiond wrote, so it only
-ever changes those (the RADIUS target reads and records it around its writes).
+ever changes those (the RADIUS target reads and records it around its writes). In
+shared membership a record needs the ``global`` claim (``ClaimLost`` without it).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from provisiond.state.claims import GLOBAL
 from provisiond.state.plumbing import StoreBase
 from provisiond.state.tables import radreply_ledger
 
@@ -35,7 +37,7 @@ class LedgerMixin(StoreBase):
         if not added and not removed:
             return
         now = datetime.now(UTC)
-        with self._write("record radreply ledger") as conn:
+        with self._write("record radreply ledger", target=GLOBAL) as conn:
             gone = {(u, a) for u, a in removed} | {(u, a) for u, a, _ in added}
             if gone:  # one executemany, not a round trip per row (100k users on a first run)
                 conn.execute(

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from provisiond.errors import StoreError
+from provisiond.state.claims import GLOBAL
 from provisiond.state.engines import SCHEMA_HEAD as SCHEMA_HEAD
 from provisiond.state.engines import VERSION_TABLE as VERSION_TABLE
 from provisiond.state.engines import _server_engine, _sqlite_engine, _upgrade
@@ -104,8 +105,9 @@ class StateStore(LeasesMixin, LedgerMixin, PassRequests):
     # -- source reads ---------------------------------------------------------------
 
     def record_read(self, accounts: int, rows: int, at: datetime) -> None:
-        """Remember a successful billing read (the yardstick for the next one)."""
-        with self._write("record read") as conn:
+        """Remember a successful billing read (the yardstick for the next one); in shared
+        membership only while this member holds the ``global`` claim (else ``ClaimLost``)."""
+        with self._write("record read", target=GLOBAL) as conn:
             conn.execute(reads.insert().values(at=_utc(at), accounts=accounts, rows=rows))
 
     def last_good_read(self) -> int | None:
