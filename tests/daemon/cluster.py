@@ -267,25 +267,39 @@ class Cluster:
         import json
 
         with self.admin() as c:
+            members = {r[0]: json.loads(r[1]).get("member") for r in c.execute(
+                "SELECT id, summary FROM runs WHERE summary IS NOT NULL")}
             rows = [{"target": r[0], "action": r[1], "kind": r[2], "account_id": r[3],
                      "detail": json.loads(r[4]), "result": r[5], "run_id": r[6], "at": r[7],
-                     "written_at": r[8]}
+                     "written_at": r[8], "member": members.get(r[6])}
                     for r in c.execute("SELECT target, action, kind, account_id, detail, result, run_id, at, "
                                        "test_written_at FROM journal ORDER BY id")]
             for target, encoded, run_id, at, written in c.execute(
                     "SELECT target, rows, run_id, at, test_written_at FROM journal_parts ORDER BY id"):
-                rows += [{"target": target, "run_id": run_id, "at": at, "written_at": written, **e}
-                         for e in part_entries(encoded)]
+                rows += [{"target": target, "run_id": run_id, "at": at, "written_at": written,
+                          "member": members.get(run_id), **e} for e in part_entries(encoded)]
         return rows
 
-    def adds(self) -> dict[tuple[str, str, str], tuple[str, float]]:
-        """(router, list, address) -> (member, arrival) of the first add of it."""
-        out: dict[tuple[str, str, str], tuple[str, float]] = {}
+    def adds(self) -> dict[tuple[str, str, str, str | None], float]:
+        """(router, list, address, member) -> when that member's first add of it arrived;
+        member None: whoever sent the first."""
+        out: dict[tuple[str, str, str, str | None], float] = {}
         for name, sim in self.sims.items():
             for c in sim.history:
                 if c.path.endswith("/add"):
                     a = dict(c.attributes)
-                    out.setdefault((name, a.get("list", ""), a.get("address", "")), (member_of(c.user), c.at))
+                    key = (name, a.get("list", ""), a.get("address", ""))
+                    out.setdefault((*key, member_of(c.user)), c.at)
+                    out.setdefault((*key, None), c.at)
+        return out
+
+    def first_adder(self) -> dict[tuple[str, str, str], str]:
+        out: dict[tuple[str, str, str], str] = {}
+        for name, sim in self.sims.items():
+            for c in sim.history:
+                if c.path.endswith("/add"):
+                    a = dict(c.attributes)
+                    out.setdefault((name, a.get("list", ""), a.get("address", "")), member_of(c.user))
         return out
 
     def leases(self) -> list[tuple[str, str, str, str]]:
@@ -384,9 +398,8 @@ def outside_tenures(writes: Iterable[Write], tenures: Iterable[Tenure]) -> list[
 
 @dataclass(frozen=True, slots=True)
 class StaleRow:
-    """A journal row written while the member whose change it records held no claim on
-    the router; ``late``: seconds past that member's last tenure on it before the write
-    (None: never held it)."""
+    """A journal row a stale token wrote; ``late``: seconds after the router's next grant
+    (None: the change itself was sent without a claim)."""
 
     router: str
     address: str
@@ -394,37 +407,48 @@ class StaleRow:
     queued: float
     written: float
     late: float | None
+    tenures: str = ""  # the router's tenures around the write, for the message
 
     def __str__(self) -> str:
-        late = "never held it" if self.late is None else f"{self.late:.3f}s after its claim ended"
+        late = "change sent without the claim" if self.late is None else f"{self.late:.3f}s after the next grant"
         return (f"{self.router} {self.address} by {self.member}: queued {self.queued:.3f}, "
-                f"written {self.written:.3f}, {late}")
+                f"written {self.written:.3f}, {late} (tenures: {self.tenures})")
 
 
 def stale_journal(cluster: Cluster, tenures: Iterable[Tenure]) -> list[StaleRow]:
-    """Journal rows of address-list creates that a stale token would have had refused:
-    written (``test_written_at``) outside the tenure in which the member that made the
-    entry (by the router's log: who sent the add, when) sent its add, or for an add sent
-    outside any tenure of its sender, written at all."""
-    held: dict[tuple[str, str], list[Tenure]] = defaultdict(list)
+    """Journal rows of address-list creates that a stale token should have had refused.
+    The member is the run's (``runs.summary``), or for a run that never finished, the
+    one whose add the router received first; the add is that member's (the router's log:
+    when it arrived). A row is stale when written (``test_written_at``) once the router
+    was granted again after the tenure that add was sent in (to another member, or to the
+    same one under a new token), or when the add was sent outside any tenure of its
+    sender at all. (A row written after a release but before the next grant is not:
+    the claim's lock orders it before that grant, ``state.claims``.)"""
+    by_router: dict[str, list[Tenure]] = defaultdict(list)
     for t in tenures:
-        held[(t.resource, t.owner)].append(t)
-    adds = cluster.adds()
+        by_router[t.resource].append(t)
+    for ts in by_router.values():
+        ts.sort(key=lambda t: t.start)
+    adds, firsts = cluster.adds(), cluster.first_adder()
     out = []
     for r in cluster.journal():
         d = r.get("detail") or {}
         if r.get("action") != "create" or "list" not in d or r.get("written_at") is None:
             continue
-        add = adds.get((r["target"], d["list"], d["address"]))
-        if add is None:
+        key = (r["target"], d["list"], d["address"])
+        member = r.get("member") or firsts.get(key)  # the run's member, else the router's log
+        sent = adds.get((*key, member))
+        if member is None or sent is None:
             continue
-        member, sent = add
         at = monotonic_of(r["written_at"])
-        mine = held.get((r["target"], member), [])
-        if not any(t.covers(sent) and t.covers(at) for t in mine):
-            ends = [t.end for t in mine if t.end is not None and t.end < at]
+        ts = by_router.get(r["target"], [])
+        under = next((i for i, t in enumerate(ts) if t.owner == member and t.covers(sent)), None)
+        regranted = None if under is None or under + 1 >= len(ts) else ts[under + 1].start
+        if under is None or (regranted is not None and at >= regranted):
+            near = " ".join(f"{t.owner}:{t.token}@{t.start:.3f}..{'-' if t.end is None else f'{t.end:.3f}'}"
+                            for t in ts if t.start <= at + 1 and (t.end is None or t.end >= sent - 1))
             out.append(StaleRow(r["target"], d["address"], member, monotonic_of(r["at"]), at,
-                                at - max(ends) if ends else None))
+                                None if under is None or regranted is None else at - regranted, near))
     return out
 
 
@@ -437,7 +461,8 @@ def summarise(rows: list[StaleRow]) -> str:
         lates = [r.late for r in mine if r.late is not None]
         parts.append(f"{member}: {len(mine)} rows on {sorted({r.router for r in mine})}, "
                      f"late by {min(lates, default=0):.3f}..{max(lates, default=0):.3f}s")
-    return "; ".join(parts) + "; e.g. " + "; ".join(str(r) for r in rows[:3])
+    firsts = {r.member: r for r in reversed(rows)}
+    return "; ".join(parts) + "\ne.g.\n" + "\n".join(str(r) for r in firsts.values())
 
 
 def interleaved(writes: Iterable[Write]) -> dict[str, list[str]]:
