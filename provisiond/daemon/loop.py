@@ -6,7 +6,9 @@ around it. One interval job (``max_instances=1``: passes never overlap;
 ``coalesce=True``: missed runs fold into one; first run at start) calls
 ``PassRunner.run_once`` (``daemon.passes``), which holds the Reconciler. Around it:
 
-- leader election (``daemon.leader``): only the leader runs passes; a standby polls;
+- leader election (``daemon.leader``): only the leader runs passes; a standby polls.
+  With ``daemon.members = "shared"`` there is no leader: every daemon runs passes of the
+  routers it holds claims of (``daemon.sharing``);
 - ``daemon.listen``: a billing ``NOTIFY`` calls ``request_pass`` with the accounts it
   names; the job's next run moves to now. Requests that arrive while a pass runs are
   gathered (``core.scope.Pending``) into the next one: a scoped pass over their

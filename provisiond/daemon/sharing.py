@@ -32,6 +32,7 @@ which one member decides, travel through the store (they are read as they stand)
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
@@ -120,8 +121,10 @@ class Sharing:
         self._lock = threading.Lock()
         self._writing: set[str] = set()  # resources with an apply under way that a gate let in
         self._owned: frozenset[str] = frozenset()
-        self._sender: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._send_lock = threading.Lock()
+        self._sender: psycopg.Connection[tuple[Any, ...]] | None = None  # the relay thread's
+        # Relayed events go out from a thread of their own: a store that hangs (a cut
+        # cable) must not hold up the pass, the webhook or the loop that relays.
+        self._outbox: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self.membership = Membership(self._url, member_id=self.member_id,
                                      resources=lambda: resources(self.settings), ttl=d.member_ttl,
                                      margin=d.member_margin, on_change=self._changed, busy=self.busy)
@@ -143,6 +146,7 @@ class Sharing:
         except ProvisiondError as exc:  # the membership thread keeps trying meanwhile
             log.error("member=%s state store: %s", self.member_id, exc)
         self._relay.start()
+        threading.Thread(target=self._sending, name="relay-send", daemon=True).start()
         ttl = self.settings.daemon.member_ttl
         self.membership.start(wait=min(2.0, ttl))
         # Members starting together claim, then hand back, within tens of milliseconds:
@@ -161,9 +165,7 @@ class Sharing:
         """Release every claim (the others take over within a second) and stop."""
         self.membership.stop(graceful=True)
         self._relay.stop()
-        with self._send_lock:
-            close_quietly(self._sender)
-            self._sender = None
+        self._outbox.put(None)
 
     # -- what this member may write -----------------------------------------------------
 
@@ -279,17 +281,24 @@ class Sharing:
             payloads = [f"{self.member_id}|f|"]
         else:
             payloads = [f"{self.member_id}|a|{chunk}" for chunk in _chunks(sorted(accounts))]
-        with self._send_lock:
-            try:
-                if self._sender is None:
-                    self._sender = psycopg.connect(**connect_kwargs(self._url, connect_timeout=5))
-                for p in payloads:
-                    self._sender.execute("SELECT pg_notify(%s, %s)", (EVENTS, p))
-            except psycopg.Error as exc:
-                log.warning("member=%s could not relay an event to the other members error=%s; "
-                            "their next full pass converges", self.member_id, first_line(exc))
-                close_quietly(self._sender)
-                self._sender = None
+        self._outbox.put(payloads)
+
+    def _sending(self) -> None:
+        while (payloads := self._outbox.get()) is not None:
+            self._send(payloads)
+        close_quietly(self._sender)
+
+    def _send(self, payloads: list[str]) -> None:
+        try:
+            if self._sender is None:
+                self._sender = psycopg.connect(**connect_kwargs(self._url, connect_timeout=5))
+            for p in payloads:
+                self._sender.execute("SELECT pg_notify(%s, %s)", (EVENTS, p))
+        except psycopg.Error as exc:
+            log.warning("member=%s could not relay an event to the other members error=%s; "
+                        "their next full pass converges", self.member_id, first_line(exc))
+            close_quietly(self._sender)
+            self._sender = None
 
     def webhook(self, accounts: frozenset[str] | None) -> None:
         """A Sonar webhook reached this member: its pass here, and the others'."""

@@ -12,9 +12,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Billing, DaemonProc, new_password, write_config
+import psycopg
+from harness import Billing, DaemonProc, new_password, pg_kwargs, write_config
+
+from provisiond.state.store import StateStore
 
 from provisiond.sim import RouterSim, SimSettings
+
+
+@pytest.fixture
+def url(pg_url: str) -> str:
+    """A PostgreSQL state store with its schema, as a daemon leaves it (the members tests)."""
+    StateStore.open(pg_url).close()
+    return pg_url
+
+
+@pytest.fixture
+def admin(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the test's own to that store."""
+    with psycopg.connect(**pg_kwargs(url)) as conn:
+        yield conn
 
 
 @pytest.fixture

@@ -53,16 +53,6 @@ class Member:
         assert membersql.release(self.conn, resources, me=self.me) == sorted(resources)
 
 
-@pytest.fixture
-def url(pg_url: str) -> str:
-    StateStore.open(pg_url).close()  # the schema, as a daemon leaves it
-    return pg_url
-
-
-@pytest.fixture
-def admin(url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(**pg_kwargs(url)) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from provisiond import settings as settings_mod
 from provisiond.daemon import shares
 from provisiond.daemon.members import GLOBAL, Membership
 from provisiond.daemon.metrics import GLOBAL_CLAIM, MEMBER_STATES, Health, Metrics, serve
-from provisiond.state.store import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 TTL, MARGIN = 1.5, 0.3
@@ -135,11 +134,6 @@ def test_a_fenced_member_fails_healthz_and_is_healthy_again_once_it_renews() -> 
 
 # -- real members on PostgreSQL ---------------------------------------------------------
 
-
-@pytest.fixture
-def url(pg_url: str) -> str:
-    StateStore.open(pg_url).close()
-    return pg_url
 
 
 @pytest.fixture

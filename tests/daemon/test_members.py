@@ -24,23 +24,12 @@ from harness import pg_kwargs, wait_until
 
 from provisiond.daemon.members import GLOBAL, Membership, still_owner
 from provisiond.state.claims import ClaimLost, Fence, lock_claim
-from provisiond.state.store import StateStore
 
 TTL, MARGIN = 1.5, 0.3
 ROUTERS = [f"core-{i:02d}" for i in range(12)]
 ALL = sorted([*ROUTERS, GLOBAL])
 
 
-@pytest.fixture
-def url(pg_url: str) -> str:
-    StateStore.open(pg_url).close()  # the schema, as a daemon leaves it
-    return pg_url
-
-
-@pytest.fixture
-def admin(url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(**pg_kwargs(url)) as conn:
-        yield conn
 
 
 @pytest.fixture
