@@ -42,6 +42,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _extra_user(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, Path(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m provisiond.sim", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 8728), metavar="HOST:PORT")
@@ -49,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default="")
     parser.add_argument("--password-file", type=Path, metavar="FILE",
                         help="read the password from FILE (keeps it out of the process list)")
+    parser.add_argument("--extra-user", action="append", default=[], type=_extra_user,
+                        metavar="NAME=FILE", help="another login beside --user, its password read "
+                        "from FILE (repeatable; the command history names each command's user)")
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--version", default=DEFAULT_VERSION, help="RouterOS version string to report")
@@ -86,6 +96,7 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         username=args.user,
         password=(args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
                   if args.password_file else args.password),
+        users={name: path.read_text(encoding="utf-8").rstrip("\r\n") for name, path in args.extra_user},
         version=args.version,
         identity=args.name,
         host=host,

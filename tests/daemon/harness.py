@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,19 @@ class Billing:
             cur.executemany("INSERT INTO account_groups VALUES (%s, %s)",
                             [(a, GROUPS[group]) for a in accounts])
 
+    def add(self, accounts: Sequence[int], *groups: str, address: bool = True) -> None:
+        """New active accounts in ``groups``, with a billing address each or none (for a
+        pool); one statement per table, so the trigger sends a NOTIFY for each."""
+        ids = list(accounts)
+        with self.connect() as c, c.transaction():
+            c.execute("INSERT INTO accounts (id, name, status) SELECT a, 'Account ' || (a - 1000), "
+                      "'active' FROM unnest(%s::int[]) AS a", (ids,))
+            if address:
+                c.execute("INSERT INTO ip_assignments SELECT * FROM unnest(%s::int[], %s::text[])",
+                          (ids, [self.address(a) for a in ids]))
+            c.execute("INSERT INTO account_groups SELECT a, g FROM unnest(%s::int[]) AS a, "
+                      "unnest(%s::int[]) AS g", (ids, [GROUPS[g] for g in groups]))
+
     def leave(self, group: str, *accounts: int) -> None:
         with self.connect() as c:
             c.execute("DELETE FROM account_groups WHERE group_id = %s AND account_id = ANY(%s)",
@@ -89,25 +102,34 @@ def write_config(
     directory: Path,
     *,
     billing_url: str,
-    router_port: int,
+    router_port: int | None = None,
     password_file: Path,
+    routers: Sequence[tuple[str, int]] = (),
+    username: str = "admin",
+    router_options: dict[str, Any] | None = None,
     state_url: str | None = None,
     lists: dict[str, str] | None = None,
     daemon: dict[str, Any] | None = None,
     name: str = "provisiond.toml",
     extra: str = "",
 ) -> Path:
+    """``router_port``: one router, core-1; ``routers``: (name, port) each. Every router
+    is logged in to as ``username``."""
     lists = lists if lists is not None else {"Tower Hosts": "tower-hosts"}
+    routers = [("core-1", router_port)] if router_port is not None else list(routers)
     state_url = state_url or f"sqlite:///{directory / 'state.db'}"
     settings = {"interval": "300s", "jitter": 0, "debounce": "0.3s", "retry_max": "2s"}
     settings.update(daemon or {})
     lines = [
         "[source]", f'url = "{billing_url}"', f'query = """{QUERY}"""', "",
         "[state]", f'url = "{state_url}"', "",
-        "[[router]]", 'name = "core-1"', 'host = "127.0.0.1"', f"port = {router_port}",
-        'username = "admin"', f'password_file = "{password_file}"', 'timeout = "5s"',
-        'connect_timeout = "2s"', "",
     ]
+    for router, port in routers:
+        lines += ["[[router]]", f'name = "{router}"', 'host = "127.0.0.1"', f"port = {port}",
+                  f'username = "{username}"', f'password_file = "{password_file}"', 'timeout = "5s"',
+                  'connect_timeout = "2s"']
+        lines += [f"{key} = {_toml(value)}" for key, value in (router_options or {}).items()]
+        lines.append("")
     for group, list_name in lists.items():
         lines += ["[[address_list]]", f'group = "{group}"', f'list = "{list_name}"', ""]
     lines.append(extra)

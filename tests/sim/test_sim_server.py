@@ -249,20 +249,26 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line[len(prefix) :])
 
 
-def test_cli_runs_a_router_until_sigterm() -> None:
-    proc, port = _start_cli("--listen", "127.0.0.1:0", "--user", "op", "--password", "s3cret-pw", "--name", "core-1", "--version", "7.17.2")
+def test_cli_runs_a_router_until_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "b").write_text("b-s3cret\n", encoding="utf-8")
+    proc, port = _start_cli("--listen", "127.0.0.1:0", "--user", "op", "--password", "s3cret-pw", "--name", "core-1",
+                            "--version", "7.17.2", "--extra-user", f"member-b={tmp_path / 'b'}")
     try:
         api = librouteros.connect("127.0.0.1", "op", "s3cret-pw", port=port)
         assert tuple(api.path("system", "identity")) == ({"name": "core-1"},)
         assert [r["version"] for r in api.path("system", "resource")] == ["7.17.2"]
         api.path("ip", "firewall", "address-list").add(list="cli", address="1.2.3.4")
         api.close()
+        other = librouteros.connect("127.0.0.1", "member-b", "b-s3cret", port=port)
+        other.path("ip", "firewall", "address-list").add(list="cli", address="1.2.3.5")
+        other.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0
-    assert "command=/ip/firewall/address-list/add" in stderr
-    assert "s3cret-pw" not in stderr
+    assert "user=op command=/ip/firewall/address-list/add" in stderr
+    assert "user=member-b command=/ip/firewall/address-list/add" in stderr
+    assert "s3cret" not in stderr
 
 
 def test_cli_refuses_non_loopback_without_allow_remote() -> None:
@@ -275,3 +281,39 @@ def test_cli_refuses_non_loopback_without_allow_remote() -> None:
     )
     assert result.returncode == 2
     assert "refusing to listen on non-loopback address 0.0.0.0" in result.stderr
+
+
+def test_several_users_log_in_and_the_history_says_who_sent_what(
+    make_sim: Callable[..., RouterSim], raw: Callable[..., RawClient],
+) -> None:
+    sim = make_sim(users={"member-a": "pw-a", "member-b": "pw-b"})
+    before = time.monotonic()
+    a, b, admin = raw(sim.port), raw(sim.port), raw(sim.port)
+    a.login("member-a", "pw-a")
+    b.login("member-b", "pw-b")
+    admin.login()  # the documented single user still works beside them
+    assert a.call(f"{AL}/add", "=list=l", "=address=10.0.0.1")[0][0] == "!done"
+    assert b.call(f"{AL}/add", "=list=l", "=address=10.0.0.2")[0][0] == "!done"
+    assert admin.call(f"{AL}/print")[-1] == ["!done"]
+    # A user's password is not another's, and an unknown user is refused.
+    wrong, stranger = raw(sim.port), raw(sim.port)
+    assert wrong.call("/login", "=name=member-a", "=password=pw-b")[0][0] == "!trap"
+    assert stranger.call("/login", "=name=nobody", "=password=pw-a")[0][0] == "!trap"
+    after = time.monotonic()
+
+    adds = [c for c in sim.history if c.path == f"{AL}/add"]
+    assert [(c.user, dict(c.attributes)["address"]) for c in adds] == [
+        ("member-a", "10.0.0.1"), ("member-b", "10.0.0.2")]
+    assert [c.user for c in sim.history if c.path == f"{AL}/print"] == [USER]
+    assert all(c.user is None for c in sim.history if c.path == "/login")  # sent before login
+    assert adds[0].peer != adds[1].peer and adds[0].peer.startswith("127.0.0.1:")
+    # The arrival times are this process's monotonic clock, in order.
+    assert before <= adds[0].at <= adds[1].at <= after
+
+
+def test_a_second_user_logs_in_the_legacy_way_too(make_sim: Callable[..., RouterSim]) -> None:
+    sim = make_sim(legacy_login=True, users={"member-a": "pw-a"})
+    pool = routeros_api.RouterOsApiPool(sim.host, username="member-a", password="pw-a", port=sim.port)
+    assert pool.get_api().get_resource("/system/identity").get() == [{"name": "MikroTik"}]
+    pool.disconnect()
+    assert {c.user for c in sim.history if c.path == "/system/identity/print"} == {"member-a"}

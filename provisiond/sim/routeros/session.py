@@ -37,6 +37,7 @@ import binascii
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ class Session:
         self.state = state
         self.peer = peer
         self.logged_in = False
+        self.user: str | None = None  # who logged in on this connection
         self._challenge: str | None = None
         self._pre_login = 0
         self._deliver = deliver
@@ -136,9 +138,11 @@ class Session:
             for k, v in command.attributes.items()
         )
         with self.state.lock:
-            self.state.record(ReceivedCommand(command.path, attributes, command.queries, command.tag))
+            self.state.record(ReceivedCommand(command.path, attributes, command.queries, command.tag,
+                                              user=self.user, peer=self.peer, at=time.monotonic()))
         if self.state.settings.log_commands:
-            log.info("sim peer=%s command=%s tag=%s", self.peer, command.path, command.tag)
+            log.info("sim peer=%s user=%s command=%s tag=%s", self.peer, self.user or "-", command.path,
+                     command.tag)
 
     def _run(self, command: Command) -> Result:
         state = self.state
@@ -213,21 +217,24 @@ class Session:
             challenge, self._challenge = self._challenge, None
             if not settings.legacy_login:
                 raise Trap(BAD_LOGIN)
-            expected = legacy_response(settings.password, challenge) if challenge else None
-            if attrs.get("name") != settings.username or attrs["response"] != expected:
+            password = settings.password_of(attrs.get("name"))
+            expected = legacy_response(password, challenge) if challenge and password is not None else None
+            if expected is None or attrs["response"] != expected:
                 log.warning("sim peer=%s login failed user=%s", self.peer, attrs.get("name"))
                 raise Trap(LEGACY_BAD_LOGIN)
             return self._logged_in(attrs["name"])
         if settings.legacy_login or "name" not in attrs:
             self._challenge = settings.login_challenge or secrets.token_hex(16)
             return Result(done=(f"=ret={self._challenge}",))
-        if attrs.get("name") != settings.username or attrs.get("password", "") != settings.password:
+        password = settings.password_of(attrs.get("name"))
+        if password is None or attrs.get("password", "") != password:
             log.warning("sim peer=%s login failed user=%s", self.peer, attrs.get("name"))
             raise Trap(BAD_LOGIN)
         return self._logged_in(attrs["name"])
 
     def _logged_in(self, user: str) -> Result:
         self.logged_in = True
+        self.user = user
         log.info("sim peer=%s logged in user=%s", self.peer, user)
         return Result()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .values import parse_version
@@ -23,6 +24,9 @@ DEFAULT_IDENTITY = "MikroTik"
 class SimSettings:
     username: str = "admin"
     password: str = ""
+    #: More logins, name -> password, beside ``username``/``password`` (several clients
+    #: that a test tells apart in ``RouterSim.history`` by the user they logged in as).
+    users: Mapping[str, str] = field(default_factory=dict)
     #: As ``/system/resource/print`` shows it; drives ``!empty`` and date format.
     version: str = DEFAULT_VERSION
     #: ``/system/identity`` name.
@@ -89,6 +93,12 @@ class SimSettings:
         for name in ("scan_cost_us", "add_cost_ms", "expiry_poll", "row_latency", "command_latency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+
+    def password_of(self, user: str | None) -> str | None:
+        """The password ``user`` logs in with, or None for an unknown user."""
+        if user == self.username:
+            return self.password
+        return None if user is None else self.users.get(user)
 
     @property
     def version_tuple(self) -> tuple[int, ...]:

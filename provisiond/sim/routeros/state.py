@@ -29,12 +29,18 @@ _FAMILIES = {"ip": 4, "ipv6": 6}
 
 @dataclass(frozen=True, slots=True)
 class ReceivedCommand:
-    """One command as the router saw it; login secrets are redacted."""
+    """One command as the router saw it; login secrets are redacted. ``user``: the login
+    of the session that sent it (None before login), ``peer``: its HOST:PORT, ``at``:
+    ``time.monotonic()`` when it arrived (system-wide on Linux: comparable with another
+    process's clock), so a test can tell who wrote what, and when."""
 
     path: str
     attributes: tuple[tuple[str, str], ...]
     queries: tuple[str, ...]
     tag: str | None
+    user: str | None = None
+    peer: str = ""
+    at: float = 0.0
 
 
 class RouterState:
