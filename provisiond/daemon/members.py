@@ -270,6 +270,10 @@ class Membership:
                 log.info("member=%s claimed resources=%s tokens=%s", me, membersql.ids(granted),
                          ",".join(str(t) for t in granted.values()))
                 self._holdings.granted(asked, granted, time.monotonic())
+            held_back = set(moves.claim) - granted.keys()
+            for resource, pid in membersql.evict(conn, held_back, grace=self.margin):
+                log.warning("member=%s ended backend pid=%d: it held the fencing lock of %s past "
+                            "its claim's expiry (a writer cut off mid-transaction)", me, pid, resource)
         self._holdings.drain(moves.release, time.monotonic())
         self._tell()  # before the release: the worker hears it stopped writing first
         draining = self._holdings.draining()

@@ -165,6 +165,33 @@ def claim(conn: Conn, resources: Collection[str], *, me: str, inc: str) -> dict[
     return {str(r[0]): int(r[1]) for r in rows}
 
 
+# The backends still holding the fencing lock of a claim that expired more than
+# ``grace`` seconds ago: a writer cut off mid-transaction (a half-open connection the
+# server does not see end) that would hold every new claim of it back. Ending them is
+# safe: whatever they were writing is refused anyway (its claim is gone); a member
+# that released a claim gracefully commits within the grace.
+_EVICT = """
+SELECT c.resource, l.pid, pg_terminate_backend(l.pid)
+FROM provisiond_claims c
+JOIN unnest(%(resources)s::text[], %(keys)s::bigint[]) AS t(resource, key) ON t.resource = c.resource
+JOIN pg_locks l ON l.locktype = 'advisory' AND l.classid = %(space)s::bigint::oid
+    AND l.objid = t.key::oid AND l.objsubid = 2 AND l.granted
+WHERE (c.expires_at IS NULL OR c.expires_at < now() - make_interval(secs => %(grace)s))
+  AND l.pid <> pg_backend_pid()"""
+
+
+def evict(conn: Conn, resources: Collection[str], *, grace: float) -> list[tuple[str, int]]:
+    """End the backends that hold ``resources``' fencing locks past their claims' expiry
+    (``_EVICT``); (resource, pid) of each."""
+    names = sorted(set(resources))
+    if not names:
+        return []
+    keys = [lock_key(r) & 0xFFFFFFFF for r in names]  # as pg_locks shows them (an oid)
+    rows = conn.execute(_EVICT, {"resources": names, "keys": keys, "space": CLAIM_LOCKS,
+                                 "grace": grace}).fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
 def release(conn: Conn, resources: Collection[str], *, me: str) -> list[str]:
     rows = conn.execute(_RELEASE, {"me": me, "resources": sorted(set(resources))}).fetchall()
     return sorted(str(r[0]) for r in rows)

@@ -149,12 +149,12 @@ class Applier:
             try:
                 outcome = target.apply(
                     plan, progress=tick, report=lambda part: self.journal(run_id, part, wait=False))
+                # A finished target's journal is on disk before its result counts: a crash
+                # while slower targets still apply loses none of it.
+                self.store.sync_journal()
             finally:
                 if (done := getattr(gate, "done", None)) is not None:
-                    done()  # its writes are answered: a claim being handed over may go
-            # A finished target's journal is on disk before its result counts: a crash
-            # while slower targets still apply loses none of it.
-            self.store.sync_journal()
+                    done()  # its writes answered and journalled: a claim being handed over may go
             return outcome
 
         return one

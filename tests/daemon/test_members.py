@@ -211,8 +211,13 @@ def test_a_member_whose_renewals_hang_fences_itself_in_time(
                what="pop-c back with its own routers")
 
 
-def test_a_stale_token_is_refused_and_a_writer_holding_its_claim_delays_the_next_owner(
-        url: str, make: Callable[..., Membership], admin: psycopg.Connection[Any]) -> None:
+def test_a_stale_token_is_refused_and_a_writer_stuck_past_its_claim_is_ended_by_the_next_owner(
+        url: str, make: Callable[..., Membership], admin: psycopg.Connection[Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A writer holding its claim's fencing lock keeps the next owner out while it
+    writes; one still holding it ``margin`` after the claim ended (cut off
+    mid-transaction) is ended by the member claiming it, so a takeover never waits on
+    it; its write lands nowhere, and its token is refused from then on."""
     a, b = make("pop-a"), make("pop-b")
     settle(admin, a, b)
     resource = sorted(a.owned())[0]
@@ -223,14 +228,18 @@ def test_a_stale_token_is_refused_and_a_writer_holding_its_claim_delays_the_next
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         with engine.connect() as conn:
-            with conn.begin():  # a's journal write: the claim stands, and stays standing
-                lock_claim(conn, fence)
-                a.stop()  # a releases everything; b may not claim this one yet
+            with pytest.raises(sa.exc.OperationalError), conn.begin():
+                lock_claim(conn, fence)  # a's journal write: the claim stands, and stays standing
+                a.stop()  # a releases everything; b claims the rest at once, not this one ...
                 wait_until(lambda: set(ALL) - {resource} <= set(b.owned()), timeout=2 * TTL,
                            what="b taking the others")
-                time.sleep(TTL / 2)  # a renewal or two of b's
                 assert resource not in b.owned()
-            wait_until(lambda: resource in b.owned(), timeout=TTL, what="b taking it after the commit")
+                # ... until the writer still holds it past the margin: b ends it.
+                wait_until(lambda: set(ALL) <= set(b.owned()), timeout=2 * TTL,
+                           what="b taking every claim, this one once it ended the writer")
+                conn.execute(sa.text("SELECT 1"))  # the writer's session is gone
+            assert f"held the fencing lock of {resource}" in "".join(caplog.messages)
+        with engine.connect() as conn:
             with pytest.raises(ClaimLost, match=f"{resource}: write refused: pop-a no longer holds"):
                 with conn.begin():
                     lock_claim(conn, fence)
