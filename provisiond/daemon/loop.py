@@ -325,8 +325,6 @@ class Daemon(Leading):
             if self.sharing is not None:
                 self.sharing.relay(accounts, targets)
 
-
-
     def _run_now(self) -> None:
         if self.scheduler is None:
             return
@@ -350,7 +348,7 @@ class Daemon(Leading):
                 return
             self._last_job = time.monotonic()
             if self.sharing is not None and not self.sharing.owned():
-                self._pending, self._requested = Pending(), False  # owning something: asked again
+                self._pending, self._requested = Pending(), False  # a claim gained asks anew
                 return
             chosen = self._next_scope()
             if chosen is None:
