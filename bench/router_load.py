@@ -148,6 +148,17 @@ class Watcher:
                 self._changed.wait(left)
             return True
 
+    def count(self) -> int:
+        """How many (list, address) pairs the router holds now."""
+        with self._changed:
+            return len(self.ids)
+
+    def snapshot(self) -> tuple[set[tuple[str, str]], int]:
+        """The (list, address) pairs on the router now, and how many entries hold them
+        (more entries than pairs: some pair is there twice)."""
+        with self._changed:
+            return set(self.ids), len(self._keys)
+
     def close(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -219,7 +230,7 @@ class DaemonLog:
             time.sleep(0.05)
 
 
-def _percentile(values: Sequence[float], p: float) -> float:
+def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
@@ -300,9 +311,9 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
     cpu = [100 * (b.busy - a.busy - own * n) / (b.at - a.at) for a, b, n in zip(start, end, own_removes)]
     window = statistics.mean(b.at - a.at for a, b in zip(start, end))
     r1 = max(scans)
-    r2_50, r2_95 = _percentile(latencies, 50), _percentile(latencies, 95)
+    r2_50, r2_95 = percentile(latencies, 50), percentile(latencies, 95)
     lost_events = sum(x == LOST for x in latencies)
-    r3_50, r3_95 = _percentile(restores, 50), _percentile(restores, 95)
+    r3_50, r3_95 = percentile(restores, 50), percentile(restores, 95)
     lost = sum(x == LOST for x in restores)
     r4 = max(cpu)
 
