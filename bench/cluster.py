@@ -14,13 +14,14 @@ afterwards, and puts them back at the end.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from bench.scenario import PG, Scenario, address, group, list_name
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL = "global"  # the claim of the billing bookkeeping, IPAM and RADIUS work
+IDLE_CPU = 0.15  # CPU seconds per second below which a member is idle (renewals, timers)
+TICK = 1 / os.sysconf("SC_CLK_TCK")
 
 _PASS = re.compile(r"pass=\d+ result=")
 _LIVE = ("SELECT resource, owner FROM provisiond_claims "
@@ -93,6 +96,20 @@ class Member:
                 continue
         return kids
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the running process and its children (0 when not running)."""
+        if not self.running:
+            return 0.0
+        assert self.proc is not None
+        total = 0.0
+        for pid in (self.proc.pid, *self.children()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) * TICK
+        return total
+
     @staticmethod
     def alive(pid: int) -> bool:
         try:
@@ -132,10 +149,11 @@ class Passes:
     released: int
     warnings: int  # WARNING and ERROR lines
     first_fill: str  # its first pass line that wrote something
+    durations: dict[str, list[float]]  # full, targets, scoped -> seconds of each pass, in order
 
     @classmethod
     def read(cls, text: str) -> Passes:
-        kinds: Counter[str] = Counter()
+        durations: dict[str, list[float]] = {"full": [], "targets": [], "scoped": []}
         not_ok = 0
         first = ""
         for line in text.splitlines():
@@ -143,13 +161,15 @@ class Passes:
             if m is None:
                 continue
             rest = m.group(5)
-            kinds["targets" if " targets=" in rest else "scoped" if " scope=" in rest else "full"] += 1
+            durations["targets" if " targets=" in rest else "scoped" if " scope=" in rest else "full"].append(
+                float(m.group(3)))
             not_ok += m.group(2) != "ok"
             if not first and int(m.group(4)) > 0:
                 first = line[line.index("pass="):].split(" conflicts=")[0]
-        return cls(kinds["full"], kinds["targets"], kinds["scoped"], not_ok,
+        return cls(len(durations["full"]), len(durations["targets"]), len(durations["scoped"]), not_ok,
                    text.count(" claimed resources="), text.count(" released resources="),
-                   len(re.findall(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) ", text, re.M)), first)
+                   len(re.findall(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) ", text, re.M)), first,
+                   durations)
 
     @property
     def count(self) -> int:
@@ -217,23 +237,39 @@ class Cluster:
                 raise RuntimeError(f"not every router claimed: {live}\n{self.tails()}")
             time.sleep(0.1)
 
-    def wait_quiet(self, quiet: float, deadline: float) -> None:
-        """Until no member logged a pass line for ``quiet`` seconds."""
-        last, since = -1, time.monotonic()
+    def wait_quiet(self, quiet: float, deadline: float, routers: Callable[[], list[float]]) -> None:
+        """Until for ``quiet`` seconds no member logged a pass line, none used more than a
+        sliver of CPU (its full-pass process included), and no router had work queued.
+
+        No pass logs its start, and one can sit silent for seconds (waiting on a router's
+        scan, then planning): the CPU of the members and the routers' charged work
+        (``routers()``: each router's busy seconds so far; a jump of X leaves it busy for
+        the next X seconds) show it is under way."""
+        last_lines, since = -1, time.monotonic()
+        cpu = {m: m.cpu_seconds() for m in self._members.values()}
+        busy, busy_until = routers(), 0.0
         while True:
+            time.sleep(0.25)
             self.check_alive()
-            n = sum(len(_PASS.findall(m.text())) for m in self._members.values())
             now = time.monotonic()
-            if n != last:
-                last, since = n, now
-            elif now - since >= quiet:
+            lines = sum(len(_PASS.findall(m.text())) for m in self._members.values())
+            cpu_now = {m: m.cpu_seconds() for m in self._members.values()}
+            working = any(cpu_now[m] - cpu.get(m, 0.0) > IDLE_CPU * 0.25 for m in cpu_now)
+            busy_now = routers()
+            busy_until = max([busy_until, *(now + b - a for a, b in zip(busy, busy_now) if b > a)])
+            if lines != last_lines or working or now < busy_until:
+                since = now
+            last_lines, cpu, busy = lines, cpu_now, busy_now
+            if now - since >= quiet:
                 return
             if now > deadline:
-                raise RuntimeError(f"the members' passes did not stop within the wait:\n{self.tails()}")
-            time.sleep(0.2)
+                raise RuntimeError(f"the members did not settle within the wait:\n{self.tails()}")
 
-    def passes(self, member_id: str) -> Passes:
-        return Passes.read(self._members[member_id].text())
+    def passes(self, member_id: str, *, restarts: bool = False) -> Passes:
+        """What ``member_id``'s logs say; ``restarts``: only those of its second start on."""
+        m = self._members[member_id]
+        logs = m.logs[1:] if restarts else m.logs
+        return Passes.read("".join(p.read_text(errors="replace") for p in logs if p.exists()))
 
     def tails(self) -> str:
         return "\n".join(f"==== member {m.member_id}\n{m.tail()}" for m in self._members.values())

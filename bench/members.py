@@ -48,12 +48,12 @@ import psycopg
 from bench.cluster import GLOBAL, Cluster, Member, Mover, Passes
 from bench.measure import Row
 from bench.notify import BENCH_TRIGGERS, TRIGGER_SQL
-from bench.router_load import GOAL_EVENT_P95, LOST, Watcher, percentile
+from bench.router_load import GOAL_EVENT_P95, LOST, Watcher, load, percentile
 from bench.scenario import USER, Scenario
 from provisiond.settings import DaemonSettings
 
 MEMBER_IDS = ("a", "b", "c")
-QUIET = 5.0  # seconds without a pass line in any member's log: settled
+QUIET = 3.0  # seconds without a pass line, member CPU or router work: settled (Cluster.wait_quiet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,8 @@ class Trial:
     rejoined: float = LOST  # restart -> a probe change heard from every router
     new_owners: dict[str, str] = field(default_factory=dict)
     orphans: int = 0  # the killed member's full-pass processes alive 2 s after the kill
+    scans_taken: int = 0  # table scans on a router of the victim's, from the kill to its restart
+    scans_back: int = 0  # and from its restart to the end of the trial (the most on one router)
     check: str = ""
 
 
@@ -132,11 +134,12 @@ def members(scenario: Scenario, options: Options) -> list[Row]:
         conn.execute(BENCH_TRIGGERS)
     cluster = Cluster(scenario, MEMBER_IDS, ttl=options.ttl, interval=options.interval)
     watchers = [Watcher(s.port, scenario.password) for s in scenario.sims]
+    routers = Routers(scenario)
     mover = Mover(scenario)
     began = time.monotonic()
     try:
         say("cold start: three members on empty routers …")
-        cold = _cold_start(cluster, watchers, mover, options)
+        cold = _cold_start(cluster, watchers, routers, mover, options)
         say(f"events: {options.events} billing changes …")
         owners = cluster.owners()
         latencies = _events(watchers, mover, options)
@@ -144,17 +147,19 @@ def members(scenario: Scenario, options: Options) -> list[Row]:
         trials: list[Trial] = []
         for n in range(options.trials):
             say(f"takeover: trial {n + 1} of {options.trials} …")
-            trials.append(_takeover(cluster, watchers, mover, options))
+            trials.append(_takeover(cluster, watchers, routers, mover, options))
         passes = {m: cluster.passes(m) for m in MEMBER_IDS}
+        restarts = {m: cluster.passes(m, restarts=True) for m in MEMBER_IDS}
         rss = {m: cluster.member(m).peak_rss() for m in MEMBER_IDS}
     finally:
         for w in watchers:
             w.close()
+        routers.close()
         cluster.close(options.logs)
         mover.undo()
         scenario.stop_routers()
     total = time.monotonic() - began
-    return _rows(floor, ttl, cold, owners, latencies, events_check, trials, passes, rss, total)
+    return _rows(floor, ttl, cold, owners, latencies, events_check, trials, passes, restarts, rss, total)
 
 
 def say(text: str) -> None:
@@ -172,7 +177,26 @@ class Cold:
     check: str
 
 
-def _cold_start(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: Options) -> Cold:
+class Routers:
+    """The routers' own counters (``/sim/load/print``, free: no scan), for the bench."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self._apis = [librouteros.connect("127.0.0.1", USER, scenario.password, port=s.port, timeout=60)
+                      for s in scenario.sims]
+
+    def busy(self) -> list[float]:
+        return [load(api).busy for api in self._apis]
+
+    def scans(self) -> list[int]:
+        return [load(api).scans_ip for api in self._apis]  # the ipv6 tables stay empty here
+
+    def close(self) -> None:
+        for api in self._apis:
+            api.close()
+
+
+def _cold_start(cluster: Cluster, watchers: list[Watcher], routers: Routers, mover: Mover,
+                options: Options) -> Cold:
     started = time.monotonic()
     for m in MEMBER_IDS:
         cluster.start(m)
@@ -189,7 +213,7 @@ def _cold_start(cluster: Cluster, watchers: list[Watcher], mover: Mover, options
                                f"({dict(zip(names, (w.count() for w in watchers)))})\n{cluster.tails()}")
         time.sleep(0.2)
     cluster.wait_owned(deadline)
-    cluster.wait_quiet(QUIET, deadline)
+    cluster.wait_quiet(QUIET, deadline, routers.busy)
     wall = time.monotonic() - started - QUIET
     first = {m: cluster.passes(m).first_fill for m in MEMBER_IDS}
     return Cold(wall, filled, first, _check(watchers, mover))
@@ -208,7 +232,8 @@ def _events(watchers: list[Watcher], mover: Mover, options: Options) -> list[flo
     return latencies
 
 
-def _takeover(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: Options) -> Trial:
+def _takeover(cluster: Cluster, watchers: list[Watcher], routers: Routers, mover: Mover,
+              options: Options) -> Trial:
     owners = cluster.owners()
     held = Counter(o for r, o in owners.items() if r != GLOBAL)
     victim = min(held, key=lambda m: (-held[m], m))
@@ -218,6 +243,7 @@ def _takeover(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: 
     member = cluster.member(victim)
     kids = member.children()
     names = cluster.routers
+    scans = routers.scans()
     killed = time.monotonic()
     member.kill()
     with mover.connect() as conn:
@@ -245,12 +271,16 @@ def _takeover(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: 
     others = [r for r in names if r not in mine]
     if all(r in heard for r in others):
         trial.elsewhere = max((heard[r] for r in others), default=0.0)
-    _rejoin(cluster, watchers, mover, options, trial, resources)
+    mid = routers.scans()
+    trial.scans_taken = max(mid[names.index(r)] - scans[names.index(r)] for r in mine)
+    _rejoin(cluster, watchers, routers, mover, options, trial, resources)
+    end = routers.scans()
+    trial.scans_back = max(end[names.index(r)] - mid[names.index(r)] for r in mine)
     return trial
 
 
-def _rejoin(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: Options,
-            trial: Trial, resources: list[str]) -> None:
+def _rejoin(cluster: Cluster, watchers: list[Watcher], routers: Routers, mover: Mover,
+            options: Options, trial: Trial, resources: list[str]) -> None:
     """The killed member again, same id: its claims back, then a probe change heard from
     every router and the logs quiet (the next trial starts from a settled world)."""
     started = time.monotonic()
@@ -268,7 +298,7 @@ def _rejoin(cluster: Cluster, watchers: list[Watcher], mover: Mover, options: Op
     heard = [w.wait_seen(key, before, committed + options.event_timeout) for w in watchers]
     if all(h is not None for h in heard):
         trial.rejoined = max(h for h in heard if h is not None) - started
-    cluster.wait_quiet(QUIET, time.monotonic() + options.takeover_timeout)
+    cluster.wait_quiet(QUIET, time.monotonic() + options.takeover_timeout, routers.busy)
     trial.check = _check(watchers, mover)
 
 
@@ -293,10 +323,8 @@ def _check(watchers: list[Watcher], mover: Mover, wait: float = 10.0) -> str:
 
 
 def _rows(floor: float, ttl: float, cold: Cold, owners: dict[str, str], latencies: list[float],
-          events_check: str, trials: list[Trial], passes: dict[str, Passes], rss: dict[str, float],
-          total: float) -> list[Row]:
-    goal = 2 * ttl + 1
-
+          events_check: str, trials: list[Trial], passes: dict[str, Passes],
+          restarts: dict[str, Passes], rss: dict[str, float], total: float) -> list[Row]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
@@ -317,26 +345,48 @@ def _rows(floor: float, ttl: float, cold: Cold, owners: dict[str, str], latencie
             f"{_seconds(max(latencies))}; entries {events_check}"),
     ]
     if trials:
-        victims = Counter(f"{t.victim} ({','.join(t.routers)}{', global' if t.had_global else ''})"
-                          for t in trials)
-        claimed = [t.claimed for t in trials]
-        converged = [t.converged for t in trials]
-        checks = Counter(t.check for t in trials)
-        rows += [
-            Row(f"members: kill -9 -> its routers claimed by others, p95 [s] (ttl {ttl:g} s)",
-                percentile(claimed, 95), None, None,
-                f"goal <= 2 x ttl + 1 = {goal:g} s: {verdict(percentile(claimed, 95) <= goal)}; "
-                f"{_spread(claimed)}; {len(trials)} trials, killed {', '.join(victims)}"),
-            Row(f"members: kill -9 -> change on its routers (converged), p95 [s] (ttl {ttl:g} s)",
-                percentile(converged, 95), None, None,
-                f"goal <= {goal:g} s: {verdict(percentile(converged, 95) <= goal)}; {_spread(converged)}; "
-                f"on the other routers {_spread([t.elsewhere for t in trials])}"),
-            Row("members: restart (same id) -> its routers back and a probe everywhere, p50 [s]",
-                percentile([t.rejoined for t in trials], 50), None, None,
-                f"claims back {_spread([t.back for t in trials])}; probe {_spread([t.rejoined for t in trials])}; "
-                f"orphaned pass processes {sum(t.orphans for t in trials)}; entries after each trial: "
-                + ", ".join(f"{c} x{n}" for c, n in checks.items())),
-        ]
+        rows += _trial_rows(trials, ttl, passes, restarts)
     rows.append(Row("members: whole measurement [s]", total, None, None,
                     "; ".join(f"{m}: {p.summary()}" for m, p in passes.items())))
     return rows
+
+
+def _trial_rows(trials: list[Trial], ttl: float, passes: dict[str, Passes],
+                restarts: dict[str, Passes]) -> list[Row]:
+    goal = 2 * ttl + 1
+    killed = {t.victim for t in trials}
+    victims = Counter(f"{t.victim} ({','.join(t.routers)}{', global' if t.had_global else ''})"
+                      for t in trials)
+    claimed = [t.claimed for t in trials]
+    converged = [t.converged for t in trials]
+    rejoined = [t.rejoined for t in trials]
+    checks = Counter(t.check for t in trials)
+    # The passes that took over (the others' targets passes) and the restarted member's own.
+    taking = [d for m, p in passes.items() if m not in killed for d in p.durations["targets"]]
+    back = {kind: [d for m in killed for d in restarts[m].durations[kind]] for kind in ("full", "targets")}
+
+    def median(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} s" if values else "none"
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    return [
+        Row(f"members: kill -9 -> its routers claimed by others, p95 [s] (ttl {ttl:g} s)",
+            percentile(claimed, 95), None, None,
+            f"goal <= 2 x ttl + 1 = {goal:g} s: {verdict(percentile(claimed, 95) <= goal)}; "
+            f"{_spread(claimed)}; {len(trials)} trials, killed {', '.join(victims)}"),
+        Row(f"members: kill -9 -> change on its routers (converged), p95 [s] (ttl {ttl:g} s)",
+            percentile(converged, 95), None, None,
+            f"goal <= {goal:g} s: {verdict(percentile(converged, 95) <= goal)}; {_spread(converged)}; "
+            f"the others' targets passes {len(taking)}, p50 {median(taking)}; ip table scans per router "
+            f"taken over: up to {max(t.scans_taken for t in trials)}; the change on the other routers "
+            f"{_spread([t.elsewhere for t in trials])}"),
+        Row("members: restart (same id) -> its routers back and a probe everywhere, p50 [s]",
+            percentile(rejoined, 50), None, None,
+            f"claims back {_spread([t.back for t in trials])}; probe {_spread(rejoined)}; the restarted "
+            f"member's passes: {len(back['full'])} full p50 {median(back['full'])}, {len(back['targets'])} "
+            f"targets p50 {median(back['targets'])}; ip table scans per router up to "
+            f"{max(t.scans_back for t in trials)}; orphaned pass processes {sum(t.orphans for t in trials)}; "
+            "entries after each trial: " + ", ".join(f"{c} x{n}" for c, n in checks.items())),
+    ]

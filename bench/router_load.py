@@ -180,7 +180,7 @@ class Load:
         return self.scans_ip + self.scans_ipv6
 
 
-def _load(api: librouteros.api.Api) -> Load:
+def load(api: librouteros.api.Api) -> Load:
     (row,) = tuple(api("/sim/load/print"))
     return Load(int(row["scans-ip"]), int(row["scans-ipv6"]), float(str(row["busy-seconds"])),
                 time.monotonic())
@@ -270,12 +270,12 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
         deadline = time.monotonic() + 60
         if not all(w.wait_count(scenario.accounts, deadline) for w in watchers):
             raise RuntimeError("the routers did not stream every entry of the first pass")
-        start = [_load(api) for api in apis]
+        start = [load(api) for api in apis]
         passes_at_start = log.full_passes
 
         print("router-load: R1, a quiet spell up to the next full pass …", file=sys.stderr, flush=True)
         log.next_full_pass(options.pass_timeout)
-        after_quiet = [_load(api) for api in apis]
+        after_quiet = [load(api) for api in apis]
         scans = [b.scans - a.scans for a, b in zip(start, after_quiet)]
         split = [f"{b.scans_ip - a.scans_ip} ip + {b.scans_ipv6 - a.scans_ipv6} ipv6"
                  for a, b in zip(start, after_quiet)]
@@ -290,7 +290,7 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
         print("router-load: R4, up to the end of the next full pass …", file=sys.stderr, flush=True)
         log.catch_up()
         log.next_full_pass(options.pass_timeout)
-        end = [_load(api) for api in apis]
+        end = [load(api) for api in apis]
         full_passes = log.full_passes - passes_at_start
     finally:
         proc.terminate()
