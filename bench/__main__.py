@@ -3,7 +3,8 @@
     ./dev bench [--accounts 100000] [--routers 4] [--lists 10] [--rtt-ms 1]
                 [--churn 2000] [--churn-rtt-ms 20] [--changes 30] [--repeat 3]
                 [--scan-cost-us 80] [--add-cost-ms 1.2] [--events 20] [--deletes 20]
-                [--restore-wait 10] [--interval SECONDS] [--only NAME]
+                [--restore-wait 10] [--interval SECONDS] [--trials 10] [--member-ttl SECONDS]
+                [--member-logs DIR] [--only NAME]
 
 Builds the scenario (``bench.scenario``), then runs each measurement of
 ``bench.measure`` in turn and prints one table: wall time, the floor it is compared
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import provisiond
 
-from bench import measure, notify, router_load
+from bench import measure, members, notify, router_load
 from bench.measure import Row
 from bench.scenario import Scenario
 
@@ -38,7 +39,15 @@ MEASUREMENTS: dict[str, Callable[[Scenario, argparse.Namespace], list[Row]]] = {
         scan_cost_us=a.scan_cost_us, add_cost_ms=a.add_cost_ms, events=a.events,
         event_timeout=a.event_timeout, deletes=a.deletes, restore_wait=a.restore_wait,
         interval=a.interval)),
+    "members": lambda s, a: members.members(s, members.Options(
+        events=a.events, trials=a.trials, scan_cost_us=a.scan_cost_us, add_cost_ms=a.add_cost_ms,
+        ttl=a.member_ttl, interval=a.interval, event_timeout=a.event_timeout, logs=a.member_logs)),
 }
+
+
+def _num(x: float) -> str:
+    """Seconds in 8 columns; a third decimal below 1 s (a per-change floor is milliseconds)."""
+    return f"{x:8.3f}" if abs(x) < 1 else f"{x:8.2f}"
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -46,10 +55,10 @@ def table(rows: Sequence[Row]) -> str:
     lines = [f"{'job':<{width}}  {'wall s':>8}  {'floor s':>8}  {'ratio':>6}  {'peak RSS':>9}  note",
              "-" * (width + 48)]
     for r in rows:
-        floor = f"{r.floor:8.2f}" if r.floor else " " * 8
+        floor = _num(r.floor) if r.floor else " " * 8
         ratio = f"{r.ratio:5.2f}x" if r.ratio is not None else " " * 6
         rss = f"{r.rss_mib:5.0f} MiB" if r.rss_mib is not None else " " * 9
-        lines.append(f"{r.job:<{width}}  {r.wall:8.2f}  {floor}  {ratio}  {rss}  {r.note}")
+        lines.append(f"{r.job:<{width}}  {_num(r.wall)}  {floor}  {ratio}  {rss}  {r.note}")
     return "\n".join(lines)
 
 
@@ -86,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds a removed entry has to come back before it counts as not back")
     g.add_argument("--interval", type=float, default=None,
                    help="the daemon's [daemon] interval in seconds (default: its own default)")
+    g = p.add_argument_group("members", "three shared members on the router-load routers (bench.members); "
+                             "also --events, --event-timeout, --interval and the router costs")
+    g.add_argument("--trials", type=int, default=10, help="kill -9 takeovers timed (default 10)")
+    g.add_argument("--member-ttl", type=float, default=None,
+                   help="the members' [daemon] member_ttl in seconds (default: the daemon's, 10)")
+    g.add_argument("--member-logs", type=Path, default=None,
+                   help="copy the members' logs into this directory at the end")
     p.add_argument("--only", action="append", choices=sorted(MEASUREMENTS),
                    help="run only these measurements (repeatable)")
     args = p.parse_args(argv)

@@ -148,6 +148,17 @@ class Watcher:
                 self._changed.wait(left)
             return True
 
+    def count(self) -> int:
+        """How many (list, address) pairs the router holds now."""
+        with self._changed:
+            return len(self.ids)
+
+    def snapshot(self) -> tuple[set[tuple[str, str]], int]:
+        """The (list, address) pairs on the router now, and how many entries hold them
+        (more entries than pairs: some pair is there twice)."""
+        with self._changed:
+            return set(self.ids), len(self._keys)
+
     def close(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -169,7 +180,7 @@ class Load:
         return self.scans_ip + self.scans_ipv6
 
 
-def _load(api: librouteros.api.Api) -> Load:
+def load(api: librouteros.api.Api) -> Load:
     (row,) = tuple(api("/sim/load/print"))
     return Load(int(row["scans-ip"]), int(row["scans-ipv6"]), float(str(row["busy-seconds"])),
                 time.monotonic())
@@ -219,7 +230,7 @@ class DaemonLog:
             time.sleep(0.05)
 
 
-def _percentile(values: Sequence[float], p: float) -> float:
+def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
@@ -259,12 +270,12 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
         deadline = time.monotonic() + 60
         if not all(w.wait_count(scenario.accounts, deadline) for w in watchers):
             raise RuntimeError("the routers did not stream every entry of the first pass")
-        start = [_load(api) for api in apis]
+        start = [load(api) for api in apis]
         passes_at_start = log.full_passes
 
         print("router-load: R1, a quiet spell up to the next full pass …", file=sys.stderr, flush=True)
         log.next_full_pass(options.pass_timeout)
-        after_quiet = [_load(api) for api in apis]
+        after_quiet = [load(api) for api in apis]
         scans = [b.scans - a.scans for a, b in zip(start, after_quiet)]
         split = [f"{b.scans_ip - a.scans_ip} ip + {b.scans_ipv6 - a.scans_ipv6} ipv6"
                  for a, b in zip(start, after_quiet)]
@@ -279,7 +290,7 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
         print("router-load: R4, up to the end of the next full pass …", file=sys.stderr, flush=True)
         log.catch_up()
         log.next_full_pass(options.pass_timeout)
-        end = [_load(api) for api in apis]
+        end = [load(api) for api in apis]
         full_passes = log.full_passes - passes_at_start
     finally:
         proc.terminate()
@@ -300,9 +311,9 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
     cpu = [100 * (b.busy - a.busy - own * n) / (b.at - a.at) for a, b, n in zip(start, end, own_removes)]
     window = statistics.mean(b.at - a.at for a, b in zip(start, end))
     r1 = max(scans)
-    r2_50, r2_95 = _percentile(latencies, 50), _percentile(latencies, 95)
+    r2_50, r2_95 = percentile(latencies, 50), percentile(latencies, 95)
     lost_events = sum(x == LOST for x in latencies)
-    r3_50, r3_95 = _percentile(restores, 50), _percentile(restores, 95)
+    r3_50, r3_95 = percentile(restores, 50), percentile(restores, 95)
     lost = sum(x == LOST for x in restores)
     r4 = max(cpu)
 

@@ -150,18 +150,20 @@ class Scenario:
 
     # -- provisiond -------------------------------------------------------------------
 
-    def write_config(self) -> Path:
+    def write_config(self, *, state_url: str | None = None, name: str = "provisiond.toml") -> Path:
+        """The config file ``name`` in the workdir; its state store ``state_url`` (default:
+        an SQLite file in the workdir)."""
         pw = self.workdir / "router-password"
         pw.write_text(self.password)
-        state = self.workdir / "state.db"
+        state = state_url or f"sqlite:///{self.workdir / 'state.db'}"
         parts = [f'[source]\nurl = "{self.url}"\nquery = """\n{BILLING_QUERY}\n"""\n'
-                 f"max_account_drop = 0.9\n\n[state]\nurl = \"sqlite:///{state}\"\n"]
+                 f"max_account_drop = 0.9\n\n[state]\nurl = \"{state}\"\n"]
         for i, sim in enumerate(self.sims):
             parts.append(f'[[router]]\nname = "core-{i + 1}"\nhost = "127.0.0.1"\nport = {sim.port}\n'
                          f'username = "{USER}"\npassword_file = "{pw}"\ntimeout = "300s"\n')
         for i in range(self.lists):
             parts.append(f'[[address_list]]\ngroup = "{group(i)}"\nlist = "{list_name(i)}"\n')
-        config = self.workdir / "provisiond.toml"
+        config = self.workdir / name
         config.write_text("\n".join(parts), encoding="utf-8")
         return config
 
