@@ -186,11 +186,13 @@ class Cluster:
     def terminate_backends(self, member: str) -> int:
         """``pg_terminate_backend`` every connection of ``member`` (billing, state store,
         its membership thread); how many were ended."""
+        # Only this cluster's databases: tests and benches run beside it on the same server.
+        databases = [make_url(self.state_url).database, make_url(self.billing.url).database]
         with self.admin() as c:
             rows = c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                "AND (application_name LIKE %s OR application_name = %s)",
-                (f"pvd-{member}-%", f"provisiond member {member}")).fetchall()
+                "AND datname = ANY(%s) AND (application_name LIKE %s OR application_name = %s)",
+                (databases, f"pvd-{member}-%", f"provisiond member {member}")).fetchall()
         return sum(1 for r in rows if r[0])
 
     # -- the state store ----------------------------------------------------------------
