@@ -218,6 +218,8 @@ class PassRunner:
             finally:
                 if self.sharing is not None:
                     self.sharing.writes_ended()
+                    if self._rec is not None:
+                        self.sharing.after(self._rec, self.mirrors)
             outcome = self._book(summary)
             outcome.leased = summary.leased
         except SourceError as exc:
@@ -297,8 +299,10 @@ class PassRunner:
         self._in_child = False
         self._swap()  # a reload takes effect before anything of this pass is decided
         dry_run = self.settings.daemon.dry_run
-        if self.sharing is not None:
-            self.sharing.prepare(self._reconciler(), self.mirrors)
+        if self.sharing is not None:  # a full (or targets) pass reads its targets whole
+            rec = self._reconciler()
+            whole = [t.name for t in rec.targets if self._asked_for(t.name)] if self._scope is None else []
+            self.sharing.prepare(rec, self.mirrors, whole, full=self._scope is None and self._targets is None)
         if not self.isolate:
             rec = self._reconciler()
             if self._scope is None:

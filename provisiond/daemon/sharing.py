@@ -118,6 +118,11 @@ class Sharing:
         self._url = settings.state.url.get_secret_value()
         self._daemon = daemon
         self._attached: frozenset[str] | None = None  # what the mirrors were last given
+        # Claimed, and not yet read by a pass of this member (monotonic time of the claim):
+        # a router's listen starts once its first pass read it, so the two full reads
+        # a takeover needs (the pass's, the mirror's fill) never compete on its CPU.
+        self._unread: dict[str, float] = {}
+        self._reading: set[str] = set()  # what the pass in flight reads whole
         self._mirrors: Mirrors | None = None
         self._lock = threading.Lock()
         # Resources with an apply under way that a gate let in -> the token it began under.
@@ -137,7 +142,7 @@ class Sharing:
 
     def watch(self, mirrors: Mirrors, health: Health) -> None:
         """Mirrors follow the routers this member owns; /healthz fails while it is fenced."""
-        mirrors.only = lambda name: not self.skip(name)
+        mirrors.only = self.follows
         self._mirrors = mirrors
         health.member = self.membership
 
@@ -230,14 +235,39 @@ class Sharing:
         with self._lock:
             return resource in self._writing
 
-    def prepare(self, rec: Reconciler, mirrors: Mirrors) -> None:
+    def follows(self, name: str) -> bool:
+        """Whether this member keeps ``name``'s mirror (its ``listen``): owned, and read
+        since it was claimed."""
+        with self._lock:
+            unread = resource_of(name) in self._unread
+        return not unread and not self.skip(name)
+
+    def prepare(self, rec: Reconciler, mirrors: Mirrors, reads: Iterable[str] = (), *,
+                full: bool = False) -> None:
         """Before a pass: ``fit``, and the mirrors (their listens) follow what it owns.
-        A reload's routers are claimed from here on (``resources``)."""
+        ``reads``: the targets the pass reads whole (``full``: and the global work); no
+        pass is asked for a claim on them, and their listens start once it ended
+        (``after``). A reload's routers are claimed from here on (``resources``)."""
         self.settings = rec.settings
         self.fit(rec)
+        with self._lock:
+            self._reading = {resource_of(n) for n in reads} | ({GLOBAL} if full else set())
+        self._follow(rec, mirrors)
+
+    def after(self, rec: Reconciler, mirrors: Mirrors) -> None:
+        """After a pass: what it read whole is read; those listens start now."""
+        with self._lock:
+            for r in self._reading:
+                self._unread.pop(r, None)
+            self._reading = set()
+        self._follow(rec, mirrors)
+
+    def _follow(self, rec: Reconciler, mirrors: Mirrors) -> None:
         owned = self.owned()
-        if owned != self._attached:
-            self._attached = owned
+        with self._lock:
+            followed = owned - self._unread.keys()
+        if followed != self._attached:
+            self._attached = followed
             mirrors.attach(rec.targets)
 
     def fit(self, rec: Reconciler) -> None:
@@ -273,6 +303,11 @@ class Sharing:
                  ",".join(sorted(lost)) or "-")
         if lost and self._mirrors is not None:
             self._mirrors.drop(lost)  # their new owner listens now
+        with self._lock:
+            for r in lost:
+                self._unread.pop(r, None)
+            at = time.monotonic()
+            self._unread.update(dict.fromkeys(gained, at))
         if gained:
             # Claims settle in a few tens of milliseconds when several members start
             # together: the pass waits that long, and covers what is still owned then.
@@ -283,7 +318,9 @@ class Sharing:
     def _claimed(self, gained: frozenset[str]) -> None:
         """A new owner inherits no plan: it reads what it gained afresh; the global work
         gained, a full pass (leases, RADIUS rows, CoA)."""
-        gained &= self.owned()
+        with self._lock:  # what a pass begun since has read needs no pass of its own
+            gained = frozenset(r for r in gained & self.owned()
+                               if r in self._unread and r not in self._reading)
         if GLOBAL in gained:
             self._daemon.request_pass(None, reason="claimed")
         elif gained:
