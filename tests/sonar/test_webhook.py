@@ -4,6 +4,7 @@ daemon turning an event into a pass within seconds."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 import threading
@@ -283,3 +284,88 @@ def test_every_request_is_counted_by_result_from_zero() -> None:
                             "bad_request": 1, "length_required": 2, "too_large": 1, "busy": 0}
     finally:
         receiver.stop()
+
+
+def test_shared_members_a_webhook_one_member_hears_reaches_every_members_routers(
+        tmp_path: Path, pg_url: str) -> None:
+    """``members = "shared"``: only member a serves webhooks; the event's account lands
+    on every router at once, those member b writes included (the relay), and a second
+    pass of each plans nothing."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
+    import psycopg
+    from harness import DaemonProc, free_port, new_password, pg_kwargs, wait_until
+
+    from provisiond.sim import RouterSim, SimSettings
+
+    world = World()
+    world.account(424, "Ridge Tower", groups=["Tower Hosts"])
+    world.ip("Account", 424, "100.64.0.1/32")
+    world.account(425, "Crête Farm", groups=["Tower Hosts"])
+    sonar = FakeSonar(SonarSimSettings(token=TOKEN), world).start()
+    password, password_file = new_password(tmp_path)
+    routers = [RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
+               for _ in range(4)]
+    (tmp_path / "sonar-token").write_text(TOKEN)
+    (tmp_path / "hook-token").write_text(SECRET + "\n")
+    port = free_port()
+    state_url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def config(member: str, hook: str) -> Path:
+        path = tmp_path / f"{member}.toml"
+        path.write_text(f'''[source]
+type = "sonar"
+url = "{sonar.url}"
+token_file = "{tmp_path / 'sonar-token'}"
+[state]
+url = "{state_url}"
+''' + "".join(f'''[[router]]
+name = "core-{i}"
+host = "127.0.0.1"
+port = {r.port}
+username = "admin"
+password_file = "{password_file}"
+''' for i, r in enumerate(routers)) + f'''[[address_list]]
+group = "Tower Hosts"
+list = "tower-hosts"
+[daemon]
+interval = "300s"
+jitter = 0
+debounce = "0.3s"
+members = "shared"
+member_id = "{member}"
+member_ttl = "2s"
+{hook}''')
+        path.chmod(0o600)
+        return path
+
+    hook = f'webhook_listen = "127.0.0.1:{port}"\nwebhook_token_file = "{tmp_path / "hook-token"}"\n'
+    a = DaemonProc(config("a", hook), log=tmp_path / "a.log")
+    b = DaemonProc(config("b", ""), log=tmp_path / "b.log")
+    listed = lambda r: {e["address"] for e in r.entries("ip", "tower-hosts")}  # noqa: E731
+    try:
+        wait_until(lambda: all(listed(r) == {"100.64.0.1"} for r in routers), timeout=30,
+                   what="every router filled by its owner")
+        with psycopg.connect(**pg_kwargs(pg_url)) as c:
+            owners = dict(c.execute("SELECT resource, owner FROM provisiond_claims").fetchall())
+        assert set(owners.values()) == {"a", "b"}, owners  # each member writes routers of its own
+        for d in (a, b):
+            d.wait_log(r"pass=\d+ result=ok")
+        marks = {d: d.mark() for d in (a, b)}
+
+        sonar.add_webhook(f"http://127.0.0.1:{port}/webhooks/sonar?token={SECRET}")
+        assert sonar.send_event("ipassignment.created", world.ip("Account", 425, "100.64.0.2/32")["id"]) == [200]
+        wait_until(lambda: all(listed(r) == {"100.64.0.1", "100.64.0.2"} for r in routers), timeout=10,
+                   what="the webhook's account on every router, b's too")
+        b.wait_log(r"pass=\d+ result=ok duration=\S+ changes=\d+ scope=1", after=marks[b])  # relayed
+        a.wait_log(r"pass=\d+ result=ok duration=\S+ changes=\d+ scope=1", after=marks[a])
+        for d in (a, b):  # idempotent: a full pass of each member changes nothing
+            mark = d.mark()
+            d.signal(signal.SIGHUP)
+            d.wait_log(r"pass=\d+ result=ok duration=\S+ changes=0\n", after=mark, timeout=20)
+        assert SECRET not in a.text() + b.text() and TOKEN not in a.text() + b.text()
+    finally:
+        for d in (a, b):
+            d.stop()
+        for r in routers:
+            r.stop()
+        sonar.stop()
