@@ -110,7 +110,10 @@ def test_a_burst_beyond_scope_max_accounts_is_one_full_pass(
     wait_until(lambda: sum(n for n, _ in passes(d, mark)) == 20, what="the passes' log lines")
     done = passes(d, mark)
     assert len(done) <= 2, done
-    assert done[-1][1] is None, done  # nineteen ids > scope_max_accounts: one full pass
+    # Nineteen ids > scope_max_accounts: one full pass makes every change. (The listener
+    # may hand over the burst's last notifications after that pass took the rest: they
+    # get one scoped pass more, which finds nothing to do.)
+    assert [scope for n, scope in done if n] == [None], done
 
 
 def test_scoped_passes_add_up_against_the_safety_thresholds(
