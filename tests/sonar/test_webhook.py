@@ -112,17 +112,23 @@ def test_the_endpoint_refuses_and_stays_up(hook: tuple[WebhookReceiver, Recorder
     assert receiver.refused == len(refusals) + 2
 
 
+def _two_accounts() -> tuple[World, FakeSonar]:
+    """Sonar with account 424 (an address, in Tower Hosts) and 425 (in the group, no
+    address yet), started."""
+    world = World()
+    world.account(424, "Ridge Tower", groups=["Tower Hosts"])
+    world.ip("Account", 424, "100.64.0.1/32")
+    world.account(425, "Crête Farm", groups=["Tower Hosts"])
+    return world, FakeSonar(SonarSimSettings(token=TOKEN), world).start()
+
+
 def test_a_webhook_turns_into_a_pass_in_the_daemon(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
     from harness import DaemonProc, free_port, new_password, wait_until
 
     from provisiond.sim import RouterSim, SimSettings
 
-    world = World()
-    world.account(424, "Ridge Tower", groups=["Tower Hosts"])
-    world.ip("Account", 424, "100.64.0.1/32")
-    world.account(425, "Crête Farm", groups=["Tower Hosts"])
-    sonar = FakeSonar(SonarSimSettings(token=TOKEN), world).start()
+    world, sonar = _two_accounts()
     password, password_file = new_password(tmp_path)
     router = RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
     (tmp_path / "sonar-token").write_text(TOKEN)
@@ -297,11 +303,7 @@ def test_shared_members_a_webhook_one_member_hears_reaches_every_members_routers
 
     from provisiond.sim import RouterSim, SimSettings
 
-    world = World()
-    world.account(424, "Ridge Tower", groups=["Tower Hosts"])
-    world.ip("Account", 424, "100.64.0.1/32")
-    world.account(425, "Crête Farm", groups=["Tower Hosts"])
-    sonar = FakeSonar(SonarSimSettings(token=TOKEN), world).start()
+    world, sonar = _two_accounts()
     password, password_file = new_password(tmp_path)
     routers = [RouterSim(SimSettings(username="admin", password=password, log_commands=False)).start()
                for _ in range(4)]
