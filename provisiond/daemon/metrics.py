@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from provisiond.settings import Settings
+from provisiond.state.claims import GLOBAL
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ SOURCE = "source"  # the billing source's label in provisiond_errors_total
 # Webhook requests by result: accepted, or why refused (daemon.webhook).
 WEBHOOK_RESULTS = ("accepted", "unauthorised", "not_found", "method_not_allowed",
                    "bad_request", "length_required", "too_large", "busy")
-# daemon.shares' names, repeated: metrics sits below the membership modules.
-GLOBAL_CLAIM = "global"
+# daemon.shares' states, repeated: metrics sits below the membership modules.
 MEMBER_STATES = ("live", "uncertain", "dead", "stopped")
 
 
@@ -307,8 +307,8 @@ class MemberSeries:
     def publish(self, status: MemberStatus) -> None:
         with self._lock:
             owned = set(status.owned)
-            self.routers_owned.set(len(owned - {GLOBAL_CLAIM}))
-            self.global_claim.set(1 if GLOBAL_CLAIM in owned else 0)
+            self.routers_owned.set(len(owned - {GLOBAL}))
+            self.global_claim.set(1 if GLOBAL in owned else 0)
             self.fenced.set(1 if status.fenced else 0)
             for resource in self._aged - owned:
                 self.claim_age.remove(resource)

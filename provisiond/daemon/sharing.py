@@ -45,7 +45,7 @@ import psycopg
 from provisiond.core.scope import parse_payload
 from provisiond.daemon.listen import IGNORE, BillingListener
 from provisiond.daemon.members import GLOBAL, Membership
-from provisiond.daemon.metrics import Health, Metrics
+from provisiond.daemon.metrics import Health, Metrics, target_names
 from provisiond.daemon.mirrors import Mirrors
 from provisiond.daemon.pg import close_quietly, connect_kwargs, first_line
 from provisiond.settings import Settings
@@ -80,10 +80,9 @@ def member_id(settings: Settings) -> str:
 
 
 def resources(settings: Settings) -> list[str]:
-    """What the members share: every router some list mapping covers (the targets
-    ``engine.assembly.build_targets`` makes), and ``global``."""
-    covered = {r.name for m in settings.address_list for r in settings.routers_for(m)}
-    return sorted({*covered, GLOBAL})
+    """What the members share: the claims of the targets a pass writes (every router
+    some list mapping covers; RADIUS is the global work), and ``global``."""
+    return sorted({*(resource_of(n) for n in target_names(settings)), GLOBAL})
 
 
 class Gate:
@@ -182,10 +181,6 @@ class Sharing:
     @property
     def global_work(self) -> bool:
         return self.membership.may_write(GLOBAL) is not None
-
-    @property
-    def fenced(self) -> bool:
-        return self.membership.fenced
 
     def may_write(self) -> bool:
         """Anything at all (the engine's ``may_write``): not fenced."""

@@ -18,7 +18,8 @@ from harness import pg_kwargs, wait_until
 from provisiond import settings as settings_mod
 from provisiond.daemon import shares
 from provisiond.daemon.members import GLOBAL, Membership
-from provisiond.daemon.metrics import GLOBAL_CLAIM, MEMBER_STATES, Health, Metrics, serve
+from provisiond.daemon.metrics import GLOBAL as GLOBAL_CLAIM
+from provisiond.daemon.metrics import MEMBER_STATES, Health, Metrics, serve
 
 REPO = Path(__file__).resolve().parents[2]
 TTL, MARGIN = 1.5, 0.3
