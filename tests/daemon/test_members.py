@@ -190,6 +190,23 @@ def test_a_member_cut_off_fences_itself_before_its_routers_are_claimed_and_takes
     assert all(now[r][1] == tokens[r] + 2 for r in lost)  # taken over, then given back
 
 
+def test_a_member_whose_connection_is_killed_reconnects_and_keeps_its_claims(
+        url: str, make: Callable[..., Membership], admin: psycopg.Connection[Any]) -> None:
+    """``pg_terminate_backend`` of a member's connection, with the server still there:
+    it reconnects and renews within its lease, so nothing moves and no token changes."""
+    a, b = make("pop-a"), make("pop-b")
+    before = owners_by_resource(settle(admin, a, b))
+    tokens = {r: t for r, (_, t, _) in claims(admin).items()}
+    killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                           "datname = current_database() AND application_name = "
+                           "'provisiond member pop-a'").fetchall()
+    assert killed == [(True,)]
+    time.sleep(2 * TTL)  # past a's lease, had it not renewed
+    assert owners_by_resource(converged(admin, a, b) or {}) == before
+    assert {r: t for r, (_, t, _) in claims(admin).items()} == tokens
+    assert a.self_fences == 0
+
+
 def test_a_member_whose_renewals_hang_fences_itself_in_time(
         make: Callable[..., Membership], admin: psycopg.Connection[Any]) -> None:
     a, b, c = make("pop-a"), make("pop-b"), make("pop-c")
