@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from bench.router_load import PASS_LINE
-from bench.scenario import PG, Scenario, address, group, list_name
+from bench.scenario import PG, Scenario, address, group, list_name, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL = "global"  # the claim of the billing bookkeeping, IPAM and RADIUS work
@@ -76,12 +76,7 @@ class Member:
         if not self.running:
             return
         assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 60)
 
     def children(self) -> list[int]:
         """The process's children now (its full-pass process, when one runs)."""

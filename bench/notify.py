@@ -28,7 +28,7 @@ import psycopg
 from librouteros.query import Key
 
 from bench.measure import Row, provisiond
-from bench.scenario import USER, Scenario, address, group, list_name
+from bench.scenario import USER, Scenario, address, group, list_name, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TRIGGER_SQL = REPO / "config" / "billing-notify-trigger.sql"
@@ -143,11 +143,7 @@ def notify_latency(scenario: Scenario, *, changes: int = 30) -> list[Row]:
             api.close()  # type: ignore[attr-defined]
         peak_rss = _vmrss_mib(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 60)
     floor = _floor(scenario, 20)
     latencies.sort()
     p50 = statistics.median(latencies)

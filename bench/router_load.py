@@ -46,7 +46,7 @@ import psycopg
 
 from bench.measure import Row
 from bench.notify import BENCH_TRIGGERS, TRIGGER_SQL
-from bench.scenario import USER, Scenario, address, group, list_name
+from bench.scenario import USER, Scenario, address, group, list_name, stop_process
 from provisiond.sim.routeros.codec import PeerClosed, encode_sentence, read_sentence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,12 +293,7 @@ def router_load(scenario: Scenario, options: Options) -> list[Row]:
         end = [load(api) for api in apis]
         full_passes = log.full_passes - passes_at_start
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 60)
         for watcher in watchers:
             watcher.close()
         for api in apis:

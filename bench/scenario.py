@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -74,13 +75,18 @@ def start_sim(*, rtt: float, password: str, name: str, scan_cost_us: float = 0.0
     raise RuntimeError("the RouterOS simulator did not start")
 
 
-def stop_sim(sim: Sim) -> None:
-    sim.proc.terminate()
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
     try:
-        sim.proc.wait(10)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        sim.proc.kill()
-        sim.proc.wait()
+        proc.kill()
+        proc.wait()
+
+
+def stop_sim(sim: Sim) -> None:
+    stop_process(sim.proc, 10)
 
 
 @dataclass
